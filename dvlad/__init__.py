@@ -1,0 +1,1 @@
+"""dvlad: the D-VLA daemon and its engine (lanes, RL, environments, policies)."""

@@ -1,0 +1,73 @@
+"""The one environment protocol every simulator speaks.
+
+Why one protocol: the vectorised workers, the shared-memory slots and the policy
+head are all sized from an :class:`EnvSpec`, so a new simulator (reach, synthetic,
+LIBERO) plugs in without touching the lanes. Actions are always 7 floats in
+[-1, 1] (delta position, delta rotation, gripper), as LIBERO uses, so one policy
+head fits every env.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+ACTION_DIM = 7
+"""delta x, y, z, delta roll, pitch, yaw, gripper (−1 open … +1 closed)."""
+
+MAX_INSTRUCTION_BYTES = 96
+"""Instructions travel through shared memory as zero-padded UTF-8 of this many bytes."""
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """Static shape of an env: what the workers allocate and the policy is built for."""
+
+    cameras: dict[str, tuple[int, int]]
+    """camera name -> (height, width); images are uint8 H×W×3."""
+    proprio_dim: int
+    max_episode_steps: int
+    num_init_states: int = 0
+    """Fixed start states the env can reset to by index (0: seeds only)."""
+
+
+@dataclass
+class Observation:
+    images: dict[str, np.ndarray]
+    """camera name -> uint8 array H×W×3."""
+    proprio: np.ndarray
+    """float32 vector of length ``EnvSpec.proprio_dim``."""
+    instruction: str
+
+
+@dataclass
+class StepResult:
+    obs: Observation
+    reward: float
+    terminated: bool
+    """The task ended (success or failure) inside the episode."""
+    truncated: bool
+    """The episode hit ``max_episode_steps``."""
+    success: bool
+    info: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Env(Protocol):
+    """A single simulator instance. Construction may be slow; reset and step must not be."""
+
+    spec: EnvSpec
+
+    def reset(self, seed: int | None = None, init_state: int | None = None) -> Observation:
+        """Start an episode. ``seed`` draws a random start; ``init_state`` picks a fixed one
+        (so GRPO can replay the same start several times). Equal seeds give equal starts."""
+        ...
+
+    def step(self, action: np.ndarray) -> StepResult:
+        """Apply one 7-float action in [-1, 1]. After ``terminated`` or ``truncated`` the
+        caller resets; stepping further is undefined."""
+        ...
+
+    def close(self) -> None: ...

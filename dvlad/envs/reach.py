@@ -1,0 +1,257 @@
+"""The embedded default task: touch the cube of the named colour.
+
+Why this task: the engine needs a real MuJoCo env that installs with ``pip install
+mujoco`` alone (no asset files, no LIBERO) and that a small CNN+transformer policy
+learns from pixels and language with PPO in minutes on two CPU cores. So the scene
+is a few primitives: a grey table, a white gripper on three slide joints, and a
+few cubes in saturated colours; the instruction names one colour, and only
+grounding that colour in the image tells the policy where to go.
+
+Action (7 floats in [-1, 1]): dims 0..2 move the gripper's position target by up
+to ``max_delta`` metres each; dims 3..5 (rotation) are ignored, as the gripper
+cannot rotate, so one policy head still fits LIBERO; dim 6 closes the fingers
+(−1 open … +1 closed), which is cosmetic and shows up in proprio only.
+
+Proprio (4 float32): gripper tip x, y, z (metres, table top at z = 0) and finger
+opening (metres, 0 closed … ``FINGER_MAX_OPEN`` open).
+
+Rendering is one 64×64 camera with shadows off, so OSMesa renders a frame in well
+under a millisecond; the renderer is warmed in the constructor because the first
+frame pays for context and texture setup.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dvlad.envs.base import ACTION_DIM, EnvSpec, Observation, StepResult
+from dvlad.envs.gl import configure_mujoco_gl
+
+configure_mujoco_gl()  # must precede the first ``import mujoco`` in the process
+
+import mujoco  # noqa: E402
+
+COLOURS: dict[str, tuple[float, float, float]] = {
+    "red": (0.95, 0.05, 0.05),
+    "green": (0.05, 0.85, 0.05),
+    "blue": (0.05, 0.15, 1.0),
+    "yellow": (0.95, 0.9, 0.05),
+    "magenta": (0.9, 0.05, 0.9),
+    "cyan": (0.05, 0.9, 0.9),
+    "orange": (1.0, 0.5, 0.0),
+    "black": (0.02, 0.02, 0.02),
+}
+"""Cube colours in order; an env with ``num_objects`` = n uses the first n."""
+
+CUBE_HALF = 0.025
+"""Half the cube edge (5 cm cubes, about 6 px wide in a 64×64 image)."""
+CUBE_XY_RANGE = 0.14
+"""Cube centres are drawn in [−range, range]² on the table."""
+MIN_CUBE_SPACING = 0.1
+"""Minimum distance between cube centres, so touching one never touches another."""
+GRIPPER_XY_LIMIT = 0.18
+"""The tip's xy box: the cubes plus a margin, all of it in the camera's view."""
+Z_MIN = 2 * CUBE_HALF + 0.005
+"""The tip stays just above the cube tops, so nothing collides and physics stays cheap."""
+Z_MAX = 0.2
+START_Z = 0.10
+START_XY_RANGE = 0.05
+FINGER_MAX_OPEN = 0.02
+SUBSTEPS = 10
+"""Physics steps of 2 ms per env step (20 ms of simulated time)."""
+NUM_INIT_STATES = 50
+"""Fixed starts for ``reset(init_state=i)``; start i is seeded by ``[INIT_STATE_TAG, i]``."""
+INIT_STATE_TAG = 0x5EAC4
+
+
+def _scene_xml(num_objects: int, image_size: int) -> str:
+    """MJCF of the scene. Contacts are off (the tip never goes below the cube tops)."""
+    cubes = "\n".join(
+        f'<body name="cube{i}" mocap="true" pos="0 0 {CUBE_HALF}">'
+        f'<geom type="box" size="{CUBE_HALF} {CUBE_HALF} {CUBE_HALF}" rgba="{r} {g} {b} 1"/></body>'
+        for i, (r, g, b) in enumerate(list(COLOURS.values())[:num_objects])
+    )
+    finger = (
+        '<body name="finger_{side}" pos="0 0 0.02">'
+        '<joint name="finger_{side}" type="slide" axis="{axis} 0 0" range="0 {open}"/>'
+        '<inertial pos="0 0 0" mass="0.02" diaginertia="1e-5 1e-5 1e-5"/>'
+        '<geom type="box" pos="{x} 0 0" size="0.004 0.012 0.02" rgba="0.9 0.9 0.9 1"/></body>'
+    )
+    fingers = "".join(
+        finger.format(side=side, axis=sign, x=0.006 * sign, open=FINGER_MAX_OPEN)
+        for side, sign in (("l", -1), ("r", 1))
+    )
+    off = max(image_size, 64)
+    return f"""
+<mujoco model="reach">
+  <option timestep="0.002" gravity="0 0 0" integrator="implicitfast"/>
+  <visual>
+    <quality shadowsize="0" offsamples="0"/>
+    <global offwidth="{off}" offheight="{off}"/>
+    <headlight ambient="0.5 0.5 0.5" diffuse="0.5 0.5 0.5" specular="0 0 0"/>
+  </visual>
+  <default><geom contype="0" conaffinity="0"/></default>
+  <worldbody>
+    <light pos="0 -0.2 1" dir="0 0.2 -1" directional="true" castshadow="false" diffuse="0.4 0.4 0.4"/>
+    <geom name="table" type="box" pos="0 0 -0.02" size="0.6 0.6 0.02" rgba="0.45 0.45 0.45 1"/>
+    <camera name="image" pos="0 -0.364 1.169" xyaxes="1 0 0 0 0.940 0.342" fovy="26"/>
+    <body name="gripper">
+      <joint name="gx" type="slide" axis="1 0 0"/>
+      <joint name="gy" type="slide" axis="0 1 0"/>
+      <joint name="gz" type="slide" axis="0 0 1"/>
+      <inertial pos="0 0 0.05" mass="0.1" diaginertia="1e-4 1e-4 1e-4"/>
+      <geom type="box" pos="0 0 0.048" size="0.03 0.014 0.008" rgba="0.95 0.95 0.95 1"/>
+      <geom type="cylinder" pos="0 0 0.09" size="0.008 0.035" rgba="0.95 0.95 0.95 1"/>
+      <site name="tip" pos="0 0 0" size="0.005" group="3"/>
+      {fingers}
+    </body>
+    {cubes}
+  </worldbody>
+  <actuator>
+    <position joint="gx" kp="4000" dampratio="1"/>
+    <position joint="gy" kp="4000" dampratio="1"/>
+    <position joint="gz" kp="4000" dampratio="1"/>
+    <position joint="finger_l" kp="200" dampratio="1"/>
+    <position joint="finger_r" kp="200" dampratio="1"/>
+  </actuator>
+</mujoco>
+"""
+
+
+class ReachEnv:
+    """Move the gripper tip to within ``touch_radius`` of the named cube's centre.
+
+    Reward is dense shaped progress, ``10 * (previous distance − distance)`` with the
+    3-D tip-to-cube distance, plus 1 on success; success terminates the episode.
+    Starts are random cube layouts (non-overlapping), a random target colour and a
+    gripper near the centre at ``START_Z``.
+    """
+
+    def __init__(
+        self,
+        num_objects: int = 3,
+        image_size: int = 64,
+        max_episode_steps: int = 40,
+        max_delta: float = 0.03,
+        touch_radius: float = 0.05,
+        seed: int | None = None,
+    ) -> None:
+        if not 1 <= num_objects <= len(COLOURS):
+            raise ValueError(f"num_objects must be in 1..{len(COLOURS)}, got {num_objects}")
+        self.num_objects = num_objects
+        self.max_delta = max_delta
+        self.touch_radius = touch_radius
+        self.colours = list(COLOURS)[:num_objects]
+        self.spec = EnvSpec(
+            cameras={"image": (image_size, image_size)},
+            proprio_dim=4,
+            max_episode_steps=max_episode_steps,
+            num_init_states=NUM_INIT_STATES,
+        )
+        self._model = mujoco.MjModel.from_xml_string(_scene_xml(num_objects, image_size))
+        self._data = mujoco.MjData(self._model)
+        self._renderer = mujoco.Renderer(self._model, image_size, image_size)
+        self._tip = self._model.site("tip").id
+        self._rng = np.random.default_rng(seed)
+        self._low = np.array([-GRIPPER_XY_LIMIT, -GRIPPER_XY_LIMIT, Z_MIN])
+        self._high = np.array([GRIPPER_XY_LIMIT, GRIPPER_XY_LIMIT, Z_MAX])
+        self._target = np.zeros(3)
+        self._cube_xy = np.zeros((num_objects, 2))
+        self._target_index = 0
+        self._steps = 0
+        self._dist = 0.0
+        self.reset()  # also warms the renderer: the first frame is the slow one
+
+    # -- read-only views, for scripted controllers in tests and demos -------------
+    @property
+    def target_colour(self) -> str:
+        return self.colours[self._target_index]
+
+    @property
+    def target_position(self) -> np.ndarray:
+        """Centre of the target cube (world frame, metres)."""
+        return np.array([*self._cube_xy[self._target_index], CUBE_HALF])
+
+    @property
+    def cube_positions(self) -> np.ndarray:
+        """Centres of all cubes, in ``colours`` order (num_objects × 3)."""
+        return np.column_stack([self._cube_xy, np.full(self.num_objects, CUBE_HALF)])
+
+    @property
+    def tip_position(self) -> np.ndarray:
+        return self._data.site_xpos[self._tip].copy()
+
+    # -- protocol -----------------------------------------------------------------
+    def reset(self, seed: int | None = None, init_state: int | None = None) -> Observation:
+        """Draw a start. ``init_state`` (in ``range(NUM_INIT_STATES)``) wins over ``seed``."""
+        if init_state is not None:
+            if not 0 <= init_state < NUM_INIT_STATES:
+                raise ValueError(f"init_state must be in 0..{NUM_INIT_STATES - 1}, got {init_state}")
+            rng = np.random.default_rng([INIT_STATE_TAG, init_state])
+        elif seed is not None:
+            rng = np.random.default_rng(seed)
+        else:
+            rng = self._rng
+        self._cube_xy = self._draw_layout(rng)
+        self._target_index = int(rng.integers(self.num_objects))
+        start = np.array([*rng.uniform(-START_XY_RANGE, START_XY_RANGE, 2), START_Z])
+
+        model, data = self._model, self._data
+        mujoco.mj_resetData(model, data)
+        data.mocap_pos[:, :2] = self._cube_xy
+        data.mocap_pos[:, 2] = CUBE_HALF
+        data.qpos[:3] = start
+        data.qpos[3:5] = FINGER_MAX_OPEN
+        data.ctrl[:3] = start
+        data.ctrl[3:5] = FINGER_MAX_OPEN
+        mujoco.mj_forward(model, data)
+        self._target = start
+        self._steps = 0
+        self._dist = self._distance()
+        return self._observe()
+
+    def step(self, action: np.ndarray) -> StepResult:
+        a = np.clip(np.nan_to_num(np.asarray(action, dtype=np.float64).reshape(ACTION_DIM)), -1.0, 1.0)
+        self._target = np.clip(self._target + self.max_delta * a[:3], self._low, self._high)
+        self._data.ctrl[:3] = self._target
+        self._data.ctrl[3:5] = FINGER_MAX_OPEN * (1.0 - a[6]) / 2.0
+        mujoco.mj_step(self._model, self._data, nstep=SUBSTEPS)
+        self._steps += 1
+
+        dist = self._distance()
+        success = dist < self.touch_radius
+        reward = 10.0 * (self._dist - dist) + (1.0 if success else 0.0)
+        self._dist = dist
+        truncated = not success and self._steps >= self.spec.max_episode_steps
+        return StepResult(
+            obs=self._observe(),
+            reward=float(reward),
+            terminated=success,
+            truncated=truncated,
+            success=success,
+            info={"distance": float(dist)},
+        )
+
+    def close(self) -> None:
+        self._renderer.close()
+
+    # -- internals ------------------------------------------------------------------
+    def _draw_layout(self, rng: np.random.Generator) -> np.ndarray:
+        """Cube centres, rejection-sampled so no two are closer than ``MIN_CUBE_SPACING``."""
+        while True:
+            xy = rng.uniform(-CUBE_XY_RANGE, CUBE_XY_RANGE, (self.num_objects, 2))
+            gaps = np.linalg.norm(xy[:, None] - xy[None], axis=-1) + np.eye(self.num_objects)
+            if gaps.min() >= MIN_CUBE_SPACING:
+                return xy
+
+    def _distance(self) -> float:
+        return float(np.linalg.norm(self.tip_position - self.target_position))
+
+    def _observe(self) -> Observation:
+        self._renderer.update_scene(self._data, camera="image")
+        proprio = np.array([*self._data.qpos[:3], self._data.qpos[3]], dtype=np.float32)
+        return Observation(
+            images={"image": self._renderer.render()},
+            proprio=proprio,
+            instruction=f"touch the {self.target_colour} cube",
+        )

@@ -1,0 +1,333 @@
+"""Vectorised env workers: long-lived subprocesses stepping envs in shared-memory slots.
+
+Why this shape (after Sample Factory's rollout workers):
+- env construction is slow, so workers build their envs once and keep them;
+- observations and actions live in preallocated shared-memory slots, one per env; a
+  step request and its reply are tiny messages (``("step", group)``), never pickled data;
+- envs are split into **env groups** and every worker holds a slice of every group, so
+  while the actor infers one group all workers step another (double buffering);
+- a slot is written between two sequence counters (``seq_begin``/``seq_end``): a reader
+  that finds them unequal knows it is looking at a half-written slot;
+- a worker that dies or misses its step deadline is replaced; the episodes it had in
+  flight are reported as dropped so the actor never feeds them to the learner.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+import traceback
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+
+import numpy as np
+
+from dvlad.envs.base import ACTION_DIM, MAX_INSTRUCTION_BYTES, EnvSpec, Observation
+from dvlad.shm import ArraySpec, SharedArrays, SharedArraysHandle
+
+CMD_STEP, CMD_RESET, CMD_HOLD = 0, 1, 2
+"""Per-env command the actor writes beside the action: step it, reset it to ``seed``, or
+leave it untouched (an env whose episode ended and must wait, as GRPO's do)."""
+
+
+def slot_layout(spec: EnvSpec, num_envs: int, action_chunk: int) -> dict[str, ArraySpec]:
+    """The shared arrays of ``num_envs`` env slots for envs of shape ``spec``."""
+    n = num_envs
+    layout = {f"image/{cam}": ArraySpec((n, h, w, 3), "uint8") for cam, (h, w) in spec.cameras.items()}
+    layout.update(
+        proprio=ArraySpec((n, spec.proprio_dim), "float32"),
+        instruction=ArraySpec((n, MAX_INSTRUCTION_BYTES), "uint8"),
+        reward=ArraySpec((n,), "float32"),
+        terminated=ArraySpec((n,), "bool"),
+        truncated=ArraySpec((n,), "bool"),
+        success=ArraySpec((n,), "bool"),
+        # statistics of the episode that ended on this step (valid where terminated|truncated)
+        episode_return=ArraySpec((n,), "float32"),
+        episode_length=ArraySpec((n,), "int32"),
+        env_steps=ArraySpec((n,), "int32"),
+        action=ArraySpec((n, action_chunk, ACTION_DIM), "float32"),
+        command=ArraySpec((n,), "int8"),
+        seed=ArraySpec((n,), "int64"),
+        seq_begin=ArraySpec((n,), "int64"),
+        seq_end=ArraySpec((n,), "int64"),
+    )
+    return layout
+
+
+def encode_instruction(text: str) -> np.ndarray:
+    raw = text.encode()[:MAX_INSTRUCTION_BYTES]
+    out = np.zeros(MAX_INSTRUCTION_BYTES, dtype=np.uint8)
+    out[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    return out
+
+
+def decode_instruction(row: np.ndarray) -> str:
+    return bytes(row).rstrip(b"\0").decode(errors="replace")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a worker process needs; picklable."""
+
+    worker_id: int
+    env_name: str
+    env_args: dict
+    env_ids: tuple[tuple[int, ...], ...]
+    """env slot ids this worker steps, per env group."""
+    auto_reset: bool
+    base_seed: int
+
+
+class _EnvSlots:
+    """A worker's view of its envs and their slots."""
+
+    def __init__(self, cfg: WorkerConfig, arrays: SharedArrays, envs: dict) -> None:
+        self.cfg, self.a, self.envs = cfg, arrays, envs
+        self.cams = [k.split("/", 1)[1] for k in arrays.arrays if k.startswith("image/")]
+        self.episodes = dict.fromkeys(envs, 0)
+        self.returns = dict.fromkeys(envs, 0.0)
+        self.lengths = dict.fromkeys(envs, 0)
+
+    def _write_obs(self, i: int, obs: Observation) -> None:
+        for cam in self.cams:
+            self.a[f"image/{cam}"][i] = obs.images[cam]
+        self.a["proprio"][i] = obs.proprio
+        self.a["instruction"][i] = encode_instruction(obs.instruction)
+
+    def _next_seed(self, i: int) -> int:
+        """Distinct, reproducible seed per (job seed, env slot, episode)."""
+        ss = np.random.SeedSequence([self.cfg.base_seed, i, self.episodes[i]])
+        return int(ss.generate_state(1, dtype=np.uint32)[0])
+
+    def reset(self, i: int, seed: int) -> None:
+        self.episodes[i] += 1
+        self.returns[i], self.lengths[i] = 0.0, 0
+        self._write_obs(i, self.envs[i].reset(seed=seed))
+
+    def step(self, i: int) -> int:
+        """Run env ``i``'s command; returns env steps taken. Slot writes are fenced by seq."""
+        a = self.a
+        a["seq_begin"][i] += 1
+        cmd, steps = int(a["command"][i]), 0
+        a["reward"][i], a["terminated"][i], a["truncated"][i], a["success"][i] = 0.0, False, False, False
+        if cmd == CMD_RESET:
+            self.reset(i, int(a["seed"][i]))
+        elif cmd == CMD_STEP:
+            reward, result = 0.0, None
+            for action in a["action"][i]:  # an action chunk runs in order, stopping at the end
+                result = self.envs[i].step(action)
+                reward += result.reward
+                steps += 1
+                if result.terminated or result.truncated:
+                    break
+            assert result is not None
+            self.returns[i] += reward
+            self.lengths[i] += steps
+            a["reward"][i], a["success"][i] = reward, result.success
+            a["terminated"][i], a["truncated"][i] = result.terminated, result.truncated
+            if result.terminated or result.truncated:
+                a["episode_return"][i], a["episode_length"][i] = self.returns[i], self.lengths[i]
+                if self.cfg.auto_reset:
+                    self.reset(i, self._next_seed(i))
+                else:
+                    self._write_obs(i, result.obs)
+            else:
+                self._write_obs(i, result.obs)
+        a["env_steps"][i] = steps
+        a["seq_end"][i] = a["seq_begin"][i]
+        return steps
+
+
+def worker_main(cfg: WorkerConfig, conn: Connection, handle_conn: Connection) -> None:
+    """Entry point of a worker process: build envs, report the spec, then serve steps."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
+    from dvlad.envs import make_env
+
+    arrays = None
+    try:
+        t0 = time.monotonic()
+        envs = {i: make_env(cfg.env_name, **cfg.env_args) for ids in cfg.env_ids for i in ids}
+        spec = next(iter(envs.values())).spec
+        conn.send(("spec", spec, time.monotonic() - t0))
+        arrays = SharedArrays.attach(handle_conn.recv())
+        slots = _EnvSlots(cfg, arrays, envs)
+        for i in envs:
+            arrays["seq_begin"][i] += 1
+            slots.reset(i, slots._next_seed(i))
+            arrays["seq_end"][i] = arrays["seq_begin"][i]
+        conn.send(("ready", os.getpid()))
+        while True:
+            msg = conn.recv()
+            if msg is None:
+                break
+            _, group = msg
+            t_start = time.monotonic()
+            steps = sum(slots.step(i) for i in cfg.env_ids[group])
+            conn.send(("done", group, t_start, time.monotonic(), steps))
+    except (EOFError, KeyboardInterrupt, BrokenPipeError):
+        pass
+    except Exception:
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        if arrays is not None:
+            arrays.close()
+
+
+class EnvWorkerError(RuntimeError):
+    """An env failed to build or raised while stepping (a bug, not a crash to recover from)."""
+
+
+@dataclass
+class GroupResult:
+    """What one step of an env group produced, besides the slots themselves."""
+
+    group: int
+    env_steps: int
+    intervals: list[tuple[float, float]] = field(default_factory=list)
+    """(start, end) monotonic times each worker spent stepping this group."""
+    dropped_envs: list[int] = field(default_factory=list)
+    """Env slots whose worker was replaced: their episodes were dropped and reset."""
+
+
+class _Worker:
+    def __init__(self, ctx: mp.context.BaseContext, cfg: WorkerConfig) -> None:
+        self.cfg = cfg
+        self.conn, child = ctx.Pipe()
+        self.handle_conn, handle_child = ctx.Pipe()
+        self.process = ctx.Process(target=worker_main, args=(cfg, child, handle_child),
+                                   name=f"dvla-env-{cfg.worker_id}", daemon=True)
+        self.process.start()
+        child.close()
+        handle_child.close()
+        self.pending: set[int] = set()
+
+    def recv(self, timeout: float) -> tuple:
+        if not self.conn.poll(timeout):
+            raise TimeoutError(f"env worker {self.cfg.worker_id} gave no answer in {timeout:.0f} s")
+        msg = self.conn.recv()
+        if msg[0] == "error":
+            raise EnvWorkerError(f"env worker {self.cfg.worker_id} failed:\n{msg[1]}")
+        return msg
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=10)
+        self.conn.close()
+        self.handle_conn.close()
+
+
+class EnvWorkerPool:
+    """The sample lane's workers and the shared slots they write.
+
+    Env slot ``i`` belongs to group ``i // envs_per_group``; inside a group the slots are
+    dealt to workers in contiguous slices, so every worker holds a slice of every group.
+    """
+
+    def __init__(self, env_name: str, env_args: dict, *, num_envs: int, groups: int, workers: int,
+                 action_chunk: int, auto_reset: bool = True, seed: int = 0,
+                 step_timeout_s: float = 30.0, build_timeout_s: float = 300.0) -> None:
+        if num_envs % (groups * workers):
+            raise ValueError(f"num_envs={num_envs} must divide into groups×workers={groups * workers}")
+        self.num_envs, self.groups, self.action_chunk = num_envs, groups, action_chunk
+        self.envs_per_group = num_envs // groups
+        self.step_timeout_s, self.build_timeout_s = step_timeout_s, build_timeout_s
+        self.dropped_episodes = 0
+        self.replaced_workers = 0
+        self._ctx = mp.get_context("spawn")
+        per_worker = self.envs_per_group // workers
+        self._configs = [
+            WorkerConfig(w, env_name, dict(env_args), tuple(
+                tuple(range(g * self.envs_per_group + w * per_worker,
+                            g * self.envs_per_group + (w + 1) * per_worker)) for g in range(groups)),
+                auto_reset, seed)
+            for w in range(workers)
+        ]
+        self.workers = [_Worker(self._ctx, c) for c in self._configs]
+        self.slots: SharedArrays | None = None
+        try:
+            specs = [w.recv(build_timeout_s) for w in self.workers]
+            self.spec: EnvSpec = specs[0][1]
+            self.build_seconds = max(s[2] for s in specs)
+            self.slots = SharedArrays(slot_layout(self.spec, num_envs, action_chunk))
+            for w in self.workers:
+                self._start_serving(w)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start_serving(self, worker: _Worker) -> None:
+        assert self.slots is not None
+        worker.handle_conn.send(self.slots.handle)
+        msg = worker.recv(self.build_timeout_s)
+        assert msg[0] == "ready", msg
+
+    def group_slice(self, group: int) -> slice:
+        return slice(group * self.envs_per_group, (group + 1) * self.envs_per_group)
+
+    def send(self, group: int) -> None:
+        """Ask every worker to run the commands of its slots in ``group`` (non-blocking)."""
+        for w in self.workers:
+            w.pending.add(group)
+            try:
+                w.conn.send(("step", group))
+            except (BrokenPipeError, OSError):
+                pass  # found dead in wait(), where it is replaced
+
+    def wait(self, group: int) -> GroupResult:
+        """Block until every worker has stepped ``group``; replace any that died or hung."""
+        result = GroupResult(group, 0)
+        deadline = time.monotonic() + self.step_timeout_s
+        waiting = {w.conn: w for w in self.workers if group in w.pending}
+        while waiting:
+            ready = wait(list(waiting), timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:  # the rest missed the deadline
+                for w in list(waiting.values()):
+                    self._replace(w, result)
+                break
+            for conn in ready:
+                w = waiting[conn]
+                try:
+                    msg = w.recv(0)
+                except (EOFError, OSError):
+                    self._replace(w, result)
+                    del waiting[conn]
+                    continue
+                _, g, t0, t1, steps = msg
+                w.pending.discard(g)
+                if g == group:
+                    result.env_steps += steps
+                    result.intervals.append((t0, t1))
+                    del waiting[conn]
+        return result
+
+    def _replace(self, worker: _Worker, result: GroupResult) -> None:
+        """Kill ``worker``, start a fresh one on the same slots, and report its envs dropped."""
+        index = self.workers.index(worker)
+        worker.kill()
+        fresh = _Worker(self._ctx, worker.cfg)
+        fresh.recv(self.build_timeout_s)
+        self._start_serving(fresh)
+        self.workers[index] = fresh
+        dropped = [i for ids in worker.cfg.env_ids for i in ids]
+        result.dropped_envs.extend(dropped)
+        self.dropped_episodes += len(dropped)
+        self.replaced_workers += 1
+
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self.workers if w.process.pid is not None]
+
+    def close(self) -> None:
+        for w in self.workers:
+            try:
+                w.conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        for w in self.workers:
+            w.process.join(timeout=5)
+            w.kill()
+        if self.slots is not None:
+            self.slots.unlink()
+            self.slots = None

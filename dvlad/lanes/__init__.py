@@ -1,0 +1,1 @@
+"""lanes of the D-VLA engine."""

@@ -1,0 +1,257 @@
+"""The infer lane: batch a ready env group, act, hand the actions back, fill segments.
+
+One loop serves both modes with the same code:
+- **async**: every env group is in flight at once; while the workers step one group the
+  actor infers another, and learning runs beside both in its own process;
+- **sync**: one group in flight at a time and ``max_staleness = 0``, so sampling,
+  inference and learning strictly alternate, as colocated RL frameworks run.
+
+Staleness is enforced here: rollout ``r`` (the r-th segment of each group, consumed by
+learner update ``r``) may only be acted on with weights of version ≥ ``r − max_staleness``.
+If the actor has none that new, sampling pauses until the learner publishes one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from dvlad.envs.vector import CMD_HOLD, CMD_RESET, CMD_STEP, EnvWorkerPool, GroupResult, decode_instruction
+from dvlad.lanes.timeline import LaneTimeline
+from dvlad.lanes.trajectory import TrajectoryQueue
+from dvlad.lanes.weights import WeightPlane
+from dvlad.policies.base import ObsBatch, Policy
+
+
+class SlotTornError(RuntimeError):
+    """A shared-memory slot was read while a worker was writing it (a protocol bug)."""
+
+
+@dataclass
+class ActorConfig:
+    segment_steps: int
+    max_staleness: int
+    pipelined: bool
+    """async: all groups in flight; sync: one at a time."""
+    episodic: bool = False
+    """GRPO: every segment starts all envs of a group from a reset, envs sharing a start in
+    blocks of ``group_size``; an env whose episode ended holds until the segment ends."""
+    group_size: int = 1
+    seed: int = 0
+    weight_timeout_s: float = 600.0
+
+
+@dataclass
+class EpisodeStats:
+    """Finished episodes, kept for rolling success rate and return."""
+
+    returns: deque = field(default_factory=lambda: deque(maxlen=100))
+    successes: deque = field(default_factory=lambda: deque(maxlen=100))
+    lengths: deque = field(default_factory=lambda: deque(maxlen=100))
+    total: int = 0
+
+    def add(self, ret: float, success: bool, length: int) -> None:
+        self.returns.append(ret)
+        self.successes.append(float(success))
+        self.lengths.append(length)
+        self.total += 1
+
+    def summary(self) -> dict[str, float]:
+        if not self.returns:
+            return {"episodes": self.total}
+        return {"episodes": self.total, "success_rate": float(np.mean(self.successes)),
+                "episode_return": float(np.mean(self.returns)),
+                "episode_length": float(np.mean(self.lengths))}
+
+
+class _GroupState:
+    def __init__(self, envs: int) -> None:
+        self.slot: int | None = None  # trajectory-queue slot being filled
+        self.t = 0  # row of the segment the next transition goes to
+        self.rollout = 0
+        self.alive = np.ones(envs, dtype=bool)  # episodic mode: env still in its episode
+        self.needs_reset = False
+        self.segment_success = np.zeros(envs, dtype=bool)
+
+
+class Actor:
+    def __init__(self, pool: EnvWorkerPool, policy: Policy, flat: torch.Tensor, plane: WeightPlane,
+                 queue: TrajectoryQueue, cfg: ActorConfig, timeline: LaneTimeline,
+                 start_rollout: int = 0) -> None:
+        self.pool, self.policy, self.flat, self.plane, self.queue = pool, policy, flat, plane, queue
+        self.cfg, self.timeline = cfg, timeline
+        self.version = -1
+        self.env_steps = 0
+        self.episodes = EpisodeStats()
+        self.dropped_episodes = 0
+        self.weight_wait_s = 0.0
+        self.used_versions: set[int] = set()
+        self._tokens_cache: dict[bytes, torch.Tensor] = {}
+        self._rng = np.random.default_rng(cfg.seed)
+        self.groups = [_GroupState(pool.envs_per_group) for _ in range(pool.groups)]
+        for st in self.groups:
+            st.rollout = start_rollout
+            st.needs_reset = cfg.episodic
+        self._in_flight: set[int] = set()
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self, should_stop) -> None:
+        """Serve env groups round robin until ``should_stop()``; then drain in-flight steps."""
+        try:
+            while not should_stop():
+                for g in range(self.pool.groups):
+                    if g in self._in_flight:
+                        self._arrive(self.pool.wait(g))
+                    self._serve(g)
+                    if not self.cfg.pipelined:
+                        self._arrive(self.pool.wait(g))
+        finally:
+            self._drain()
+
+    def _drain(self) -> None:
+        for g in sorted(self._in_flight):
+            self._arrive(self.pool.wait(g))
+
+    def _serve(self, g: int) -> None:
+        """Group ``g``'s observations are ready: reset it, or act on it."""
+        st, envs = self.groups[g], self.pool.group_slice(g)
+        slots = self.pool.slots
+        assert slots is not None
+        if st.needs_reset:  # episodic: all envs of the group restart, blocks sharing a seed
+            seeds = self._rng.integers(0, 2**31 - 1, size=-(-len(st.alive) // self.cfg.group_size))
+            slots["seed"][envs] = np.repeat(seeds, self.cfg.group_size)[: len(st.alive)]
+            slots["command"][envs] = CMD_RESET
+            st.needs_reset = False
+            st.alive[:] = True
+            st.segment_success[:] = False
+            self._send(g)
+            return
+        self._gate(st.rollout)
+        if st.slot is None:
+            st.slot = self.queue.acquire(timeout=self.cfg.weight_timeout_s)
+            seg = self.queue.view(st.slot)
+            seg["valid"][:] = False
+            self.queue.arrays["rollout"][st.slot] = st.rollout
+            self.queue.arrays["group"][st.slot] = g
+        obs = self._read_obs(envs)
+        t0 = time.monotonic()
+        with torch.no_grad():
+            out = self.policy.act(obs)
+        t1 = time.monotonic()
+        self.timeline.add("infer", t0, t1, len(st.alive))
+        self.used_versions.add(self.version)
+        seg = self.queue.view(st.slot)
+        self._write_obs_row(seg, st.t, obs)
+        seg["tokens"][st.t] = out.tokens.numpy()
+        seg["logprob"][st.t] = out.logprob.numpy()
+        seg["value"][st.t] = out.value.numpy()
+        seg["version"][st.t] = self.version
+        seg["valid"][st.t] = st.alive
+        slots["action"][envs] = out.actions.numpy()
+        slots["command"][envs] = np.where(st.alive, CMD_STEP, CMD_HOLD)
+        self._send(g)
+
+    def _send(self, g: int) -> None:
+        self.pool.send(g)
+        self._in_flight.add(g)
+
+    def _arrive(self, result: GroupResult) -> None:
+        """Record what a group's step produced; close its segment when full."""
+        g = result.group
+        self._in_flight.discard(g)
+        st, envs = self.groups[g], self.pool.group_slice(g)
+        slots = self.pool.slots
+        assert slots is not None
+        self.env_steps += result.env_steps
+        for start, end in result.intervals:
+            self.timeline.add("sample", start, end, result.env_steps // max(len(result.intervals), 1))
+        if st.slot is None:  # a reset round trip: nothing to record
+            return
+        seg = self.queue.view(st.slot)
+        done = slots["terminated"][envs] | slots["truncated"][envs]
+        success = slots["success"][envs]
+        seg["reward"][st.t] = slots["reward"][envs]
+        seg["done"][st.t] = done
+        seg["success"][st.t] = success
+        seg["env_steps"][st.t] = slots["env_steps"][envs]
+        for j in np.flatnonzero(done & st.alive):
+            i = envs.start + j
+            self.episodes.add(float(slots["episode_return"][i]), bool(success[j]),
+                              int(slots["episode_length"][i]))
+        if self.cfg.episodic:
+            st.segment_success |= success & st.alive
+            st.alive &= ~done
+        self._drop(result.dropped_envs)
+        st.t += 1
+        if st.t == self.cfg.segment_steps:
+            self._write_obs_row(seg, st.t, self._read_obs(envs))
+            self.queue.publish(st.slot)
+            st.slot, st.t = None, 0
+            st.rollout += 1
+            st.needs_reset = self.cfg.episodic
+
+    def _drop(self, env_ids: list[int]) -> None:
+        """Episodes of replaced workers: never fed half-finished to the learner."""
+        for i in env_ids:
+            g, j = divmod(i, self.pool.envs_per_group)
+            st = self.groups[g]
+            self.dropped_episodes += 1
+            if st.slot is None:
+                continue
+            seg = self.queue.view(st.slot)
+            seg["valid"][: st.t + 1, j] = False
+            seg["done"][min(st.t, self.cfg.segment_steps - 1), j] = True
+            if self.cfg.episodic:
+                st.alive[j] = False
+
+    # -- weights --------------------------------------------------------------------------
+    def _gate(self, rollout: int) -> None:
+        """Swap to the newest weights; pause if they are too old for ``rollout``."""
+        required = max(rollout - self.cfg.max_staleness, 0)  # never act before version 0
+        self.version = self.plane.swap_into(self.flat, self.version)
+        if self.version >= required:
+            return
+        self._drain()  # let in-flight groups close their segments, or the learner may starve
+        t0 = time.monotonic()
+        while self.version < required:
+            if not self.plane.wait_for(required, timeout=self.cfg.weight_timeout_s):
+                raise TimeoutError(f"no weights of version ≥ {required} within {self.cfg.weight_timeout_s} s")
+            self.version = self.plane.swap_into(self.flat, self.version)
+        self.weight_wait_s += time.monotonic() - t0
+
+    # -- observations ---------------------------------------------------------------------
+    def _read_obs(self, envs: slice) -> ObsBatch:
+        """Copy a group's slots into tensors, refusing a slot caught mid-write."""
+        slots = self.pool.slots
+        assert slots is not None
+        begin = slots["seq_begin"][envs].copy()
+        images = {k.split("/", 1)[1]: torch.from_numpy(v[envs].copy())
+                  for k, v in slots.arrays.items() if k.startswith("image/")}
+        proprio = torch.from_numpy(slots["proprio"][envs].copy())
+        instruction = self._tokenize(slots["instruction"][envs])
+        if not np.array_equal(begin, slots["seq_end"][envs]) or not np.array_equal(
+                begin, slots["seq_begin"][envs]):
+            raise SlotTornError(f"env slots {envs} changed while being read")
+        return ObsBatch(images=images, proprio=proprio, instruction=instruction)
+
+    def _tokenize(self, rows: np.ndarray) -> torch.Tensor:
+        out = []
+        for row in rows:
+            key = row.tobytes()
+            tokens = self._tokens_cache.get(key)
+            if tokens is None:
+                tokens = self.policy.tokenize([decode_instruction(row)])[0]
+                self._tokens_cache[key] = tokens
+            out.append(tokens)
+        return torch.stack(out)
+
+    @staticmethod
+    def _write_obs_row(seg: dict, t: int, obs: ObsBatch) -> None:
+        for cam, img in obs.images.items():
+            seg[f"image/{cam}"][t] = img.numpy()
+        seg["proprio"][t] = obs.proprio.numpy()
+        seg["instruction"][t] = obs.instruction.numpy()

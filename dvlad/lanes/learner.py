@@ -1,0 +1,265 @@
+"""The learn lane: consume trajectory segments, compute advantages and losses, step,
+publish each new version through the distribute lane, checkpoint.
+
+Runs in its own process (its own interpreter and torch threads) so gradients overlap
+with simulation and inference. One update consumes one rollout: one segment of every
+env group. Update ``r`` therefore trains on rollout ``r``, and the staleness of a sample
+is ``r − the version that acted``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dvla.spec import AlgoSection, JobSpec
+from dvlad.envs.base import EnvSpec
+from dvlad.lanes.distribute import Distributor
+from dvlad.lanes.trajectory import TrajectoryQueue, TrajectoryQueueHandle
+from dvlad.lanes.weights import WeightPlane, WeightPlaneHandle
+from dvlad.policies import make_policy
+from dvlad.policies.base import ObsBatch, Policy, flatten_parameters
+from dvlad.policies.checkpoint import load_checkpoint, save_checkpoint
+from dvlad.rl import gae, group_relative_advantages, grpo_loss, normalize_advantages, ppo_loss
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    spec: JobSpec
+    env_spec: EnvSpec
+    output_dir: str
+    groups: int
+
+
+def build_policy(spec: JobSpec, env_spec: EnvSpec) -> tuple[Policy, torch.Tensor]:
+    """The job's policy with its weights in one flat buffer (seeded: equal in every process)."""
+    torch.manual_seed(spec.job.seed)
+    policy = make_policy(spec.policy.name, env_spec, action_chunk=spec.policy.action_chunk, **spec.policy.args)
+    return policy, flatten_parameters(policy)
+
+
+def _batch_from_segments(segments: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """Copy segments out of shared memory, stacked along a new segment axis [S, ...]."""
+    return {k: torch.from_numpy(np.stack([s[k] for s in segments])) for k in segments[0]}
+
+
+def _obs(batch: dict[str, torch.Tensor], index: tuple) -> ObsBatch:
+    return ObsBatch(
+        images={k.split("/", 1)[1]: v[index] for k, v in batch.items() if k.startswith("image/")},
+        proprio=batch["proprio"][index],
+        instruction=batch["instruction"][index],
+    )
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """[S, T, E, ...] -> [S·T·E, ...]"""
+    return x.reshape(-1, *x.shape[3:])
+
+
+class Learner:
+    """The optimisation half of the learn lane, without any process plumbing (testable)."""
+
+    def __init__(self, cfg: LearnerConfig) -> None:
+        self.cfg, self.algo = cfg, cfg.spec.algo
+        self.policy, self.flat = build_policy(cfg.spec, cfg.env_spec)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.algo.learning_rate, eps=1e-5)
+        self.version = 0
+        self.trained_env_steps = 0
+        self.checkpoint_path = Path(cfg.output_dir) / CHECKPOINT_NAME
+        if cfg.spec.policy.checkpoint:
+            self._load_weights(Path(cfg.spec.policy.checkpoint))
+        if cfg.spec.train.resume and self.checkpoint_path.exists():
+            self.restore(self.checkpoint_path)
+
+    # -- updates --------------------------------------------------------------------------
+    def update(self, segments: list[dict[str, np.ndarray]]) -> dict[str, float]:
+        """One rollout in, one new version out. Returns the update's statistics."""
+        b = _batch_from_segments(segments)
+        valid = b["valid"]
+        staleness = (self.version - b["version"])[valid]
+        if self.algo.name == "grpo":
+            advantages, returns = self._grpo_advantages(b), None
+        else:
+            advantages, returns = self._gae(b)
+        idx = torch.nonzero(_flat(valid), as_tuple=True)[0]
+        n = len(idx)
+        stats: dict[str, float] = {}
+        if n:
+            obs_rows = {k: _flat(v[:, :-1]) if k.startswith("image/") or k in ("proprio", "instruction")
+                        else _flat(v) for k, v in b.items() if v.dim() >= 3}
+            stats = self._optimise(obs_rows, idx, _flat(advantages), None if returns is None else _flat(returns))
+        self.version += 1
+        steps = int(b["env_steps"][valid].sum())
+        self.trained_env_steps += steps
+        hist = np.bincount(staleness.numpy().clip(0), minlength=1)
+        stats.update(samples=float(n), trained_env_steps=float(self.trained_env_steps),
+                     staleness_mean=float(staleness.float().mean()) if n else 0.0,
+                     staleness_max=float(staleness.max()) if n else 0.0)
+        stats["staleness_hist"] = hist.tolist()  # type: ignore[assignment]
+        return stats
+
+    def _gae(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            last = _obs(b, (slice(None), -1))
+            s, e = last.proprio.shape[:2]
+            bootstrap = self.policy.value(ObsBatch(
+                images={k: v.reshape(s * e, *v.shape[2:]) for k, v in last.images.items()},
+                proprio=last.proprio.reshape(s * e, -1),
+                instruction=last.instruction.reshape(s * e, -1))).reshape(s, e)
+        advs, rets = [], []
+        for i in range(s):  # per segment: [T, E]
+            a, r = gae(b["reward"][i], b["value"][i], b["done"][i].float(), bootstrap[i],
+                       self.algo.gamma, self.algo.gae_lambda)
+            advs.append(a)
+            rets.append(r)
+        return torch.stack(advs), torch.stack(rets)
+
+    def _grpo_advantages(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Binary success of each episode, relative to the episodes that shared its start."""
+        s, t, e = b["valid"].shape
+        scores = (b["success"] & b["valid"]).any(dim=1).float()  # [S, E]
+        group_ids = (torch.arange(s)[:, None] * e + torch.arange(e)[None, :]) // self.algo.group_size
+        adv = group_relative_advantages(scores.reshape(-1), group_ids.reshape(-1)).reshape(s, 1, e)
+        return adv.expand(s, t, e)
+
+    def _optimise(self, rows: dict[str, torch.Tensor], idx: torch.Tensor, advantages: torch.Tensor,
+                  returns: torch.Tensor | None) -> dict[str, float]:
+        algo, totals, count = self.algo, {}, 0
+        mb_size = max(1, len(idx) // algo.minibatches)
+        for _ in range(algo.update_epochs):
+            perm = idx[torch.randperm(len(idx))]
+            for start in range(0, len(perm), mb_size):
+                mb = perm[start:start + mb_size]
+                obs = ObsBatch(images={k.split("/", 1)[1]: v[mb] for k, v in rows.items() if k.startswith("image/")},
+                               proprio=rows["proprio"][mb], instruction=rows["instruction"][mb])
+                out = self.policy.evaluate(obs, rows["tokens"][mb])
+                mask = torch.ones(len(mb))
+                adv = advantages[mb]
+                if algo.norm_adv and algo.name == "ppo":
+                    adv = normalize_advantages(adv, mask)
+                if returns is None:
+                    loss, stats = grpo_loss(out.logprob, rows["logprob"][mb], adv, out.entropy, mask,
+                                            clip_coef=algo.clip_coef, ratio_cap=algo.ratio_cap,
+                                            ent_coef=algo.ent_coef)
+                else:
+                    loss, stats = ppo_loss(out.logprob, rows["logprob"][mb], adv, out.value, rows["value"][mb],
+                                           returns[mb], out.entropy, mask, clip_coef=algo.clip_coef,
+                                           ratio_cap=algo.ratio_cap, vf_coef=algo.vf_coef,
+                                           ent_coef=algo.ent_coef)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(),
+                                                                          algo.max_grad_norm))
+                self.optimizer.step()
+                for k, v in stats.items():
+                    totals[k] = totals.get(k, 0.0) + v
+                count += 1
+        return {k: v / count for k, v in totals.items()}
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def save(self, path: Path | None = None) -> Path:
+        """Weights, optimizer state and counters in one safetensors file, written atomically."""
+        path = path or self.checkpoint_path
+        tensors = {"policy.flat": self.flat.detach().clone()}
+        state = self.optimizer.state_dict()
+        for i, st in state["state"].items():
+            for name, value in st.items():
+                tensors[f"optim.{i}.{name}"] = torch.as_tensor(value).clone()
+        meta = {"format": "dvla-checkpoint-1", "version": str(self.version),
+                "trained_env_steps": str(self.trained_env_steps), "policy": self.cfg.spec.policy.name,
+                "numel": str(self.flat.numel()), "spec": json.dumps(asdict(self.cfg.spec))}
+        save_checkpoint(path, tensors, meta)
+        return path
+
+    def _load_weights(self, path: Path) -> dict[str, str]:
+        tensors, meta = load_checkpoint(path / CHECKPOINT_NAME if path.is_dir() else path)
+        weights = tensors["policy.flat"]
+        if weights.numel() != self.flat.numel():
+            raise ValueError(f"checkpoint {path} holds {weights.numel()} weights; "
+                             f"the policy has {self.flat.numel()} (a different architecture)")
+        self.flat.copy_(weights)
+        self._optim_tensors = tensors
+        return meta
+
+    def restore(self, path: Path) -> None:
+        """Resume weights, optimizer state and counters from a checkpoint."""
+        meta = self._load_weights(path)
+        state = self.optimizer.state_dict()
+        for key, value in self._optim_tensors.items():
+            if key.startswith("optim."):
+                _, i, name = key.split(".", 2)
+                state["state"].setdefault(int(i), {})[name] = value
+        self.optimizer.load_state_dict(state)
+        self.version = int(meta["version"])
+        self.trained_env_steps = int(meta["trained_env_steps"])
+
+
+def learner_main(cfg: LearnerConfig, queue_handle: TrajectoryQueueHandle, plane_handle: WeightPlaneHandle,
+                 messages, stop) -> None:
+    """Entry point of the learner process. Talks to the job by small messages only."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(cfg.spec.resources.torch_threads)
+    traj = plane = distributor = None
+    try:
+        learner = Learner(cfg)
+        traj, plane = TrajectoryQueue.attach(queue_handle), WeightPlane.attach(plane_handle)
+
+        def published(version: int, t0: float, t1: float) -> None:
+            messages.put(("interval", "distribute", t0, t1, 1))
+
+        distributor = Distributor(plane, learner.flat.numel(), on_published=published)
+        distributor.publish(learner.flat, learner.version)
+        messages.put(("ready", learner.version, learner.trained_env_steps, os.getpid()))
+        every = cfg.spec.train.checkpoint_every
+        while not stop.is_set():
+            slots = _take(traj, cfg.groups, stop)
+            if slots is None:
+                break
+            t0 = time.monotonic()
+            segments = [{k: v.copy() for k, v in traj.view(s).items()} for s in slots]
+            for s in slots:  # free the slots at once: the actor may refill them while we train
+                traj.release(s)
+            stats = learner.update(segments)
+            t1 = time.monotonic()
+            distributor.publish(learner.flat, learner.version)
+            stats["learn_s"] = t1 - t0
+            messages.put(("interval", "learn", t0, t1, int(stats["samples"])))
+            messages.put(("update", learner.version, stats))
+            if every and learner.version % every == 0:
+                messages.put(("checkpoint", str(learner.save()), learner.version))
+        messages.put(("checkpoint", str(learner.save()), learner.version))
+        distributor.close()
+    except BaseException:
+        messages.put(("error", traceback.format_exc()))
+    finally:
+        for part in (traj, plane):
+            if part is not None:
+                part.close()
+
+
+def _take(traj: TrajectoryQueue, count: int, stop) -> list[int] | None:
+    """The next ``count`` segments (one rollout), or None once asked to stop."""
+    slots: list[int] = []
+    while len(slots) < count:
+        try:
+            slots.append(traj.take(timeout=0.2))
+        except queue.Empty:
+            if stop.is_set():
+                for s in slots:
+                    traj.release(s)
+                return None
+    return slots
+
+
+__all__ = ["CHECKPOINT_NAME", "AlgoSection", "Learner", "LearnerConfig", "build_policy", "learner_main"]

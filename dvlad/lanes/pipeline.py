@@ -1,0 +1,228 @@
+"""A job's four lanes, wired together and run until the job's budget is spent.
+
+Processes: env workers (sample lane), this process's main thread (infer lane), a learner
+process (learn lane) with its distribute thread. Between them: env slots and the
+trajectory queue (data plane, shared memory) and the weight plane (versions, shared
+memory). Everything else is small messages.
+
+``mode = "sync"`` builds exactly the same parts and only changes two knobs: one env
+group in flight at a time and ``max_staleness = 0``, so the lanes run strictly in turn.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dvla.spec import JobSpec
+from dvlad.envs.vector import EnvWorkerPool
+from dvlad.lanes.actor import Actor, ActorConfig
+from dvlad.lanes.learner import LearnerConfig, build_policy, learner_main
+from dvlad.lanes.timeline import LaneTimeline
+from dvlad.lanes.trajectory import SegmentShape, TrajectoryQueue
+from dvlad.lanes.weights import WeightPlane
+
+
+class JobFailed(RuntimeError):
+    """A lane died; the message says which and why."""
+
+
+@dataclass
+class Progress:
+    """One metrics row: what the job reports after each learner update."""
+
+    values: dict[str, float]
+    staleness_hist: list[int] = field(default_factory=list)
+
+
+def effective_knobs(spec: JobSpec) -> tuple[bool, int]:
+    """(pipelined, max_staleness) for the job's mode: sync is async with both turned off."""
+    if spec.job.mode == "sync":
+        return False, 0
+    return True, spec.pipeline.max_staleness
+
+
+class Pipeline:
+    def __init__(self, spec: JobSpec, output_dir: Path,
+                 on_progress: Callable[[Progress], None] | None = None) -> None:
+        self.spec, self.output_dir = spec, output_dir
+        self.on_progress = on_progress or (lambda p: None)
+        self.timeline = LaneTimeline()
+        self.pool: EnvWorkerPool | None = None
+        self.actor: Actor | None = None
+        self.checkpoint: str | None = None
+        self.failure: str | None = None
+        self._stop_requested = threading.Event()
+
+    def request_stop(self) -> None:
+        """Finish the update in hand, checkpoint and stop (SIGTERM does this)."""
+        self._stop_requested.set()
+
+    def run(self) -> dict[str, float]:
+        spec, ctx = self.spec, mp.get_context("spawn")
+        pipelined, max_staleness = effective_knobs(spec)
+        torch.set_num_threads(spec.resources.torch_threads)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        episodic = spec.algo.name == "grpo"
+        pool = EnvWorkerPool(spec.env.name, self._env_args(), num_envs=spec.env.num_envs,
+                             groups=spec.env.groups, workers=spec.env.workers,
+                             action_chunk=spec.policy.action_chunk, auto_reset=not episodic,
+                             seed=spec.job.seed, step_timeout_s=spec.env.step_timeout_s)
+        self.pool = pool
+        parts: list = [pool]
+        learner = None
+        try:
+            if episodic and spec.pipeline.segment_steps < pool.spec.max_episode_steps:
+                raise ValueError(f"GRPO needs whole episodes: pipeline.segment_steps={spec.pipeline.segment_steps}"
+                                 f" < the env's episode limit {pool.spec.max_episode_steps}")
+            policy, flat = build_policy(spec, pool.spec)
+            capacity = spec.pipeline.queue_segments or spec.env.groups * (max_staleness + 1)
+            shape = SegmentShape(spec.pipeline.segment_steps, pool.envs_per_group, spec.policy.action_chunk,
+                                 policy.max_instruction_tokens)
+            traj = TrajectoryQueue.create(ctx, pool.spec, shape, capacity)
+            plane = WeightPlane.create(ctx, flat.numel())
+            parts += [traj, plane]
+            messages, stop = ctx.Queue(), ctx.Event()
+            cfg = LearnerConfig(spec, pool.spec, str(self.output_dir), spec.env.groups)
+            learner = ctx.Process(target=learner_main, args=(cfg, traj.handle, plane.handle, messages, stop),
+                                  name="dvla-learner", daemon=True)
+            learner.start()
+            start_version, start_steps = self._await_ready(messages, learner)
+            actor = Actor(pool, policy, flat, plane, traj,
+                          ActorConfig(spec.pipeline.segment_steps, max_staleness, pipelined, episodic=episodic,
+                                      group_size=spec.algo.group_size, seed=spec.job.seed),
+                          self.timeline, start_rollout=start_version)
+            actor.env_steps = start_steps
+            self.actor = actor
+            return self._run_actor(actor, pool, learner, messages, stop)
+        finally:
+            if learner is not None and learner.is_alive():
+                learner.join(timeout=30)
+                if learner.is_alive():
+                    learner.kill()
+            for part in reversed(parts):
+                part.close()
+
+    def _env_args(self) -> dict:
+        args = dict(self.spec.env.args)
+        if self.spec.env.max_episode_steps:
+            args["max_episode_steps"] = self.spec.env.max_episode_steps
+        return args
+
+    @staticmethod
+    def _await_ready(messages, learner) -> tuple[int, int]:
+        while True:
+            try:
+                msg = messages.get(timeout=1.0)
+            except queue.Empty:
+                if not learner.is_alive():
+                    raise JobFailed(f"learner exited with code {learner.exitcode} before it was ready") from None
+                continue
+            if msg[0] == "error":
+                raise JobFailed(f"learner failed to start:\n{msg[1]}")
+            if msg[0] == "ready":
+                return msg[1], msg[2]
+
+    def _run_actor(self, actor: Actor, pool: EnvWorkerPool, learner, messages, stop) -> dict[str, float]:
+        spec = self.spec
+        t_start = time.monotonic()
+        deadline = t_start + spec.train.max_minutes * 60 if spec.train.max_minutes else float("inf")
+        reporter = _Reporter(self, actor, pool, messages, t_start)
+        reporter.start()
+
+        def should_stop() -> bool:
+            if self.failure is None and not learner.is_alive():
+                self.failure = f"learner exited with code {learner.exitcode}"
+            return (self.failure is not None or self._stop_requested.is_set()
+                    or actor.env_steps >= spec.train.total_env_steps or time.monotonic() >= deadline)
+
+        try:
+            actor.run(should_stop)
+        finally:
+            stop.set()
+            learner.join(timeout=120)
+            reporter.finish()
+        if self.failure:
+            raise JobFailed(self.failure)
+        return reporter.last
+
+
+class _Reporter(threading.Thread):
+    """Drains the learner's messages and turns each update into a metrics row."""
+
+    def __init__(self, pipeline: Pipeline, actor: Actor, pool: EnvWorkerPool, messages, t_start: float) -> None:
+        super().__init__(name="dvla-reporter", daemon=True)
+        self.p, self.actor, self.pool, self.messages, self.t_start = pipeline, actor, pool, messages, t_start
+        self.last: dict[str, float] = {}
+        self._done = threading.Event()
+        self._window_start = t_start
+        self._window_steps = actor.env_steps
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            self._drain(timeout=0.2)
+
+    def finish(self) -> None:
+        self._done.set()
+        self.join(timeout=5)
+        self._drain(timeout=0.5)  # the final checkpoint message
+
+    def _drain(self, timeout: float) -> None:
+        try:
+            msg = self.messages.get(timeout=timeout)
+        except queue.Empty:
+            return
+        while True:
+            self._handle(msg)
+            try:
+                msg = self.messages.get_nowait()
+            except queue.Empty:
+                return
+
+    def _handle(self, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == "interval":
+            self.p.timeline.add(*msg[1:])
+        elif kind == "checkpoint":
+            self.p.checkpoint = msg[1]
+        elif kind == "error":
+            self.p.failure = f"learner failed:\n{msg[1]}"
+        elif kind == "update":
+            self._row(msg[1], msg[2])
+
+    def _row(self, version: int, stats: dict) -> None:
+        now = time.monotonic()
+        actor, spec = self.actor, self.p.spec
+        lanes = self.p.timeline.summary(self._window_start, now, parallel={"sample": len(self.pool.workers)})
+        hist = stats.pop("staleness_hist", [])
+        values = {
+            "version": float(version),
+            "env_steps": float(actor.env_steps),
+            "time_s": now - self.t_start,
+            "env_steps_per_s": (actor.env_steps - self._window_steps) / max(now - self._window_start, 1e-9),
+            "dropped_episodes": float(actor.dropped_episodes),
+            "replaced_workers": float(self.pool.replaced_workers),
+            "weight_wait_s": actor.weight_wait_s,
+            "queue_depth": float(actor.queue.depth()),
+            "acting_version": float(actor.version),
+            **actor.episodes.summary(),
+            **{f"{k}": float(v) for k, v in stats.items()},
+        }
+        for lane, s in lanes.items():
+            values[f"{lane}_busy"] = s["busy"]
+            values[f"{lane}_items_per_s"] = s["items_per_s"]
+        publishes = self.p.timeline.intervals("distribute", self._window_start)
+        if publishes:
+            values["publish_ms"] = 1e3 * float(np.mean([iv.end - iv.start for iv in publishes]))
+        self._window_start, self._window_steps = now, actor.env_steps
+        self.last = values
+        if version % max(spec.train.log_every, 1) == 0:
+            self.p.on_progress(Progress(values, hist))

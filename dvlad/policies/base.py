@@ -1,0 +1,99 @@
+"""The policy interface the lanes drive, and the flat weight buffer the weight plane copies.
+
+Why a flat buffer: the distribute lane publishes a version by copying one contiguous
+tensor (one memcpy on the host, one device copy on a GPU), never a state dict walked
+parameter by parameter, so an actor can never see half of a version.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ObsBatch:
+    """A batch of observations as tensors, the form every policy consumes."""
+
+    images: dict[str, torch.Tensor]
+    """camera name -> uint8 tensor B×H×W×3."""
+    proprio: torch.Tensor
+    """float32 B×P."""
+    instruction: torch.Tensor
+    """int64 B×L instruction token ids from :meth:`Policy.tokenize` (0 = padding)."""
+
+    def to(self, device: torch.device | str) -> ObsBatch:
+        return ObsBatch(
+            images={k: v.to(device, non_blocking=True) for k, v in self.images.items()},
+            proprio=self.proprio.to(device, non_blocking=True),
+            instruction=self.instruction.to(device, non_blocking=True),
+        )
+
+
+@dataclass
+class ActOutput:
+    tokens: torch.Tensor
+    """int64 B×K×7 action tokens (K = action chunk length)."""
+    actions: torch.Tensor
+    """float32 B×K×7 continuous actions in [-1, 1], decoded from the tokens."""
+    logprob: torch.Tensor
+    """float32 B: log-probability of the whole chunk under the acting policy."""
+    value: torch.Tensor
+    """float32 B: value estimate of the observation."""
+
+
+@dataclass
+class EvalOutput:
+    logprob: torch.Tensor
+    """float32 B: log-probability of the given tokens."""
+    entropy: torch.Tensor
+    """float32 B: entropy of the action distribution (summed over chunk and dims)."""
+    value: torch.Tensor
+    """float32 B."""
+
+
+class Policy(nn.Module, ABC):
+    """A VLA policy: observations and instruction in, discrete action tokens out, plus a value."""
+
+    action_chunk: int
+    """Number of consecutive actions emitted per inference (executed in order by the env)."""
+    max_instruction_tokens: int
+
+    @abstractmethod
+    def tokenize(self, instructions: list[str]) -> torch.Tensor:
+        """Instruction strings -> int64 B×L token ids. Pure CPU work; the actor caches it."""
+
+    @abstractmethod
+    def act(self, obs: ObsBatch, deterministic: bool = False) -> ActOutput:
+        """Sample (or take the mode of) an action chunk for every observation."""
+
+    @abstractmethod
+    def evaluate(self, obs: ObsBatch, tokens: torch.Tensor) -> EvalOutput:
+        """Log-prob, entropy and value of given action tokens under the current weights."""
+
+    @abstractmethod
+    def value(self, obs: ObsBatch) -> torch.Tensor:
+        """Value estimate only (used to bootstrap a segment's last observation)."""
+
+
+def flatten_parameters(module: nn.Module) -> torch.Tensor:
+    """Move every parameter of ``module`` into one contiguous buffer and return it.
+
+    Each parameter's ``.data`` becomes a view into the buffer, so copying a new
+    buffer in updates the whole model at once. Call before building an optimizer.
+    """
+    params = list(module.parameters())
+    if not params:
+        raise ValueError("module has no parameters to flatten")
+    dtype, device = params[0].dtype, params[0].device
+    flat = torch.empty(sum(p.numel() for p in params), dtype=dtype, device=device)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        flat[offset : offset + n].copy_(p.data.reshape(-1))
+        p.data = flat[offset : offset + n].view_as(p.data)
+        offset += n
+    return flat

@@ -1,0 +1,184 @@
+"""TinyVLA: a small vision-language-action transformer that trains on a CPU.
+
+Why it exists: every lane, loss and test must run without a GPU, with the same
+interface and the same shape of model as a real VLA (image patches, instruction
+tokens, proprio, a transformer trunk, a categorical head over action bins), so
+that the CPU path exercises the real code, only smaller.
+
+Token sequence fed to the trunk, per observation::
+
+    [ACT] [VALUE] proprio  instruction(L)  camera_1 patches(G²) ... camera_C patches(G²)
+
+The action head reads the [ACT] output, the value head the [VALUE] output. Instruction
+padding is masked out of attention.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dvlad.envs.base import ACTION_DIM, EnvSpec
+from dvlad.policies.action_tokens import ActionTokenizer
+from dvlad.policies.base import ActOutput, EvalOutput, ObsBatch, Policy
+from dvlad.policies.text import WordTokenizer
+
+
+class _ImageEncoder(nn.Module):
+    """uint8 B×H×W×3 -> B×G²×d patch tokens: three strided convs, then adaptive pooling.
+
+    Why so small: 64×64 images shrink 8× in three cheap convs; the pool makes any
+    camera resolution give the same G×G grid, so the trunk never depends on H, W.
+    """
+
+    def __init__(self, d_model: int, patch_grid: int) -> None:
+        super().__init__()
+        width = max(d_model // 2, 8)
+        self.net = nn.Sequential(
+            nn.Conv2d(3, width // 2, kernel_size=4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width // 2, width, kernel_size=4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, d_model, kernel_size=3, stride=2, padding=1),
+            nn.AdaptiveAvgPool2d(patch_grid),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).float().div(255.0)  # B×3×H×W (channels-last in memory)
+        return self.net(x).flatten(2).transpose(1, 2)  # B×G²×d
+
+
+def _gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU as a plain function, so nn.TransformerEncoderLayer never takes its fused fast path.
+
+    Why: in eval mode under no_grad that path swaps in other kernels, so the actor
+    and the learner would run different code for the same weights (measured: values
+    differ in the last bits), and on this CPU it was slower (about 9.5 against 7 ms for
+    act at batch 8). One code path everywhere keeps behaviour log-probs exact.
+    Passing ``F.gelu`` or ``"gelu"`` would re-enable it.
+    """
+    return F.gelu(x)
+
+
+def _sample(logp: torch.Tensor) -> torch.Tensor:
+    """One draw per row of ``logp`` (…×bins) by inverse CDF.
+
+    Why not ``torch.multinomial``: on CPU it draws an exponential per *bin* (B·K·7·bins
+    random numbers); the inverse CDF needs one uniform per token, ~5× faster here.
+    """
+    cdf = logp.exp().cumsum(dim=-1)
+    u = torch.rand((*cdf.shape[:-1], 1), device=cdf.device, dtype=cdf.dtype) * cdf[..., -1:]
+    return torch.searchsorted(cdf, u).squeeze(-1).clamp_(max=logp.shape[-1] - 1)
+
+
+class TinyVLA(Policy):
+    """A small VLA policy for CPU runs and tests; see the module docstring for the layout."""
+
+    def __init__(
+        self,
+        env_spec: EnvSpec,
+        action_chunk: int = 1,
+        d_model: int = 64,
+        layers: int = 2,
+        heads: int = 4,
+        patch_grid: int = 8,
+        vocab_size: int = 1024,
+        max_instruction_tokens: int = 16,
+        bins: int = 256,
+    ) -> None:
+        super().__init__()
+        if action_chunk < 1:
+            raise ValueError(f"action_chunk must be at least 1, got {action_chunk}")
+        if not env_spec.cameras:
+            raise ValueError("TinyVLA needs at least one camera in the env spec")
+        self.action_chunk = action_chunk
+        self.max_instruction_tokens = max_instruction_tokens
+        self.bins = bins
+        self.camera_names = sorted(env_spec.cameras)
+        """Fixed camera order; a ModuleList because camera names may hold dots."""
+        self.text_tokenizer = WordTokenizer(vocab_size, max_instruction_tokens)
+        self.action_tokenizer = ActionTokenizer(bins)
+
+        self.encoders = nn.ModuleList(_ImageEncoder(d_model, patch_grid) for _ in self.camera_names)
+        self.patch_row = nn.Parameter(torch.randn(patch_grid, 1, d_model) * 0.02)
+        self.patch_col = nn.Parameter(torch.randn(1, patch_grid, d_model) * 0.02)
+        self.camera_embed = nn.Parameter(torch.randn(len(self.camera_names), d_model) * 0.02)
+        self.word_embed = nn.Embedding(vocab_size, d_model, padding_idx=0)
+        self.word_pos = nn.Parameter(torch.randn(max_instruction_tokens, d_model) * 0.02)
+        self.proprio = nn.Linear(env_spec.proprio_dim, d_model)
+        self.queries = nn.Parameter(torch.randn(2, d_model) * 0.02)  # [ACT], [VALUE]
+
+        layer = nn.TransformerEncoderLayer(
+            d_model,
+            heads,
+            dim_feedforward=2 * d_model,
+            dropout=0.0,
+            activation=_gelu,
+            batch_first=True,
+            norm_first=True,
+        )
+        self.trunk = nn.TransformerEncoder(
+            layer, layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False
+        )
+        self.action_head = nn.Linear(d_model, action_chunk * ACTION_DIM * bins)
+        self.value_head = nn.Linear(d_model, 1)
+        with torch.no_grad():  # near-uniform first policy: every bin is explored
+            self.action_head.weight.mul_(0.01)
+            self.action_head.bias.zero_()
+
+    # -- encoding ---------------------------------------------------------------------
+
+    def tokenize(self, instructions: list[str]) -> torch.Tensor:
+        return self.text_tokenizer(instructions)
+
+    def _features(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Trunk outputs of the [ACT] and [VALUE] tokens, each B×d."""
+        batch = obs.proprio.shape[0]
+        instruction = obs.instruction
+        length = instruction.shape[1]
+        if length > self.max_instruction_tokens:
+            raise ValueError(f"instruction has {length} tokens, max is {self.max_instruction_tokens}")
+        missing = set(self.camera_names) - obs.images.keys()
+        if missing:
+            raise KeyError(f"observation lacks camera(s) {sorted(missing)}")
+
+        pos = (self.patch_row + self.patch_col).flatten(0, 1)  # G²×d
+        parts = [
+            self.queries.expand(batch, -1, -1),
+            self.proprio(obs.proprio.float()).unsqueeze(1),
+            self.word_embed(instruction) + self.word_pos[:length],
+        ]
+        for i, (name, encoder) in enumerate(zip(self.camera_names, self.encoders, strict=True)):
+            parts.append(encoder(obs.images[name]) + pos + self.camera_embed[i])
+        tokens = torch.cat(parts, dim=1)
+
+        pad = torch.zeros(batch, tokens.shape[1], dtype=torch.bool, device=tokens.device)
+        pad[:, 3 : 3 + length] = instruction == 0
+        out = self.trunk(tokens, src_key_padding_mask=pad)
+        return out[:, 0], out[:, 1]
+
+    def _heads(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Action log-probs B×K×7×bins and value B."""
+        act, val = self._features(obs)
+        logits = self.action_head(act).view(-1, self.action_chunk, ACTION_DIM, self.bins)
+        return F.log_softmax(logits.float(), dim=-1), self.value_head(val).squeeze(-1).float()
+
+    # -- Policy interface --------------------------------------------------------------
+
+    def act(self, obs: ObsBatch, deterministic: bool = False) -> ActOutput:
+        logp, value = self._heads(obs)
+        tokens = logp.argmax(dim=-1) if deterministic else _sample(logp)
+        logprob = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).sum(dim=(1, 2))
+        actions = self.action_tokenizer.decode(tokens)
+        return ActOutput(tokens=tokens, actions=actions, logprob=logprob, value=value)
+
+    def evaluate(self, obs: ObsBatch, tokens: torch.Tensor) -> EvalOutput:
+        logp, value = self._heads(obs)
+        logprob = logp.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1).sum(dim=(1, 2))
+        entropy = -(logp.exp() * logp).sum(dim=(1, 2, 3))
+        return EvalOutput(logprob=logprob, entropy=entropy, value=value)
+
+    def value(self, obs: ObsBatch) -> torch.Tensor:
+        _, val = self._features(obs)
+        return self.value_head(val).squeeze(-1).float()

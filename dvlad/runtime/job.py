@@ -1,0 +1,98 @@
+"""Run one job without the daemon: ``python -m dvlad.runtime.job JOB.toml``.
+
+This is exactly what ``dvlad`` launches for a job. Exit codes: 0 succeeded, 1 the job
+failed (the reason is printed), 2 the job file is invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from dvla.spec import JobSpec, SpecError, load_spec
+from dvlad.lanes.pipeline import JobFailed, Pipeline, Progress
+from dvlad.runtime.metrics import MetricsSink
+
+
+def output_dir_of(spec: JobSpec, override: str | None = None) -> Path:
+    return Path(override or spec.job.output_dir.replace("{name}", spec.job.name))
+
+
+def format_progress(values: dict[str, float], total: int) -> str:
+    """One human line per update: progress, throughput, learning, lanes."""
+    pct = 100.0 * values["env_steps"] / max(total, 1)
+    success = values.get("success_rate")
+    parts = [
+        f"[{pct:5.1f}%] v{int(values['version']):<4d} {int(values['env_steps']):>8d} steps",
+        f"{values['env_steps_per_s']:7.0f} steps/s",
+        f"success {success:5.2f}" if success is not None else "success   -  ",
+        f"return {values.get('episode_return', float('nan')):6.2f}",
+        f"stale {values.get('staleness_mean', 0.0):.2f}",
+        "busy " + " ".join(f"{lane[:5]} {values.get(f'{lane}_busy', 0.0):4.0%}"
+                           for lane in ("sample", "infer", "learn")),
+    ]
+    return " | ".join(parts)
+
+
+def run_job(spec: JobSpec, output_dir: Path, quiet: bool = False) -> dict[str, float]:
+    """Run ``spec`` to completion, writing metrics, checkpoints and a summary to ``output_dir``."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "job.json").write_text(json.dumps(asdict(spec), indent=2))
+    sink = MetricsSink(output_dir)
+
+    def progress(p: Progress) -> None:
+        sink.write(p.values, p.staleness_hist)
+        if not quiet:
+            print(format_progress(p.values, spec.train.total_env_steps), flush=True)
+
+    pipeline = Pipeline(spec, output_dir, on_progress=progress)
+    previous = signal.signal(signal.SIGTERM, lambda *_: pipeline.request_stop())
+    t0 = time.monotonic()
+    try:
+        last = pipeline.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        sink.close()
+    summary = {"status": "succeeded", "wall_s": time.monotonic() - t0, "checkpoint": pipeline.checkpoint,
+               **{k: last[k] for k in ("env_steps", "version", "success_rate", "episode_return") if k in last}}
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m dvlad.runtime.job",
+        description="Run a D-VLA job file in this process, without the daemon.",
+        epilog="example: python -m dvlad.runtime.job examples/reach_ppo.toml --output-dir runs/try1")
+    parser.add_argument("job_file", help="the job's TOML file (see docs/jobs.md)")
+    parser.add_argument("--output-dir", help="where metrics, checkpoints and TensorBoard logs go "
+                                             "(default: [job] output_dir)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    args = parser.parse_args(argv)
+    try:
+        spec = load_spec(args.job_file)
+    except SpecError as err:
+        print(err, file=sys.stderr)
+        return 2
+    out = output_dir_of(spec, args.output_dir)
+    try:
+        summary = run_job(spec, out, quiet=args.quiet)
+    except (JobFailed, ValueError) as err:
+        print(f"job failed: {err}", file=sys.stderr)
+        (out / "summary.json").write_text(json.dumps({"status": "failed", "reason": str(err)}, indent=2))
+        return 1
+    except KeyboardInterrupt:
+        print("job interrupted", file=sys.stderr)
+        return 1
+    print(f"done: {int(summary.get('env_steps', 0))} env steps, success rate "
+          f"{summary.get('success_rate', float('nan')):.2f}; metrics and checkpoint in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,763 @@
+"""The job-spec schema, defined once here, in the client package.
+
+Why here: `dvla validate` must work on a laptop without torch, and the daemon and
+the job runner import this same module, so a spec the client accepts is exactly a
+spec the engine runs.
+
+A job is a TOML file with up to seven sections, ``[job]``, ``[resources]``, ``[policy]``,
+``[env]``, ``[algo]``, ``[pipeline]`` and ``[train]``; every key has a default, so any
+section, or the whole file, may be left out (an empty file is a valid job: all defaults).
+``docs/jobs.md`` is the reference.
+
+Public API::
+
+    parse_spec(text, source="<job>") -> JobSpec     # TOML text
+    load_spec(path) -> JobSpec                     # a TOML file
+    spec_from_dict(data, source="<job>") -> JobSpec  # a decoded dict (JSON / msgpack body)
+    spec_to_dict(spec) -> dict                     # the resolved spec, every key filled in
+    dump_toml(spec) -> str                         # needs tomli_w (not a client dependency)
+
+Every failure is a :class:`SpecError` listing every problem found, each a :class:`SpecIssue`
+with the dotted key, the reason and, for TOML text, the line and column.
+
+Standard library only: the client imports this without torch or numpy.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import dataclasses
+import difflib
+import json
+import math
+import os
+import re
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+# --------------------------------------------------------------------------------------------
+# The schema. Attribute docstrings are the reference text of docs/jobs.md.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class JobSection:
+    name: str = "job"
+    """Job name: letters, digits, ``.``, ``_``, ``-``; starts with a letter or digit; at most 64."""
+    seed: int = 0
+    """Seed of every random generator of the job (≥ 0)."""
+    mode: Literal["async", "sync"] = "async"
+    """async: the four lanes overlap; sync: the same lanes strictly in sequence (the baseline)."""
+    output_dir: str = "runs/{name}"
+    """Where metrics, checkpoints and the TensorBoard log go; ``{name}`` is replaced."""
+
+
+@dataclass
+class ResourcesSection:
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: CUDA when a GPU is visible, else CPU."""
+    gpus: int = 0
+    """GPUs the job asks for (must be 0 with device "cpu")."""
+    torch_threads: int = 1
+    """Intra-op threads per torch process (learner, actor); env workers take the other cores."""
+
+
+@dataclass
+class PolicySection:
+    name: str = "tiny-vla"
+    """A built-in policy name or ``"package.module:function"`` returning a Policy."""
+    action_chunk: int = 1
+    """Actions the policy emits per inference call, executed in order."""
+    checkpoint: str = ""
+    """Optional safetensors checkpoint (file or run directory) to start from."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Free-form keyword arguments for the policy factory."""
+
+
+@dataclass
+class EnvSection:
+    name: str = "reach"
+    """A built-in env name (``reach``, ``synthetic``, LIBERO suites) or ``"package.module:function"``."""
+    num_envs: int = 16
+    """Environments stepped in parallel; divisible by groups × workers."""
+    groups: int = 2
+    """Env groups for double buffering: one group simulates while another is inferred."""
+    workers: int = 2
+    """Env worker processes; each steps num_envs / workers envs."""
+    max_episode_steps: int = 0
+    """0: the env's own limit."""
+    step_timeout_s: float = 30.0
+    """A worker that does not answer within this is replaced and its episodes dropped."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Free-form keyword arguments for the env constructor."""
+
+
+@dataclass
+class AlgoSection:
+    name: Literal["ppo", "grpo"] = "ppo"
+    """ppo: clipped policy gradient with a value head and GAE; grpo: group-relative advantages."""
+    learning_rate: float = 3e-4
+    """AdamW learning rate (> 0)."""
+    gamma: float = 0.99
+    """Discount factor, in [0, 1]."""
+    gae_lambda: float = 0.95
+    """GAE λ, in [0, 1]."""
+    clip_coef: float = 0.2
+    """PPO ratio clip ε, in (0, 1)."""
+    ratio_cap: float = 3.0
+    """Dual-clip bound: importance ratios of stale samples are truncated at this (> 1 + clip_coef)."""
+    vf_coef: float = 0.5
+    """Value-loss weight (≥ 0)."""
+    ent_coef: float = 0.0
+    """Entropy-bonus weight (≥ 0)."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip (> 0)."""
+    update_epochs: int = 4
+    """Passes over each batch of segments."""
+    minibatches: int = 4
+    """Minibatches per pass."""
+    norm_adv: bool = True
+    """Normalise advantages per minibatch."""
+    group_size: int = 8
+    """GRPO: episodes that share one start; advantages are relative within the group."""
+
+
+@dataclass
+class PipelineSection:
+    segment_steps: int = 32
+    """Steps per trajectory segment (GRPO: at least the episode limit)."""
+    max_staleness: int = 1
+    """Sampling pauses rather than let learner version − acting version exceed this (sync: forced to 0)."""
+    queue_segments: int = 0
+    """Trajectory-queue capacity in segments; 0: groups × (max_staleness + 1)."""
+
+
+@dataclass
+class TrainSection:
+    total_env_steps: int = 200_000
+    """Stop after this many env steps (summed over all envs)."""
+    max_minutes: float = 0.0
+    """0: no wall-clock limit."""
+    checkpoint_every: int = 20
+    """Updates between checkpoints (0: only at the end)."""
+    log_every: int = 1
+    """Updates between metric rows."""
+    resume: bool = True
+    """Continue from the output directory's last checkpoint if there is one."""
+
+
+@dataclass
+class JobSpec:
+    job: JobSection = field(default_factory=JobSection)
+    resources: ResourcesSection = field(default_factory=ResourcesSection)
+    policy: PolicySection = field(default_factory=PolicySection)
+    env: EnvSection = field(default_factory=EnvSection)
+    algo: AlgoSection = field(default_factory=AlgoSection)
+    pipeline: PipelineSection = field(default_factory=PipelineSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SpecIssue:
+    """One problem of a job spec: the dotted key (``""`` when none applies), why, and where."""
+
+    key: str
+    reason: str
+    line: int | None = None
+    column: int | None = None
+    source: str = "<job>"
+    """The file name (or ``<job>``) the line refers to."""
+
+    def __str__(self) -> str:
+        where = self.source
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        return f"{where}: {self.key}: {self.reason}" if self.key else f"{where}: {self.reason}"
+
+
+class SpecError(ValueError):
+    """A job spec that cannot run; ``issues`` lists every problem found, in file order."""
+
+    def __init__(self, issues: list[SpecIssue]):
+        self.issues = list(issues)
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        if len(self.issues) == 1:
+            return str(self.issues[0])
+        source = self.issues[0].source if self.issues else "<job>"
+        lines = [f"{source}: {len(self.issues)} problems in the job spec:"]
+        lines += [f"  {issue}" for issue in self.issues]
+        return "\n".join(lines)
+
+    def __reduce__(self):  # keep the issues across pickling (process boundaries)
+        return (type(self), (self.issues,))
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------------
+
+_TOML_POSITION = re.compile(r"\s*\((?:at line (\d+), column (\d+)|at end of document)\)\s*$")
+
+
+def parse_spec(text: str, source: str = "<job>") -> JobSpec:
+    """Parse and check TOML job text. Raises :class:`SpecError` with every problem found."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError([_syntax_issue(str(exc), text, source)]) from None
+    return _build_spec(data, source, _KeyLocator(text))
+
+
+def load_spec(path: str | os.PathLike[str]) -> JobSpec:
+    """Read and check a TOML job file. Raises :class:`SpecError` (also for an unreadable file)."""
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise SpecError([SpecIssue("", "no such file", source=source)]) from None
+    except IsADirectoryError:
+        raise SpecError([SpecIssue("", "is a directory, not a job file", source=source)]) from None
+    except OSError as exc:
+        raise SpecError([SpecIssue("", f"cannot read: {exc.strerror or exc}", source=source)]) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        issue = SpecIssue("", "not UTF-8 text", line=line, source=source)
+        raise SpecError([issue]) from None
+    return parse_spec(text, source)
+
+
+def spec_from_dict(data: dict[str, Any], source: str = "<job>") -> JobSpec:
+    """Check a decoded spec (JSON or msgpack body, ``spec_to_dict`` output). No line numbers."""
+    if not isinstance(data, dict):
+        reason = f"expected a table of sections, got {_describe(data)}"
+        raise SpecError([SpecIssue("", reason, source=source)])
+    return _build_spec(data, source, None)
+
+
+def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
+    """The resolved spec (every key, defaults filled in) as plain dicts, for JSON, msgpack or TOML."""
+    return dataclasses.asdict(spec)
+
+
+def dump_toml(spec: JobSpec) -> str:
+    """The resolved spec as TOML text. Needs ``tomli_w``, which the client does not depend on."""
+    import tomli_w  # lazily: only writers of TOML need it
+
+    return tomli_w.dumps(spec_to_dict(spec))
+
+
+# --------------------------------------------------------------------------------------------
+# Building and type checks
+# --------------------------------------------------------------------------------------------
+
+_SECTIONS: dict[str, Any] = {f.name: f.default_factory for f in dataclasses.fields(JobSpec)}
+_JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_ENTRY_POINT = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+
+
+_FIELD_TYPES: dict[str, dict[str, Any]] = {
+    name: typing.get_type_hints(section) for name, section in _SECTIONS.items()
+}
+
+
+class _Checker:
+    """Collects issues, locating each key in the TOML text when there is one."""
+
+    def __init__(self, source: str, locator: _KeyLocator | None):
+        self.source = source
+        self.locator = locator
+        self.issues: list[SpecIssue] = []
+        self.bad: set[str] = set()
+        """Keys whose value was refused: later checks that read them are skipped."""
+        self.written: set[str] = set()
+        """Keys present in the input (as opposed to defaulted)."""
+
+    def add(self, key: str, reason: str) -> None:
+        line = column = None
+        if self.locator is not None:
+            line, column = self.locator.find(tuple(key.split(".")) if key else ())
+        self.issues.append(SpecIssue(key, reason, line, column, self.source))
+        self.bad.add(key)
+
+    def blame(self, *keys: str) -> str:
+        """The first of ``keys`` the user wrote (else the first): the one a cross-field issue names."""
+        return next((k for k in keys if k in self.written), keys[0])
+
+    def ok(self, *keys: str) -> bool:
+        return not any(k in self.bad for k in keys)
+
+    def sorted_issues(self) -> list[SpecIssue]:
+        return sorted(self.issues, key=lambda i: (i.line is None, i.line or 0, i.column or 0))
+
+
+def _build_spec(data: dict[str, Any], source: str, locator: _KeyLocator | None) -> JobSpec:
+    check = _Checker(source, locator)
+    sections: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in _SECTIONS:
+            check.add(name, _unknown_top_level(name, value))
+        elif not isinstance(value, dict):
+            check.add(name, f"expected a table [{name}], got {_describe(value)}")
+        else:
+            sections[name] = _build_section(check, name, value)
+    spec = JobSpec(**sections)
+    _check_values(spec, check)
+    if check.issues:
+        raise SpecError(check.sorted_issues())
+    return spec
+
+
+def _build_section(check: _Checker, section: str, table: dict[str, Any]) -> Any:
+    types = _FIELD_TYPES[section]
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{section}.{key}"
+        if key not in types:
+            check.add(dotted, _unknown_key(section, key))
+            continue
+        check.written.add(dotted)
+        converted, reason = _convert(types[key], value, dotted, check)
+        if reason is not None:
+            check.add(dotted, reason)
+        elif converted is not _BAD:
+            values[key] = converted
+    return _SECTIONS[section](**values)
+
+
+_BAD = object()
+
+
+def _convert(kind: Any, value: Any, key: str, check: _Checker) -> tuple[Any, str | None]:
+    """``(value, None)`` when ``value`` fits ``kind``, else ``(None, reason)``."""
+    origin = typing.get_origin(kind)
+    if origin is Literal:
+        allowed = typing.get_args(kind)
+        if isinstance(value, str) and value in allowed:
+            return value, None
+        listed = ", ".join(json.dumps(a) for a in allowed)
+        reason = f"expected one of {listed}, got {_describe(value)}"
+        if isinstance(value, str):
+            close = difflib.get_close_matches(value, [str(a) for a in allowed], n=1)
+            if close:
+                reason += f' (did you mean "{close[0]}"?)'
+        return None, reason
+    if origin is dict:
+        if not isinstance(value, dict):
+            return None, f"expected a table, got {_describe(value)}"
+        if not _plain_data(value, key, check):
+            return _BAD, None  # the inner issue is already recorded
+        return dict(value), None
+    if kind is bool:
+        if isinstance(value, bool):
+            return value, None
+        return None, f"expected a boolean (true or false), got {_describe(value)}"
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value, None
+        return None, f"expected an integer, got {_describe(value)}"
+    if kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                return None, f"expected a finite number, got {_describe(value)}"
+            return float(value), None
+        return None, f"expected a number, got {_describe(value)}"
+    if kind is str:
+        if isinstance(value, str):
+            return value, None
+        return None, f"expected a string, got {_describe(value)}"
+    raise TypeError(f"spec field {key} has an unsupported type {kind!r}")  # a schema bug, not a user error
+
+
+def _plain_data(value: Any, key: str, check: _Checker) -> bool:
+    """Free-form ``args`` travel as JSON and msgpack: refuse TOML dates and times (and non-str keys)."""
+    fine = True
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                check.add(key, f"table keys must be strings, got {_describe(k)}")
+                return False
+            fine &= _plain_data(v, f"{key}.{k}", check)
+    elif isinstance(value, list):
+        for v in value:
+            fine &= _plain_data(v, key, check)
+    elif not isinstance(value, str | int | float | bool):
+        check.add(key, f"dates and times are not allowed in args, got {_describe(value)}")
+        fine = False
+    return fine
+
+
+def _unknown_top_level(name: str, value: Any) -> str:
+    if isinstance(value, dict):
+        reason = "unknown section"
+        close = difflib.get_close_matches(name, list(_SECTIONS), n=1)
+        return reason + (f" (did you mean [{close[0]}]?)" if close else f"; sections: {', '.join(_SECTIONS)}")
+    homes = [s for s, types in _FIELD_TYPES.items() if name in types]
+    if homes:
+        return f'unknown key at the top level (did you mean "{homes[0]}.{name}" under [{homes[0]}]?)'
+    return f"unknown key at the top level; keys go under a section: {', '.join(f'[{s}]' for s in _SECTIONS)}"
+
+
+def _unknown_key(section: str, key: str) -> str:
+    close = difflib.get_close_matches(key, list(_FIELD_TYPES[section]), n=1)
+    if close:
+        return f'unknown key (did you mean "{section}.{close[0]}"?)'
+    homes = [s for s, types in _FIELD_TYPES.items() if key in types]
+    if homes:
+        return f'unknown key in [{section}] (did you mean "{homes[0]}.{key}"?)'
+    return f"unknown key in [{section}]; known keys: {', '.join(_FIELD_TYPES[section])}"
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return f"a {type(value).__name__} ({value})"
+
+
+# --------------------------------------------------------------------------------------------
+# Value and cross-field checks
+# --------------------------------------------------------------------------------------------
+
+
+def _check_values(spec: JobSpec, check: _Checker) -> None:
+    def at_least(key: str, low: float) -> None:
+        value = _get(spec, key)
+        if check.ok(key) and value < low:
+            check.add(key, f"must be at least {low}, got {value}")
+
+    def above(key: str, low: float) -> None:
+        value = _get(spec, key)
+        if check.ok(key) and not value > low:
+            check.add(key, f"must be greater than {low}, got {value}")
+
+    def within(key: str, low: float, high: float, *, open_: bool = False) -> None:
+        value = _get(spec, key)
+        inside = low < value < high if open_ else low <= value <= high
+        if check.ok(key) and not inside:
+            span = f"({low}, {high})" if open_ else f"[{low}, {high}]"
+            check.add(key, f"must be in {span}, got {value}")
+
+    # [job]
+    if check.ok("job.name") and not _JOB_NAME.fullmatch(spec.job.name):
+        check.add("job.name", f"must be 1–64 letters, digits, '.', '_' or '-', "
+                              f"starting with a letter or digit; got {_describe(spec.job.name)}")
+    at_least("job.seed", 0)
+    if check.ok("job.output_dir"):
+        reason = _output_dir_problem(spec.job.output_dir)
+        if reason:
+            check.add("job.output_dir", reason)
+
+    # [resources]
+    at_least("resources.gpus", 0)
+    at_least("resources.torch_threads", 1)
+    if check.ok("resources.device", "resources.gpus") and spec.resources.device == "cpu" \
+            and spec.resources.gpus > 0:
+        check.add(check.blame("resources.gpus", "resources.device"),
+                  f'device "cpu" takes no GPUs, but gpus = {spec.resources.gpus}')
+
+    # [policy]
+    if check.ok("policy.name"):
+        reason = _factory_name_problem(spec.policy.name)
+        if reason:
+            check.add("policy.name", reason)
+    at_least("policy.action_chunk", 1)
+
+    # [env]
+    if check.ok("env.name"):
+        reason = _factory_name_problem(spec.env.name)
+        if reason:
+            check.add("env.name", reason)
+    for key in ("env.num_envs", "env.groups", "env.workers"):
+        at_least(key, 1)
+    at_least("env.max_episode_steps", 0)
+    above("env.step_timeout_s", 0)
+    env = spec.env
+    envs_split = False
+    if check.ok("env.num_envs", "env.groups", "env.workers"):
+        slots = env.groups * env.workers
+        if env.num_envs % slots:
+            check.add(check.blame("env.num_envs", "env.groups", "env.workers"),
+                      f"num_envs ({env.num_envs}) must be divisible by groups × workers "
+                      f"({env.groups} × {env.workers} = {slots})")
+        else:
+            envs_split = True
+
+    # [algo]
+    above("algo.learning_rate", 0)
+    within("algo.gamma", 0, 1)
+    within("algo.gae_lambda", 0, 1)
+    within("algo.clip_coef", 0, 1, open_=True)
+    algo = spec.algo
+    if check.ok("algo.clip_coef", "algo.ratio_cap") and not algo.ratio_cap > 1 + algo.clip_coef:
+        check.add(check.blame("algo.ratio_cap", "algo.clip_coef"),
+                  f"ratio_cap ({algo.ratio_cap}) must be greater than 1 + clip_coef "
+                  f"({1 + algo.clip_coef:g})")
+    at_least("algo.vf_coef", 0)
+    at_least("algo.ent_coef", 0)
+    above("algo.max_grad_norm", 0)
+    at_least("algo.update_epochs", 1)
+    at_least("algo.minibatches", 1)
+    at_least("algo.group_size", 1)
+
+    # [pipeline]
+    at_least("pipeline.segment_steps", 1)
+    at_least("pipeline.max_staleness", 0)  # any value is fine with mode "sync": the engine forces 0
+    at_least("pipeline.queue_segments", 0)
+
+    # [train]
+    at_least("train.total_env_steps", 1)
+    at_least("train.max_minutes", 0)
+    at_least("train.checkpoint_every", 0)
+    at_least("train.log_every", 1)
+
+    if algo.name == "grpo" and check.ok("algo.name"):
+        _check_grpo(spec, check, envs_split)
+
+
+def _check_grpo(spec: JobSpec, check: _Checker, envs_split: bool) -> None:
+    """A GRPO group (episodes sharing one start) lives in one env group and one segment."""
+    env, algo = spec.env, spec.algo
+    if not check.ok("algo.group_size"):
+        return
+    if algo.group_size < 2:
+        if algo.group_size >= 1:  # below 1 is already reported
+            check.add(check.blame("algo.group_size", "algo.name"),
+                      f"GRPO compares episodes within a group: needs at least 2, got {algo.group_size}")
+        return
+    if envs_split:
+        per_group = env.num_envs // env.groups
+        if per_group % algo.group_size:
+            check.add(check.blame("algo.group_size", "env.num_envs", "env.groups", "algo.name"),
+                      f"envs per env group (num_envs / groups = {env.num_envs} / {env.groups} = "
+                      f"{per_group}) must be divisible by group_size ({algo.group_size}): "
+                      "a GRPO group shares one start and must live in one env group")
+    if check.ok("pipeline.segment_steps", "env.max_episode_steps") and env.max_episode_steps > 0 \
+            and spec.pipeline.segment_steps < env.max_episode_steps:
+        check.add(check.blame("pipeline.segment_steps", "env.max_episode_steps", "algo.name"),
+                  f"GRPO needs whole episodes in a segment: segment_steps ({spec.pipeline.segment_steps}) "
+                  f"must be at least env.max_episode_steps ({env.max_episode_steps})")
+
+
+def _get(spec: JobSpec, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(spec, section), name)
+
+
+def _factory_name_problem(name: str) -> str | None:
+    if not name.strip():
+        return "must not be empty"
+    if ":" in name and not _ENTRY_POINT.fullmatch(name):
+        return f'expected a built-in name or "package.module:function", got {_describe(name)}'
+    return None
+
+
+def _output_dir_problem(path: str) -> str | None:
+    if not path.strip():
+        return "must not be empty"
+    if "{" in path.replace("{name}", "") or "}" in path.replace("{name}", ""):
+        return f"only the placeholder {{name}} may be written, got {_describe(path)}"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Where keys are written: tomllib gives no positions, so scan the (already valid) TOML text.
+# --------------------------------------------------------------------------------------------
+
+
+def _syntax_issue(message: str, text: str, source: str) -> SpecIssue:
+    match = _TOML_POSITION.search(message)
+    reason = "invalid TOML: " + (message[: match.start()] if match else message)
+    if match and match.group(1):
+        return SpecIssue("", reason, int(match.group(1)), int(match.group(2)), source)
+    if match:  # at end of document
+        last_newline = text.rfind("\n")
+        return SpecIssue("", reason, text.count("\n") + 1, len(text) - last_newline, source)
+    return SpecIssue("", reason, None, None, source)
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class _KeyLocator:
+    """Line and column (1-based) where each dotted key or table header is first written.
+
+    Knows table headers (``[env]``, ``[env.args]``, ``[[x]]``), keys (bare, quoted, dotted,
+    ``env.num_envs = 3`` at the top level), inline tables and multi-line strings and arrays.
+    Assumes text that tomllib accepted. ``find`` falls back to the nearest written parent
+    (a key in an inline table → its table's key; an unwritten key → its section header).
+    """
+
+    def __init__(self, text: str):
+        self._text = text
+        self._line_starts = [0] + [m.end() for m in re.finditer(r"\n", text)]
+        self._where: dict[tuple[str, ...], tuple[int, int]] = {}
+        with contextlib.suppress(IndexError, ValueError):  # a form this scanner misreads: keep the rest
+            self._scan()
+
+    def find(self, path: tuple[str, ...]) -> tuple[int | None, int | None]:
+        for n in range(len(path), 0, -1):
+            if path[:n] in self._where:
+                return self._where[path[:n]]
+        return None, None
+
+    def _record(self, path: tuple[str, ...], pos: int) -> None:
+        line = bisect.bisect_right(self._line_starts, pos)
+        column = pos - self._line_starts[line - 1] + 1
+        for n in range(1, len(path) + 1):
+            self._where.setdefault(path[:n], (line, column))
+
+    def _scan(self) -> None:
+        text, table, i = self._text, (), 0
+        while True:
+            i = self._skip_blank(i, newlines=True)
+            if i >= len(text):
+                return
+            if text[i] == "[":  # [table] or [[array.of.tables]]
+                start = i
+                i += 2 if text.startswith("[[", i) else 1
+                parts, i = self._read_key(i)
+                table = tuple(parts)
+                self._record(table, start)
+            else:  # key = value
+                start = i
+                parts, i = self._read_key(i)
+                if not parts:  # cannot happen in valid TOML; do not loop forever
+                    i += 1
+                    continue
+                self._record((*table, *parts), start)
+                i = self._skip_blank(i)
+                i = self._skip_value(i + 1, (*table, *parts))  # past "="
+            i = self._skip_to_line_end(i)
+
+    def _read_key(self, i: int) -> tuple[list[str], int]:
+        text, parts = self._text, []
+        while True:
+            i = self._skip_blank(i)
+            if i >= len(text):
+                return parts, i
+            c = text[i]
+            if c == '"':
+                end = self._basic_string_end(i)
+                raw = text[i:end]
+                try:
+                    parts.append(json.loads(raw))
+                except ValueError:
+                    parts.append(raw[1:-1])
+                i = end
+            elif c == "'":
+                end = text.index("'", i + 1) + 1
+                parts.append(text[i + 1 : end - 1])
+                i = end
+            else:
+                match = _BARE_KEY.match(text, i)
+                if not match:
+                    return parts, i
+                parts.append(match.group())
+                i = match.end()
+            i = self._skip_blank(i)
+            if i < len(text) and text[i] == ".":
+                i += 1
+                continue
+            return parts, i
+
+    def _skip_value(self, i: int, path: tuple[str, ...]) -> int:
+        text = self._text
+        i = self._skip_blank(i)
+        if i >= len(text):
+            return i
+        for quotes in ('"""', "'''"):  # multi-line strings
+            if text.startswith(quotes, i):
+                end = self._ml_basic_end(i + 3) if quotes == '"""' else text.index(quotes, i + 3)
+                end += 3
+                while end < len(text) and text[end] == quotes[0]:  # """a""""" : content ends in quotes
+                    end += 1
+                return end
+        c = text[i]
+        if c == '"':
+            return self._basic_string_end(i)
+        if c == "'":
+            return text.index("'", i + 1) + 1
+        if c == "[":  # array: may span lines and hold comments
+            i += 1
+            while True:
+                i = self._skip_blank(i, newlines=True)
+                if i >= len(text) or text[i] == "]":
+                    return i + 1
+                if text[i] == ",":
+                    i += 1
+                    continue
+                i = self._skip_value(i, path)
+        if c == "{":  # inline table: record its keys too
+            i += 1
+            while True:
+                i = self._skip_blank(i, newlines=True)
+                if i >= len(text) or text[i] == "}":
+                    return i + 1
+                if text[i] == ",":
+                    i += 1
+                    continue
+                start = i
+                parts, i = self._read_key(i)
+                if not parts:
+                    return i + 1
+                self._record((*path, *parts), start)
+                i = self._skip_blank(i)
+                i = self._skip_value(i + 1, (*path, *parts))
+        while i < len(text) and text[i] not in ",]}#\n":  # number, boolean, date-time
+            i += 1
+        return i
+
+    def _ml_basic_end(self, i: int) -> int:
+        """Index of the closing ``\"\"\"`` of a multi-line basic string whose content starts at i."""
+        text = self._text
+        while True:
+            if text[i] == "\\":
+                i += 2
+            elif text.startswith('"""', i):
+                return i
+            else:
+                i += 1
+
+    def _basic_string_end(self, i: int) -> int:
+        text, i = self._text, i + 1
+        while text[i] != '"':
+            i += 2 if text[i] == "\\" else 1
+        return i + 1
+
+    def _skip_blank(self, i: int, *, newlines: bool = False) -> int:
+        text = self._text
+        blanks = " \t\r\n" if newlines else " \t"
+        while i < len(text):
+            if text[i] in blanks:
+                i += 1
+            elif newlines and text[i] == "#":
+                i = self._skip_to_line_end(i)
+            else:
+                break
+        return i
+
+    def _skip_to_line_end(self, i: int) -> int:
+        end = self._text.find("\n", i)
+        return len(self._text) if end < 0 else end + 1

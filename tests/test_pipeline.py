@@ -1,0 +1,129 @@
+"""The four lanes on real processes: overlap, staleness, versions, crashes, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from dvlad.lanes.pipeline import Pipeline
+from dvlad.lanes.timeline import LANES, overlap_seconds
+from dvlad.runtime.job import run_job
+from dvlad.runtime.metrics import read_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(spec, tmp_path: Path) -> tuple[Pipeline, list]:
+    rows = []
+    pipeline = Pipeline(spec, tmp_path, on_progress=lambda p: rows.append(p))
+    pipeline.run()
+    return pipeline, rows
+
+
+def test_async_lanes_overlap(small_spec, tmp_path):
+    pipeline, rows = _run(small_spec("async", pipeline__max_staleness=1), tmp_path)
+    tl = pipeline.timeline
+    # learning runs while envs step and while the actor infers: that is the point of async
+    assert overlap_seconds(tl.intervals("learn"), tl.intervals("sample")) > 0
+    assert overlap_seconds(tl.intervals("learn"), tl.intervals("infer")) > 0
+    # and double buffering: one group is stepped while another is inferred
+    assert overlap_seconds(tl.intervals("sample"), tl.intervals("infer")) > 0
+    assert rows and all(len(tl.intervals(lane)) > 0 for lane in LANES)
+
+
+def test_sync_lanes_never_overlap(small_spec, tmp_path):
+    pipeline, rows = _run(small_spec("sync"), tmp_path)
+    tl = pipeline.timeline
+    for i, a in enumerate(LANES):
+        for b in LANES[i + 1:]:
+            assert overlap_seconds(tl.intervals(a), tl.intervals(b)) == 0.0, (a, b)
+    assert max(r.values["staleness_max"] for r in rows) == 0
+
+
+@pytest.mark.parametrize("max_staleness", [1, 2])
+def test_staleness_is_bounded_and_reached(small_spec, tmp_path, max_staleness):
+    spec = small_spec("async", pipeline__max_staleness=max_staleness, train__total_env_steps=960)
+    _, rows = _run(spec, tmp_path)
+    worst = max(r.values["staleness_max"] for r in rows)
+    assert worst <= max_staleness
+    assert worst >= 1  # the actor really ran ahead of the learner
+    for r in rows:
+        assert sum(r.staleness_hist[max_staleness + 1:]) == 0
+
+
+def test_published_versions_reach_the_actor(small_spec, tmp_path):
+    _, rows = _run(small_spec("async"), tmp_path)
+    acting = [r.values["acting_version"] for r in rows]
+    assert acting[-1] >= len(rows) - 2  # the actor kept up with the learner's versions
+    assert acting == sorted(acting)
+
+
+def test_worker_killed_mid_episode_is_replaced_and_job_continues(small_spec, tmp_path):
+    spec = small_spec("async", train__total_env_steps=1600, env__step_timeout_s=20.0)
+    pipeline = Pipeline(spec, tmp_path)
+    killed: list[int] = []
+
+    def kill_a_worker() -> None:
+        while pipeline.actor is None or pipeline.actor.env_steps < 200:  # mid-run, mid-episode
+            time.sleep(0.05)
+        pid = pipeline.pool.pids()[0]
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    threading.Thread(target=kill_a_worker, daemon=True).start()
+    last = pipeline.run()
+    assert killed, "the worker was never killed"
+    assert last["replaced_workers"] >= 1
+    assert last["dropped_episodes"] >= 1
+    assert last["env_steps"] >= spec.train.total_env_steps
+
+
+def test_job_writes_metrics_checkpoint_and_resumes(small_spec, tmp_path):
+    spec = small_spec("async", train__resume=True)
+    first = run_job(spec, tmp_path, quiet=True)
+    assert first["status"] == "succeeded"
+    assert (tmp_path / "checkpoint.safetensors").exists()
+    assert (tmp_path / "metrics.csv").read_text().startswith("version,env_steps")
+    assert any((tmp_path / "tensorboard").iterdir())
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert rows[-1]["version"] == first["version"]
+    spec.train.total_env_steps *= 2
+    second = run_job(spec, tmp_path, quiet=True)
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    resumed = rows[len(rows) - int(second["version"] - first["version"]):]
+    assert resumed[0]["version"] == first["version"] + 1  # continued, not restarted
+    assert second["env_steps"] >= spec.train.total_env_steps
+
+
+def test_cli_refuses_bad_job_file_with_key_and_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[job]\nname = "x"\n\n[env]\nnum_envs = "many"\n')
+    proc = subprocess.run([sys.executable, "-m", "dvlad.runtime.job", str(bad)], capture_output=True,
+                          text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 2
+    assert "env.num_envs" in proc.stderr and ":5:" in proc.stderr
+
+
+def test_cli_runs_a_job(small_spec, tmp_path):
+    import tomli_w
+
+    from dvla.spec import spec_to_dict
+
+    job = tmp_path / "job.toml"
+    job.write_text(tomli_w.dumps(spec_to_dict(small_spec("sync"))))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, "-m", "dvlad.runtime.job", str(job), "--output-dir",
+                           str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO, env=env,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert "steps/s" in proc.stdout and "done:" in proc.stdout
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["status"] == "succeeded"
