@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-os.environ.setdefault("MUJOCO_GL", "osmesa")
+from dvlad.envs.gl import configure_mujoco_gl
+
+configure_mujoco_gl()  # before any test module imports mujoco: it fixes its GL backend on import
 
 
 def pytest_collection_modifyitems(config, items):

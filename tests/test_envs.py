@@ -108,9 +108,7 @@ def test_reach_scripted_controller_succeeds(reach):
 
 def test_reach_random_actions_rarely_succeed(reach):
     rng = np.random.default_rng(0)
-    successes = sum(
-        run_episode(reach, lambda: rng.uniform(-1, 1, ACTION_DIM), 100 + i)[-1].success for i in range(20)
-    )
+    successes = sum(run_episode(reach, lambda: rng.uniform(-1, 1, ACTION_DIM), 100 + i)[-1].success for i in range(20))
     assert successes <= 5
 
 

@@ -59,7 +59,7 @@ def test_shapes_and_dtypes(chunk: int) -> None:
         assert t.shape == (3,) and t.dtype == torch.float32
     # A near-uniform first policy: entropy close to its maximum.
     max_entropy = chunk * ACTION_DIM * torch.log(torch.tensor(float(SMALL["bins"])))
-    assert torch.all(ev.entropy > 0.99 * max_entropy)
+    assert torch.all(ev.entropy > 0.9 * max_entropy)  # a broad Gaussian over the bins
     torch.testing.assert_close(value, out.value)
 
 
@@ -208,3 +208,19 @@ def test_checkpoint_replaced_whole_and_no_temp_files(tmp_path: Path, monkeypatch
     loaded, meta = load_checkpoint(path)  # the old checkpoint is intact
     assert meta == {"version": "2"} and torch.equal(loaded["a"], torch.ones(3))
     assert [f.name for f in tmp_path.iterdir()] == ["last.safetensors"]
+
+
+def test_action_head_shares_learning_between_neighbouring_bins():
+    """Raising one bin's log-prob also raises its neighbours' (the Gaussian part), so a
+    direction is learned from a few samples rather than bin by bin."""
+    torch.manual_seed(0)
+    policy = TinyVLA(SPEC, **SMALL)
+    obs = make_obs(policy, batch=1)
+    tokens = torch.full((1, 1, ACTION_DIM), 25, dtype=torch.long)
+    before = policy._heads(obs)[0][0, 0, 0].exp()
+    opt = torch.optim.SGD(policy.parameters(), lr=0.01)
+    (-policy.evaluate(obs, tokens).logprob.sum()).backward()
+    opt.step()
+    after = policy._heads(obs)[0][0, 0, 0].exp()
+    assert after[22] > before[22] and after[28] > before[28]  # neighbours, never sampled
+    assert after[3] < before[3]  # the far side loses mass

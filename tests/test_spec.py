@@ -11,8 +11,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-import dvla
 import pytest
+
+import dvla
 from dvla.spec import (
     JobSpec,
     SpecError,

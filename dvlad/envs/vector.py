@@ -14,6 +14,7 @@ Why this shape (after Sample Factory's rollout workers):
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -25,7 +26,7 @@ from multiprocessing.connection import Connection, wait
 import numpy as np
 
 from dvlad.envs.base import ACTION_DIM, MAX_INSTRUCTION_BYTES, EnvSpec, Observation
-from dvlad.shm import ArraySpec, SharedArrays, SharedArraysHandle
+from dvlad.shm import ArraySpec, SharedArrays
 
 CMD_STEP, CMD_RESET, CMD_HOLD = 0, 1, 2
 """Per-env command the actor writes beside the action: step it, reset it to ``seed``, or
@@ -271,10 +272,8 @@ class EnvWorkerPool:
         """Ask every worker to run the commands of its slots in ``group`` (non-blocking)."""
         for w in self.workers:
             w.pending.add(group)
-            try:
+            with contextlib.suppress(BrokenPipeError, OSError):  # found dead in wait() and replaced
                 w.conn.send(("step", group))
-            except (BrokenPipeError, OSError):
-                pass  # found dead in wait(), where it is replaced
 
     def wait(self, group: int) -> GroupResult:
         """Block until every worker has stepped ``group``; replace any that died or hung."""
@@ -321,10 +320,8 @@ class EnvWorkerPool:
 
     def close(self) -> None:
         for w in self.workers:
-            try:
+            with contextlib.suppress(BrokenPipeError, OSError):
                 w.conn.send(None)
-            except (BrokenPipeError, OSError):
-                pass
         for w in self.workers:
             w.process.join(timeout=5)
             w.kill()

@@ -11,9 +11,18 @@ Token sequence fed to the trunk, per observation::
 
 The action head reads the [ACT] output, the value head the [VALUE] output. Instruction
 padding is masked out of attention.
+
+The action head emits OpenVLA-style tokens, 256 bins per action dimension, but its bin
+logits are structured: a Gaussian over the bin centres (a mean and a log-std per
+dimension) plus a free residual logit per bin, initialised to zero. Why: with 256
+independent logits a bin only learns when it is sampled (1 time in 256), so "move
+right" is learned bin by bin; with the Gaussian part every sample moves the mean, and
+the residual keeps the full expressiveness of a categorical (multimodal actions).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +95,7 @@ class TinyVLA(Policy):
         vocab_size: int = 1024,
         max_instruction_tokens: int = 16,
         bins: int = 256,
+        initial_std: float = 0.5,
     ) -> None:
         super().__init__()
         if action_chunk < 1:
@@ -121,11 +131,16 @@ class TinyVLA(Policy):
         self.trunk = nn.TransformerEncoder(
             layer, layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False
         )
-        self.action_head = nn.Linear(d_model, action_chunk * ACTION_DIM * bins)
+        self.action_head = nn.Linear(d_model, action_chunk * ACTION_DIM * 2)  # per dim: mean, log-std
+        self.bin_residual = nn.Linear(d_model, action_chunk * ACTION_DIM * bins)  # free logit per bin
         self.value_head = nn.Linear(d_model, 1)
-        with torch.no_grad():  # near-uniform first policy: every bin is explored
+        self.register_buffer("bin_centres", self.action_tokenizer.decode(torch.arange(bins)), persistent=False)
+        with torch.no_grad():  # a broad first policy centred on "stay": every bin is explored
             self.action_head.weight.mul_(0.01)
             self.action_head.bias.zero_()
+            self.action_head.bias.view(-1, 2)[:, 1] = math.log(initial_std)
+            self.bin_residual.weight.zero_()
+            self.bin_residual.bias.zero_()
 
     # -- encoding ---------------------------------------------------------------------
 
@@ -161,8 +176,11 @@ class TinyVLA(Policy):
     def _heads(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Action log-probs B×K×7×bins and value B."""
         act, val = self._features(obs)
-        logits = self.action_head(act).view(-1, self.action_chunk, ACTION_DIM, self.bins)
-        return F.log_softmax(logits.float(), dim=-1), self.value_head(val).squeeze(-1).float()
+        mean_logstd = self.action_head(act).float().view(-1, self.action_chunk, ACTION_DIM, 2, 1)
+        mean, std = torch.tanh(mean_logstd[..., 0, :]), mean_logstd[..., 1, :].clamp(-5.0, 1.0).exp()
+        logits = -0.5 * ((self.bin_centres - mean) / std) ** 2  # a Gaussian over the bins …
+        logits = logits + self.bin_residual(act).float().view_as(logits)  # … that any bin can leave
+        return F.log_softmax(logits, dim=-1), self.value_head(val).squeeze(-1).float()
 
     # -- Policy interface --------------------------------------------------------------
 
