@@ -127,3 +127,21 @@ def test_cli_runs_a_job(small_spec, tmp_path):
     assert "steps/s" in proc.stdout and "done:" in proc.stdout
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["status"] == "succeeded"
+
+
+def test_grpo_trains_on_whole_episodes_grouped_by_start(small_spec, tmp_path):
+    spec = small_spec("async", algo__name="grpo", algo__group_size=2, pipeline__segment_steps=10,
+                      train__total_env_steps=800)
+    spec.env.args["max_episode_steps"] = 10
+    _pipeline, rows = _run(spec, tmp_path)
+    assert rows and rows[-1].values["episodes"] >= 40
+    # every episode ran whole inside one segment: lengths are at most the limit
+    assert rows[-1].values["episode_length"] <= 10
+    assert all("v_loss" not in r.values for r in rows)  # no critic
+    assert max(r.values["staleness_max"] for r in rows) <= spec.pipeline.max_staleness
+
+
+def test_grpo_refuses_segments_shorter_than_an_episode(small_spec, tmp_path):
+    spec = small_spec("async", algo__name="grpo", algo__group_size=2, pipeline__segment_steps=8)
+    with pytest.raises(ValueError, match="whole episodes"):
+        Pipeline(spec, tmp_path).run()

@@ -1,0 +1,68 @@
+"""The weight plane: a published version reaches the actor whole and changes its actions."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+
+import torch
+
+from dvlad.envs.base import EnvSpec
+from dvlad.lanes.distribute import Distributor
+from dvlad.lanes.weights import WeightPlane
+from dvlad.policies import make_policy
+from dvlad.policies.base import ObsBatch, flatten_parameters
+
+SPEC = EnvSpec(cameras={"image": (16, 16)}, proprio_dim=4, max_episode_steps=10)
+
+
+def _policy():
+    torch.manual_seed(0)
+    p = make_policy("tiny-vla", SPEC, d_model=16, layers=1, heads=2, patch_grid=2)
+    return p, flatten_parameters(p)
+
+
+def _obs(policy) -> ObsBatch:
+    g = torch.Generator().manual_seed(1)
+    return ObsBatch(images={"image": torch.randint(0, 255, (4, 16, 16, 3), dtype=torch.uint8, generator=g)},
+                    proprio=torch.randn(4, 4, generator=g), instruction=policy.tokenize(["touch the red cube"] * 4))
+
+
+def test_published_version_reaches_actor_and_changes_actions():
+    ctx = mp.get_context("spawn")
+    _learner, learner_flat = _policy()
+    actor, actor_flat = _policy()
+    plane = WeightPlane.create(ctx, learner_flat.numel(), replicas=2)
+    try:
+        obs = _obs(actor)
+        with torch.no_grad():
+            before = actor.act(obs, deterministic=True).actions.clone()
+            learner_flat.add_(torch.randn_like(learner_flat) * 0.5)  # a learner step, drastically
+            assert plane.swap_into(actor_flat, -1) == -1  # nothing published yet
+            dist = Distributor(plane, learner_flat.numel())
+            dist.publish(learner_flat, 1)
+            dist.close()
+            assert plane.wait_for(1, timeout=5)
+            assert plane.swap_into(actor_flat, 0) == 1
+            assert torch.equal(actor_flat, learner_flat)  # the whole version, bit for bit
+            after = actor.act(obs, deterministic=True).actions
+            assert not torch.equal(before, after)  # and the actor now acts with it
+            assert plane.swap_into(actor_flat, 1) == 1  # no newer version: no copy
+            second = torch.empty_like(actor_flat)
+            assert plane.swap_into(second, -1, replica=1) == 1  # every replica got it
+            assert torch.equal(second, learner_flat)
+    finally:
+        plane.close()
+
+
+def test_versions_alternate_staging_buffers_so_a_reader_never_sees_a_mix():
+    ctx = mp.get_context("spawn")
+    plane = WeightPlane.create(ctx, 1000)
+    try:
+        for v in range(1, 6):
+            plane.publish(torch.full((1000,), float(v)), v)
+            got = torch.empty(1000)
+            assert plane.swap_into(got, v - 1) == v
+            assert (got == v).all()
+        assert set(plane.arrays["slot_version"][0].tolist()) == {4, 5}  # the two newest, one per buffer
+    finally:
+        plane.close()
