@@ -12,8 +12,10 @@ to ``max_delta`` metres each; dims 3..5 (rotation) are ignored, as the gripper
 cannot rotate, so one policy head still fits LIBERO; dim 6 closes the fingers
 (−1 open … +1 closed), which is cosmetic and shows up in proprio only.
 
-Proprio (4 float32): gripper tip x, y, z (metres, table top at z = 0) and finger
-opening (metres, 0 closed … ``FINGER_MAX_OPEN`` open).
+Proprio (4 float32): gripper tip x, y, z and finger opening, each scaled to [-1, 1]
+over its range of motion (x, y over ±``GRIPPER_XY_LIMIT``, z over ``Z_MIN``…``Z_MAX``,
+fingers closed … open). Why scaled: in metres these are ~0.1, and an input that small
+moves a freshly initialised network ten times slower than the pixels beside it.
 
 Rendering is one 64×64 camera with shadows and multisampling off (each would double
 OSMesa's cost), so a frame takes about 0.4–0.6 ms on one CPU core; the renderer is
@@ -155,6 +157,8 @@ class ReachEnv:
         self._rng = np.random.default_rng(seed)
         self._low = np.array([-GRIPPER_XY_LIMIT, -GRIPPER_XY_LIMIT, Z_MIN])
         self._high = np.array([GRIPPER_XY_LIMIT, GRIPPER_XY_LIMIT, Z_MAX])
+        self._proprio_low = np.array([*self._low, 0.0])
+        self._proprio_span = np.array([*(self._high - self._low), FINGER_MAX_OPEN])
         self._target = np.zeros(3)
         self._cube_xy = np.zeros((num_objects, 2))
         self._target_index = 0
@@ -254,7 +258,7 @@ class ReachEnv:
 
     def _observe(self) -> Observation:
         self._renderer.update_scene(self._data, camera="image")
-        proprio = np.array([*self._data.qpos[:3], self._data.qpos[3]], dtype=np.float32)
+        proprio = (2 * (self._data.qpos[:4] - self._proprio_low) / self._proprio_span - 1).astype(np.float32)
         return Observation(
             images={"image": self._renderer.render()},
             proprio=proprio,

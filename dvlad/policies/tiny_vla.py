@@ -39,13 +39,16 @@ class _ImageEncoder(nn.Module):
 
     Why so small: 64×64 images shrink 8× in three cheap convs; the pool makes any
     camera resolution give the same G×G grid, so the trunk never depends on H, W.
+    Two coordinate channels are appended to the pixels (CoordConv, Liu et al. 2018):
+    a reaching policy must say *where* the named object is, which plain convolutions,
+    being translation-equivariant, find hard.
     """
 
     def __init__(self, d_model: int, patch_grid: int) -> None:
         super().__init__()
         width = max(d_model // 2, 8)
         self.net = nn.Sequential(
-            nn.Conv2d(3, width // 2, kernel_size=4, stride=2, padding=1),
+            nn.Conv2d(5, width // 2, kernel_size=4, stride=2, padding=1),
             nn.ReLU(),
             nn.Conv2d(width // 2, width, kernel_size=4, stride=2, padding=1),
             nn.ReLU(),
@@ -55,6 +58,10 @@ class _ImageEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).float().div(255.0)  # B×3×H×W (channels-last in memory)
+        b, _, h, w = x.shape
+        ys = torch.linspace(-1.0, 1.0, h, device=x.device).view(1, 1, h, 1).expand(b, 1, h, w)
+        xs = torch.linspace(-1.0, 1.0, w, device=x.device).view(1, 1, 1, w).expand(b, 1, h, w)
+        x = torch.cat([x, ys, xs], dim=1)  # CoordConv: where a pixel is, not only what
         return self.net(x).flatten(2).transpose(1, 2)  # B×G²×d
 
 
