@@ -55,11 +55,12 @@ def test_shapes_and_dtypes(chunk: int) -> None:
     assert out.actions.shape == (3, chunk, ACTION_DIM) and out.actions.dtype == torch.float32
     assert out.actions.abs().max() <= 1.0
     assert out.tokens.min() >= 0 and out.tokens.max() < SMALL["bins"]
-    for t in (out.logprob, out.value, ev.logprob, ev.entropy, ev.value, value):
+    for t in (out.value, ev.value, value):
         assert t.shape == (3,) and t.dtype == torch.float32
-    # A near-uniform first policy: entropy close to its maximum.
-    max_entropy = chunk * ACTION_DIM * torch.log(torch.tensor(float(SMALL["bins"])))
-    assert torch.all(ev.entropy > 0.9 * max_entropy)  # a broad Gaussian over the bins
+    for t in (out.logprob, ev.logprob, ev.entropy):  # one per action token
+        assert t.shape == (3, chunk * ACTION_DIM) and t.dtype == torch.float32
+    # A broad first policy (a wide Gaussian over the bins): each token's entropy near its maximum.
+    assert torch.all(ev.entropy > 0.9 * torch.log(torch.tensor(float(SMALL["bins"]))))
     torch.testing.assert_close(value, out.value)
 
 
@@ -82,9 +83,9 @@ def test_deterministic_act_is_argmax(policy: TinyVLA) -> None:
         policy.action_head.weight.normal_()  # a peaked distribution, so argmax is meaningful
         det = policy.act(obs, deterministic=True)
         logp, _ = policy._heads(obs)
-        sampled = torch.stack([policy.act(obs).logprob for _ in range(5)])
+        sampled = torch.stack([policy.act(obs).logprob.sum(1) for _ in range(5)])
     assert torch.equal(det.tokens, logp.argmax(dim=-1))
-    assert torch.all(det.logprob >= sampled.max(dim=0).values - 1e-4)
+    assert torch.all(det.logprob.sum(1) >= sampled.max(dim=0).values - 1e-4)
 
 
 def test_word_tokenizer_padding_and_case() -> None:
@@ -146,7 +147,7 @@ def test_flat_buffer_swaps_weights_and_still_trains(policy: TinyVLA) -> None:
         loss.backward()
         opt.step()
     end = policy.evaluate(obs, target).logprob.mean().item()
-    assert end > start + 1.0
+    assert end > start + 0.3  # mean log-prob per token
     assert not torch.equal(flat, snapshot)  # the optimizer wrote through to the flat buffer
 
 

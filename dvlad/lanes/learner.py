@@ -144,17 +144,24 @@ class Learner:
                 obs = ObsBatch(images={k.split("/", 1)[1]: v[mb] for k, v in rows.items() if k.startswith("image/")},
                                proprio=rows["proprio"][mb], instruction=rows["instruction"][mb])
                 out = self.policy.evaluate(obs, rows["tokens"][mb])
-                mask = torch.ones(len(mb))
                 adv = advantages[mb]
                 if algo.norm_adv and algo.name == "ppo":
-                    adv = normalize_advantages(adv, mask)
+                    adv = normalize_advantages(adv, torch.ones(len(mb)))
+                # token-level surrogate: every action token is a sample sharing its step's advantage
+                per_token = out.logprob.shape[1]
+
+                def tok(x: torch.Tensor, n: int = per_token) -> torch.Tensor:
+                    return x.repeat_interleave(n)
+
+                mask = torch.ones(len(mb) * per_token)
                 if returns is None:
-                    loss, stats = grpo_loss(out.logprob, rows["logprob"][mb], adv, out.entropy, mask,
-                                            clip_coef=algo.clip_coef, ratio_cap=algo.ratio_cap,
-                                            ent_coef=algo.ent_coef)
+                    loss, stats = grpo_loss(out.logprob.flatten(), rows["logprob"][mb].flatten(), tok(adv),
+                                            out.entropy.flatten(), mask, clip_coef=algo.clip_coef,
+                                            ratio_cap=algo.ratio_cap, ent_coef=algo.ent_coef)
                 else:
-                    loss, stats = ppo_loss(out.logprob, rows["logprob"][mb], adv, out.value, rows["value"][mb],
-                                           returns[mb], out.entropy, mask, clip_coef=algo.clip_coef,
+                    loss, stats = ppo_loss(out.logprob.flatten(), rows["logprob"][mb].flatten(), tok(adv),
+                                           tok(out.value), tok(rows["value"][mb]), tok(returns[mb]),
+                                           out.entropy.flatten(), mask, clip_coef=algo.clip_coef,
                                            ratio_cap=algo.ratio_cap, vf_coef=algo.vf_coef,
                                            ent_coef=algo.ent_coef)
                 self.optimizer.zero_grad(set_to_none=True)

@@ -36,7 +36,7 @@ def segment_layout(spec: EnvSpec, shape: SegmentShape, capacity: int) -> dict[st
         proprio=ArraySpec((c, t + 1, e, spec.proprio_dim), "float32"),
         instruction=ArraySpec((c, t + 1, e, shape.instruction_tokens), "int64"),
         tokens=ArraySpec((c, t, e, shape.action_chunk, ACTION_DIM), "int64"),
-        logprob=ArraySpec((c, t, e), "float32"),
+        logprob=ArraySpec((c, t, e, shape.action_chunk * ACTION_DIM), "float32"),  # per action token
         value=ArraySpec((c, t, e), "float32"),
         reward=ArraySpec((c, t, e), "float32"),
         env_steps=ArraySpec((c, t, e), "int32"),

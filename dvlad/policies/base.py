@@ -40,7 +40,8 @@ class ActOutput:
     actions: torch.Tensor
     """float32 B×K×7 continuous actions in [-1, 1], decoded from the tokens."""
     logprob: torch.Tensor
-    """float32 B: log-probability of the whole chunk under the acting policy."""
+    """float32 B×(K·7): log-probability of each action token under the acting policy
+    (the learner's ratios are per token, as LLM-style VLA RL computes them)."""
     value: torch.Tensor
     """float32 B: value estimate of the observation."""
 
@@ -48,9 +49,9 @@ class ActOutput:
 @dataclass
 class EvalOutput:
     logprob: torch.Tensor
-    """float32 B: log-probability of the given tokens."""
+    """float32 B×(K·7): log-probability of each given token."""
     entropy: torch.Tensor
-    """float32 B: entropy of the action distribution (summed over chunk and dims)."""
+    """float32 B×(K·7): entropy of each token's distribution."""
     value: torch.Tensor
     """float32 B."""
 

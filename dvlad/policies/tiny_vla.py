@@ -194,14 +194,14 @@ class TinyVLA(Policy):
     def act(self, obs: ObsBatch, deterministic: bool = False) -> ActOutput:
         logp, value = self._heads(obs)
         tokens = logp.argmax(dim=-1) if deterministic else _sample(logp)
-        logprob = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).sum(dim=(1, 2))
+        logprob = logp.gather(-1, tokens.unsqueeze(-1)).flatten(1)
         actions = self.action_tokenizer.decode(tokens)
         return ActOutput(tokens=tokens, actions=actions, logprob=logprob, value=value)
 
     def evaluate(self, obs: ObsBatch, tokens: torch.Tensor) -> EvalOutput:
         logp, value = self._heads(obs)
-        logprob = logp.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1).sum(dim=(1, 2))
-        entropy = -(logp.exp() * logp).sum(dim=(1, 2, 3))
+        logprob = logp.gather(-1, tokens.long().unsqueeze(-1)).flatten(1)
+        entropy = -(logp.exp() * logp).sum(dim=-1).flatten(1)
         return EvalOutput(logprob=logprob, entropy=entropy, value=value)
 
     def value(self, obs: ObsBatch) -> torch.Tensor:
