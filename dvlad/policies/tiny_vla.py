@@ -35,34 +35,43 @@ from dvlad.policies.text import WordTokenizer
 
 
 class _ImageEncoder(nn.Module):
-    """uint8 B×H×W×3 -> B×G²×d patch tokens: three strided convs, then adaptive pooling.
+    """uint8 B×H×W×3 (+ an instruction embedding) -> B×G²×d patch tokens.
 
-    Why so small: 64×64 images shrink 8× in three cheap convs; the pool makes any
-    camera resolution give the same G×G grid, so the trunk never depends on H, W.
-    Two coordinate channels are appended to the pixels (CoordConv, Liu et al. 2018):
-    a reaching policy must say *where* the named object is, which plain convolutions,
-    being translation-equivariant, find hard.
+    Three strided convs, then adaptive pooling. Why so small: 64×64 images shrink 8× in
+    three cheap convs; the pool makes any camera resolution give the same G×G grid, so
+    the trunk never depends on H, W. Two more ideas, both cheap:
+    - CoordConv (Liu et al. 2018): two coordinate channels appended to the pixels, since a
+      reaching policy must say *where* the named object is, which translation-equivariant
+      convolutions find hard;
+    - FiLM (Perez et al. 2018; RT-1 conditions its image encoder the same way): the
+      instruction scales and shifts the channels of the second and third conv, so "the
+      red cube" is looked for while the image is encoded, not found afterwards by
+      attention across two hops.
     """
 
     def __init__(self, d_model: int, patch_grid: int) -> None:
         super().__init__()
         width = max(d_model // 2, 8)
-        self.net = nn.Sequential(
-            nn.Conv2d(5, width // 2, kernel_size=4, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(width // 2, width, kernel_size=4, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(width, d_model, kernel_size=3, stride=2, padding=1),
-            nn.AdaptiveAvgPool2d(patch_grid),
-        )
+        self.conv1 = nn.Conv2d(5, width // 2, kernel_size=4, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(width // 2, width, kernel_size=4, stride=2, padding=1)
+        self.conv3 = nn.Conv2d(width, d_model, kernel_size=3, stride=2, padding=1)
+        self.film = nn.Linear(d_model, 2 * (width + d_model))
+        nn.init.zeros_(self.film.weight)  # starts as the identity: scale 1, shift 0
+        nn.init.zeros_(self.film.bias)
+        self.pool = nn.AdaptiveAvgPool2d(patch_grid)
+        self.widths = (width, d_model)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, instruction: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).float().div(255.0)  # B×3×H×W (channels-last in memory)
         b, _, h, w = x.shape
         ys = torch.linspace(-1.0, 1.0, h, device=x.device).view(1, 1, h, 1).expand(b, 1, h, w)
         xs = torch.linspace(-1.0, 1.0, w, device=x.device).view(1, 1, 1, w).expand(b, 1, h, w)
-        x = torch.cat([x, ys, xs], dim=1)  # CoordConv: where a pixel is, not only what
-        return self.net(x).flatten(2).transpose(1, 2)  # B×G²×d
+        x = F.relu(self.conv1(torch.cat([x, ys, xs], dim=1)))
+        width, d_model = self.widths
+        gamma2, beta2, gamma3, beta3 = self.film(instruction).split([width, width, d_model, d_model], dim=1)
+        x = F.relu(self.conv2(x) * (1 + gamma2[:, :, None, None]) + beta2[:, :, None, None])
+        x = self.conv3(x) * (1 + gamma3[:, :, None, None]) + beta3[:, :, None, None]
+        return self.pool(x).flatten(2).transpose(1, 2)  # B×G²×d
 
 
 def _gelu(x: torch.Tensor) -> torch.Tensor:
@@ -166,13 +175,16 @@ class TinyVLA(Policy):
             raise KeyError(f"observation lacks camera(s) {sorted(missing)}")
 
         pos = (self.patch_row + self.patch_col).flatten(0, 1)  # G²×d
+        words = self.word_embed(instruction)
+        present = (instruction != 0).unsqueeze(-1).float()
+        summary = (words * present).sum(1) / present.sum(1).clamp(min=1.0)  # mean word embedding, for FiLM
         parts = [
             self.queries.expand(batch, -1, -1),
             self.proprio(obs.proprio.float()).unsqueeze(1),
-            self.word_embed(instruction) + self.word_pos[:length],
+            words + self.word_pos[:length],
         ]
         for i, (name, encoder) in enumerate(zip(self.camera_names, self.encoders, strict=True)):
-            parts.append(encoder(obs.images[name]) + pos + self.camera_embed[i])
+            parts.append(encoder(obs.images[name], summary) + pos + self.camera_embed[i])
         tokens = torch.cat(parts, dim=1)
 
         pad = torch.zeros(batch, tokens.shape[1], dtype=torch.bool, device=tokens.device)
