@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dvlad.lanes.pipeline import Pipeline
+from dvlad.lanes.pipeline import JobFailed, Pipeline
 from dvlad.lanes.timeline import LANES, overlap_seconds
 from dvlad.runtime.job import run_job
 from dvlad.runtime.metrics import read_jsonl
@@ -145,3 +145,11 @@ def test_grpo_refuses_segments_shorter_than_an_episode(small_spec, tmp_path):
     spec = small_spec("async", algo__name="grpo", algo__group_size=2, pipeline__segment_steps=8)
     with pytest.raises(ValueError, match="whole episodes"):
         Pipeline(spec, tmp_path).run()
+
+
+def test_a_crashing_learner_fails_the_job_with_its_reason(small_spec, tmp_path):
+    spec = small_spec("async", policy__name="failing_policy:make", train__total_env_steps=100_000)
+    t0 = time.monotonic()
+    with pytest.raises(JobFailed, match="boom"):
+        run_job(spec, tmp_path, quiet=True)
+    assert time.monotonic() - t0 < 90  # promptly, not after a timeout

@@ -27,6 +27,10 @@ from dvlad.lanes.weights import WeightPlane
 from dvlad.policies.base import ObsBatch, Policy
 
 
+class _Stopped(Exception):
+    """Raised inside the loop when the job asked to stop while the actor was blocked."""
+
+
 class SlotTornError(RuntimeError):
     """A shared-memory slot was read while a worker was writing it (a protocol bug)."""
 
@@ -97,10 +101,12 @@ class Actor:
             st.rollout = start_rollout
             st.needs_reset = cfg.episodic
         self._in_flight: set[int] = set()
+        self._should_stop = lambda: False
 
     # -- the loop -------------------------------------------------------------------------
     def run(self, should_stop) -> None:
         """Serve env groups round robin until ``should_stop()``; then drain in-flight steps."""
+        self._should_stop = should_stop
         try:
             while not should_stop():
                 for g in range(self.pool.groups):
@@ -109,6 +115,8 @@ class Actor:
                     self._serve(g)
                     if not self.cfg.pipelined:
                         self._arrive(self.pool.wait(g))
+        except _Stopped:
+            pass
         finally:
             self._drain()
 
@@ -132,7 +140,7 @@ class Actor:
             return
         self._gate(st.rollout)
         if st.slot is None:
-            st.slot = self.queue.acquire(timeout=self.cfg.weight_timeout_s)
+            st.slot = self._blocking(lambda: self.queue.try_acquire(timeout=0.2), "a free trajectory-queue slot")
             seg = self.queue.view(st.slot)
             seg["valid"][:] = False
             self.queue.arrays["rollout"][st.slot] = st.rollout
@@ -217,11 +225,24 @@ class Actor:
             return
         self._drain()  # let in-flight groups close their segments, or the learner may starve
         t0 = time.monotonic()
-        while self.version < required:
-            if not self.plane.wait_for(required, timeout=self.cfg.weight_timeout_s):
-                raise TimeoutError(f"no weights of version ≥ {required} within {self.cfg.weight_timeout_s} s")
+
+        def newer() -> int | None:
+            self.plane.wait_for(required, timeout=0.2)
             self.version = self.plane.swap_into(self.flat, self.version)
+            return self.version if self.version >= required else None
+
+        self._blocking(newer, f"weights of version ≥ {required}")
         self.weight_wait_s += time.monotonic() - t0
+
+    def _blocking(self, attempt, what: str):
+        """Retry ``attempt`` until it returns something, the job stops, or the timeout passes."""
+        deadline = time.monotonic() + self.cfg.weight_timeout_s
+        while (got := attempt()) is None:
+            if self._should_stop():
+                raise _Stopped
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {what} within {self.cfg.weight_timeout_s:.0f} s")
+        return got
 
     # -- observations ---------------------------------------------------------------------
     def _read_obs(self, envs: slice) -> ObsBatch:

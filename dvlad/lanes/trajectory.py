@@ -85,13 +85,10 @@ class TrajectoryQueue:
     def handle(self) -> TrajectoryQueueHandle:
         return TrajectoryQueueHandle(self.arrays.handle, self.shape, self.capacity, self._free, self._full)
 
-    def acquire(self, timeout: float | None = None) -> int:
-        """A free slot index to fill (blocks while the learner holds every slot)."""
-        return self._free.get(timeout=timeout)
-
-    def try_acquire(self) -> int | None:
+    def try_acquire(self, timeout: float = 0.0) -> int | None:
+        """A free slot index to fill, or None if the learner still holds every slot."""
         try:
-            return self._free.get_nowait()
+            return self._free.get(timeout=timeout) if timeout > 0 else self._free.get_nowait()
         except queue.Empty:
             return None
 
