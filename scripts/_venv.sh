@@ -25,5 +25,7 @@ make_venv() {  # $1: extras, e.g. "daemon" or "test"
         "$PY" -m venv "$ROOT/.venv"
     fi
     echo "== installing dvla[$1] into .venv (first time: a few minutes)"
-    "$ROOT/.venv/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[$1]"
+    # (grep drops the warnings of pip set-ups whose local index lacks a package; errors still show)
+    "$ROOT/.venv/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[$1]" \
+        2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 }

@@ -46,7 +46,10 @@ class _ImageEncoder(nn.Module):
     - FiLM (Perez et al. 2018; RT-1 conditions its image encoder the same way): the
       instruction scales and shifts the channels of the second and third conv, so "the
       red cube" is looked for while the image is encoded, not found afterwards by
-      attention across two hops.
+      attention across two hops;
+    - a spatial-softmax keypoint token (Levine et al. 2016, deep visuomotor policies): the
+      expected image coordinates of each channel's activation, so "where the highlighted
+      object is" reaches the trunk as numbers, not as a pattern over patches.
     """
 
     def __init__(self, d_model: int, patch_grid: int) -> None:
@@ -59,6 +62,7 @@ class _ImageEncoder(nn.Module):
         nn.init.zeros_(self.film.weight)  # starts as the identity: scale 1, shift 0
         nn.init.zeros_(self.film.bias)
         self.pool = nn.AdaptiveAvgPool2d(patch_grid)
+        self.keypoints = nn.Linear(2 * d_model, d_model)
         self.widths = (width, d_model)
 
     def forward(self, images: torch.Tensor, instruction: torch.Tensor) -> torch.Tensor:
@@ -71,7 +75,12 @@ class _ImageEncoder(nn.Module):
         gamma2, beta2, gamma3, beta3 = self.film(instruction).split([width, width, d_model, d_model], dim=1)
         x = F.relu(self.conv2(x) * (1 + gamma2[:, :, None, None]) + beta2[:, :, None, None])
         x = self.conv3(x) * (1 + gamma3[:, :, None, None]) + beta3[:, :, None, None]
-        return self.pool(x).flatten(2).transpose(1, 2)  # B×G²×d
+        attention = x.flatten(2).softmax(dim=-1)  # B×d×(h·w): where each channel fires
+        grid_y = F.adaptive_avg_pool2d(ys[:1], x.shape[-2:]).flatten()  # the coordinates of
+        grid_x = F.adaptive_avg_pool2d(xs[:1], x.shape[-2:]).flatten()  # each feature cell
+        points = torch.cat([attention @ grid_x, attention @ grid_y], dim=1)  # B×2d expected x, y
+        patches = self.pool(x).flatten(2).transpose(1, 2)  # B×G²×d
+        return torch.cat([patches, self.keypoints(points).unsqueeze(1)], dim=1)  # B×(G²+1)×d
 
 
 def _gelu(x: torch.Tensor) -> torch.Tensor:
@@ -129,6 +138,7 @@ class TinyVLA(Policy):
         self.encoders = nn.ModuleList(_ImageEncoder(d_model, patch_grid) for _ in self.camera_names)
         self.patch_row = nn.Parameter(torch.randn(patch_grid, 1, d_model) * 0.02)
         self.patch_col = nn.Parameter(torch.randn(1, patch_grid, d_model) * 0.02)
+        self.keypoint_pos = nn.Parameter(torch.randn(1, d_model) * 0.02)  # marks the keypoint token
         self.camera_embed = nn.Parameter(torch.randn(len(self.camera_names), d_model) * 0.02)
         self.word_embed = nn.Embedding(vocab_size, d_model, padding_idx=0)
         self.word_pos = nn.Parameter(torch.randn(max_instruction_tokens, d_model) * 0.02)
@@ -174,7 +184,7 @@ class TinyVLA(Policy):
         if missing:
             raise KeyError(f"observation lacks camera(s) {sorted(missing)}")
 
-        pos = (self.patch_row + self.patch_col).flatten(0, 1)  # G²×d
+        pos = torch.cat([(self.patch_row + self.patch_col).flatten(0, 1), self.keypoint_pos])  # (G²+1)×d
         words = self.word_embed(instruction)
         present = (instruction != 0).unsqueeze(-1).float()
         summary = (words * present).sum(1) / present.sum(1).clamp(min=1.0)  # mean word embedding, for FiLM
