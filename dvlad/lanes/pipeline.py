@@ -214,7 +214,7 @@ class _Reporter(threading.Thread):
             "queue_depth": float(actor.queue.depth()),
             "acting_version": float(actor.version),
             **actor.episodes.summary(),
-            **{f"{k}": float(v) for k, v in stats.items()},
+            **{k: float(v) for k, v in stats.items()},
         }
         for lane, s in lanes.items():
             values[f"{lane}_busy"] = s["busy"]
