@@ -46,7 +46,8 @@ class ActorConfig:
     blocks of ``group_size``; an env whose episode ended holds until the segment ends."""
     group_size: int = 1
     seed: int = 0
-    weight_timeout_s: float = 600.0
+    block_timeout_s: float = 600.0
+    """Longest the actor waits for new weights or a free queue slot before failing the job."""
 
 
 @dataclass
@@ -79,7 +80,6 @@ class _GroupState:
         self.rollout = 0
         self.alive = np.ones(envs, dtype=bool)  # episodic mode: env still in its episode
         self.needs_reset = False
-        self.segment_success = np.zeros(envs, dtype=bool)
 
 
 class Actor:
@@ -93,7 +93,6 @@ class Actor:
         self.episodes = EpisodeStats()
         self.dropped_episodes = 0
         self.weight_wait_s = 0.0
-        self.used_versions: set[int] = set()
         self._tokens_cache: dict[bytes, torch.Tensor] = {}
         self._rng = np.random.default_rng(cfg.seed)
         self.groups = [_GroupState(pool.envs_per_group) for _ in range(pool.groups)]
@@ -135,7 +134,6 @@ class Actor:
             slots["command"][envs] = CMD_RESET
             st.needs_reset = False
             st.alive[:] = True
-            st.segment_success[:] = False
             self._send(g)
             return
         self._gate(st.rollout)
@@ -151,7 +149,6 @@ class Actor:
             out = self.policy.act(obs)
         t1 = time.monotonic()
         self.timeline.add("infer", t0, t1, len(st.alive))
-        self.used_versions.add(self.version)
         seg = self.queue.view(st.slot)
         self._write_obs_row(seg, st.t, obs)
         seg["tokens"][st.t] = out.tokens.numpy()
@@ -191,7 +188,6 @@ class Actor:
             self.episodes.add(float(slots["episode_return"][i]), bool(success[j]),
                               int(slots["episode_length"][i]))
         if self.cfg.episodic:
-            st.segment_success |= success & st.alive
             st.alive &= ~done
         self._drop(result.dropped_envs)
         st.t += 1
@@ -236,12 +232,12 @@ class Actor:
 
     def _blocking(self, attempt, what: str):
         """Retry ``attempt`` until it returns something, the job stops, or the timeout passes."""
-        deadline = time.monotonic() + self.cfg.weight_timeout_s
+        deadline = time.monotonic() + self.cfg.block_timeout_s
         while (got := attempt()) is None:
             if self._should_stop():
                 raise _Stopped
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no {what} within {self.cfg.weight_timeout_s:.0f} s")
+                raise TimeoutError(f"no {what} within {self.cfg.block_timeout_s:.0f} s")
         return got
 
     # -- observations ---------------------------------------------------------------------

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dvla.spec import AlgoSection, JobSpec
+from dvla.spec import JobSpec
 from dvlad.envs.base import EnvSpec
 from dvlad.lanes.distribute import Distributor
 from dvlad.lanes.trajectory import TrajectoryQueue, TrajectoryQueueHandle
@@ -189,21 +189,21 @@ class Learner:
         save_checkpoint(path, tensors, meta)
         return path
 
-    def _load_weights(self, path: Path) -> dict[str, str]:
+    def _load_weights(self, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """Copy a checkpoint's weights into the flat buffer; returns all its tensors and metadata."""
         tensors, meta = load_checkpoint(path / CHECKPOINT_NAME if path.is_dir() else path)
         weights = tensors["policy.flat"]
         if weights.numel() != self.flat.numel():
             raise ValueError(f"checkpoint {path} holds {weights.numel()} weights; "
                              f"the policy has {self.flat.numel()} (a different architecture)")
         self.flat.copy_(weights)
-        self._optim_tensors = tensors
-        return meta
+        return tensors, meta
 
     def restore(self, path: Path) -> None:
         """Resume weights, optimizer state and counters from a checkpoint."""
-        meta = self._load_weights(path)
+        tensors, meta = self._load_weights(path)
         state = self.optimizer.state_dict()
-        for key, value in self._optim_tensors.items():
+        for key, value in tensors.items():
             if key.startswith("optim."):
                 _, i, name = key.split(".", 2)
                 state["state"].setdefault(int(i), {})[name] = value
@@ -269,4 +269,4 @@ def _take(traj: TrajectoryQueue, count: int, stop) -> list[int] | None:
     return slots
 
 
-__all__ = ["CHECKPOINT_NAME", "AlgoSection", "Learner", "LearnerConfig", "build_policy", "learner_main"]
+__all__ = ["CHECKPOINT_NAME", "Learner", "LearnerConfig", "build_policy", "learner_main"]

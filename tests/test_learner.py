@@ -1,0 +1,90 @@
+"""The learner without processes: updates, versions, checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dvla.spec import JobSpec
+from dvlad.envs.base import EnvSpec
+from dvlad.lanes.learner import CHECKPOINT_NAME, Learner, LearnerConfig
+from dvlad.lanes.trajectory import SegmentShape, segment_layout
+
+ENV = EnvSpec(cameras={"image": (16, 16)}, proprio_dim=4, max_episode_steps=10)
+
+
+def _spec(**policy_args) -> JobSpec:
+    spec = JobSpec()
+    spec.policy.args = {"d_model": 16, "layers": 1, "heads": 2, "patch_grid": 2, **policy_args}
+    spec.algo.update_epochs, spec.algo.minibatches = 1, 1
+    spec.train.resume = False
+    return spec
+
+
+def _segments(groups: int = 2, steps: int = 4, envs: int = 3) -> list[dict[str, np.ndarray]]:
+    layout = segment_layout(ENV, SegmentShape(steps, envs, 1, 16), 1)
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(groups):
+        seg = {k: np.zeros(v.shape[1:], v.dtype) for k, v in layout.items()}
+        seg["image/image"][:] = rng.integers(0, 255, seg["image/image"].shape)
+        seg["tokens"][:] = rng.integers(0, 256, seg["tokens"].shape)
+        seg["logprob"][:] = -5.5
+        seg["reward"][:] = rng.normal(size=seg["reward"].shape)
+        seg["valid"][:] = True
+        seg["env_steps"][:] = 1
+        out.append(seg)
+    return out
+
+
+def test_update_trains_on_a_rollout_and_publishes_the_next_version(tmp_path):
+    learner = Learner(LearnerConfig(_spec(), ENV, str(tmp_path), 2))
+    before = learner.flat.clone()
+    stats = learner.update(_segments())
+    assert learner.version == 1
+    assert stats["samples"] == 2 * 4 * 3 and stats["trained_env_steps"] == 24
+    assert not torch.equal(before, learner.flat)  # the flat buffer the weight plane copies moved
+    assert stats["staleness_hist"] == [24]  # acted with version 0, trained at version 0
+
+
+def test_invalid_rows_are_not_trained_on(tmp_path):
+    learner = Learner(LearnerConfig(_spec(), ENV, str(tmp_path), 2))
+    segments = _segments()
+    for seg in segments:
+        seg["valid"][:] = False
+    before = learner.flat.clone()
+    stats = learner.update(segments)
+    assert stats["samples"] == 0 and torch.equal(before, learner.flat)
+
+
+def test_checkpoint_restores_weights_optimizer_and_version(tmp_path):
+    learner = Learner(LearnerConfig(_spec(), ENV, str(tmp_path), 2))
+    for _ in range(2):
+        learner.update(_segments())
+    learner.save()
+    spec = _spec()
+    spec.train.resume = True
+    again = Learner(LearnerConfig(spec, ENV, str(tmp_path), 2))
+    assert again.version == 2 and again.trained_env_steps == learner.trained_env_steps
+    assert torch.equal(again.flat, learner.flat)
+    a, b = learner.optimizer.state_dict()["state"], again.optimizer.state_dict()["state"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k]["exp_avg"], b[k]["exp_avg"]) for k in a)
+
+
+def test_a_job_can_start_from_another_runs_weights(tmp_path):
+    first = Learner(LearnerConfig(_spec(), ENV, str(tmp_path / "a"), 2))
+    first.update(_segments())
+    first.save()
+    spec = _spec()
+    spec.policy.checkpoint = str(tmp_path / "a")  # a run directory or the file itself
+    second = Learner(LearnerConfig(spec, ENV, str(tmp_path / "b"), 2))
+    assert torch.equal(second.flat, first.flat) and second.version == 0
+
+
+def test_a_checkpoint_of_another_architecture_is_refused(tmp_path):
+    Learner(LearnerConfig(_spec(), ENV, str(tmp_path / "a"), 2)).save()
+    spec = _spec(d_model=32)
+    spec.policy.checkpoint = str(tmp_path / "a" / CHECKPOINT_NAME)
+    with pytest.raises(ValueError, match="different architecture"):
+        Learner(LearnerConfig(spec, ENV, str(tmp_path / "b"), 2))
