@@ -71,3 +71,20 @@ class Env(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def start_rng(seed: int | None, init_state: int | None, *, num_init_states: int, tag: int,
+              fallback: np.random.Generator) -> np.random.Generator:
+    """The random generator that draws an episode's start.
+
+    ``init_state`` (in ``range(num_init_states)``) wins over ``seed`` and always gives the
+    same start (seeded by ``[tag, init_state]``, so fixed starts never collide with seeds);
+    equal seeds give equal starts; with neither, the env's own ``fallback`` stream goes on.
+    """
+    if init_state is not None:
+        if not 0 <= init_state < num_init_states:
+            raise ValueError(f"init_state must be in 0..{num_init_states - 1}, got {init_state}")
+        return np.random.default_rng([tag, init_state])
+    if seed is not None:
+        return np.random.default_rng(seed)
+    return fallback

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dvlad.envs.base import ACTION_DIM, EnvSpec, Observation, StepResult
+from dvlad.envs.base import ACTION_DIM, EnvSpec, Observation, StepResult, start_rng
 from dvlad.envs.gl import configure_mujoco_gl
 
 configure_mujoco_gl()  # must precede the first ``import mujoco`` in the process
@@ -188,14 +188,7 @@ class ReachEnv:
     # -- protocol -----------------------------------------------------------------
     def reset(self, seed: int | None = None, init_state: int | None = None) -> Observation:
         """Draw a start. ``init_state`` (in ``range(NUM_INIT_STATES)``) wins over ``seed``."""
-        if init_state is not None:
-            if not 0 <= init_state < NUM_INIT_STATES:
-                raise ValueError(f"init_state must be in 0..{NUM_INIT_STATES - 1}, got {init_state}")
-            rng = np.random.default_rng([INIT_STATE_TAG, init_state])
-        elif seed is not None:
-            rng = np.random.default_rng(seed)
-        else:
-            rng = self._rng
+        rng = start_rng(seed, init_state, num_init_states=NUM_INIT_STATES, tag=INIT_STATE_TAG, fallback=self._rng)
         self._cube_xy = self._draw_layout(rng)
         self._target_index = int(rng.integers(self.num_objects))
         start = np.array([*rng.uniform(-START_XY_RANGE, START_XY_RANGE, 2), START_Z])

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dvlad.envs.base import ACTION_DIM, EnvSpec, Observation, StepResult
+from dvlad.envs.base import ACTION_DIM, EnvSpec, Observation, StepResult, start_rng
 
 NUM_TASKS = 8
 NUM_INIT_STATES = 50
@@ -85,14 +85,7 @@ class SyntheticEnv:
 
     def reset(self, seed: int | None = None, init_state: int | None = None) -> Observation:
         """Draw a task. ``init_state`` (in ``range(NUM_INIT_STATES)``) wins over ``seed``."""
-        if init_state is not None:
-            if not 0 <= init_state < NUM_INIT_STATES:
-                raise ValueError(f"init_state must be in 0..{NUM_INIT_STATES - 1}, got {init_state}")
-            rng = np.random.default_rng([INIT_STATE_TAG, init_state])
-        elif seed is not None:
-            rng = np.random.default_rng(seed)
-        else:
-            rng = self._rng
+        rng = start_rng(seed, init_state, num_init_states=NUM_INIT_STATES, tag=INIT_STATE_TAG, fallback=self._rng)
         self._task = int(rng.integers(NUM_TASKS))
         self._target = target_action(self._task)
         self._episode_id += 1
