@@ -153,3 +153,28 @@ def test_a_crashing_learner_fails_the_job_with_its_reason(small_spec, tmp_path):
     with pytest.raises(JobFailed, match="boom"):
         run_job(spec, tmp_path, quiet=True)
     assert time.monotonic() - t0 < 90  # promptly, not after a timeout
+
+
+def test_sigterm_checkpoints_and_stops_cleanly(small_spec, tmp_path):
+    import tomli_w
+
+    from dvla.spec import spec_to_dict
+
+    job = tmp_path / "job.toml"
+    job.write_text(tomli_w.dumps(spec_to_dict(small_spec("async", train__total_env_steps=10_000_000))))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "dvlad.runtime.job", str(job), "--output-dir", str(out),
+                             "--quiet"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / "metrics.jsonl").exists() and len(read_jsonl(out / "metrics.jsonl")) >= 3):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["env_steps"] < 10_000_000
+    assert (out / "checkpoint.safetensors").exists()
+    assert int(summary["version"]) >= 3

@@ -66,6 +66,10 @@ class Pipeline:
         """Finish the update in hand, checkpoint and stop (SIGTERM does this)."""
         self._stop_requested.set()
 
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_requested.is_set()
+
     def run(self) -> dict[str, float]:
         spec, ctx = self.spec, mp.get_context("spawn")
         pipelined, max_staleness = effective_knobs(spec)

@@ -58,7 +58,8 @@ def run_job(spec: JobSpec, output_dir: Path, quiet: bool = False) -> dict[str, f
     finally:
         signal.signal(signal.SIGTERM, previous)
         sink.close()
-    summary = {"status": "succeeded", "wall_s": time.monotonic() - t0, "checkpoint": pipeline.checkpoint,
+    status = "stopped" if pipeline.stop_requested else "succeeded"  # stopped: asked to, before its budget
+    summary = {"status": status, "wall_s": time.monotonic() - t0, "checkpoint": pipeline.checkpoint,
                **{k: last[k] for k in ("env_steps", "version", "success_rate", "episode_return") if k in last}}
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
