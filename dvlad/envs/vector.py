@@ -102,6 +102,13 @@ class _EnvSlots:
         ss = np.random.SeedSequence([self.cfg.base_seed, i, self.episodes[i]])
         return int(ss.generate_state(1, dtype=np.uint32)[0])
 
+    def start(self) -> None:
+        """Fresh episodes in all of this worker's slots (at start, and after a replacement)."""
+        for i in self.envs:
+            self.a["seq_begin"][i] += 1
+            self.reset(i, self._next_seed(i))
+            self.a["seq_end"][i] = self.a["seq_begin"][i]
+
     def reset(self, i: int, seed: int) -> None:
         self.episodes[i] += 1
         self.returns[i], self.lengths[i] = 0.0, 0
@@ -154,10 +161,7 @@ def worker_main(cfg: WorkerConfig, conn: Connection, handle_conn: Connection) ->
         conn.send(("spec", spec, time.monotonic() - t0))
         arrays = SharedArrays.attach(handle_conn.recv())
         slots = _EnvSlots(cfg, arrays, envs)
-        for i in envs:
-            arrays["seq_begin"][i] += 1
-            slots.reset(i, slots._next_seed(i))
-            arrays["seq_end"][i] = arrays["seq_begin"][i]
+        slots.start()
         conn.send(("ready", os.getpid()))
         while True:
             msg = conn.recv()

@@ -39,6 +39,7 @@ def save_checkpoint(
     cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
 
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.fchmod(fd, 0o644)  # mkstemp makes 0600; a checkpoint is meant to be read (resume, download)
     os.close(fd)
     try:
         save_file(cpu, tmp, metadata=metadata)
