@@ -172,3 +172,14 @@ def test_make_env_user_factory():
     env = make_env("dvlad.envs.synthetic:SyntheticEnv", step_ms=0.1, image_size=8)
     assert isinstance(env, SyntheticEnv)
     assert env.spec.cameras == {"agentview": (8, 8), "wrist": (8, 8)}
+
+
+def test_reach_start_height_is_honoured_and_checked():
+    env = make_env("reach", start_height=0.06)
+    try:
+        env.reset(seed=4)
+        assert abs(env.tip_position[2] - 0.06) < 0.002
+        with pytest.raises(ValueError, match="start_height"):
+            make_env("reach", start_height=1.0)
+    finally:
+        env.close()

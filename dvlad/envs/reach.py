@@ -126,7 +126,8 @@ class ReachEnv:
     Reward is dense shaped progress, ``10 * (previous distance − distance)`` with the
     3-D tip-to-cube distance, plus 1 on success; success terminates the episode.
     Starts are random cube layouts (non-overlapping), a random target colour and a
-    gripper near the centre at ``START_Z``.
+    gripper near the centre at ``start_height`` (default ``START_Z``; at ``Z_MIN`` only
+    colour-grounded sideways moves earn progress, height gives none).
     """
 
     def __init__(
@@ -136,6 +137,7 @@ class ReachEnv:
         max_episode_steps: int = 40,
         max_delta: float = 0.03,
         touch_radius: float = 0.05,
+        start_height: float = START_Z,
         seed: int | None = None,
     ) -> None:
         if not 1 <= num_objects <= len(COLOURS):
@@ -143,6 +145,9 @@ class ReachEnv:
         self.num_objects = num_objects
         self.max_delta = max_delta
         self.touch_radius = touch_radius
+        if not Z_MIN <= start_height <= Z_MAX:
+            raise ValueError(f"start_height must be in {Z_MIN:.3f}..{Z_MAX:.3f} m, got {start_height}")
+        self.start_height = start_height
         self.colours = list(COLOURS)[:num_objects]
         self.spec = EnvSpec(
             cameras={"image": (image_size, image_size)},
@@ -191,7 +196,7 @@ class ReachEnv:
         rng = start_rng(seed, init_state, num_init_states=NUM_INIT_STATES, tag=INIT_STATE_TAG, fallback=self._rng)
         self._cube_xy = self._draw_layout(rng)
         self._target_index = int(rng.integers(self.num_objects))
-        start = np.array([*rng.uniform(-START_XY_RANGE, START_XY_RANGE, 2), START_Z])
+        start = np.array([*rng.uniform(-START_XY_RANGE, START_XY_RANGE, 2), self.start_height])
 
         model, data = self._model, self._data
         mujoco.mj_resetData(model, data)
