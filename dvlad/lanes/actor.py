@@ -177,6 +177,8 @@ class Actor:
         if st.slot is None:  # a reset round trip: nothing to record
             return
         seg = self.queue.view(st.slot)
+        # a time-limit truncation ends the episode for GAE too (CleanRL's convention): the
+        # auto-reset has replaced the final observation, so there is no value to bootstrap from
         done = slots["terminated"][envs] | slots["truncated"][envs]
         success = slots["success"][envs]
         seg["reward"][st.t] = slots["reward"][envs]
@@ -199,7 +201,9 @@ class Actor:
             st.needs_reset = self.cfg.episodic
 
     def _drop(self, env_ids: list[int]) -> None:
-        """Episodes of replaced workers: never fed half-finished to the learner."""
+        """Episodes of replaced workers: their rows in the open segment are masked out, so the
+        learner never trains on them half-finished. Rows of the same episode that went out in
+        earlier segments stay: they were complete, bootstrapped transitions when sent."""
         for i in env_ids:
             g, j = divmod(i, self.pool.envs_per_group)
             st = self.groups[g]
