@@ -92,10 +92,10 @@ class _EnvSlots:
         self.lengths = dict.fromkeys(envs, 0)
 
     def _write_obs(self, i: int, obs: Observation) -> None:
+        """Images and proprio; the instruction is written at reset only (it names the episode's task)."""
         for cam in self.cams:
             self.a[f"image/{cam}"][i] = obs.images[cam]
         self.a["proprio"][i] = obs.proprio
-        self.a["instruction"][i] = encode_instruction(obs.instruction)
 
     def _next_seed(self, i: int) -> int:
         """Distinct, reproducible seed per (job seed, env slot, episode)."""
@@ -112,7 +112,9 @@ class _EnvSlots:
     def reset(self, i: int, seed: int) -> None:
         self.episodes[i] += 1
         self.returns[i], self.lengths[i] = 0.0, 0
-        self._write_obs(i, self.envs[i].reset(seed=seed))
+        obs = self.envs[i].reset(seed=seed)
+        self._write_obs(i, obs)
+        self.a["instruction"][i] = encode_instruction(obs.instruction)
 
     def step(self, i: int) -> int:
         """Run env ``i``'s command; returns env steps taken. Slot writes are fenced by seq."""

@@ -50,7 +50,7 @@ def build_policy(spec: JobSpec, env_spec: EnvSpec) -> tuple[Policy, torch.Tensor
 
 
 def _batch_from_segments(segments: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
-    """Copy segments out of shared memory, stacked along a new segment axis [S, ...]."""
+    """Copy segments (shared-memory views) out, stacked along a new segment axis [S, ...]."""
     return {k: torch.from_numpy(np.stack([s[k] for s in segments])) for k in segments[0]}
 
 
@@ -85,7 +85,10 @@ class Learner:
     # -- updates --------------------------------------------------------------------------
     def update(self, segments: list[dict[str, np.ndarray]]) -> dict[str, float]:
         """One rollout in, one new version out. Returns the update's statistics."""
-        b = _batch_from_segments(segments)
+        return self.train(_batch_from_segments(segments))
+
+    def train(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One update on a rollout already stacked by :func:`_batch_from_segments`."""
         valid = b["valid"]
         staleness = (self.version - b["version"])[valid]
         if self.algo.name == "grpo":
@@ -234,10 +237,10 @@ def learner_main(cfg: LearnerConfig, queue_handle: TrajectoryQueueHandle, plane_
             if slots is None:
                 break
             t0 = time.monotonic()
-            segments = [{k: v.copy() for k, v in traj.view(s).items()} for s in slots]
+            batch = _batch_from_segments([traj.view(s) for s in slots])  # the one copy out of shm
             for s in slots:  # free the slots at once: the actor may refill them while we train
                 traj.release(s)
-            stats = learner.update(segments)
+            stats = learner.train(batch)
             t1 = time.monotonic()
             distributor.publish(learner.flat, learner.version)
             stats["learn_s"] = t1 - t0
