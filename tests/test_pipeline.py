@@ -178,3 +178,8 @@ def test_sigterm_checkpoints_and_stops_cleanly(small_spec, tmp_path):
     assert summary["status"] == "stopped" and summary["env_steps"] < 10_000_000
     assert (out / "checkpoint.safetensors").exists()
     assert int(summary["version"]) >= 3
+
+
+def test_asking_for_a_gpu_is_refused_rather_than_silently_run_on_cpu(small_spec, tmp_path):
+    with pytest.raises(ValueError, match="GPU lanes are not built yet"):
+        Pipeline(small_spec("async", resources__device="cuda"), tmp_path).run()

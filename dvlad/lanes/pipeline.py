@@ -72,6 +72,9 @@ class Pipeline:
 
     def run(self) -> dict[str, float]:
         spec, ctx = self.spec, mp.get_context("spawn")
+        if spec.resources.device == "cuda" or spec.resources.gpus:
+            raise ValueError("resources: GPU lanes are not built yet (issue 7); this engine runs on the CPU "
+                             "(device = \"cpu\" or \"auto\", gpus = 0)")
         pipelined, max_staleness = effective_knobs(spec)
         torch.set_num_threads(spec.resources.torch_threads)
         self.output_dir.mkdir(parents=True, exist_ok=True)
