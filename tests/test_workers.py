@@ -129,3 +129,14 @@ def test_reach_env_workers_render_real_images():
         assert pool.wait(0).env_steps == 2
     finally:
         pool.close()
+
+
+def test_slots_get_their_env_index_in_blocks():
+    """A factory that declares ``env_index`` learns its slot's block (GRPO: one block, one task)."""
+    pool = EnvWorkerPool("indexed_env:make", {"step_ms": 0.1, "image_size": 8, "cameras": ["a"]}, num_envs=4,
+                         groups=1, workers=2, action_chunk=1, envs_per_index=2)
+    try:
+        assert [decode_instruction(pool.slots["instruction"][i]) for i in range(4)] == \
+            ["env index 0", "env index 0", "env index 1", "env index 1"]
+    finally:
+        pool.close()

@@ -79,6 +79,8 @@ class WorkerConfig:
     """env slot ids this worker steps, per env group."""
     auto_reset: bool
     base_seed: int
+    envs_per_index: int = 1
+    """Consecutive slots that share one ``env_index`` (see :class:`EnvWorkerPool`)."""
 
 
 class _EnvSlots:
@@ -158,7 +160,8 @@ def worker_main(cfg: WorkerConfig, conn: Connection, handle_conn: Connection) ->
     arrays = None
     try:
         t0 = time.monotonic()
-        envs = {i: make_env(cfg.env_name, **cfg.env_args) for ids in cfg.env_ids for i in ids}
+        envs = {i: make_env(cfg.env_name, env_index=i // cfg.envs_per_index, **cfg.env_args)
+                for ids in cfg.env_ids for i in ids}
         spec = next(iter(envs.values())).spec
         conn.send(("spec", spec, time.monotonic() - t0))
         arrays = SharedArrays.attach(handle_conn.recv())
@@ -231,11 +234,16 @@ class EnvWorkerPool:
 
     Env slot ``i`` belongs to group ``i // envs_per_group``; inside a group the slots are
     dealt to workers in contiguous slices, so every worker holds a slice of every group.
+
+    Slot ``i`` is built with ``env_index = i // envs_per_index`` (for factories that take one,
+    e.g. LIBERO's, which serves task ``tasks[env_index % len(tasks)]``). GRPO passes its
+    ``group_size``: a GRPO group replays one start in consecutive slots, so they must
+    simulate the same task.
     """
 
     def __init__(self, env_name: str, env_args: dict, *, num_envs: int, groups: int, workers: int,
                  action_chunk: int, auto_reset: bool = True, seed: int = 0,
-                 step_timeout_s: float = 30.0, build_timeout_s: float = 300.0) -> None:
+                 step_timeout_s: float = 30.0, build_timeout_s: float = 300.0, envs_per_index: int = 1) -> None:
         if num_envs % (groups * workers):
             raise ValueError(f"num_envs={num_envs} must divide into groups×workers={groups * workers}")
         self.num_envs, self.groups, self.action_chunk = num_envs, groups, action_chunk
@@ -249,7 +257,7 @@ class EnvWorkerPool:
             WorkerConfig(w, env_name, dict(env_args), tuple(
                 tuple(range(g * self.envs_per_group + w * per_worker,
                             g * self.envs_per_group + (w + 1) * per_worker)) for g in range(groups)),
-                auto_reset, seed)
+                auto_reset, seed, envs_per_index)
             for w in range(workers)
         ]
         self.workers = [_Worker(self._ctx, c) for c in self._configs]

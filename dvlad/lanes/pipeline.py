@@ -82,7 +82,8 @@ class Pipeline:
         pool = EnvWorkerPool(spec.env.name, self._env_args(), num_envs=spec.env.num_envs,
                              groups=spec.env.groups, workers=spec.env.workers,
                              action_chunk=spec.policy.action_chunk, auto_reset=not episodic,
-                             seed=spec.job.seed, step_timeout_s=spec.env.step_timeout_s)
+                             seed=spec.job.seed, step_timeout_s=spec.env.step_timeout_s,
+                             envs_per_index=spec.algo.group_size if episodic else 1)
         self.pool = pool
         parts: list = [pool]
         learner = None

@@ -80,7 +80,7 @@ class PolicySection:
 @dataclass
 class EnvSection:
     name: str = "reach"
-    """A built-in env name (``reach``, ``synthetic``, LIBERO suites) or ``"package.module:function"``."""
+    """A built-in env name (``reach``, ``synthetic``, ``libero``) or ``"package.module:function"``."""
     num_envs: int = 16
     """Environments stepped in parallel; divisible by groups × workers."""
     groups: int = 2

@@ -1,0 +1,357 @@
+"""LIBERO behind D-VLA's env protocol: the five suites, their fixed starts, LIBERO's own success.
+
+Why these choices:
+- **One env, one task, built once.** Building a LIBERO env (parsing its BDDL problem, compiling
+  the MuJoCo model, opening a GL context) takes 5–15 s; a reset must not. An env is built for
+  one task and reset *softly* (``hard_reset=False``: the model and renderer are kept, the state
+  is overwritten with a fixed start), so a worker builds each of its envs once per job and
+  reuses it for every episode. A job spreads a suite (or a list of tasks) over its envs: env
+  ``i`` serves ``tasks[env_index % len(tasks)]`` (``env_index`` comes from the worker pool).
+  Evaluation walks one env through several tasks with :meth:`LiberoEnv.set_task`, which
+  rebuilds only when the task changes.
+- **Fixed starts.** Each task ships 50 init states (full MuJoCo states). ``reset(init_state=i)``
+  replays start ``i``; ``reset(seed=s)`` picks one deterministically from the seed (equal seeds,
+  equal starts), so GRPO can replay a start across a group.
+- **Settle steps.** Objects of an init state drop a few millimetres onto the table; the custom
+  (OpenVLA, openpi) is to step a no-op action (zero motion, gripper open = −1) 10 times after a
+  reset before the policy acts. They are not counted in the episode; cameras are not rendered
+  during them.
+- **Images are turned once, here.** LIBERO (robosuite, OpenGL convention) renders upside down.
+  Every image is rotated by 180° (both axes flipped, ``img[::-1, ::-1]``), the orientation the
+  published LIBERO VLA checkpoints were trained on: the robot stands at the top of the
+  agentview image. Nothing downstream flips again.
+- **Cheap frames on a CPU renderer.** With OSMesa, shadows, reflections and 4× multisampling
+  make a step 2–3× dearer for no information a policy needs, so ``fast_render`` (default: on
+  with OSMesa, off with EGL, where frames must look like LIBERO's demonstrations) turns them off.
+
+Observation: cameras ``agentview`` (third person) and ``wrist`` (robosuite's
+``robot0_eye_in_hand``), uint8 H×W×3 of ``image_size`` (default 128; any size up to robosuite's
+640×480 buffer, e.g. 224, 256), or none with ``cameras=False`` (physics only, for benchmarks).
+Proprio (8 float32): end-effector position (3, metres, robot base frame as robosuite reports it),
+end-effector orientation as **axis-angle** (3, radians; from robosuite's xyzw quaternion, the
+state layout of the published LIBERO VLA fine-tunes), gripper finger joint positions (2).
+Action (7 floats in [−1, 1]), LIBERO's OSC_POSE controller: delta position (scaled to ±5 cm per
+step), delta rotation (axis-angle, ±0.5 rad per step), gripper (−1 open … +1 closed).
+Reward 1 on success, else 0; success is LIBERO's BDDL goal predicate (``check_success``), and it
+terminates the episode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+from dvlad.envs.base import ACTION_DIM, EnvSpec, Observation, StepResult, start_rng
+from dvlad.envs.libero_config import prepare_libero
+
+MAX_EPISODE_STEPS: dict[str, int] = {
+    "libero_spatial": 220,
+    "libero_object": 280,
+    "libero_goal": 300,
+    "libero_10": 520,
+    "libero_90": 400,
+}
+"""The suites and their customary episode limits (policy steps, settle steps not counted)."""
+
+CAMERAS: dict[str, str] = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}
+"""D-VLA camera name -> robosuite camera name."""
+
+SETTLE_STEPS = 10
+NOOP = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0])
+NOOP.setflags(write=False)
+"""No motion, gripper open: the action of the settle steps."""
+INIT_STATE_TAG = 0x11BE20
+PROPRIO_DIM = 8
+
+
+@dataclass(frozen=True)
+class Task:
+    index: int
+    name: str
+    instruction: str
+    bddl_file: str
+
+
+@cache
+def _benchmark(suite: str) -> Any:
+    if suite not in MAX_EPISODE_STEPS:
+        raise ValueError(f"unknown LIBERO suite {suite!r}; valid suites: {', '.join(MAX_EPISODE_STEPS)}")
+    prepare_libero()
+    from libero.libero import benchmark
+
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints the task order on construction
+        return benchmark.get_benchmark_dict()[suite]()
+
+
+def suite_tasks(suite: str) -> list[Task]:
+    """The suite's tasks in LIBERO's order (``benchmark.get_task(i)``, task order 0)."""
+    bench = _benchmark(suite)
+    return [Task(i, t.name, t.language, bench.get_task_bddl_file_path(i)) for i, t in enumerate(bench.tasks)]
+
+
+def resolve_task(suite: str, task: int | str) -> Task:
+    """A task of ``suite`` by index or by name (LIBERO's task name, or its instruction)."""
+    tasks = suite_tasks(suite)
+    if isinstance(task, int) and not isinstance(task, bool):
+        if 0 <= task < len(tasks):
+            return tasks[task]
+    elif isinstance(task, str):
+        for t in tasks:
+            if task in (t.name, t.instruction):
+                return t
+    listing = "\n".join(f"  {t.index}: {t.name}" for t in tasks)
+    raise ValueError(f"no task {task!r} in {suite}; give an index 0..{len(tasks) - 1} or a name:\n{listing}")
+
+
+def served_task(suite: str, task: int | str | None = None, tasks: Sequence[int | str] | None = None,
+                env_index: int = 0) -> Task:
+    """The task an env serves: ``task`` if given, else ``tasks[env_index % len(tasks)]``, where
+    ``tasks`` defaults to the whole suite (so a job's envs spread over it)."""
+    if task is not None and tasks is not None:
+        raise ValueError("give either task (one task) or tasks (spread over the job's envs), not both")
+    if isinstance(tasks, str):
+        raise ValueError(f"tasks must be a list of task indices or names, got the string {tasks!r}")
+    if task is None:
+        served = list(tasks) if tasks is not None else list(range(len(suite_tasks(suite))))
+        if not served:
+            raise ValueError("tasks must name at least one task")
+        task = served[env_index % len(served)]
+    return resolve_task(suite, task)
+
+
+def _init_states(suite: str, index: int) -> np.ndarray:
+    return np.asarray(_benchmark(suite).get_task_init_states(index))
+
+
+class LiberoEnv:
+    """One LIBERO task of one suite (see the module docstring).
+
+    ``task``: one task (index or name). Otherwise ``tasks`` (default: the whole suite) and this
+    env serves ``tasks[env_index % len(tasks)]``. ``max_episode_steps`` 0 or None: the suite's
+    limit. ``libero_root``: a LIBERO data root of your own (see :mod:`dvlad.envs.libero_config`).
+    """
+
+    def __init__(
+        self,
+        suite: str = "libero_spatial",
+        task: int | str | None = None,
+        tasks: Sequence[int | str] | None = None,
+        env_index: int = 0,
+        image_size: int = 128,
+        cameras: Sequence[str] | bool = ("agentview", "wrist"),
+        max_episode_steps: int | None = None,
+        settle_steps: int = SETTLE_STEPS,
+        fast_render: bool | None = None,
+        libero_root: str | None = None,
+        seed: int | None = None,
+    ) -> None:
+        prepare_libero(libero_root)
+        first = served_task(suite, task, tasks, env_index)
+        if cameras is True:
+            cameras = tuple(CAMERAS)
+        cameras = list(cameras or [])
+        unknown = [c for c in cameras if c not in CAMERAS]
+        if unknown:
+            raise ValueError(f"unknown LIBERO camera(s) {unknown}; valid cameras: {', '.join(CAMERAS)}")
+        if fast_render is None:
+            fast_render = os.environ.get("MUJOCO_GL") == "osmesa"
+        self.suite, self.image_size, self.cameras = suite, image_size, cameras
+        self.settle_steps, self.fast_render = settle_steps, fast_render
+        self.spec = EnvSpec(
+            cameras={c: (image_size, image_size) for c in cameras},
+            proprio_dim=PROPRIO_DIM,
+            max_episode_steps=max_episode_steps or MAX_EPISODE_STEPS[suite],
+            num_init_states=0,
+        )
+        self._rng = np.random.default_rng(seed)
+        self._env: Any = None
+        self.task: Task | None = None
+        self.init_state: int | None = None
+        """The fixed start the current episode began from."""
+        self.episode_steps = 0
+        self.set_task(first.index)
+
+    @property
+    def libero(self) -> Any:
+        """The underlying LIBERO ``ControlEnv`` (its ``.env`` is the robosuite env, ``.sim`` the MuJoCo sim)."""
+        return self._env
+
+    def set_task(self, task: int | str) -> None:
+        """Serve ``task`` of this env's suite, rebuilding the simulator only if the task changes."""
+        resolved = resolve_task(self.suite, task)
+        if self.task is not None and resolved.index == self.task.index:
+            return
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+        from libero.libero.envs.env_wrapper import ControlEnv
+
+        self._env = ControlEnv(
+            bddl_file_name=resolved.bddl_file,
+            camera_names=[CAMERAS[c] for c in self.cameras] or ["agentview"],
+            camera_heights=self.image_size,
+            camera_widths=self.image_size,
+            use_camera_obs=bool(self.cameras),
+            has_offscreen_renderer=bool(self.cameras),
+            hard_reset=False,  # keep model and renderer across episodes: a reset costs ms, not seconds
+            ignore_done=True,  # episode limits are D-VLA's (robosuite's horizon would end episodes itself)
+        )
+        self.task = resolved
+        self._init = _init_states(self.suite, resolved.index)
+        self.spec = EnvSpec(self.spec.cameras, PROPRIO_DIM, self.spec.max_episode_steps, len(self._init))
+        if self.cameras and self.fast_render:
+            self._simplify_rendering()
+
+    def _simplify_rendering(self) -> None:
+        """Shadows, reflections and multisampling off (a CPU renderer's three most expensive passes)."""
+        import mujoco
+
+        sim = self._env.sim
+        context = sim._render_context_offscreen
+        context.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+        context.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        sim.model.vis.quality.offsamples = 0  # read when the GL buffers are made: remake them
+        context.gl_ctx.make_current()
+        context.con.free()
+        context._set_mujoco_context_and_buffers()
+
+    def _make_current(self) -> None:
+        """Bind this env's GL context: with several envs in one process the last one built is current."""
+        if self.cameras:
+            self._env.sim._render_context_offscreen.gl_ctx.make_current()
+
+    def _set_cameras(self, enabled: bool) -> None:
+        for c in self.cameras:
+            self._env.env.modify_observable(f"{CAMERAS[c]}_image", "enabled", enabled)
+
+    # -- protocol -----------------------------------------------------------------------
+    def reset(self, seed: int | None = None, init_state: int | None = None) -> Observation:
+        """Restore one of the task's fixed starts, settle, observe. ``init_state`` wins over ``seed``."""
+        count = len(self._init)
+        rng = start_rng(seed, init_state, num_init_states=count, tag=INIT_STATE_TAG, fallback=self._rng)
+        index = init_state if init_state is not None else int(rng.integers(count))
+        self._make_current()
+        self._set_cameras(False)  # no frames for the reset and settle steps: only the last one is seen
+        # Fixtures (cabinets, stoves) are placed by sampling from np.random at every reset and their
+        # placement is model data, not part of the saved init state: seeding it by the start index
+        # makes a start replay exactly, fixtures included.
+        self._env.seed(index)
+        self._env.reset()
+        for robot in self._env.robots:  # the gripper's command ramp outlives a soft reset; a fresh env starts at 0
+            robot.gripper.current_action = np.zeros(robot.gripper.dof)
+        self._env.set_init_state(self._init[index])
+        for _ in range(self.settle_steps):
+            self._env.step(NOOP)
+        self._set_cameras(True)
+        raw = self._env.regenerate_obs_from_state(self._env.get_sim_state())
+        self.init_state = index
+        self.episode_steps = 0
+        return self._observe(raw)
+
+    def step(self, action: np.ndarray) -> StepResult:
+        a = np.clip(np.nan_to_num(np.asarray(action, dtype=np.float64).reshape(ACTION_DIM)), -1.0, 1.0)
+        self._make_current()
+        raw, _, done, _ = self._env.step(a)
+        self.episode_steps += 1
+        success = bool(done)
+        return StepResult(
+            obs=self._observe(raw),
+            reward=float(success),
+            terminated=success,
+            truncated=not success and self.episode_steps >= self.spec.max_episode_steps,
+            success=success,
+        )
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+
+    def _observe(self, raw: dict[str, np.ndarray]) -> Observation:
+        from robosuite.utils.transform_utils import quat2axisangle
+
+        images = {c: np.ascontiguousarray(raw[f"{CAMERAS[c]}_image"][::-1, ::-1]) for c in self.cameras}
+        proprio = np.concatenate([
+            raw["robot0_eef_pos"],
+            quat2axisangle(np.array(raw["robot0_eef_quat"], dtype=np.float64)),
+            raw["robot0_gripper_qpos"],
+        ]).astype(np.float32)
+        assert self.task is not None
+        return Observation(images=images, proprio=proprio, instruction=self.task.instruction)
+
+
+# -- evaluation -------------------------------------------------------------------------------
+
+Act = Callable[[Observation], np.ndarray]
+"""A policy for evaluation: an observation in, one action (7) or a chunk (K×7) out."""
+
+
+@dataclass
+class TaskResult:
+    task: int
+    name: str
+    instruction: str
+    successes: int
+    episodes: int
+    lengths: list[int] = field(default_factory=list)
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / self.episodes if self.episodes else 0.0
+
+
+@dataclass
+class EvalResult:
+    suite: str
+    tasks: list[TaskResult]
+
+    @property
+    def mean_success(self) -> float:
+        """The mean of the per-task success rates (LIBERO's reported number)."""
+        return float(np.mean([t.success_rate for t in self.tasks])) if self.tasks else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"suite": self.suite, "mean_success": self.mean_success,
+                "tasks": [{"task": t.task, "name": t.name, "instruction": t.instruction,
+                           "success_rate": t.success_rate, "successes": t.successes,
+                           "episodes": t.episodes} for t in self.tasks]}
+
+
+def run_episode(env: LiberoEnv, act: Act, init_state: int) -> StepResult:
+    """One episode from a fixed start; returns its last step. A chunk runs until the episode ends."""
+    obs = env.reset(init_state=init_state)
+    while True:
+        for action in np.asarray(act(obs), dtype=np.float32).reshape(-1, ACTION_DIM):
+            result = env.step(action)
+            if result.terminated or result.truncated:
+                return result
+        obs = result.obs
+
+
+def evaluate(act: Act, env: LiberoEnv, tasks: Sequence[int | str] | None = None,
+             episodes_per_task: int = 50) -> EvalResult:
+    """Run ``episodes_per_task`` episodes of every task of ``env``'s suite (or of ``tasks``) from
+    init states 0, 1, … (the same starts for every policy evaluated) and report per-task and mean
+    success. ``env`` is switched from task to task (:meth:`LiberoEnv.set_task`)."""
+    count = len(suite_tasks(env.suite))
+    chosen = [resolve_task(env.suite, t) for t in (tasks if tasks is not None else range(count))]
+    results = []
+    for task in chosen:
+        env.set_task(task.index)
+        if not 1 <= episodes_per_task <= env.spec.num_init_states:
+            raise ValueError(f"episodes_per_task must be in 1..{env.spec.num_init_states}, got {episodes_per_task}")
+        result = TaskResult(task.index, task.name, task.instruction, 0, 0)
+        for start in range(episodes_per_task):
+            last = run_episode(env, act, start)
+            result.episodes += 1
+            result.successes += int(last.success)
+            result.lengths.append(env.episode_steps)
+        results.append(result)
+    return EvalResult(env.suite, results)

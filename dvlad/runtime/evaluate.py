@@ -1,0 +1,109 @@
+"""Evaluate a trained policy on LIBERO: ``python -m dvlad.runtime.evaluate RUN_DIR``.
+
+Runs N episodes per task from the tasks' fixed init states 0 … N−1 (the same starts for every
+policy, so numbers compare) with the policy's most likely actions, and prints per-task and mean
+success (``--json``: one JSON object as the last line). The policy and the env are rebuilt from
+the job spec stored in the checkpoint, so the cameras, image size and policy arguments are the
+ones it was trained with; ``--suite``, ``--tasks``, ``--episodes`` and ``--max-episode-steps``
+choose what to evaluate on (by default: the job's suite and tasks, 50 episodes, the suite's limit).
+
+Why here and not in :mod:`dvlad.envs.libero`: simulators know nothing of models; this module
+joins the two (a checkpoint's policy, LIBERO's evaluation loop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dvla.spec import spec_from_dict
+from dvlad.envs.base import Observation
+from dvlad.envs.libero import Act, EvalResult, LiberoEnv, evaluate
+from dvlad.lanes.learner import CHECKPOINT_NAME
+from dvlad.policies import ObsBatch, Policy, flatten_parameters, make_policy
+from dvlad.policies.checkpoint import load_checkpoint
+
+
+def load_policy(path: Path, env: LiberoEnv, action_chunk: int, policy_name: str,
+                policy_args: dict) -> Policy:
+    """Build the checkpoint's policy for ``env`` and load its weights."""
+    policy = make_policy(policy_name, env.spec, action_chunk=action_chunk, **policy_args)
+    flat = flatten_parameters(policy)
+    weights = load_checkpoint(path)[0]["policy.flat"]
+    if weights.numel() != flat.numel():
+        raise ValueError(f"checkpoint {path} holds {weights.numel()} weights; the policy built for this "
+                         f"env has {flat.numel()} (different cameras, image size or policy arguments?)")
+    flat.copy_(weights)
+    return policy.eval()
+
+
+def greedy_act(policy: Policy) -> Act:
+    """The policy's most likely action chunk for one observation."""
+
+    def act(obs: Observation) -> np.ndarray:
+        batch = ObsBatch(
+            images={k: torch.from_numpy(v).unsqueeze(0) for k, v in obs.images.items()},
+            proprio=torch.from_numpy(obs.proprio).unsqueeze(0),
+            instruction=policy.tokenize([obs.instruction]),
+        )
+        with torch.no_grad():
+            return policy.act(batch, deterministic=True).actions[0].numpy()
+
+    return act
+
+
+def format_result(result: EvalResult) -> str:
+    lines = [f"{'task':>4}  {'success':>7}  instruction"]
+    lines += [f"{t.task:>4}  {t.successes:>3}/{t.episodes:<3}  {t.instruction}" for t in result.tasks]
+    lines.append(f"{result.suite}: mean success {result.mean_success:.3f} over {len(result.tasks)} task(s)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dvlad.runtime.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoint", help="a run directory or its checkpoint.safetensors")
+    parser.add_argument("--suite", help="LIBERO suite (default: the job's)")
+    parser.add_argument("--tasks", nargs="+", help="task indices or names (default: the job's tasks, else the "
+                                                   "whole suite)")
+    parser.add_argument("--episodes", type=int, default=50, help="episodes per task, from init states 0..N-1")
+    parser.add_argument("--max-episode-steps", type=int, default=0, help="0: the suite's limit")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+    args = parser.parse_args(argv)
+
+    path = Path(args.checkpoint)
+    path = path / CHECKPOINT_NAME if path.is_dir() else path
+    spec = spec_from_dict(json.loads(load_checkpoint(path)[1]["spec"]))
+    if spec.env.name != "libero":
+        print(f"{path} was trained on env {spec.env.name!r}; this evaluates LIBERO policies", file=sys.stderr)
+        return 2
+    job_args = dict(spec.env.args)
+    job_suite = job_args.pop("suite", "libero_spatial")
+    job_task, job_tasks = job_args.pop("task", None), job_args.pop("tasks", None)
+    suite = args.suite or job_suite
+    if args.tasks:
+        tasks = [int(t) if t.isdigit() else t for t in args.tasks]
+    elif suite == job_suite and (job_task is not None or job_tasks is not None):
+        tasks = [job_task] if job_task is not None else list(job_tasks)  # the tasks it was trained on
+    else:
+        tasks = None
+    env_args = job_args
+    env_args["max_episode_steps"] = args.max_episode_steps or None
+    env = LiberoEnv(suite, task=tasks[0] if tasks else 0, **env_args)
+    try:
+        policy = load_policy(path, env, spec.policy.action_chunk, spec.policy.name, spec.policy.args)
+        result = evaluate(greedy_act(policy), env, tasks, args.episodes)
+    finally:
+        env.close()
+    print(format_result(result))
+    if args.json:
+        print(json.dumps(result.as_dict()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
