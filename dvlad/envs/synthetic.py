@@ -4,10 +4,10 @@ Why: to measure and test the engine (lanes, shared-memory slots, scheduling) at
 LIBERO's scale without LIBERO. Each step burns ``step_ms`` of *CPU time* (not wall
 time: a busy loop on :func:`time.thread_time`), so when workers outnumber cores they
 slow each other down exactly as real physics would; a sleep would hide contention.
-The default, 25 ms, is LIBERO's measured physics-only cost per step (23–31 ms of CPU on
-the 2-core CI machine, ``scripts/bench_envs.py``, docs/benchmarks.md): what a LIBERO step
-costs the CPU where a GPU renders. A CPU-rendered LIBERO step with two 128² cameras costs
-about 120 ms.
+The default, 29 ms, is LIBERO's measured physics-only cost per step (28.5–30 ms of CPU
+through a worker on the 2-core CI machine, ``scripts/bench_envs.py``, docs/benchmarks.md;
+a worker adds ~0.5 ms): what a LIBERO step costs the CPU where a GPU renders. A CPU-rendered
+LIBERO step with two 128² cameras costs about 125 ms.
 
 Observations are deterministic and checkable, so a test can prove a reader never saw
 a half-written slot: every pixel of every camera holds the byte
@@ -56,7 +56,7 @@ class SyntheticEnv:
 
     def __init__(
         self,
-        step_ms: float = 25.0,
+        step_ms: float = 29.0,
         image_size: int = 128,
         cameras: Sequence[str] = ("agentview", "wrist"),
         proprio_dim: int = 8,
