@@ -1,0 +1,143 @@
+"""dvlad's configuration (``/etc/dvlad/dvlad.toml``): typed, with every unknown key refused.
+
+Why strict: a misspelt limit silently ignored is a lab where one user takes every GPU.
+``dvlad --check-config`` runs exactly this and exits non-zero with the key and the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dvlad.sched import Limit, Limits
+
+DEFAULT_CONFIG = Path("/etc/dvlad/dvlad.toml")
+
+
+class ConfigError(ValueError):
+    """A bad config: ``key`` is dotted (``limits.users.alice.gpus``)."""
+
+    def __init__(self, key: str, reason: str):
+        self.key, self.reason = key, reason
+        super().__init__(f"{key}: {reason}" if key else reason)
+
+
+@dataclass
+class DaemonSection:
+    state_dir: str = "/var/lib/dvlad"
+    """Job store (SQLite) and per-job directories (spec, log, run output)."""
+    socket: str = "/run/dvlad/dvlad.sock"
+    socket_group: str = "dvla"
+    """Group owning the socket (mode 0660); members may talk to dvlad. Skipped if it does not exist."""
+    admin_group: str = "dvla-admin"
+    """Members (and root) see and cancel every job."""
+    users_see_all: bool = False
+    """True: every user may list all jobs and read every job's logs (cancel stays owner/admin only)."""
+    tcp: str = ""
+    """``host:port`` to listen on TCP too (bearer tokens); empty: Unix socket only."""
+    tokens_file: str = "/etc/dvlad/tokens"
+    """``TOKEN USER`` per line; must not be readable by group or others."""
+    cancel_grace_s: float = 30.0
+    """SIGTERM, then SIGKILL after this many seconds."""
+    max_body_bytes: int = 1 << 20
+    max_depth: int = 32
+    """Deepest nesting of lists/maps a request body may have."""
+
+
+@dataclass
+class NodeSection:
+    cpu_slots: int = 0
+    """CPU slots for jobs (a job takes env.workers + 1); 0: the machine's core count."""
+    fake_topology: str = ""
+    """A recorded topology.json replayed instead of NVML (machines without GPUs; tests)."""
+
+
+@dataclass
+class Config:
+    daemon: DaemonSection = field(default_factory=DaemonSection)
+    node: NodeSection = field(default_factory=NodeSection)
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def cpu_slots(self) -> int:
+        return self.node.cpu_slots or os.cpu_count() or 1
+
+
+def _section(cls: Any, table: Any, prefix: str) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(prefix, f"expected a table, got {type(table).__name__}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in table.items():
+        if key not in hints:
+            raise ConfigError(f"{prefix}.{key}", f"unknown key (known: {', '.join(hints)})")
+        kind = hints[key]
+        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise ConfigError(f"{prefix}.{key}", f"expected {kind.__name__}, got {type(value).__name__}")
+        values[key] = value
+    return cls(**values)
+
+
+def _limit(table: Any, prefix: str) -> Limit:
+    if not isinstance(table, dict):
+        raise ConfigError(prefix, f"expected a table, got {type(table).__name__}")
+    for key, value in table.items():
+        if key not in ("gpus", "running_jobs"):
+            raise ConfigError(f"{prefix}.{key}", "unknown key (known: gpus, running_jobs)")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{prefix}.{key}", f"expected an integer ≥ 0, got {value!r}")
+    return Limit(**table)
+
+
+def _limits(table: Any) -> Limits:
+    if not isinstance(table, dict):
+        raise ConfigError("limits", "expected a table")
+    unknown = set(table) - {"default", "users", "groups"}
+    if unknown:
+        raise ConfigError(f"limits.{sorted(unknown)[0]}", "unknown key (known: default, users, groups)")
+    named = {}
+    for kind in ("users", "groups"):
+        entries = table.get(kind, {})
+        if not isinstance(entries, dict):
+            raise ConfigError(f"limits.{kind}", "expected a table of names")
+        named[kind] = {name: _limit(v, f"limits.{kind}.{name}") for name, v in entries.items()}
+    return Limits(_limit(table.get("default", {}), "limits.default"), named["users"], named["groups"])
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    unknown = set(data) - {f.name for f in dataclasses.fields(Config)}
+    if unknown:
+        raise ConfigError(sorted(unknown)[0], "unknown section (known: daemon, node, limits)")
+    config = Config(_section(DaemonSection, data.get("daemon", {}), "daemon"),
+                    _section(NodeSection, data.get("node", {}), "node"),
+                    _limits(data.get("limits", {})))
+    if config.daemon.cancel_grace_s < 0:
+        raise ConfigError("daemon.cancel_grace_s", "must be ≥ 0")
+    if config.daemon.max_body_bytes < 1024:
+        raise ConfigError("daemon.max_body_bytes", "must be at least 1024")
+    if config.node.cpu_slots < 0:
+        raise ConfigError("node.cpu_slots", "must be ≥ 0")
+    return config
+
+
+def load_config(path: Path | None) -> Config:
+    """``path`` (None: the default file if it exists, else all defaults)."""
+    if path is None:
+        if not DEFAULT_CONFIG.exists():
+            return Config()
+        path = DEFAULT_CONFIG
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError("", f"{path}: cannot read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"{path}: invalid TOML: {exc}") from None
+    return config_from_dict(data)

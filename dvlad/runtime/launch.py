@@ -1,0 +1,101 @@
+"""Starting one job's process as the user who submitted it.
+
+The job runs ``python -m dvlad.runtime.job spec.toml --output-dir run`` in its own session (so its
+process group, env workers included, is signalled and reaped as one), with the submitter's uid,
+gid and supplementary groups, ``CUDA_VISIBLE_DEVICES`` from the placement, its working directory
+and log file under ``STATE_DIR/jobs/ID`` owned by that user. A scrubbed environment: nothing of the
+daemon's (tokens, NOTIFY_SOCKET) leaks into a user's job.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from dvla.spec import dump_toml, spec_from_dict
+from dvlad.store import Job
+
+PASSED_ENV = ("LANG", "LC_ALL", "TZ", "MUJOCO_GL", "PYOPENGL_PLATFORM", "LIBERO_CONFIG_PATH")
+"""Daemon environment variables a job inherits (rendering and locale); everything else is set here."""
+
+
+@dataclass(frozen=True)
+class Started:
+    pid: int
+    create_time: float
+    popen: subprocess.Popen
+
+
+def job_dir(state_dir: Path, job_id: int) -> Path:
+    return state_dir / "jobs" / str(job_id)
+
+
+def log_path(state_dir: Path, job_id: int) -> Path:
+    return job_dir(state_dir, job_id) / "job.log"
+
+
+def run_dir(state_dir: Path, job_id: int) -> Path:
+    return job_dir(state_dir, job_id) / "run"
+
+
+def process_start(pid: int) -> float | None:
+    """The start time of a live, non-zombie ``pid`` (what makes a pid unique across recycling)."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc.create_time()
+    except psutil.Error:
+        return None
+
+
+def _environment(job: Job, gpu_ids: list[int]) -> dict[str, str]:
+    try:
+        home = pwd.getpwuid(job.uid).pw_dir
+    except KeyError:
+        home = "/"
+    env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+    env.update(PATH=os.defpath + ":" + str(Path(sys.executable).parent), HOME=home, USER=job.user,
+               LOGNAME=job.user, PYTHONUNBUFFERED="1", DVLA_JOB_ID=str(job.id),
+               CUDA_VISIBLE_DEVICES=",".join(map(str, gpu_ids)))
+    return env
+
+
+def spawn(job: Job, gpu_ids: list[int], state_dir: Path) -> Started:
+    """Write the job's files and start it. Raises OSError/SubprocessError if it cannot start."""
+    home = job_dir(state_dir, job.id)
+    home.mkdir(parents=True, exist_ok=True)
+    spec_file = home / "spec.toml"
+    spec_file.write_text(dump_toml(spec_from_dict(job.spec)))
+    log = log_path(state_dir, job.id)
+    as_other = os.geteuid() == 0 and job.uid != 0
+    with log.open("ab") as log_file:
+        if as_other:  # the user owns what the job writes; the daemon (root) still reads it all
+            for path in (home, spec_file, log):
+                os.chown(path, job.uid, job.gid)
+        os.chmod(home, 0o750)
+        identity = {}
+        if as_other:
+            identity = {"user": job.uid, "group": job.gid, "extra_groups": os.getgrouplist(job.user, job.gid)}
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "dvlad.runtime.job", str(spec_file), "--output-dir", str(home / "run")],
+            cwd=home, env=_environment(job, gpu_ids), stdin=subprocess.DEVNULL, stdout=log_file,
+            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, **identity)
+    create_time = process_start(popen.pid) or psutil.Process(popen.pid).create_time()
+    (home / "pid").write_text(f"{popen.pid} {create_time!r}\n")  # read back if dvlad dies before recording it
+    return Started(popen.pid, create_time, popen)
+
+
+def recorded_pid(state_dir: Path, job_id: int) -> tuple[int, float] | None:
+    """The pid and start time ``spawn`` wrote, if any."""
+    try:
+        pid, start = (job_dir(state_dir, job_id) / "pid").read_text().split()
+        return int(pid), float(start)
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,146 @@
+"""Supervising the jobs' processes: exits, cancels, and re-adoption after a daemon restart.
+
+Every tracked job is polled (children with ``Popen.poll``, which also reaps them; jobs adopted after
+a restart, which are not our children, by pid + start time, so a recycled pid is never mistaken for
+the job). The outcome comes from the exit status and the job's own ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dvlad.runtime.launch import process_start, recorded_pid, run_dir, spawn
+from dvlad.store import IllegalTransition, Job, State, Store
+
+POLL_S = 0.2
+
+
+@dataclass
+class Tracked:
+    job_id: int
+    pid: int
+    create_time: float
+    popen: subprocess.Popen | None
+    """None for a job adopted after a restart: not our child, so polled by pid + start time."""
+    term_sent_at: float | None = None
+    killed: bool = False
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)  # the job leads its own session: its pgid is its pid
+
+
+def outcome(job: Job, exit_code: int | None, summary: dict) -> tuple[State, str]:
+    """The final state and reason of a job whose process ended (exit_code None: unknown, adopted)."""
+    status = summary.get("status")
+    finished = status == "succeeded" and exit_code in (0, None)
+    if finished:
+        return State.SUCCEEDED, "completed its env-step budget"
+    if job.state is State.CANCELLING:
+        return State.CANCELLED, job.reason
+    if exit_code is not None and exit_code < 0:
+        return State.FAILED, f"killed by signal {signal.Signals(-exit_code).name}"
+    if exit_code == 2:
+        return State.FAILED, "the job runner refused the spec (exit 2); see the log"
+    if status == "failed":
+        return State.FAILED, f"job failed: {summary.get('reason', 'no reason given')}"
+    if status == "stopped":
+        return State.FAILED, "stopped by a SIGTERM that did not come from dvlad"
+    if exit_code is None:
+        return State.FAILED, "its process ended while dvlad was down, leaving no summary"
+    return State.FAILED, f"exited with status {exit_code}; see the log"
+
+
+class Supervisor:
+    def __init__(self, store: Store, state_dir: Path, grace_s: float, on_change: Callable[[], None]):
+        self.store, self.state_dir, self.grace_s, self.on_change = store, state_dir, grace_s, on_change
+        self.tracked: dict[int, Tracked] = {}
+
+    def start(self, job: Job, gpu_ids: list[int]) -> Job:
+        """Start a job that is ``placing``; it becomes running, or failed with the reason."""
+        try:
+            started = spawn(job, gpu_ids, self.state_dir)
+        except (OSError, subprocess.SubprocessError, ValueError) as exc:
+            return self.store.transition(job.id, State.FAILED, f"could not start: {exc}")
+        self.tracked[job.id] = Tracked(job.id, started.pid, started.create_time, started.popen)
+        return self.store.transition(job.id, State.RUNNING, f"started as pid {started.pid} on "
+                                     f"{'GPUs ' + ','.join(map(str, gpu_ids)) if gpu_ids else 'CPU'}",
+                                     pid=started.pid, pid_start=started.create_time)
+
+    def recover(self) -> None:
+        """After a restart: adopt live jobs (pid and start time match), settle the ones that ended."""
+        for job in self.store.list(states=frozenset({State.PLACING, State.RUNNING, State.CANCELLING}),
+                                   limit=1 << 30):
+            pid, start = job.pid, job.pid_start
+            if pid is None:  # dvlad died between starting it and recording it
+                pid, start = recorded_pid(self.state_dir, job.id) or (None, None)
+            alive = pid is not None and start is not None and process_start(pid) == start
+            if alive:
+                self.tracked[job.id] = Tracked(job.id, pid, start, None)
+                if job.state is State.PLACING:
+                    self.store.transition(job.id, State.RUNNING, f"adopted pid {pid} after a dvlad restart",
+                                          pid=pid, pid_start=start)
+                elif job.state is State.CANCELLING:
+                    self.tracked[job.id].term_sent_at = time.monotonic()
+                    _signal_group(pid, signal.SIGTERM)
+            elif job.state is State.PLACING:
+                self.store.transition(job.id, State.FAILED, "dvlad stopped while starting it")
+            else:
+                self._finish(job, None)
+
+    def cancel(self, job: Job, by: str) -> Job:
+        """Queued: cancelled at once. Running: SIGTERM to its process group now, SIGKILL after the grace."""
+        if job.state in (State.QUEUED, State.PLACING):
+            return self.store.transition(job.id, State.CANCELLED, f"cancelled by {by} before it started")
+        job = self.store.transition(job.id, State.CANCELLING, f"cancelled by {by}")
+        tracked = self.tracked.get(job.id)
+        if tracked is not None:
+            tracked.term_sent_at = time.monotonic()
+            _signal_group(tracked.pid, signal.SIGTERM)
+        return job
+
+    def _finish(self, job: Job, exit_code: int | None) -> None:
+        try:
+            summary = json.loads((run_dir(self.state_dir, job.id) / "summary.json").read_text())
+        except (OSError, ValueError):
+            summary = {}
+        state, reason = outcome(job, exit_code, summary if isinstance(summary, dict) else {})
+        with contextlib.suppress(IllegalTransition):  # already settled elsewhere: nothing to record
+            self.store.transition(job.id, state, reason, exit_code=exit_code)
+
+    def poll(self) -> None:
+        """One round: settle ended jobs, escalate overdue cancels."""
+        changed = False
+        for t in list(self.tracked.values()):
+            if t.popen is not None:
+                code = t.popen.poll()
+                ended = code is not None
+            else:
+                code, ended = None, process_start(t.pid) != t.create_time
+            if ended:
+                _signal_group(t.pid, signal.SIGKILL)  # leftover env workers of its group
+                del self.tracked[t.job_id]
+                job = self.store.get(t.job_id)
+                if job is not None:
+                    self._finish(job, code)
+                changed = True
+            elif t.term_sent_at is not None and not t.killed and time.monotonic() - t.term_sent_at > self.grace_s:
+                _signal_group(t.pid, signal.SIGKILL)
+                t.killed = True
+        if changed:
+            self.on_change()
+
+    async def run(self) -> None:
+        while True:
+            self.poll()
+            await asyncio.sleep(POLL_S)

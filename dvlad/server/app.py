@@ -1,0 +1,250 @@
+"""The /v1 routes: HTTP in, :class:`~dvlad.server.core.Daemon` calls, one error shape out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from pathlib import Path
+
+from aiohttp import web
+
+from dvla.spec import SpecError
+from dvlad.config import Config
+from dvlad.runtime.launch import log_path, run_dir
+from dvlad.server import prom
+from dvlad.server.auth import Identity, authenticate
+from dvlad.server.codec import read_body, respond
+from dvlad.server.core import Daemon
+from dvlad.server.errors import HTTP_CODES, ApiError
+from dvlad.server.jobfiles import metrics_rows
+from dvlad.server.openapi import OPENAPI
+from dvlad.store import TERMINAL, Job, State
+
+log = logging.getLogger("dvlad")
+
+DAEMON = web.AppKey("daemon", Daemon)
+CONFIG = web.AppKey("config", Config)
+STATE_DIR = web.AppKey("state_dir", Path)
+TOKENS = web.AppKey("tokens", dict)
+IDENTITY = "dvlad.identity"
+FOLLOW_POLL_S = 0.2
+SUBMIT_FIELDS = {"spec", "idempotency_key", "priority"}
+IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+@web.middleware
+async def errors_and_identity(request: web.Request, handler):
+    """Authenticate every request; turn every failure into ``{code, field, reason}``."""
+    try:
+        request[IDENTITY] = authenticate(request, request.app[TOKENS], request.app[CONFIG].daemon.admin_group)
+        return await handler(request)
+    except ApiError as err:
+        return respond(request, err.body(), err.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = HTTP_CODES.get(exc.status, "error")
+        return respond(request, {"code": code, "field": "", "reason": exc.reason}, exc.status)
+    except Exception:
+        log.exception("request failed", extra={"path": request.path})
+        return respond(request, {"code": "internal", "field": "", "reason": "internal error; see the journal"}, 500)
+
+
+def _who(request: web.Request) -> Identity:
+    return request[IDENTITY]
+
+
+def _job(request: web.Request, *, reading: bool) -> Job:
+    """The job of the URL, if the caller may see it (``reading``) or act on it."""
+    raw = request.match_info["job_id"]
+    if not raw.isdigit() or len(raw) > 18:
+        raise ApiError(404, "not_found", f"no job {raw!r}: job ids are decimal numbers", field="job_id")
+    job = request.app[DAEMON].store.get(int(raw))
+    if job is None:
+        raise ApiError(404, "not_found", f"no job {raw}", field="job_id")
+    who = _who(request)
+    if job.uid == who.uid or who.admin or (reading and request.app[CONFIG].daemon.users_see_all):
+        return job
+    verb = "see" if reading else "cancel"
+    raise ApiError(403, "forbidden", f"job {job.id} belongs to {job.user}; {who.user} may not {verb} it",
+                   field="job_id")
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "0").lower() in ("1", "true", "yes")
+
+
+def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "bad_query", f"expected an integer, got {raw!r}", field=name) from None
+    if not lo <= value <= hi:
+        raise ApiError(400, "bad_query", f"must be in [{lo}, {hi}], got {value}", field=name)
+    return value
+
+
+async def submit(request: web.Request) -> web.Response:
+    config = request.app[CONFIG].daemon
+    body = await read_body(request, config.max_body_bytes, config.max_depth)
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_body", f"expected an object with {sorted(SUBMIT_FIELDS)}, got {type(body).__name__}")
+    for key in body:
+        if key not in SUBMIT_FIELDS:
+            raise ApiError(400, "unknown_field", f"unknown field (known: {', '.join(sorted(SUBMIT_FIELDS))})",
+                           field=key)
+    key = body.get("idempotency_key")
+    if key is not None and (not isinstance(key, str) or not IDEMPOTENCY_KEY.fullmatch(key)):
+        raise ApiError(400, "bad_field", "expected 1-128 characters of letters, digits, . _ : -",
+                       field="idempotency_key")
+    priority = body.get("priority", 0)
+    if not isinstance(priority, int) or isinstance(priority, bool) or not -1000 <= priority <= 1000:
+        raise ApiError(400, "bad_field", "expected an integer in [-1000, 1000]", field="priority")
+    spec = body.get("spec", {})
+    if not isinstance(spec, dict):
+        raise ApiError(400, "bad_field", f"expected a table of sections, got {type(spec).__name__}", field="spec")
+    try:
+        job, created = request.app[DAEMON].submit(_who(request), spec, key, priority)
+    except SpecError as err:
+        issues = [{"field": f"spec.{i.key}" if i.key else "spec", "reason": i.reason} for i in err.issues]
+        raise ApiError(400, "invalid_spec", str(err), field=issues[0]["field"], issues=issues) from None
+    return respond(request, {"job": job.public(), "created": created}, 201 if created else 200)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    who = _who(request)
+    everyone = _flag(request, "all")
+    if everyone and not (who.admin or request.app[CONFIG].daemon.users_see_all):
+        raise ApiError(403, "forbidden", f"{who.user} may list only their own jobs", field="all")
+    limit = _int_query(request, "limit", 1000, 1, 100_000)
+    jobs = request.app[DAEMON].store.list(uid=None if everyone else who.uid, limit=limit)
+    return respond(request, {"jobs": [j.public() for j in jobs]})
+
+
+async def get_job(request: web.Request) -> web.Response:
+    job = _job(request, reading=True)
+    body = job.public()
+    body["spec"] = job.spec
+    body["events"] = request.app[DAEMON].store.events(job_id=job.id)
+    return respond(request, body)
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    job = _job(request, reading=False)
+    if job.state in TERMINAL or job.state is State.CANCELLING:
+        raise ApiError(409, "conflict", f"job {job.id} is already {job.state}", field="job_id")
+    return respond(request, request.app[DAEMON].cancel(job, _who(request)).public())
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    """The file's bytes from ``offset`` (nothing yet if the job has not created it)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read()
+    except FileNotFoundError:
+        return b""
+
+
+async def job_logs(request: web.Request) -> web.StreamResponse:
+    job = _job(request, reading=True)
+    path = log_path(request.app[STATE_DIR], job.id)
+    offset = _int_query(request, "offset", 0, 0, 1 << 62)
+    if not _flag(request, "follow"):
+        return web.Response(body=_read_from(path, offset), content_type="text/plain", charset="utf-8")
+    response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+    await response.prepare(request)
+    store = request.app[DAEMON].store
+    while True:
+        done = store.get(job.id).state in TERMINAL  # read before draining: nothing written after is lost
+        chunk = _read_from(path, offset)
+        if chunk:
+            offset += len(chunk)
+            await response.write(chunk)
+        if done:
+            break
+        await asyncio.sleep(FOLLOW_POLL_S)
+    await response.write_eof()
+    return response
+
+
+async def job_metrics(request: web.Request) -> web.Response:
+    job = _job(request, reading=True)
+    last = _int_query(request, "last", 0, 0, 100_000)
+    rows = metrics_rows(run_dir(request.app[STATE_DIR], job.id) / "metrics.jsonl", last=last or None)
+    return respond(request, {"job_id": job.id, "rows": rows})
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Transitions with id > ``after``: a list, or with ``follow=1`` newline-delimited JSON as they happen."""
+    who = _who(request)
+    store = request.app[DAEMON].store
+    uid = None if who.admin or request.app[CONFIG].daemon.users_see_all else who.uid
+    after = _int_query(request, "after", 0, 0, 1 << 62)
+    if not _flag(request, "follow"):
+        return respond(request, {"events": store.events(after=after, uid=uid)})
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    while True:
+        for event in store.events(after=after, uid=uid):
+            after = event["id"]
+            await response.write(json.dumps(event).encode() + b"\n")
+        await asyncio.sleep(FOLLOW_POLL_S)
+
+
+async def nodes(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    cluster, active = daemon.cluster()
+    node = {
+        "name": daemon.inventory.topology.get("host", ""),
+        "gpu_source": daemon.inventory.source,
+        "gpus": [{"index": d["index"], "name": d.get("name", ""), "memory_total": d.get("memory_total", 0),
+                  "free": d["index"] in cluster.free_gpus} for d in daemon.inventory.topology.get("devices", [])],
+        "cpu_slots": request.app[CONFIG].cpu_slots,
+        "free_cpu_slots": cluster.free_cpus,
+        "running_jobs": len(active),
+    }
+    return respond(request, {"nodes": [node]})
+
+
+async def topology(request: web.Request) -> web.Response:
+    inventory = request.app[DAEMON].inventory
+    return respond(request, {"source": inventory.source, **inventory.topology})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(OPENAPI)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=prom.render(request.app[prom.REGISTRY]),
+                        headers={"Content-Type": prom.CONTENT_TYPE})
+
+
+ROUTES = [
+    web.post("/v1/jobs", submit),
+    web.get("/v1/jobs", list_jobs, allow_head=False),
+    web.get("/v1/jobs/{job_id}", get_job, allow_head=False),
+    web.post("/v1/jobs/{job_id}/cancel", cancel_job),
+    web.get("/v1/jobs/{job_id}/logs", job_logs, allow_head=False),
+    web.get("/v1/jobs/{job_id}/metrics", job_metrics, allow_head=False),
+    web.get("/v1/events", events, allow_head=False),
+    web.get("/v1/nodes", nodes, allow_head=False),
+    web.get("/v1/topology", topology, allow_head=False),
+    web.get("/v1/openapi.json", openapi, allow_head=False),
+    web.get("/metrics", metrics, allow_head=False),
+]
+
+
+def make_app(daemon: Daemon, config: Config, state_dir: Path, tokens: dict[str, str]) -> web.Application:
+    # aiohttp's own body cap sits above ours, so an oversized body gets our 413 object, not its text page
+    app = web.Application(middlewares=[errors_and_identity], client_max_size=config.daemon.max_body_bytes * 2)
+    app[DAEMON], app[CONFIG], app[STATE_DIR], app[TOKENS] = daemon, config, state_dir, tokens
+    app[prom.REGISTRY] = prom.registry_for(daemon, state_dir)
+    app.add_routes(ROUTES)
+    return app

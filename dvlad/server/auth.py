@@ -1,0 +1,83 @@
+"""Who is calling: peer credentials on the Unix socket, a bearer token on TCP.
+
+Why ``SO_PEERCRED``: the kernel says which uid opened the connection, so a user cannot claim to
+be someone else by sending a field. Tokens (TCP only) come from a file only root may read and are
+compared in constant time (``hmac.compare_digest``) so timing does not leak them.
+"""
+
+from __future__ import annotations
+
+import grp
+import hmac
+import os
+import pwd
+import socket
+import stat
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from dvlad.server.errors import ApiError
+
+_UCRED = struct.Struct("3i")  # pid, uid, gid
+
+
+@dataclass(frozen=True)
+class Identity:
+    uid: int
+    gid: int
+    user: str
+    groups: tuple[str, ...]
+    admin: bool
+
+
+def identity_of(uid: int, gid: int | None, admin_group: str) -> Identity:
+    try:
+        entry = pwd.getpwuid(uid)
+        user, gid = entry.pw_name, entry.pw_gid if gid is None else gid
+        gids = os.getgrouplist(user, gid)
+    except KeyError:  # a uid without a passwd entry (containers): still a distinct caller
+        user, gid, gids = f"uid{uid}", uid if gid is None else gid, [uid if gid is None else gid]
+    groups = []
+    for g in gids:
+        try:
+            groups.append(grp.getgrgid(g).gr_name)
+        except KeyError:
+            groups.append(str(g))
+    return Identity(uid, gid, user, tuple(groups), uid == 0 or admin_group in groups or uid == os.geteuid())
+
+
+def load_tokens(path: Path) -> dict[str, str]:
+    """``TOKEN USER`` lines; refuses a file that group or others can read, or that root does not own."""
+    st = path.stat()
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO) or st.st_uid not in (0, os.geteuid()):
+        raise PermissionError(f"{path} must be owned by root and mode 0600 (is {oct(st.st_mode & 0o777)})")
+    tokens = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            token, user = line.split()
+            tokens[token] = user
+    return tokens
+
+
+def authenticate(request: web.Request, tokens: dict[str, str], admin_group: str) -> Identity:
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is not None and sock.family == socket.AF_UNIX:
+        _pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+        return identity_of(uid, gid, admin_group)
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        raise ApiError(401, "unauthorized", "TCP callers need an Authorization: Bearer token", field="Authorization")
+    given = header[len("Bearer "):].encode()
+    user = None
+    for token, name in tokens.items():  # every token compared: the time does not say which one matched
+        if hmac.compare_digest(token.encode(), given):
+            user = name
+    if user is None:
+        raise ApiError(401, "unauthorized", "unknown token", field="Authorization")
+    try:
+        return identity_of(pwd.getpwnam(user).pw_uid, None, admin_group)
+    except KeyError:
+        raise ApiError(401, "unauthorized", f"the token's user {user!r} does not exist") from None

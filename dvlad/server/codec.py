@@ -1,0 +1,67 @@
+"""Request and response bodies: msgpack or JSON by content type, with size and nesting limits.
+
+Why limits before decoding is trusted: a socket open to every lab member must not be stalled by a
+1 GB body or a 100 000-deep list (the decoders recurse).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgpack
+from aiohttp import web
+
+from dvlad.server.errors import ApiError
+
+MSGPACK = "application/msgpack"
+JSON = "application/json"
+_MSGPACK_TYPES = {MSGPACK, "application/x-msgpack", "application/vnd.msgpack"}
+
+
+def _depth_ok(value: Any, max_depth: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > max_depth:
+                return False
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((c, depth + 1) for c in children)
+            if isinstance(item, dict) and not all(isinstance(k, str) for k in item):
+                raise ApiError(400, "bad_body", "map keys must be strings")
+    return True
+
+
+async def read_body(request: web.Request, max_bytes: int, max_depth: int) -> Any:
+    """The decoded body, or an ApiError (413 too large, 415 unknown type, 400 undecodable/too deep)."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise ApiError(413, "too_large", f"body of {request.content_length} bytes; the limit is {max_bytes}")
+    raw = await request.content.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise ApiError(413, "too_large", f"body over the limit of {max_bytes} bytes")
+    kind = request.content_type
+    try:
+        if kind in _MSGPACK_TYPES:
+            value = msgpack.unpackb(raw, raw=False, strict_map_key=True, max_bin_len=0, max_ext_len=0)
+        elif kind == JSON:
+            value = json.loads(raw)
+        else:
+            raise ApiError(415, "unsupported_media_type", f"content type {kind!r}; send {JSON} or {MSGPACK}",
+                           field="Content-Type")
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, RecursionError) as exc:
+        raise ApiError(400, "bad_body", f"cannot decode the {kind} body: {exc}") from None
+    if not _depth_ok(value, max_depth):
+        raise ApiError(400, "bad_body", f"body nested deeper than {max_depth} levels")
+    return value
+
+
+def wants_msgpack(request: web.Request) -> bool:
+    return any(t in request.headers.get("Accept", "") for t in _MSGPACK_TYPES)
+
+
+def respond(request: web.Request, body: Any, status: int = 200) -> web.Response:
+    """``body`` as msgpack if the client accepts it, else JSON."""
+    if wants_msgpack(request):
+        return web.Response(body=msgpack.packb(body, use_bin_type=True), status=status, content_type=MSGPACK)
+    return web.Response(text=json.dumps(body), status=status, content_type=JSON)

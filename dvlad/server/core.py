@@ -1,0 +1,95 @@
+"""The daemon's state and actions, without HTTP: submit, cancel, and the scheduling pass.
+
+Why separate from the routes: the routes translate HTTP to these calls and back; everything here
+is what ``dvlad`` does regardless of how it was asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from typing import Any
+
+from dvla.spec import spec_from_dict, spec_to_dict
+from dvlad.config import Config
+from dvlad.gpu.inventory import Inventory
+from dvlad.runtime.supervisor import Supervisor
+from dvlad.sched import Cluster, QueuedJob, Usage, schedule
+from dvlad.server.auth import Identity
+from dvlad.store import ACTIVE, Job, State, Store
+
+log = logging.getLogger("dvlad")
+
+
+class Daemon:
+    def __init__(self, config: Config, store: Store, inventory: Inventory, state_dir):
+        self.config, self.store, self.inventory = config, store, inventory
+        self.supervisor = Supervisor(store, state_dir, config.daemon.cancel_grace_s, self.kick)
+        self._wake = asyncio.Event()
+
+    def kick(self) -> None:
+        """Ask for a scheduling pass soon (after a submit, a cancel or an exit)."""
+        self._wake.set()
+
+    def submit(self, who: Identity, spec: dict[str, Any], idempotency_key: str | None,
+               priority: int) -> tuple[Job, bool]:
+        """Validate with the one job schema (SpecError propagates), then record durably."""
+        resolved = spec_from_dict(spec)
+        job, created = self.store.submit(
+            uid=who.uid, gid=who.gid, user=who.user, groups=list(who.groups), idempotency_key=idempotency_key,
+            name=resolved.job.name, priority=priority, gpus=resolved.resources.gpus,
+            cpus=resolved.env.workers + 1, spec=spec_to_dict(resolved))
+        if created:
+            log.info("submitted", extra={"job": job.id, "user": who.user, "job_name": job.name})
+            self.kick()
+        return job, created
+
+    def cancel(self, job: Job, who: Identity) -> Job:
+        job = self.supervisor.cancel(job, who.user)
+        log.info("cancel", extra={"job": job.id, "by": who.user, "state": job.state.value})
+        self.kick()
+        return job
+
+    def cluster(self) -> tuple[Cluster, list[Job]]:
+        """Free GPUs and CPU slots, and per-user/group usage, from the active jobs."""
+        active = self.store.list(states=ACTIVE, limit=1 << 30)
+        users: dict[str, Usage] = defaultdict(Usage)
+        groups: dict[str, Usage] = defaultdict(Usage)
+        busy: set[int] = set()
+        cpus = 0
+        for job in active:
+            busy.update(job.gpu_ids)
+            cpus += job.cpus
+            for usage in [users[job.user], *(groups[g] for g in job.groups)]:
+                usage.gpus += job.gpus
+                usage.running_jobs += 1
+        free = frozenset(set(self.inventory.gpu_indices) - busy)
+        return Cluster(free, self.config.cpu_slots - cpus, dict(users), dict(groups)), active
+
+    def schedule_pass(self) -> None:
+        queue = [QueuedJob(j.id, j.user, tuple(j.groups), j.priority, j.gpus, j.cpus)
+                 for j in self.store.list(states=frozenset({State.QUEUED}), limit=1 << 30)]
+        if not queue:
+            return
+        cluster, _ = self.cluster()
+        for decision in schedule(queue, cluster, self.config.limits):
+            gpu_ids = list(decision.gpu_ids)
+            job = self.store.transition(decision.job_id, State.PLACING, "resources free; starting",
+                                        gpu_ids=gpu_ids)
+            job = self.supervisor.start(job, gpu_ids)
+            log.info("placed", extra={"job": job.id, "gpus": gpu_ids, "state": job.state.value, "pid": job.pid})
+
+    async def run(self) -> None:
+        """Recover, then schedule whenever kicked (and every second, as a safety net)."""
+        self.supervisor.recover()
+        supervise = asyncio.create_task(self.supervisor.run())
+        try:
+            while True:
+                self.schedule_pass()
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 1.0)
+        finally:
+            supervise.cancel()

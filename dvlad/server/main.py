@@ -1,0 +1,162 @@
+"""``dvlad``: the entry point. Reads the config, opens the store, listens, schedules, supervises.
+
+Stopping dvlad (SIGTERM) leaves running jobs running: the next dvlad re-adopts them, so an upgrade
+or a crash never kills a user's training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import grp
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+from pathlib import Path
+
+from dvlad.config import Config, ConfigError, load_config
+
+log = logging.getLogger("dvlad")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dvlad", description="The D-VLA daemon: queues jobs and runs them on this "
+                                "machine's GPUs as the users who submitted them.")
+    p.add_argument("--config", type=Path, help="config file (default /etc/dvlad/dvlad.toml if it exists)")
+    p.add_argument("--user", action="store_true", help="a personal daemon: socket $XDG_RUNTIME_DIR/dvlad.sock, "
+                   "state ~/.local/state/dvlad, no socket group")
+    p.add_argument("--state-dir", type=Path, help="overrides daemon.state_dir")
+    p.add_argument("--socket", type=Path, help="overrides daemon.socket")
+    p.add_argument("--check-config", action="store_true", help="check the config (and tokens file) and exit")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def resolve(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    d = config.daemon
+    if args.user:
+        runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/dvlad-{os.getuid()}"
+        d.socket = str(Path(runtime) / "dvlad.sock")
+        d.state_dir = str(Path.home() / ".local/state/dvlad")
+        d.socket_group = ""
+    if args.state_dir:
+        d.state_dir = str(args.state_dir)
+    if args.socket:
+        d.socket = str(args.socket)
+    if d.tcp:
+        host, _, port = d.tcp.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError("daemon.tcp", f"expected host:port, got {d.tcp!r}")
+    return config
+
+
+def _lock(state_dir: Path) -> int:
+    """One dvlad per state dir: a second one would supervise the same jobs twice."""
+    fd = os.open(state_dir / "dvlad.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"dvlad: another dvlad holds {state_dir}/dvlad.lock") from None
+    return fd
+
+
+def _unlink_stale_socket(path: Path) -> None:
+    if path.exists() and stat.S_ISSOCK(path.lstat().st_mode):
+        with socket.socket(socket.AF_UNIX) as probe:
+            if probe.connect_ex(str(path)) == 0:
+                raise SystemExit(f"dvlad: something already listens on {path}")
+        path.unlink()
+
+
+async def serve(config: Config) -> None:
+    from aiohttp import web
+
+    from dvlad.gpu.inventory import discover
+    from dvlad.server.app import make_app
+    from dvlad.server.auth import load_tokens
+    from dvlad.server.core import Daemon
+    from dvlad.server.notify import sd_notify, watchdog, watchdog_interval
+    from dvlad.store import Store
+
+    d = config.daemon
+    state_dir = Path(d.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+    lock = _lock(state_dir)
+    previous_umask = os.umask(0o077)  # the database and its WAL files: the daemon's alone
+    store = Store(state_dir / "dvlad.db")
+    os.umask(previous_umask)
+    inventory = discover(config.node.fake_topology)
+    daemon = Daemon(config, store, inventory, state_dir)
+    tokens = load_tokens(Path(d.tokens_file)) if d.tcp else {}
+    runner = web.AppRunner(make_app(daemon, config, state_dir, tokens), access_log=None, handle_signals=False)
+    await runner.setup()
+    sock_path = Path(d.socket)
+    sock_path.parent.mkdir(parents=True, exist_ok=True)
+    _unlink_stale_socket(sock_path)
+    await web.UnixSite(runner, str(sock_path)).start()
+    os.chmod(sock_path, 0o660 if d.socket_group or os.geteuid() != 0 else 0o666)
+    if d.socket_group:
+        try:
+            os.chown(sock_path, -1, grp.getgrnam(d.socket_group).gr_gid)
+        except KeyError:
+            log.warning("socket group missing; socket stays root-group", extra={"group": d.socket_group})
+    if d.tcp:
+        host, _, port = d.tcp.rpartition(":")
+        await web.TCPSite(runner, host, int(port)).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(daemon.run())]
+    interval = watchdog_interval()
+    if interval:
+        tasks.append(asyncio.create_task(watchdog(interval)))
+    log.info("listening", extra={"socket": str(sock_path), "tcp": d.tcp or None, "state_dir": str(state_dir),
+                                 "gpus": inventory.gpu_indices, "gpu_source": inventory.source,
+                                 "cpu_slots": config.cpu_slots, "pid": os.getpid()})
+    sd_notify("READY=1")
+    stop_wait = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    sd_notify("STOPPING=1")
+    log.info("stopping; running jobs keep running and are re-adopted at the next start")
+    for task in [stop_wait, *tasks]:
+        task.cancel()
+    await runner.cleanup()
+    store.close()
+    os.close(lock)
+    for task in done:
+        if task is not stop_wait and task.exception():
+            raise task.exception()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from dvlad.server.logs import setup
+
+    setup(args.log_level)
+    try:
+        config = resolve(args)
+        if args.check_config:
+            if config.daemon.tcp:
+                from dvlad.server.auth import load_tokens
+
+                load_tokens(Path(config.daemon.tokens_file))
+            print(f"config ok: state_dir {config.daemon.state_dir}, socket {config.daemon.socket}, "
+                  f"{config.cpu_slots} CPU slots, tcp {config.daemon.tcp or 'off'}")
+            return 0
+    except (ConfigError, OSError, ValueError) as err:
+        print(f"dvlad: config: {err}", file=sys.stderr)
+        return 1
+    import uvloop
+
+    uvloop.run(serve(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""``/metrics``: Prometheus text from the store, NVML and each running job's metrics.jsonl.
+
+Why a collector that reads at scrape time: nothing to keep in sync; a scrape sees the store and the
+jobs' last rows as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from dvlad.runtime.launch import run_dir
+from dvlad.server.core import Daemon
+from dvlad.server.jobfiles import metrics_rows
+from dvlad.store import State
+
+LANES = ("sample", "infer", "learn", "distribute")
+REGISTRY = web.AppKey("prometheus_registry", CollectorRegistry)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class DaemonCollector(Collector):
+    def __init__(self, daemon: Daemon, state_dir):
+        self.daemon, self.state_dir = daemon, state_dir
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        counts = self.daemon.store.counts()
+        yield GaugeMetricFamily("dvlad_queue_length", "Jobs waiting to be placed", value=counts[State.QUEUED])
+        by_state = GaugeMetricFamily("dvlad_jobs", "Jobs by state", labels=["state"])
+        for state, n in counts.items():
+            by_state.add_metric([state], n)
+        yield by_state
+        util = GaugeMetricFamily("dvlad_gpu_utilization_percent", "GPU utilisation (NVML)", labels=["gpu"])
+        used = GaugeMetricFamily("dvlad_gpu_memory_used_bytes", "GPU memory used (NVML)", labels=["gpu"])
+        total = GaugeMetricFamily("dvlad_gpu_memory_total_bytes", "GPU memory (NVML)", labels=["gpu"])
+        for gpu in self.daemon.inventory.sample():
+            util.add_metric([str(gpu["index"])], gpu["util"])
+            used.add_metric([str(gpu["index"])], gpu["memory_used"])
+            total.add_metric([str(gpu["index"])], gpu["memory_total"])
+        yield from (util, used, total)
+        labels = ["job", "user", "name"]
+        steps = GaugeMetricFamily("dvlad_job_env_steps_per_second", "Sample-lane throughput", labels=labels)
+        busy = GaugeMetricFamily("dvlad_job_lane_busy_ratio", "Busy fraction per lane", labels=[*labels, "lane"])
+        stale = GaugeMetricFamily("dvlad_job_staleness_mean", "Mean policy staleness (versions)", labels=labels)
+        stale_max = GaugeMetricFamily("dvlad_job_staleness_max", "Max policy staleness (versions)", labels=labels)
+        depth = GaugeMetricFamily("dvlad_job_queue_depth", "Trajectory-queue depth (segments)", labels=labels)
+        for job in self.daemon.store.list(states=frozenset({State.RUNNING, State.CANCELLING}), limit=1 << 30):
+            rows = metrics_rows(run_dir(self.state_dir, job.id) / "metrics.jsonl", last=1)
+            if not rows:
+                continue
+            row, key = rows[-1], [str(job.id), job.user, job.name]
+            for family, field in ((steps, "env_steps_per_s"), (stale, "staleness_mean"),
+                                  (stale_max, "staleness_max"), (depth, "queue_depth")):
+                if isinstance(row.get(field), int | float):
+                    family.add_metric(key, row[field])
+            for lane in LANES:
+                if isinstance(row.get(f"{lane}_busy"), int | float):
+                    busy.add_metric([*key, lane], row[f"{lane}_busy"])
+        yield from (steps, busy, stale, stale_max, depth)
+
+
+def registry_for(daemon: Daemon, state_dir) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DaemonCollector(daemon, state_dir))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

@@ -1,0 +1,210 @@
+"""The job store: one SQLite database in WAL mode under the state dir.
+
+Why SQLite with ``synchronous=FULL``: a submit is acknowledged only after its transaction is on
+disk, so a daemon killed (or a machine losing power) right after replying never forgets a job it
+acknowledged. The idempotency key is unique per user, so a client that retries after a lost reply
+gets the job it already made instead of a second one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dvlad.store.states import TERMINAL, TRANSITIONS, IllegalTransition, State
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    user TEXT NOT NULL,
+    groups TEXT NOT NULL,             -- JSON list of group names at submit time (for group limits)
+    idempotency_key TEXT,
+    name TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    gpus INTEGER NOT NULL,
+    cpus INTEGER NOT NULL,
+    spec TEXT NOT NULL,               -- JSON: the resolved spec (spec_to_dict)
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    submitted_at REAL NOT NULL,
+    started_at REAL,
+    ended_at REAL,
+    gpu_ids TEXT NOT NULL DEFAULT '[]',
+    pid INTEGER,
+    pid_start REAL,                   -- psutil create_time of pid: a recycled pid never matches
+    exit_code INTEGER,
+    UNIQUE (uid, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL REFERENCES jobs (id),
+    ts REAL NOT NULL,
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_job ON events (job_id);
+"""
+
+
+@dataclass
+class Job:
+    id: int
+    uid: int
+    gid: int
+    user: str
+    groups: list[str]
+    idempotency_key: str | None
+    name: str
+    priority: int
+    gpus: int
+    cpus: int
+    spec: dict[str, Any]
+    state: State
+    reason: str
+    submitted_at: float
+    started_at: float | None = None
+    ended_at: float | None = None
+    gpu_ids: list[int] = field(default_factory=list)
+    pid: int | None = None
+    pid_start: float | None = None
+    exit_code: int | None = None
+
+    def public(self) -> dict[str, Any]:
+        """What the API shows of a job (the spec only on request: it is large)."""
+        return {k: getattr(self, k) for k in (
+            "id", "user", "uid", "name", "priority", "gpus", "cpus", "state", "reason", "submitted_at",
+            "started_at", "ended_at", "gpu_ids", "pid", "exit_code")}
+
+
+def _job(row: sqlite3.Row) -> Job:
+    d = dict(row)
+    d["groups"] = json.loads(d["groups"])
+    d["spec"] = json.loads(d["spec"])
+    d["gpu_ids"] = json.loads(d["gpu_ids"])
+    d["state"] = State(d["state"])
+    return Job(**d)
+
+
+class Store:
+    """All reads and writes of job records; every state change writes its event in the same transaction."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def submit(self, *, uid: int, gid: int, user: str, groups: list[str], idempotency_key: str | None,
+               name: str, priority: int, gpus: int, cpus: int, spec: dict[str, Any]) -> tuple[Job, bool]:
+        """Record a queued job, committed before returning. Returns (job, created): an idempotency
+        key this user already used returns the job it made, with created False."""
+        with self._tx() as db:
+            if idempotency_key is not None:
+                row = db.execute("SELECT * FROM jobs WHERE uid = ? AND idempotency_key = ?",
+                                 (uid, idempotency_key)).fetchone()
+                if row is not None:
+                    return _job(row), False
+            now = time.time()
+            cur = db.execute(
+                "INSERT INTO jobs (uid, gid, user, groups, idempotency_key, name, priority, gpus, cpus, spec,"
+                " state, submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (uid, gid, user, json.dumps(groups), idempotency_key, name, priority, gpus, cpus,
+                 json.dumps(spec), State.QUEUED.value, now))
+            job_id = cur.lastrowid
+            db.execute("INSERT INTO events (job_id, ts, from_state, to_state, reason) VALUES (?, ?, NULL, ?, ?)",
+                       (job_id, now, State.QUEUED.value, f"submitted by {user}"))
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job(row), True
+
+    def get(self, job_id: int) -> Job | None:
+        row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job(row) if row else None
+
+    def list(self, *, uid: int | None = None, states: frozenset[State] | None = None,
+             limit: int = 1000) -> list[Job]:
+        """Jobs in submit order, optionally of one user and/or in some states."""
+        sql, args = "SELECT * FROM jobs WHERE 1=1", []
+        if uid is not None:
+            sql += " AND uid = ?"
+            args.append(uid)
+        if states is not None:
+            sql += f" AND state IN ({','.join('?' * len(states))})"
+            args += [s.value for s in states]
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return [_job(r) for r in reversed(self._db.execute(sql, args).fetchall())]
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per state, every state present (zero where none)."""
+        out = {s.value: 0 for s in State}
+        for state, n in self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
+            out[state] = n
+        return out
+
+    def transition(self, job_id: int, to: State, reason: str, **fields: Any) -> Job:
+        """Move a job to ``to`` (refusing moves the state table forbids), set ``fields`` and write
+        the event, all in one transaction."""
+        with self._tx() as db:
+            row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise KeyError(job_id)
+            current = State(row["state"])
+            if to not in TRANSITIONS[current]:
+                raise IllegalTransition(job_id, current, to)
+            now = time.time()
+            if to is State.RUNNING:
+                fields.setdefault("started_at", now)
+            if to in TERMINAL:
+                fields.setdefault("ended_at", now)
+            if "gpu_ids" in fields:
+                fields["gpu_ids"] = json.dumps(fields["gpu_ids"])
+            assignments = ", ".join(f"{k} = ?" for k in ("state", "reason", *fields))
+            db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?",
+                       (to.value, reason, *fields.values(), job_id))
+            db.execute("INSERT INTO events (job_id, ts, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?)",
+                       (job_id, now, current.value, to.value, reason))
+            out = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job(out)
+
+    def events(self, *, after: int = 0, job_id: int | None = None, uid: int | None = None,
+               limit: int = 1000) -> list[dict[str, Any]]:
+        """Events with id > ``after`` in order, optionally of one job or one user's jobs."""
+        sql = ("SELECT e.id, e.job_id, e.ts, e.from_state, e.to_state, e.reason FROM events e"
+               " JOIN jobs j ON j.id = e.job_id WHERE e.id > ?")
+        args: list[Any] = [after]
+        if job_id is not None:
+            sql += " AND e.job_id = ?"
+            args.append(job_id)
+        if uid is not None:
+            sql += " AND j.uid = ?"
+            args.append(uid)
+        sql += " ORDER BY e.id LIMIT ?"
+        args.append(limit)
+        return [dict(r) for r in self._db.execute(sql, args)]

@@ -1,0 +1,138 @@
+"""A real ``dvlad`` process on a real Unix socket, and a small HTTP client for it (tests and bench).
+
+Run as a script, it makes one request and prints ``{"status", "body"}``: the tests run it as
+another Unix user, because the daemon takes the caller's identity from the socket's peer credentials.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = ROOT / ".venv" / "bin" / "python"
+
+
+class UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 30.0):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+def request(sock: str, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+            content_type: str = "application/json", timeout: float = 30.0) -> tuple[int, Any]:
+    """One request; the reply decoded as JSON when it is JSON, else as text."""
+    conn = UnixConnection(sock, timeout)
+    try:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        headers = {"Content-Type": content_type} if data is not None else {}
+        conn.request(method, path, body=data, headers=headers)
+        resp = conn.getresponse()
+        payload = resp.read()
+        if resp.getheader("Content-Type", "").startswith("application/json"):
+            return resp.status, json.loads(payload)
+        return resp.status, payload.decode(errors="replace")
+    finally:
+        conn.close()
+
+
+class Dvlad:
+    """``dvlad --config C --state-dir S --socket P`` in a short /tmp directory (socket paths are short)."""
+
+    def __init__(self, config: str = "", env: dict[str, str] | None = None):
+        self.home = Path(tempfile.mkdtemp(prefix="dvlad-"))
+        os.chmod(self.home, 0o755)  # other test users reach the socket through it
+        self.socket = str(self.home / "dvlad.sock")
+        self.state_dir = self.home / "state"
+        self.config = self.home / "dvlad.toml"
+        self.config.write_text('[daemon]\nsocket_group = ""\ncancel_grace_s = 10.0\n' + config)
+        self.env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "osmesa"), **(env or {})}
+        self.proc: subprocess.Popen | None = None
+        self.stderr = self.home / "dvlad.stderr"
+
+    def start(self, timeout: float = 20.0) -> Dvlad:
+        with self.stderr.open("ab") as err:
+            self.proc = subprocess.Popen(
+                [str(PYTHON), "-m", "dvlad.server.main", "--config", str(self.config), "--state-dir",
+                 str(self.state_dir), "--socket", self.socket], stdout=subprocess.DEVNULL, stderr=err, env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"dvlad exited {self.proc.returncode}: {self.stderr.read_text()[-2000:]}")
+            try:
+                if request(self.socket, "GET", "/v1/nodes", timeout=2)[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"dvlad did not listen within {timeout} s: {self.stderr.read_text()[-2000:]}")
+
+    def call(self, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
+        return request(self.socket, method, path, body, **kw)
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        status, body = self.call("GET", f"/v1/jobs/{job_id}")
+        assert status == 200, body
+        return body
+
+    def wait_state(self, job_id: int, states: set[str], timeout: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.job(job_id)
+            if job["state"] in states:
+                return job
+            time.sleep(0.1)
+        raise AssertionError(f"job {job_id} still {job['state']} after {timeout} s: {job['reason']}")
+
+    def kill9(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+    def close(self) -> None:
+        """Stop dvlad, then kill the process groups of the jobs it started (ours alone), remove the files."""
+        self.stop()
+        db = self.state_dir / "dvlad.db"
+        if db.exists():
+            import sqlite3
+
+            import psutil
+
+            with sqlite3.connect(db) as conn:
+                started = conn.execute("SELECT pid, pid_start FROM jobs WHERE pid IS NOT NULL").fetchall()
+            for pid, pid_start in started:
+                try:  # only the very process dvlad started (same start time), never a recycled pid
+                    if psutil.Process(pid).create_time() == pid_start:
+                        os.killpg(pid, signal.SIGKILL)
+                except (psutil.Error, ProcessLookupError, PermissionError):
+                    pass
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sock, method, path = sys.argv[1:4]
+    status, body = request(sock, method, path, json.loads(sys.argv[4]) if len(sys.argv) > 4 else None)
+    print(json.dumps({"status": status, "body": body}))

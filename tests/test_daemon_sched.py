@@ -1,0 +1,109 @@
+"""The scheduler is a pure function: every rule checked on hand-made queues, no processes."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from dvlad.sched import Cluster, Decision, Limit, Limits, QueuedJob, Usage, schedule
+from dvlad.sched.policy import pick_gpus
+
+
+def job(id, user="u", gpus=0, cpus=1, priority=0, groups=()):
+    return QueuedJob(id, user, tuple(groups), priority, gpus, cpus)
+
+
+def cluster(gpus=(), cpus=8, **kw):
+    return Cluster(frozenset(gpus), cpus, **kw)
+
+
+def ids(decisions):
+    return [d.job_id for d in decisions]
+
+
+def test_fifo_within_a_priority_and_gpus_in_index_order():
+    out = schedule([job(2, gpus=1), job(1, gpus=1), job(3, gpus=1)], cluster(gpus=[0, 1]), Limits())
+    assert out == [Decision(1, (0,)), Decision(2, (1,))]
+
+
+def test_higher_priority_first():
+    out = schedule([job(1, gpus=1), job(2, gpus=1, priority=5)], cluster(gpus=[0]), Limits())
+    assert ids(out) == [2]
+
+
+def test_backfill_inside_a_priority():
+    # job 1 needs 2 GPUs, only 1 free: job 2 (same priority, 1 GPU) starts in the room left
+    out = schedule([job(1, gpus=2), job(2, gpus=1)], cluster(gpus=[3]), Limits())
+    assert out == [Decision(2, (3,))]
+
+
+def test_no_backfill_from_a_lower_priority():
+    out = schedule([job(1, gpus=2, priority=1), job(2, gpus=1, priority=0)], cluster(gpus=[0]), Limits())
+    assert out == []
+
+
+def test_cpu_only_jobs_use_cpu_slots():
+    out = schedule([job(1, cpus=3), job(2, cpus=3), job(3, cpus=2)], cluster(cpus=5), Limits())
+    assert ids(out) == [1, 3]
+
+
+def test_zero_cpu_slots_keeps_everything_queued():
+    assert schedule([job(1), job(2)], cluster(cpus=0), Limits()) == []
+
+
+def test_user_running_job_limit_counts_what_runs_already():
+    limits = Limits(users={"a": Limit(running_jobs=2)})
+    state = cluster(user_usage={"a": Usage(running_jobs=1)})
+    out = schedule([job(1, "a"), job(2, "a"), job(3, "b")], state, limits)
+    assert ids(out) == [1, 3]
+
+
+def test_user_gpu_limit_does_not_block_others():
+    limits = Limits(default_user=Limit(gpus=1))
+    out = schedule([job(1, "a", gpus=2), job(2, "b", gpus=1), job(3, "a", gpus=1)], cluster(gpus=[0, 1, 2]), limits)
+    assert out == [Decision(2, (0,)), Decision(3, (1,))]
+
+
+def test_group_limit_is_shared_by_members():
+    limits = Limits(groups={"students": Limit(gpus=2)})
+    queue = [job(1, "a", gpus=1, groups=["students"]), job(2, "b", gpus=1, groups=["students"]),
+             job(3, "c", gpus=1, groups=["students"]), job(4, "d", gpus=1, groups=["staff"])]
+    out = schedule(queue, cluster(gpus=range(8)), limits)
+    assert ids(out) == [1, 2, 4]
+
+
+def test_limits_of_zero_block_everything():
+    out = schedule([job(1), job(2)], cluster(), Limits(default_user=Limit(running_jobs=0)))
+    assert out == []
+
+
+def test_input_cluster_not_modified():
+    state = cluster(gpus=[0, 1], user_usage={"u": Usage(1, 1)})
+    schedule([job(1, gpus=2)], state, Limits())
+    assert state.free_gpus == frozenset({0, 1}) and state.user_usage["u"] == Usage(1, 1)
+
+
+def test_best_linked_gpus_preferred():
+    nvlinked = {frozenset({1, 3}), frozenset({0, 2})}
+    score = lambda a, b: 10.0 if frozenset({a, b}) in nvlinked else 1.0  # noqa: E731
+    assert pick_gpus([0, 1, 3], 2, score) == (1, 3)
+    assert pick_gpus([0, 1, 2, 3], 2, score) == (0, 2)  # ties: lowest indices
+    assert pick_gpus([0, 1], 3, score) is None
+    out = schedule([job(1, gpus=2)], cluster(gpus=[0, 1, 3], link_score=score), Limits())
+    assert out == [Decision(1, (1, 3))]
+
+
+@pytest.mark.parametrize("n_gpus,cpus", list(itertools.product([0, 1, 2, 4], [0, 2, 5])))
+def test_decisions_never_oversubscribe(n_gpus, cpus):
+    queue = [job(i, f"u{i % 3}", gpus=i % 3, cpus=1 + i % 2, priority=i % 2) for i in range(1, 13)]
+    limits = Limits(default_user=Limit(gpus=2, running_jobs=2))
+    out = schedule(queue, cluster(gpus=range(n_gpus), cpus=cpus), limits)
+    used = [g for d in out for g in d.gpu_ids]
+    assert len(used) == len(set(used)) and set(used) <= set(range(n_gpus))
+    by_id = {j.id: j for j in queue}
+    assert sum(by_id[d.job_id].cpus for d in out) <= cpus
+    for user in {j.user for j in queue}:
+        mine = [by_id[d.job_id] for d in out if by_id[d.job_id].user == user]
+        assert len(mine) <= 2 and sum(j.gpus for j in mine) <= 2
+    assert all(len(d.gpu_ids) == by_id[d.job_id].gpus for d in out)
