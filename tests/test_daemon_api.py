@@ -1,0 +1,226 @@
+"""The /v1 API of a real dvlad on a real Unix socket: bodies, errors, identities, the OpenAPI document.
+
+Nothing runs here (``running_jobs = 0``): these tests are about the API, not training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from dvlad.server.app import ROUTES
+from tests.dvlad_proc import Dvlad, request
+
+QUEUED_ONLY = "max_body_bytes = 4096\n[limits.default]\nrunning_jobs = 0\n"
+TEST_USERS = ("dvlatest1", "dvlatest2")
+FIXTURE = next((p for p in (Path(__file__).resolve().parents[1] / "shared", Path(__file__).resolve().parents[2] /
+                            "shared") if p.is_dir()), Path("/work/shared")) / "fixtures/gpu/h100-x1/topology.json"
+
+
+@pytest.fixture(scope="module")
+def dvlad():
+    daemon = Dvlad(QUEUED_ONLY, env={"DVLAD_FAKE_TOPOLOGY": str(FIXTURE)}).start()
+    yield daemon
+    daemon.close()
+
+
+@pytest.fixture(scope="session")
+def users():
+    """Two real Unix users (created here, removed after), or a skip when not root."""
+    if os.geteuid() != 0 or not shutil.which("useradd"):
+        pytest.skip("creating test users needs root and useradd (CI runs as root)")
+    made = []
+    for name in TEST_USERS:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
+            made.append(name)
+    yield TEST_USERS
+    for name in made:
+        subprocess.run(["userdel", name], check=False)
+
+
+def as_user(user: str, sock: str, method: str, path: str, body=None) -> tuple[int, dict]:
+    """A request made by a process running as ``user``: SO_PEERCRED gives the daemon that uid."""
+    python = shutil.which("python3", path="/usr/bin:/bin") or "python3"  # the venv's lives under /root (0700)
+    script = Path(__file__).with_name("dvlad_proc.py")
+    out = subprocess.run([python, str(script), sock, method, path, *([json.dumps(body)] if body is not None else [])],
+                         user=user, capture_output=True, text=True, check=True, cwd="/")
+    reply = json.loads(out.stdout)
+    return reply["status"], reply["body"]
+
+
+def submit(d: Dvlad, spec=None, **extra):
+    return d.call("POST", "/v1/jobs", {"spec": spec if spec is not None else {"job": {"name": "api"}}, **extra})
+
+
+def test_submit_is_idempotent_per_key(dvlad):
+    status, first = submit(dvlad, idempotency_key="same-key")
+    assert status == 201 and first["created"] and first["job"]["state"] == "queued"
+    status, again = submit(dvlad, idempotency_key="same-key")
+    assert status == 200 and not again["created"] and again["job"]["id"] == first["job"]["id"]
+    job = dvlad.job(first["job"]["id"])
+    assert job["spec"]["env"]["num_envs"] == 16  # the resolved spec, defaults filled in
+    assert [e["to_state"] for e in job["events"]] == ["queued"]
+
+
+def test_msgpack_in_and_out(dvlad):
+    body = msgpack.packb({"spec": {"job": {"name": "packed"}}, "priority": 3})
+    conn_status, reply = dvlad.call("POST", "/v1/jobs", raw=body, content_type="application/msgpack")
+    assert conn_status == 201 and reply["job"]["priority"] == 3
+    from tests.dvlad_proc import UnixConnection
+
+    conn = UnixConnection(dvlad.socket)
+    conn.request("GET", f"/v1/jobs/{reply['job']['id']}", headers={"Accept": "application/msgpack"})
+    resp = conn.getresponse()
+    assert resp.getheader("Content-Type").startswith("application/msgpack")
+    assert msgpack.unpackb(resp.read())["name"] == "packed"
+    conn.close()
+
+
+BAD_BODIES = [
+    # (what, raw body, content type, status, code, field)
+    ("not JSON", b"{not json", "application/json", 400, "bad_body", ""),
+    ("not msgpack", b"\xc1\xc1", "application/msgpack", 400, "bad_body", ""),
+    ("oversized", b'{"spec": "' + b"x" * 10_000 + b'"}', "application/json", 413, "too_large", ""),
+    ("plain text", b"hello", "text/plain", 415, "unsupported_media_type", "Content-Type"),
+    ("a list", b"[1, 2]", "application/json", 400, "bad_body", ""),
+    ("unknown field", b'{"spec": {}, "uid": 0}', "application/json", 400, "unknown_field", "uid"),
+    ("wrong type", b'{"spec": {"env": {"num_envs": "four"}}}', "application/json", 400, "invalid_spec",
+     "spec.env.num_envs"),
+    ("unknown spec key", b'{"spec": {"env": {"nmu_envs": 4}}}', "application/json", 400, "invalid_spec",
+     "spec.env.nmu_envs"),
+    ("spec not a table", b'{"spec": 7}', "application/json", 400, "bad_field", "spec"),
+    ("path traversal in the name", b'{"spec": {"job": {"name": "../../etc/passwd"}}}', "application/json", 400,
+     "invalid_spec", "spec.job.name"),
+    ("path traversal in the key", b'{"spec": {}, "idempotency_key": "../../x"}', "application/json", 400,
+     "bad_field", "idempotency_key"),
+    ("priority as text", b'{"spec": {}, "priority": "high"}', "application/json", 400, "bad_field", "priority"),
+    ("nested too deep", b'{"spec": {"policy": {"args": {"a": ' + b"[" * 200 + b"]" * 200 + b"}}}}",
+     "application/json", 400, "bad_body", ""),
+    ("NUL bytes", b'{"spec": {"job": {"name": "a\\u0000b"}}}', "application/json", 400, "invalid_spec",
+     "spec.job.name"),
+]
+
+
+@pytest.mark.parametrize("what,raw,ctype,status,code,field", BAD_BODIES, ids=[b[0] for b in BAD_BODIES])
+def test_bad_bodies_get_a_clear_4xx_and_the_daemon_keeps_serving(dvlad, what, raw, ctype, status, code, field):
+    got, body = dvlad.call("POST", "/v1/jobs", raw=raw, content_type=ctype)
+    assert (got, body["code"], body["field"]) == (status, code, field), body
+    assert body["reason"]
+    assert dvlad.call("GET", "/v1/nodes")[0] == 200
+
+
+@pytest.mark.parametrize("path,status", [("/v1/jobs/..%2F..%2Fetc%2Fpasswd", 404), ("/v1/jobs/999999", 404),
+                                         ("/v1/jobs/-1", 404), ("/v1/nope", 404), ("/v1/jobs?limit=x", 400),
+                                         ("/v1/jobs/1/logs?offset=-5", 400)])
+def test_bad_paths_and_queries(dvlad, path, status):
+    got, body = dvlad.call("GET", path)
+    assert got == status and {"code", "field", "reason"} <= set(body), body
+
+
+def test_wrong_method_is_an_error_object(dvlad):
+    got, body = dvlad.call("DELETE", "/v1/jobs")
+    assert got == 405 and body["code"] == "method_not_allowed"
+
+
+def test_topology_and_nodes_replay_the_recorded_machine(dvlad):
+    status, topo = dvlad.call("GET", "/v1/topology")
+    assert status == 200 and topo["source"].startswith("fixture:")
+    assert topo["devices"][0]["name"] == "NVIDIA H100 80GB HBM3"
+    status, nodes = dvlad.call("GET", "/v1/nodes")
+    assert [g["index"] for g in nodes["nodes"][0]["gpus"]] == [0] and nodes["nodes"][0]["gpus"][0]["free"]
+
+
+def test_metrics_are_prometheus_text(dvlad):
+    submit(dvlad)
+    status, text = dvlad.call("GET", "/metrics")
+    assert status == 200
+    lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    assert float(lines["dvlad_queue_length"]) >= 1 and float(lines['dvlad_jobs{state="queued"}']) >= 1
+
+
+def test_openapi_matches_the_routes_and_the_replies(dvlad):
+    status, doc = dvlad.call("GET", "/v1/openapi.json")
+    assert status == 200
+    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    served = {(r.method, r.path) for r in ROUTES}
+    assert documented == served
+    job_id = submit(dvlad)[1]["job"]["id"]
+    for method, path in sorted(served):
+        if method != "GET":
+            continue
+        url = path.replace("{job_id}", str(job_id))
+        got, body = dvlad.call(method, url)
+        assert got == 200, (url, body)
+        schema = doc["paths"][path]["get"]["responses"]["200"]["content"]
+        media, spec = next(iter(schema.items()))
+        if media == "application/json":
+            assert set(spec["schema"]["required"]) <= set(body), (url, set(spec["schema"]["required"]) - set(body))
+            items = spec["schema"].get("properties", {})
+            for key, sub in items.items():
+                if sub.get("items", {}).get("required") and body[key]:
+                    assert set(sub["items"]["required"]) <= set(body[key][0]), (url, key)
+    status, cancelled = dvlad.call("POST", f"/v1/jobs/{job_id}/cancel")
+    assert status == 200 and set(doc["paths"]["/v1/jobs/{job_id}/cancel"]["post"]["responses"]["200"]["content"]
+                                 ["application/json"]["schema"]["required"]) <= set(cancelled)
+    assert cancelled["state"] == "cancelled"
+    got, again = dvlad.call("POST", f"/v1/jobs/{job_id}/cancel")
+    assert got == 409 and again["code"] == "conflict"
+
+
+def test_other_users_cannot_see_logs_or_cancel_root_can(dvlad, users):
+    alice, bob = users
+    status, made = as_user(alice, dvlad.socket, "POST", "/v1/jobs", {"spec": {"job": {"name": "alices"}}})
+    assert status == 201 and made["job"]["user"] == alice  # the identity is the socket's, not a field
+    job_id = made["job"]["id"]
+    for method, path in (("GET", f"/v1/jobs/{job_id}/logs"), ("GET", f"/v1/jobs/{job_id}"),
+                         ("POST", f"/v1/jobs/{job_id}/cancel"), ("GET", "/v1/jobs?all=1")):
+        status, body = as_user(bob, dvlad.socket, method, path)
+        assert status == 403 and body["code"] == "forbidden" and bob in body["reason"], (path, body)
+    status, listed = as_user(bob, dvlad.socket, "GET", "/v1/jobs")
+    assert status == 200 and all(j["user"] == bob for j in listed["jobs"])
+    status, listed = as_user(alice, dvlad.socket, "GET", "/v1/jobs")
+    assert [j["id"] for j in listed["jobs"]] == [job_id]
+    assert dvlad.call("GET", f"/v1/jobs/{job_id}/logs")[0] == 200  # root reads it
+    assert request(dvlad.socket, "GET", "/v1/jobs?all=1")[0] == 200
+    status, cancelled = dvlad.call("POST", f"/v1/jobs/{job_id}/cancel")
+    assert status == 200 and cancelled["state"] == "cancelled"
+    events = dvlad.job(job_id)["events"]
+    assert events[-1]["reason"] == "cancelled by root before it started"
+
+
+def test_tcp_needs_a_valid_bearer_token():
+    import http.client
+    import socket as socketlib
+
+    with socketlib.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    d = Dvlad()
+    tokens = d.home / "tokens"
+    tokens.write_text("# token user\ns3cret-token root\n")
+    tokens.chmod(0o600)
+    d.config.write_text(d.config.read_text().replace(
+        "[daemon]\n", f'[daemon]\ntcp = "127.0.0.1:{port}"\ntokens_file = "{tokens}"\n'))
+    try:
+        d.start()
+        for header, status in (({}, 401), ({"Authorization": "Bearer wrong"}, 401),
+                               ({"Authorization": "Bearer s3cret-token"}, 200)):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/v1/jobs", headers=header)
+            resp = conn.getresponse()
+            body = json.loads(resp.read())
+            assert resp.status == status, body
+            conn.close()
+        assert body == {"jobs": []}
+    finally:
+        d.close()

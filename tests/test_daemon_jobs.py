@@ -1,0 +1,147 @@
+"""Real jobs through a real dvlad: run to success, cancel, and survive kill -9 of the daemon."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+
+from tests.dvlad_proc import Dvlad
+
+TINY_POLICY = {"d_model": 16, "layers": 1, "heads": 2, "patch_grid": 2}
+REACH = {"job": {"name": "reach-tiny"}, "env": {"name": "reach", "num_envs": 4, "groups": 2, "workers": 1},
+         "policy": {"args": TINY_POLICY}, "algo": {"update_epochs": 1, "minibatches": 2},
+         "pipeline": {"segment_steps": 8}, "train": {"total_env_steps": 256, "resume": False}}
+LONG = {"job": {"name": "long"}, "policy": {"args": TINY_POLICY}, "algo": {"update_epochs": 1, "minibatches": 2},
+        "env": {"name": "synthetic", "num_envs": 4, "groups": 2, "workers": 1,
+                "args": {"step_ms": 2.0, "image_size": 16, "cameras": ["image"], "max_episode_steps": 24}},
+        "pipeline": {"segment_steps": 8}, "train": {"total_env_steps": 10**9, "resume": False}}
+NEVER_PLACED = {"job": {"name": "waits"}, "resources": {"gpus": 1}}
+"""Asks for a GPU on a node without one: stays queued, so only the API is exercised."""
+
+
+@pytest.fixture
+def dvlad():
+    daemons: list[Dvlad] = []
+
+    def make(config: str = "") -> Dvlad:
+        daemons.append(Dvlad("[node]\ncpu_slots = 2\n" + config).start())
+        return daemons[-1]
+
+    yield make
+    for d in daemons:
+        d.close()
+
+
+def submit(d: Dvlad, spec: dict, **extra) -> dict:
+    status, body = d.call("POST", "/v1/jobs", {"spec": spec, **extra})
+    assert status == 201, body
+    return body["job"]
+
+
+def test_reach_job_runs_to_success_with_status_and_logs_while_it_runs(dvlad):
+    d = dvlad()
+    job = submit(d, REACH)
+    running = d.wait_state(job["id"], {"running", "succeeded", "failed"}, timeout=30)
+    assert running["state"] == "running", running["reason"]
+    assert d.call("GET", f"/v1/jobs/{job['id']}/logs")[0] == 200
+    status, streamed = d.call("GET", f"/v1/jobs/{job['id']}/logs?follow=1", timeout=120)  # ends with the job
+    assert status == 200 and "done: " in streamed, streamed[-2000:]
+    final = d.wait_state(job["id"], {"succeeded", "failed"}, timeout=10)
+    assert final["state"] == "succeeded", final["reason"]
+    assert final["exit_code"] == 0 and final["cpus"] == 2
+    assert [e["to_state"] for e in final["events"]] == ["queued", "placing", "running", "succeeded"]
+    status, metrics = d.call("GET", f"/v1/jobs/{job['id']}/metrics")
+    assert status == 200 and metrics["rows"] and metrics["rows"][-1]["env_steps"] >= 256
+
+
+def test_cancel_stops_the_job_and_frees_its_slots_for_the_next(dvlad):
+    d = dvlad()
+    first = submit(d, LONG)
+    second = submit(d, LONG)  # cpu_slots = 2 and each takes 2: waits for the first
+    d.wait_state(first["id"], {"running"}, timeout=20)
+    deadline = time.monotonic() + 60
+    while not d.call("GET", f"/v1/jobs/{first['id']}/metrics")[1]["rows"]:  # training, not just starting
+        assert time.monotonic() < deadline, d.call("GET", f"/v1/jobs/{first['id']}/logs")[1]
+        time.sleep(0.2)
+    assert d.job(second["id"])["state"] == "queued"
+    status, text = d.call("GET", "/metrics")
+    assert f'dvlad_job_env_steps_per_second{{job="{first["id"]}"' in text
+    status, cancelling = d.call("POST", f"/v1/jobs/{first['id']}/cancel")
+    assert status == 200 and cancelling["state"] == "cancelling"
+    done = d.wait_state(first["id"], {"cancelled", "failed", "succeeded"}, timeout=30)
+    assert done["state"] == "cancelled" and done["reason"] == "cancelled by root", done
+    assert not psutil.pid_exists(done["pid"]) or psutil.Process(done["pid"]).status() == psutil.STATUS_ZOMBIE
+    d.wait_state(second["id"], {"running"}, timeout=20)
+    d.call("POST", f"/v1/jobs/{second['id']}/cancel")
+    assert d.wait_state(second["id"], {"cancelled", "failed"}, timeout=30)["state"] == "cancelled"
+
+
+def test_kill_9_during_50_submits_loses_and_duplicates_nothing_and_readopts_the_running_job(dvlad):
+    d = dvlad()
+    runner = submit(d, LONG)
+    pid = d.wait_state(runner["id"], {"running"}, timeout=20)["pid"]
+    started = psutil.Process(pid).create_time()
+    acknowledged: dict[str, int] = {}
+    retries = [0]
+
+    def client(keys: list[str]) -> None:
+        for key in keys:
+            deadline = time.monotonic() + 60
+            while True:  # a client that retries with the same key until it gets an answer
+                try:
+                    status, body = d.call("POST", "/v1/jobs", {"spec": NEVER_PLACED, "idempotency_key": key},
+                                          timeout=5)
+                except OSError:
+                    retries[0] += 1
+                    assert time.monotonic() < deadline, f"no answer for {key}"
+                    time.sleep(0.05)
+                    continue
+                assert status in (200, 201), body
+                acknowledged[key] = body["job"]["id"]
+                break
+            time.sleep(0.01)
+
+    keys = [f"submit-{i}" for i in range(50)]
+    threads = [threading.Thread(target=client, args=(keys[i::2],)) for i in range(2)]
+    for t in threads:
+        t.start()
+    rng = random.Random(5)
+    kills = 0
+    while any(t.is_alive() for t in threads) and kills < 3:
+        time.sleep(rng.uniform(0.05, 0.4))
+        d.kill9()
+        kills += 1
+        d.start()
+    for t in threads:
+        t.join(90)
+    assert kills >= 1 and len(acknowledged) == 50
+    _, listed = d.call("GET", "/v1/jobs?all=1")
+    jobs = [j for j in listed["jobs"] if j["id"] != runner["id"]]
+    assert sorted(j["id"] for j in jobs) == sorted(acknowledged.values())  # none lost, none duplicated
+    assert len(set(acknowledged.values())) == 50
+    again = d.job(runner["id"])
+    assert again["state"] == "running" and again["pid"] == pid  # re-adopted, not restarted
+    assert psutil.Process(pid).create_time() == started
+    assert [e["to_state"] for e in again["events"]] == ["queued", "placing", "running"]
+    d.call("POST", f"/v1/jobs/{runner['id']}/cancel")  # an adopted job (not dvlad's child) still cancels
+    assert d.wait_state(runner["id"], {"cancelled", "failed"}, timeout=30)["state"] == "cancelled"
+
+
+def test_a_job_that_ended_while_dvlad_was_down_is_settled_at_restart(dvlad):
+    d = dvlad()
+    job = submit(d, LONG)
+    pid = d.wait_state(job["id"], {"running"}, timeout=20)["pid"]
+    d.kill9()
+    os.killpg(pid, signal.SIGKILL)  # the job dies while no daemon watches
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        time.sleep(0.05)
+    d.start()
+    settled = d.job(job["id"])
+    assert settled["state"] == "failed"
+    assert settled["reason"] == "its process ended while dvlad was down, leaving no summary"

@@ -1,0 +1,92 @@
+"""systemd integration: the notify protocol (READY, WATCHDOG), the unit file, --check-config."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+from tests.dvlad_proc import PYTHON, ROOT, Dvlad
+
+UNIT = ROOT / "systemd" / "dvlad.service"
+
+
+def test_ready_after_listening_then_watchdog_pings(tmp_path):
+    address = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.settimeout(20)
+        d = Dvlad(env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"})
+        try:
+            d.start()
+            messages = []
+            deadline = time.monotonic() + 20
+            while "WATCHDOG=1" not in messages or "READY=1" not in messages:
+                assert time.monotonic() < deadline, messages
+                messages += sock.recv(4096).decode().split("\n")
+            assert os.path.exists(d.socket)  # READY came after the socket was listening
+            ready = messages.index("READY=1")
+            assert messages[ready + 1:].count("WATCHDOG=1") >= 1 or messages.count("WATCHDOG=1") >= 2
+            d.stop()
+            while "STOPPING=1" not in messages:
+                messages += sock.recv(4096).decode().split("\n")
+        finally:
+            d.close()
+
+
+def test_unit_file_keys():
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str
+    unit.read(UNIT)
+    service = unit["Service"]
+    assert service["Type"] == "notify" and int(service["WatchdogSec"]) > 0
+    for key in ("RuntimeDirectory", "StateDirectory", "LogsDirectory"):
+        assert service[key] == "dvlad"
+    assert service["KillMode"] == "process"  # stopping dvlad leaves the jobs to be re-adopted
+    caps = service["CapabilityBoundingSet"].split()
+    assert {"CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_CHOWN"} <= set(caps)  # jobs start as their users
+    assert "PrivateUsers" not in service and "DynamicUser" not in service  # both would forbid that
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_systemd_analyze_verify(tmp_path):
+    # ExecStart points at this checkout's dvlad: verify checks that the binary exists and is executable
+    unit = tmp_path / "dvlad.service"
+    unit.write_text(UNIT.read_text().replace("/opt/dvla/.venv/bin/dvlad", str(PYTHON.parent / "dvlad")))
+    out = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    problems = [line for line in out.stderr.splitlines() if "dvlad.service" in line]
+    assert out.returncode == 0 and not problems, out.stderr
+
+
+def run_check(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(PYTHON.parent / "dvlad"), *args, "--check-config"], capture_output=True, text=True)
+
+
+def test_check_config_accepts_the_example_and_refuses_mistakes(tmp_path):
+    ok = run_check("--config", str(ROOT / "systemd" / "dvlad.toml"))
+    assert ok.returncode == 0 and "config ok" in ok.stdout, ok.stderr
+    bad = tmp_path / "bad.toml"
+    for text, message in (("[limits.default]\ngpu = 2\n", "limits.default.gpu: unknown key"),
+                          ("[daemon]\ncancel_grace_s = \"soon\"\n", "daemon.cancel_grace_s: expected float"),
+                          ("[nodes]\n", "nodes: unknown section"), ("[daemon\n", "invalid TOML"),
+                          ('[daemon]\ntcp = "7447"\n', "daemon.tcp: expected host:port")):
+        bad.write_text(text)
+        out = run_check("--config", str(bad))
+        assert out.returncode == 1 and message in out.stderr, (text, out.stderr)
+
+
+def test_tokens_file_must_be_private(tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("s3cret root\n")
+    tokens.chmod(0o644)
+    config = tmp_path / "c.toml"
+    config.write_text(f'[daemon]\ntcp = "127.0.0.1:0"\ntokens_file = "{tokens}"\n')
+    out = run_check("--config", str(config))
+    assert out.returncode == 1 and "mode 0600" in out.stderr
+    tokens.chmod(0o600)
+    assert run_check("--config", str(config)).returncode == 0
