@@ -54,22 +54,30 @@ def request(sock: str, method: str, path: str, body: Any = None, *, raw: bytes |
 class Dvlad:
     """``dvlad --config C --state-dir S --socket P`` in a short /tmp directory (socket paths are short)."""
 
-    def __init__(self, config: str = "", env: dict[str, str] | None = None):
+    def __init__(self, config: str = "", env: dict[str, str] | None = None, user_mode: bool = False):
         self.home = Path(tempfile.mkdtemp(prefix="dvlad-"))
         os.chmod(self.home, 0o755)  # other test users reach the socket through it
-        self.socket = str(self.home / "dvlad.sock")
-        self.state_dir = self.home / "state"
         self.config = self.home / "dvlad.toml"
         self.config.write_text('[daemon]\nsocket_group = ""\ncancel_grace_s = 10.0\n' + config)
         self.env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "osmesa"), **(env or {})}
+        if user_mode:  # `dvlad --user`: where things go follows $XDG_RUNTIME_DIR and $HOME
+            self.env.update(HOME=str(self.home), XDG_RUNTIME_DIR=str(self.home / "run"))
+            (self.home / "run").mkdir()
+            self.socket = str(self.home / "run" / "dvlad.sock")
+            self.state_dir = self.home / ".local" / "state" / "dvlad"
+            self.args = ["--user"]
+        else:
+            self.socket = str(self.home / "dvlad.sock")
+            self.state_dir = self.home / "state"
+            self.args = ["--state-dir", str(self.state_dir), "--socket", self.socket]
         self.proc: subprocess.Popen | None = None
         self.stderr = self.home / "dvlad.stderr"
 
     def start(self, timeout: float = 20.0) -> Dvlad:
         with self.stderr.open("ab") as err:
             self.proc = subprocess.Popen(
-                [str(PYTHON), "-m", "dvlad.server.main", "--config", str(self.config), "--state-dir",
-                 str(self.state_dir), "--socket", self.socket], stdout=subprocess.DEVNULL, stderr=err, env=self.env)
+                [str(PYTHON), "-m", "dvlad.server.main", "--config", str(self.config), *self.args],
+                stdout=subprocess.DEVNULL, stderr=err, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

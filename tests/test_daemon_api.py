@@ -224,3 +224,36 @@ def test_tcp_needs_a_valid_bearer_token():
         assert body == {"jobs": []}
     finally:
         d.close()
+
+
+def test_user_mode_uses_the_runtime_dir_and_home():
+    d = Dvlad(user_mode=True)
+    try:
+        d.start()
+        assert (d.state_dir / "dvlad.db").exists()
+        status, body = d.call("POST", "/v1/jobs", {"spec": {}, "idempotency_key": "u1"})
+        assert status == 201 and body["job"]["user"] == pwd.getpwuid(os.geteuid()).pw_name
+    finally:
+        d.close()
+
+
+def test_events_follow_streams_new_transitions(dvlad):
+    from tests.dvlad_proc import UnixConnection
+
+    _, before = dvlad.call("GET", "/v1/events")
+    after = before["events"][-1]["id"] if before["events"] else 0
+    conn = UnixConnection(dvlad.socket, timeout=10)
+    conn.request("GET", f"/v1/events?follow=1&after={after}")
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.getheader("Content-Type").startswith("application/x-ndjson")
+    job_id = submit(dvlad)[1]["job"]["id"]
+    dvlad.call("POST", f"/v1/jobs/{job_id}/cancel")
+    seen: list[dict] = []
+    buffer = b""
+    while len(seen) < 2:
+        buffer += resp.read1(4096)
+        *lines, buffer = buffer.split(b"\n")
+        seen += [json.loads(line) for line in lines if line]
+    conn.close()
+    assert [(e["job_id"], e["to_state"]) for e in seen] == [(job_id, "queued"), (job_id, "cancelled")]
+    assert dvlad.call("GET", "/v1/nodes")[0] == 200  # the dropped stream did not hurt the daemon

@@ -63,6 +63,7 @@ def _environment(job: Job, gpu_ids: list[int]) -> dict[str, str]:
     env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
     env.update(PATH=os.defpath + ":" + str(Path(sys.executable).parent), HOME=home, USER=job.user,
                LOGNAME=job.user, PYTHONUNBUFFERED="1", DVLA_JOB_ID=str(job.id),
+               CUDA_DEVICE_ORDER="PCI_BUS_ID",  # CUDA's default order is not NVML's: indices would differ
                CUDA_VISIBLE_DEVICES=",".join(map(str, gpu_ids)))
     return env
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -38,7 +40,11 @@ IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 async def errors_and_identity(request: web.Request, handler):
     """Authenticate every request; turn every failure into ``{code, field, reason}``."""
     try:
-        request[IDENTITY] = authenticate(request, request.app[TOKENS], request.app[CONFIG].daemon.admin_group)
+        who = authenticate(request, request.app[TOKENS], request.app[CONFIG].daemon.admin_group)
+        if os.geteuid() != 0 and who.uid != os.geteuid():
+            # a daemon that is not root runs every job as its own user: nobody else may submit
+            raise ApiError(403, "forbidden", f"this dvlad runs as uid {os.geteuid()} and serves only that user")
+        request[IDENTITY] = who
         return await handler(request)
     except ApiError as err:
         return respond(request, err.body(), err.status)
@@ -160,16 +166,17 @@ async def job_logs(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     await response.prepare(request)
     store = request.app[DAEMON].store
-    while True:
-        done = store.get(job.id).state in TERMINAL  # read before draining: nothing written after is lost
-        chunk = _read_from(path, offset)
-        if chunk:
-            offset += len(chunk)
-            await response.write(chunk)
-        if done:
-            break
-        await asyncio.sleep(FOLLOW_POLL_S)
-    await response.write_eof()
+    with contextlib.suppress(ConnectionResetError):  # the client may stop following at any time
+        while True:
+            done = store.get(job.id).state in TERMINAL  # read before draining: nothing written after is lost
+            chunk = _read_from(path, offset)
+            if chunk:
+                offset += len(chunk)
+                await response.write(chunk)
+            if done:
+                break
+            await asyncio.sleep(FOLLOW_POLL_S)
+        await response.write_eof()
     return response
 
 
@@ -190,11 +197,13 @@ async def events(request: web.Request) -> web.StreamResponse:
         return respond(request, {"events": store.events(after=after, uid=uid)})
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
-    while True:
-        for event in store.events(after=after, uid=uid):
-            after = event["id"]
-            await response.write(json.dumps(event).encode() + b"\n")
-        await asyncio.sleep(FOLLOW_POLL_S)
+    with contextlib.suppress(ConnectionResetError):  # ends when the client goes away
+        while True:
+            for event in store.events(after=after, uid=uid):
+                after = event["id"]
+                await response.write(json.dumps(event).encode() + b"\n")
+            await asyncio.sleep(FOLLOW_POLL_S)
+    return response
 
 
 async def nodes(request: web.Request) -> web.Response:

@@ -93,13 +93,17 @@ async def serve(config: Config) -> None:
     inventory = discover(config.node.fake_topology)
     daemon = Daemon(config, store, inventory, state_dir)
     tokens = load_tokens(Path(d.tokens_file)) if d.tcp else {}
-    runner = web.AppRunner(make_app(daemon, config, state_dir, tokens), access_log=None, handle_signals=False)
+    # a short shutdown: open log/event streams must not hold a restart for aiohttp's default minute
+    runner = web.AppRunner(make_app(daemon, config, state_dir, tokens), access_log=None, handle_signals=False,
+                           shutdown_timeout=2.0)
     await runner.setup()
     sock_path = Path(d.socket)
     sock_path.parent.mkdir(parents=True, exist_ok=True)
     _unlink_stale_socket(sock_path)
     await web.UnixSite(runner, str(sock_path)).start()
-    os.chmod(sock_path, 0o660 if d.socket_group or os.geteuid() != 0 else 0o666)
+    # root: identity from peer credentials, jobs run as their callers, so the socket group gates access
+    # (no group: any local user). A personal daemon runs every job as its owner: the owner's alone.
+    os.chmod(sock_path, 0o600 if os.geteuid() != 0 else 0o660 if d.socket_group else 0o666)
     if d.socket_group:
         try:
             os.chown(sock_path, -1, grp.getgrnam(d.socket_group).gr_gid)
