@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from dvlad.store import IllegalTransition, State, Store
+from dvlad.store import IllegalTransition, State, Store, Submission
+
+
+def submission(uid=1000, key=None, name="j"):
+    return Submission(uid=uid, gid=uid, user=f"u{uid}", groups=["g"], idempotency_key=key, name=name,
+                      priority=0, gpus=0, cpus=1, spec={"job": {"name": name}})
 
 
 def submit(store, uid=1000, key=None, name="j"):
-    return store.submit(uid=uid, gid=uid, user=f"u{uid}", groups=["g"], idempotency_key=key, name=name,
-                        priority=0, gpus=0, cpus=1, spec={"job": {"name": name}})
+    return store.submit(submission(uid, key, name))[0]
 
 
 def test_idempotency_key_is_per_user(tmp_path):
@@ -55,3 +59,12 @@ def test_list_and_counts(tmp_path):
     assert [j.uid for j in store.list(uid=2)] == [2]
     assert [j.id for j in store.list(states=frozenset({State.CANCELLED}))] == [a.id]
     assert store.counts()["queued"] == 1 and store.counts()["cancelled"] == 1 and store.counts()["running"] == 0
+
+
+def test_one_batch_one_transaction_keys_deduplicated_inside_it(tmp_path):
+    store = Store(tmp_path / "db")
+    results = store.submit(submission(key="a"), submission(key="b"), submission(key="a"), submission(uid=7, key="a"))
+    assert [created for _, created in results] == [True, True, False, True]
+    assert results[2][0].id == results[0][0].id
+    assert len(store.list()) == 3 and len(store.events()) == 3
+    assert results[0][0].spec == {"job": {"name": "j"}}

@@ -115,7 +115,7 @@ async def submit(request: web.Request) -> web.Response:
     if not isinstance(spec, dict):
         raise ApiError(400, "bad_field", f"expected a table of sections, got {type(spec).__name__}", field="spec")
     try:
-        job, created = request.app[DAEMON].submit(_who(request), spec, key, priority)
+        job, created = await request.app[DAEMON].submit(_who(request), spec, key, priority)
     except SpecError as err:
         issues = [{"field": f"spec.{i.key}" if i.key else "spec", "reason": i.reason} for i in err.issues]
         raise ApiError(400, "invalid_spec", str(err), field=issues[0]["field"], issues=issues) from None

@@ -14,6 +14,7 @@ import pwd
 import socket
 import stat
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,24 @@ class Identity:
     admin: bool
 
 
+IDENTITY_TTL_S = 30.0
+"""How long a uid's name and groups are reused: a change of groups takes effect within this."""
+_identities: dict[tuple[int, int | None, str], tuple[float, Identity]] = {}
+
+
 def identity_of(uid: int, gid: int | None, admin_group: str) -> Identity:
+    """The caller's name, groups and admin flag (NSS lookups cached: they cost more than a request)."""
+    key = (uid, gid, admin_group)
+    hit = _identities.get(key)
+    now = time.monotonic()
+    if hit is not None and now - hit[0] < IDENTITY_TTL_S:
+        return hit[1]
+    identity = _lookup(uid, gid, admin_group)
+    _identities[key] = (now, identity)
+    return identity
+
+
+def _lookup(uid: int, gid: int | None, admin_group: str) -> Identity:
     try:
         entry = pwd.getpwuid(uid)
         user, gid = entry.pw_name, entry.pw_gid if gid is None else gid

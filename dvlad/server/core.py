@@ -18,7 +18,7 @@ from dvlad.gpu.inventory import Inventory
 from dvlad.runtime.supervisor import Supervisor
 from dvlad.sched import Cluster, QueuedJob, Usage, schedule
 from dvlad.server.auth import Identity
-from dvlad.store import ACTIVE, Job, State, Store
+from dvlad.store import ACTIVE, Job, State, Store, Submission
 
 log = logging.getLogger("dvlad")
 
@@ -28,23 +28,43 @@ class Daemon:
         self.config, self.store, self.inventory = config, store, inventory
         self.supervisor = Supervisor(store, state_dir, config.daemon.cancel_grace_s, self.kick)
         self._wake = asyncio.Event()
+        self._pending: list[tuple[Submission, asyncio.Future[tuple[Job, bool]]]] = []
 
     def kick(self) -> None:
         """Ask for a scheduling pass soon (after a submit, a cancel or an exit)."""
         self._wake.set()
 
-    def submit(self, who: Identity, spec: dict[str, Any], idempotency_key: str | None,
-               priority: int) -> tuple[Job, bool]:
-        """Validate with the one job schema (SpecError propagates), then record durably."""
+    async def submit(self, who: Identity, spec: dict[str, Any], idempotency_key: str | None,
+                     priority: int) -> tuple[Job, bool]:
+        """Validate with the one job schema (SpecError propagates), then record durably.
+
+        Submits that arrive while a commit is on its way to disk wait for the next one and share
+        its fsync (group commit); each reply still comes only after its own job is on disk."""
         resolved = spec_from_dict(spec)
-        job, created = self.store.submit(
+        future: asyncio.Future[tuple[Job, bool]] = asyncio.get_running_loop().create_future()
+        self._pending.append((Submission(
             uid=who.uid, gid=who.gid, user=who.user, groups=list(who.groups), idempotency_key=idempotency_key,
             name=resolved.job.name, priority=priority, gpus=resolved.resources.gpus,
-            cpus=resolved.env.workers + 1, spec=spec_to_dict(resolved))
-        if created:
-            log.info("submitted", extra={"job": job.id, "user": who.user, "job_name": job.name})
-            self.kick()
-        return job, created
+            cpus=resolved.env.workers + 1, spec=spec_to_dict(resolved)), future))
+        if len(self._pending) == 1:
+            asyncio.get_running_loop().call_soon(self._commit_pending)
+        return await future
+
+    def _commit_pending(self) -> None:
+        batch, self._pending = self._pending, []
+        try:
+            results = self.store.submit(*(sub for sub, _ in batch))
+        except Exception as exc:  # the whole transaction rolled back: nobody's job was recorded
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), (job, created) in zip(batch, results, strict=True):
+            if created:
+                log.info("submitted", extra={"job": job.id, "user": job.user, "job_name": job.name})
+            if not future.done():  # a client that hung up cancelled its wait; its job stays recorded
+                future.set_result((job, created))
+        self.kick()
 
     def cancel(self, job: Job, who: Identity) -> Job:
         job = self.supervisor.cancel(job, who.user)

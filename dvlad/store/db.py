@@ -57,18 +57,33 @@ CREATE INDEX IF NOT EXISTS events_job ON events (job_id);
 
 
 @dataclass
-class Job:
-    id: int
+class Request:
+    """Who asked (from the connection, never the body) and what the job needs."""
+
     uid: int
     gid: int
     user: str
     groups: list[str]
+    """Group names at submit time: group limits apply to these."""
     idempotency_key: str | None
     name: str
     priority: int
     gpus: int
     cpus: int
+
+
+@dataclass
+class Submission(Request):
+    """A job to record, with its resolved spec."""
+
     spec: dict[str, Any]
+
+
+@dataclass
+class Job(Request):
+    id: int
+    spec_json: str
+    """The resolved spec as stored; parsed only when asked for (listings never need it)."""
     state: State
     reason: str
     submitted_at: float
@@ -78,6 +93,10 @@ class Job:
     pid: int | None = None
     pid_start: float | None = None
     exit_code: int | None = None
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return json.loads(self.spec_json)
 
     def public(self) -> dict[str, Any]:
         """What the API shows of a job (the spec only on request: it is large)."""
@@ -89,7 +108,7 @@ class Job:
 def _job(row: sqlite3.Row) -> Job:
     d = dict(row)
     d["groups"] = json.loads(d["groups"])
-    d["spec"] = json.loads(d["spec"])
+    d["spec_json"] = d.pop("spec")
     d["gpu_ids"] = json.loads(d["gpu_ids"])
     d["state"] = State(d["state"])
     return Job(**d)
@@ -121,27 +140,31 @@ class Store:
             raise
         self._db.execute("COMMIT")
 
-    def submit(self, *, uid: int, gid: int, user: str, groups: list[str], idempotency_key: str | None,
-               name: str, priority: int, gpus: int, cpus: int, spec: dict[str, Any]) -> tuple[Job, bool]:
-        """Record a queued job, committed before returning. Returns (job, created): an idempotency
-        key this user already used returns the job it made, with created False."""
+    def submit(self, *submissions: Submission) -> list[tuple[Job, bool]]:
+        """Record queued jobs in one transaction, committed (one fsync) before returning.
+
+        Why several at once: the commit's fsync is a submit's whole cost, so concurrent submits
+        share one (group commit). Each result is (job, created): an idempotency key its user
+        already used returns the job it made, with created False (also inside one batch)."""
+        out = []
         with self._tx() as db:
-            if idempotency_key is not None:
-                row = db.execute("SELECT * FROM jobs WHERE uid = ? AND idempotency_key = ?",
-                                 (uid, idempotency_key)).fetchone()
-                if row is not None:
-                    return _job(row), False
-            now = time.time()
-            cur = db.execute(
-                "INSERT INTO jobs (uid, gid, user, groups, idempotency_key, name, priority, gpus, cpus, spec,"
-                " state, submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (uid, gid, user, json.dumps(groups), idempotency_key, name, priority, gpus, cpus,
-                 json.dumps(spec), State.QUEUED.value, now))
-            job_id = cur.lastrowid
-            db.execute("INSERT INTO events (job_id, ts, from_state, to_state, reason) VALUES (?, ?, NULL, ?, ?)",
-                       (job_id, now, State.QUEUED.value, f"submitted by {user}"))
-            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _job(row), True
+            for sub in submissions:
+                if sub.idempotency_key is not None:
+                    row = db.execute("SELECT * FROM jobs WHERE uid = ? AND idempotency_key = ?",
+                                     (sub.uid, sub.idempotency_key)).fetchone()
+                    if row is not None:
+                        out.append((_job(row), False))
+                        continue
+                now = time.time()
+                cur = db.execute(
+                    "INSERT INTO jobs (uid, gid, user, groups, idempotency_key, name, priority, gpus, cpus, spec,"
+                    " state, submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (sub.uid, sub.gid, sub.user, json.dumps(sub.groups), sub.idempotency_key, sub.name, sub.priority,
+                     sub.gpus, sub.cpus, json.dumps(sub.spec), State.QUEUED.value, now))
+                db.execute("INSERT INTO events (job_id, ts, from_state, to_state, reason) VALUES (?, ?, NULL, ?, ?)",
+                           (cur.lastrowid, now, State.QUEUED.value, f"submitted by {sub.user}"))
+                out.append((_job(db.execute("SELECT * FROM jobs WHERE id = ?", (cur.lastrowid,)).fetchone()), True))
+        return out
 
     def get(self, job_id: int) -> Job | None:
         row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
