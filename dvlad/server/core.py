@@ -21,6 +21,7 @@ from dvlad.server.auth import Identity
 from dvlad.store import ACTIVE, Job, State, Store, Submission
 
 log = logging.getLogger("dvlad")
+PASS_INTERVAL_S = 0.2
 
 
 class Daemon:
@@ -89,8 +90,8 @@ class Daemon:
         return Cluster(free, self.config.cpu_slots - cpus, dict(users), dict(groups)), active
 
     def schedule_pass(self) -> None:
-        queue = [QueuedJob(j.id, j.user, tuple(j.groups), j.priority, j.gpus, j.cpus)
-                 for j in self.store.list(states=frozenset({State.QUEUED}), limit=1 << 30)]
+        queue = [QueuedJob(q["id"], q["user"], tuple(q["groups"]), q["priority"], q["gpus"], q["cpus"])
+                 for q in self.store.queue()]
         if not queue:
             return
         cluster, _ = self.cluster()
@@ -102,13 +103,17 @@ class Daemon:
             log.info("placed", extra={"job": job.id, "gpus": gpu_ids, "state": job.state.value, "pid": job.pid})
 
     async def run(self) -> None:
-        """Recover, then schedule whenever kicked (and every second, as a safety net)."""
+        """Recover, then schedule whenever kicked (and every second, as a safety net).
+
+        Passes are at least ``PASS_INTERVAL_S`` apart: a pass reads the whole queue, and a burst of
+        submits must not turn into one pass each."""
         self.supervisor.recover()
         supervise = asyncio.create_task(self.supervisor.run())
         try:
             while True:
-                self.schedule_pass()
                 self._wake.clear()
+                self.schedule_pass()
+                await asyncio.sleep(PASS_INTERVAL_S)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), 1.0)
         finally:

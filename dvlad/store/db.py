@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     UNIQUE (uid, idempotency_key)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+CREATE INDEX IF NOT EXISTS jobs_uid ON jobs (uid, id);  -- a user's latest jobs without a sort
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id INTEGER NOT NULL REFERENCES jobs (id),
@@ -183,6 +184,12 @@ class Store:
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(limit)
         return [_job(r) for r in reversed(self._db.execute(sql, args).fetchall())]
+
+    def queue(self) -> list[dict[str, Any]]:
+        """What the scheduler needs of every queued job, in submit order: cheap even for a long queue."""
+        rows = self._db.execute("SELECT id, user, groups, priority, gpus, cpus FROM jobs WHERE state = ? ORDER BY id",
+                                (State.QUEUED.value,))
+        return [{**dict(r), "groups": json.loads(r["groups"])} for r in rows]
 
     def counts(self) -> dict[str, int]:
         """Jobs per state, every state present (zero where none)."""
