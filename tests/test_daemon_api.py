@@ -26,7 +26,7 @@ FIXTURE = next((p for p in (Path(__file__).resolve().parents[1] / "shared", Path
 
 @pytest.fixture(scope="module")
 def dvlad():
-    daemon = Dvlad(QUEUED_ONLY, env={"DVLAD_FAKE_TOPOLOGY": str(FIXTURE)}).start()
+    daemon = Dvlad(QUEUED_ONLY, env={"DVLAD_FAKE_TOPOLOGY": str(FIXTURE)} if FIXTURE.exists() else {}).start()
     yield daemon
     daemon.close()
 
@@ -132,6 +132,7 @@ def test_wrong_method_is_an_error_object(dvlad):
     assert got == 405 and body["code"] == "method_not_allowed"
 
 
+@pytest.mark.skipif(not FIXTURE.exists(), reason=f"the recorded topology {FIXTURE} is not in this checkout")
 def test_topology_and_nodes_replay_the_recorded_machine(dvlad):
     status, topo = dvlad.call("GET", "/v1/topology")
     assert status == 200 and topo["source"].startswith("fixture:")

@@ -90,7 +90,10 @@ async def serve(config: Config) -> None:
     previous_umask = os.umask(0o077)  # the database and its WAL files: the daemon's alone
     store = Store(state_dir / "dvlad.db")
     os.umask(previous_umask)
-    inventory = discover(config.node.fake_topology)
+    try:
+        inventory = discover(config.node.fake_topology)
+    except (OSError, ValueError) as exc:  # a recorded topology that cannot be read: say which
+        raise SystemExit(f"dvlad: cannot read the recorded topology: {exc}") from None
     daemon = Daemon(config, store, inventory, state_dir)
     tokens = load_tokens(Path(d.tokens_file)) if d.tcp else {}
     # a short shutdown: open log/event streams must not hold a restart for aiohttp's default minute
