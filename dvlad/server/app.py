@@ -147,6 +147,11 @@ async def cancel_job(request: web.Request) -> web.Response:
     return respond(request, request.app[DAEMON].cancel(job, _who(request)).public())
 
 
+def _gone(request: web.Request) -> bool:
+    """The client of a stream hung up: stop polling for it (a months-long daemon must not collect them)."""
+    return request.transport is None or request.transport.is_closing()
+
+
 def _read_from(path: Path, offset: int) -> bytes:
     """The file's bytes from ``offset`` (nothing yet if the job has not created it)."""
     try:
@@ -173,7 +178,7 @@ async def job_logs(request: web.Request) -> web.StreamResponse:
             if chunk:
                 offset += len(chunk)
                 await response.write(chunk)
-            if done:
+            if done or _gone(request):
                 break
             await asyncio.sleep(FOLLOW_POLL_S)
         await response.write_eof()
@@ -197,8 +202,8 @@ async def events(request: web.Request) -> web.StreamResponse:
         return respond(request, {"events": store.events(after=after, uid=uid)})
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
-    with contextlib.suppress(ConnectionResetError):  # ends when the client goes away
-        while True:
+    with contextlib.suppress(ConnectionResetError):
+        while not _gone(request):
             for event in store.events(after=after, uid=uid):
                 after = event["id"]
                 await response.write(json.dumps(event).encode() + b"\n")

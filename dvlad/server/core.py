@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 from dvla.spec import spec_from_dict, spec_to_dict
@@ -25,7 +26,9 @@ PASS_INTERVAL_S = 0.2
 
 
 class Daemon:
-    def __init__(self, config: Config, store: Store, inventory: Inventory, state_dir):
+    """One machine's queue: the store, the inventory, the supervisor, and the scheduling loop."""
+
+    def __init__(self, config: Config, store: Store, inventory: Inventory, state_dir: Path):
         self.config, self.store, self.inventory = config, store, inventory
         self.supervisor = Supervisor(store, state_dir, config.daemon.cancel_grace_s, self.kick)
         self._wake = asyncio.Event()

@@ -7,6 +7,7 @@ jobs' last rows as they are.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -24,7 +25,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class DaemonCollector(Collector):
-    def __init__(self, daemon: Daemon, state_dir):
+    def __init__(self, daemon: Daemon, state_dir: Path):
         self.daemon, self.state_dir = daemon, state_dir
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -63,7 +64,7 @@ class DaemonCollector(Collector):
         yield from (steps, busy, stale, stale_max, depth)
 
 
-def registry_for(daemon: Daemon, state_dir) -> CollectorRegistry:
+def registry_for(daemon: Daemon, state_dir: Path) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DaemonCollector(daemon, state_dir))
     return registry
