@@ -29,8 +29,8 @@ NEVER_PLACED = {"job": {"name": "waits"}, "resources": {"gpus": 1}}
 def dvlad():
     daemons: list[Dvlad] = []
 
-    def make(config: str = "") -> Dvlad:
-        daemons.append(Dvlad("[node]\ncpu_slots = 2\n" + config).start())
+    def make(config: str = "", env: dict[str, str] | None = None) -> Dvlad:
+        daemons.append(Dvlad("[node]\ncpu_slots = 2\n" + config, env=env).start())
         return daemons[-1]
 
     yield make
@@ -146,3 +146,20 @@ def test_a_job_that_ended_while_dvlad_was_down_is_settled_at_restart(dvlad):
     settled = d.job(job["id"])
     assert settled["state"] == "failed"
     assert settled["reason"] == "its process ended while dvlad was down, leaving no summary"
+
+
+def test_gpu_jobs_are_placed_on_the_recorded_gpu_one_at_a_time_and_failures_say_why(dvlad):
+    from tests.test_daemon_api import FIXTURE
+
+    if not FIXTURE.exists():
+        pytest.skip(f"the recorded topology {FIXTURE} is not in this checkout")
+    d = dvlad(env={"DVLAD_FAKE_TOPOLOGY": str(FIXTURE)})
+    gpu_job = {**REACH, "resources": {"gpus": 1}}
+    first, second = submit(d, gpu_job), submit(d, gpu_job)  # the recorded node has one GPU
+    placed = d.wait_state(first["id"], {"running", "failed"}, timeout=20)
+    assert placed["gpu_ids"] == [0] and d.job(second["id"])["state"] == "queued"
+    failed = d.wait_state(first["id"], {"failed", "succeeded"}, timeout=60)
+    # this engine has no GPU lanes yet (issue 7): the job's own reason reaches the store
+    assert failed["state"] == "failed" and failed["reason"].startswith("job failed: resources: GPU lanes")
+    assert d.wait_state(second["id"], {"running", "failed", "succeeded"}, timeout=20)["gpu_ids"] == [0]
+    d.wait_state(second["id"], {"failed", "succeeded"}, timeout=60)

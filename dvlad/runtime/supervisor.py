@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dvlad.runtime.launch import process_start, recorded_pid, run_dir, spawn
+from dvlad.runtime.launch import log_path, process_start, recorded_pid, run_dir, spawn
 from dvlad.store import IllegalTransition, Job, State, Store
 
 POLL_S = 0.2
@@ -40,8 +40,20 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)  # the job leads its own session: its pgid is its pid
 
 
-def outcome(job: Job, exit_code: int | None, summary: dict) -> tuple[State, str]:
-    """The final state and reason of a job whose process ended (exit_code None: unknown, adopted)."""
+def last_log_line(path: Path) -> str:
+    """The log's last non-empty line (a traceback's last line names the error), at most 300 characters."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+def outcome(job: Job, exit_code: int | None, summary: dict, log_tail: str = "") -> tuple[State, str]:
+    """The final state and reason of a job whose process ended (exit_code None: unknown, adopted);
+    ``log_tail``, the log's last line, is the reason when nothing better says why."""
     status = summary.get("status")
     finished = status == "succeeded" and exit_code in (0, None)
     if finished:
@@ -51,14 +63,14 @@ def outcome(job: Job, exit_code: int | None, summary: dict) -> tuple[State, str]
     if exit_code is not None and exit_code < 0:
         return State.FAILED, f"killed by signal {signal.Signals(-exit_code).name}"
     if exit_code == 2:
-        return State.FAILED, "the job runner refused the spec (exit 2); see the log"
+        return State.FAILED, f"the job runner refused the spec (exit 2): {log_tail}"
     if status == "failed":
         return State.FAILED, f"job failed: {summary.get('reason', 'no reason given')}"
     if status == "stopped":
         return State.FAILED, "stopped by a SIGTERM that did not come from dvlad"
     if exit_code is None:
         return State.FAILED, "its process ended while dvlad was down, leaving no summary"
-    return State.FAILED, f"exited with status {exit_code}; see the log"
+    return State.FAILED, f"exited with status {exit_code}: {log_tail or 'nothing in the log'}"
 
 
 class Supervisor:
@@ -114,7 +126,8 @@ class Supervisor:
             summary = json.loads((run_dir(self.state_dir, job.id) / "summary.json").read_text())
         except (OSError, ValueError):
             summary = {}
-        state, reason = outcome(job, exit_code, summary if isinstance(summary, dict) else {})
+        state, reason = outcome(job, exit_code, summary if isinstance(summary, dict) else {},
+                                last_log_line(log_path(self.state_dir, job.id)))
         with contextlib.suppress(IllegalTransition):  # already settled elsewhere: nothing to record
             self.store.transition(job.id, state, reason, exit_code=exit_code)
 
