@@ -100,6 +100,9 @@ async def serve(config: Config) -> None:
     runner = web.AppRunner(make_app(daemon, config, state_dir, tokens), access_log=None, handle_signals=False,
                            shutdown_timeout=2.0)
     await runner.setup()
+    if d.tcp:  # before the Unix socket: once that answers, every listener is up
+        host, _, port = d.tcp.rpartition(":")
+        await web.TCPSite(runner, host, int(port)).start()
     sock_path = Path(d.socket)
     sock_path.parent.mkdir(parents=True, exist_ok=True)
     _unlink_stale_socket(sock_path)
@@ -112,9 +115,6 @@ async def serve(config: Config) -> None:
             os.chown(sock_path, -1, grp.getgrnam(d.socket_group).gr_gid)
         except KeyError:
             log.warning("socket group missing; socket stays root-group", extra={"group": d.socket_group})
-    if d.tcp:
-        host, _, port = d.tcp.rpartition(":")
-        await web.TCPSite(runner, host, int(port)).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
