@@ -71,7 +71,7 @@ def lane_costs(spec: JobSpec, seconds: float) -> dict[str, float]:
         try:
             actor = Actor(pool, learner.policy, learner.flat, plane, traj,
                           ActorConfig(shape.steps, 0, True), LaneTimeline())
-            obs = actor._read_obs(pool.group_slice(0))
+            obs, _ = actor._read_obs(pool.group_slice(0))
             with torch.no_grad():
                 learner.policy.act(obs)
                 n, t0 = 0, time.monotonic()

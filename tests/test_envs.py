@@ -44,6 +44,8 @@ def check_obs(obs: Observation, env: Env) -> None:
     assert obs.proprio.shape == (env.spec.proprio_dim,)
     assert obs.proprio.dtype == np.float32
     assert isinstance(obs.instruction, str) and obs.instruction
+    if env.spec.aux_dim:
+        assert obs.aux is not None and obs.aux.shape == (env.spec.aux_dim,) and obs.aux.dtype == np.float32
 
 
 def test_configure_mujoco_gl_keeps_user_choice_and_picks_by_gpu(monkeypatch):
@@ -69,6 +71,26 @@ def test_reach_protocol(reach):
     check_obs(result.obs, reach)
     assert isinstance(result.reward, float)
     assert not result.terminated and not result.truncated and not result.success
+
+
+def test_reach_aux_labels_locate_the_named_cube_in_the_image(reach):
+    """The labels an auxiliary loss trains on: the named cube's image position. The pixel
+    there shows the named colour, and the label follows the cube, not the gripper."""
+    from dvlad.envs.reach import COLOURS
+
+    assert reach.spec.aux_dim == 2
+    labels = set()
+    for seed in range(6):
+        obs = reach.reset(seed=seed)
+        assert np.all(np.abs(obs.aux) < 1.0)
+        h, w = reach.spec.cameras["image"]
+        col, row = int((obs.aux[0] + 1) * w / 2), int((obs.aux[1] + 1) * h / 2)
+        pixel = obs.images["image"][row, col] / 255.0
+        assert np.linalg.norm(pixel - np.array(COLOURS[reach.target_colour])) < 0.2
+        moved = reach.step(greedy(reach)).obs
+        np.testing.assert_array_equal(moved.aux, obs.aux)
+        labels.add(tuple(obs.aux))
+    assert len(labels) == 6
 
 
 def test_reach_is_deterministic(reach):

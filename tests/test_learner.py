@@ -88,3 +88,22 @@ def test_a_checkpoint_of_another_architecture_is_refused(tmp_path):
     spec.policy.checkpoint = str(tmp_path / "a" / CHECKPOINT_NAME)
     with pytest.raises(ValueError, match="different architecture"):
         Learner(LearnerConfig(spec, ENV, str(tmp_path / "b"), 2))
+
+
+def test_aux_loss_trains_on_the_env_labels_only_when_asked(tmp_path):
+    env = EnvSpec(cameras={"image": (16, 16)}, proprio_dim=4, max_episode_steps=10, aux_dim=2)
+    layout = segment_layout(env, SegmentShape(4, 3, 1, 16), 1)
+    segments = []
+    for seg in _segments():
+        seg["aux"] = np.zeros(layout["aux"].shape[1:], np.float32)
+        seg["aux"][:] = (0.5, -0.5)  # one point: the coordinate channels can learn where it is
+        segments.append(seg)
+    spec = _spec()
+    spec.algo.aux_coef, spec.algo.learning_rate = 5.0, 3e-3
+    learner = Learner(LearnerConfig(spec, env, str(tmp_path / "aux"), 2))
+    first = learner.update(segments)["aux_loss"]
+    for _ in range(80):
+        last = learner.update(segments)["aux_loss"]
+    assert first > 1.0 and last < 0.7 * first  # a cross-entropy over tiny-vla's 8×8 named map
+    spec.algo.aux_coef = 0.0
+    assert "aux_loss" not in Learner(LearnerConfig(spec, env, str(tmp_path / "none"), 2)).update(segments)

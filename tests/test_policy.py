@@ -82,7 +82,7 @@ def test_deterministic_act_is_argmax(policy: TinyVLA) -> None:
     with torch.no_grad():
         policy.action_head.weight.normal_()  # a peaked distribution, so argmax is meaningful
         det = policy.act(obs, deterministic=True)
-        logp, _ = policy._heads(obs)
+        logp = policy._heads(obs)[0]
         sampled = torch.stack([policy.act(obs).logprob.sum(1) for _ in range(5)])
     assert torch.equal(det.tokens, logp.argmax(dim=-1))
     assert torch.all(det.logprob.sum(1) >= sampled.max(dim=0).values - 1e-4)

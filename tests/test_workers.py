@@ -131,6 +131,30 @@ def test_reach_env_workers_render_real_images():
         pool.close()
 
 
+def test_aux_labels_reach_the_slots_beside_their_images():
+    """reach's labels (the named cube's image position) are written with each observation:
+    the pixel a slot's label points at shows the colour its instruction names (unless the
+    gripper, moving at random, happens to cover the cube)."""
+    from dvlad.envs.reach import COLOURS
+
+    pool = EnvWorkerPool("reach", {}, num_envs=4, groups=1, workers=2, action_chunk=1, seed=5)
+    try:
+        rng, matches = np.random.default_rng(0), []
+        for _ in range(45):  # past the 40-step limit: auto-resets draw new layouts
+            pool.slots["command"][:] = CMD_STEP
+            pool.slots["action"][:] = rng.uniform(-1, 1, (4, 1, 7))
+            pool.send(0)
+            pool.wait(0)
+            for i in range(4):
+                x, y = pool.slots["aux"][i]
+                colour = decode_instruction(pool.slots["instruction"][i]).split()[2]
+                pixel = pool.slots["image/image"][i][int((y + 1) * 32), int((x + 1) * 32)] / 255.0
+                matches.append(np.linalg.norm(pixel - np.array(COLOURS[colour])) < 0.3)
+        assert np.mean(matches) > 0.9
+    finally:
+        pool.close()
+
+
 def test_slots_get_their_env_index_in_blocks():
     """A factory that declares ``env_index`` learns its slot's block (GRPO: one block, one task)."""
     pool = EnvWorkerPool("indexed_env:make", {"step_ms": 0.1, "image_size": 8, "cameras": ["a"]}, num_envs=4,

@@ -31,6 +31,8 @@ class EnvSpec:
     max_episode_steps: int
     num_init_states: int = 0
     """Fixed start states the env can reset to by index (0: seeds only)."""
+    aux_dim: int = 0
+    """Length of :attr:`Observation.aux` (0: the env offers no auxiliary labels)."""
 
 
 @dataclass
@@ -40,6 +42,11 @@ class Observation:
     proprio: np.ndarray
     """float32 vector of length ``EnvSpec.proprio_dim``."""
     instruction: str
+    aux: np.ndarray | None = None
+    """float32 privileged labels of length ``EnvSpec.aux_dim`` that only a simulator knows
+    (e.g. where the named object is). Why: regressing them is a clean perception signal for
+    an auxiliary loss while the policy gradient is still noise. Training targets only: the
+    lanes never hand them to a policy as input."""
 
 
 @dataclass

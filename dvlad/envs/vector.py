@@ -37,6 +37,8 @@ def slot_layout(spec: EnvSpec, num_envs: int, action_chunk: int) -> dict[str, Ar
     """The shared arrays of ``num_envs`` env slots for envs of shape ``spec``."""
     n = num_envs
     layout = {f"image/{cam}": ArraySpec((n, h, w, 3), "uint8") for cam, (h, w) in spec.cameras.items()}
+    if spec.aux_dim:
+        layout["aux"] = ArraySpec((n, spec.aux_dim), "float32")
     layout.update(
         proprio=ArraySpec((n, spec.proprio_dim), "float32"),
         instruction=ArraySpec((n, MAX_INSTRUCTION_BYTES), "uint8"),
@@ -94,10 +96,13 @@ class _EnvSlots:
         self.lengths = dict.fromkeys(envs, 0)
 
     def _write_obs(self, i: int, obs: Observation) -> None:
-        """Images and proprio; the instruction is written at reset only (it names the episode's task)."""
+        """Images, proprio and aux labels; the instruction is written at reset only (it names the
+        episode's task)."""
         for cam in self.cams:
             self.a[f"image/{cam}"][i] = obs.images[cam]
         self.a["proprio"][i] = obs.proprio
+        if obs.aux is not None and "aux" in self.a.arrays:
+            self.a["aux"][i] = obs.aux
 
     def _next_seed(self, i: int) -> int:
         """Distinct, reproducible seed per (job seed, env slot, episode)."""

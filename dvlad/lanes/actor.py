@@ -143,14 +143,14 @@ class Actor:
             seg["valid"][:] = False
             self.queue.arrays["rollout"][st.slot] = st.rollout
             self.queue.arrays["group"][st.slot] = g
-        obs = self._read_obs(envs)
+        obs, aux = self._read_obs(envs)
         t0 = time.monotonic()
         with torch.no_grad():
             out = self.policy.act(obs)
         t1 = time.monotonic()
         self.timeline.add("infer", t0, t1, len(st.alive))
         seg = self.queue.view(st.slot)
-        self._write_obs_row(seg, st.t, obs)
+        self._write_obs_row(seg, st.t, obs, aux)
         seg["tokens"][st.t] = out.tokens.numpy()
         seg["logprob"][st.t] = out.logprob.numpy()
         seg["value"][st.t] = out.value.numpy()
@@ -194,7 +194,7 @@ class Actor:
         self._drop(result.dropped_envs)
         st.t += 1
         if st.t == self.cfg.segment_steps:
-            self._write_obs_row(seg, st.t, self._read_obs(envs))
+            self._write_obs_row(seg, st.t, *self._read_obs(envs))
             self.queue.publish(st.slot)
             st.slot, st.t = None, 0
             st.rollout += 1
@@ -245,8 +245,9 @@ class Actor:
         return got
 
     # -- observations ---------------------------------------------------------------------
-    def _read_obs(self, envs: slice) -> ObsBatch:
-        """Copy a group's slots into tensors, refusing a slot caught mid-write."""
+    def _read_obs(self, envs: slice) -> tuple[ObsBatch, np.ndarray | None]:
+        """Copy a group's slots into tensors (and its aux labels, kept apart from the policy's
+        input), refusing a slot caught mid-write."""
         slots = self.pool.slots
         assert slots is not None
         begin = slots["seq_begin"][envs].copy()
@@ -254,10 +255,11 @@ class Actor:
                   for k, v in slots.arrays.items() if k.startswith("image/")}
         proprio = torch.from_numpy(slots["proprio"][envs].copy())
         instruction = self._tokenize(slots["instruction"][envs])
+        aux = slots["aux"][envs].copy() if "aux" in slots.arrays else None
         if not np.array_equal(begin, slots["seq_end"][envs]) or not np.array_equal(
                 begin, slots["seq_begin"][envs]):
             raise SlotTornError(f"env slots {envs} changed while being read")
-        return ObsBatch(images=images, proprio=proprio, instruction=instruction)
+        return ObsBatch(images=images, proprio=proprio, instruction=instruction), aux
 
     def _tokenize(self, rows: np.ndarray) -> torch.Tensor:
         out = []
@@ -271,8 +273,10 @@ class Actor:
         return torch.stack(out)
 
     @staticmethod
-    def _write_obs_row(seg: dict, t: int, obs: ObsBatch) -> None:
+    def _write_obs_row(seg: dict, t: int, obs: ObsBatch, aux: np.ndarray | None) -> None:
         for cam, img in obs.images.items():
             seg[f"image/{cam}"][t] = img.numpy()
         seg["proprio"][t] = obs.proprio.numpy()
         seg["instruction"][t] = obs.instruction.numpy()
+        if aux is not None:
+            seg["aux"][t] = aux

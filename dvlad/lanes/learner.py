@@ -99,7 +99,7 @@ class Learner:
         n = len(idx)
         stats: dict[str, float] = {}
         if n:
-            obs_rows = {k: _flat(v[:, :-1]) if k.startswith("image/") or k in ("proprio", "instruction")
+            obs_rows = {k: _flat(v[:, :-1]) if k.startswith("image/") or k in ("proprio", "instruction", "aux")
                         else _flat(v) for k, v in b.items() if v.dim() >= 3}
             stats = self._optimise(obs_rows, idx, _flat(advantages), None if returns is None else _flat(returns))
         self.version += 1
@@ -167,6 +167,10 @@ class Learner:
                                            out.entropy.flatten(), mask, clip_coef=algo.clip_coef,
                                            ratio_cap=algo.ratio_cap, vf_coef=algo.vf_coef,
                                            ent_coef=algo.ent_coef)
+                if algo.aux_coef and out.aux is not None and "aux" in rows:
+                    aux_loss = self.policy.aux_loss(out.aux, rows["aux"][mb])
+                    loss = loss + algo.aux_coef * aux_loss
+                    stats["aux_loss"] = float(aux_loss.detach())
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(),

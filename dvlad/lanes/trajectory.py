@@ -32,6 +32,8 @@ def segment_layout(spec: EnvSpec, shape: SegmentShape, capacity: int) -> dict[st
     c, t, e = capacity, shape.steps, shape.envs
     layout = {f"image/{cam}": ArraySpec((c, t + 1, e, h, w, 3), "uint8")
               for cam, (h, w) in spec.cameras.items()}
+    if spec.aux_dim:
+        layout["aux"] = ArraySpec((c, t + 1, e, spec.aux_dim), "float32")
     layout.update(
         proprio=ArraySpec((c, t + 1, e, spec.proprio_dim), "float32"),
         instruction=ArraySpec((c, t + 1, e, shape.instruction_tokens), "int64"),

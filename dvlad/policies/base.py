@@ -54,6 +54,9 @@ class EvalOutput:
     """float32 B×(K·7): entropy of each token's distribution."""
     value: torch.Tensor
     """float32 B."""
+    aux: torch.Tensor | None = None
+    """The policy's prediction of the env's auxiliary labels, in whatever form its
+    :meth:`Policy.aux_loss` scores (None: the policy predicts none)."""
 
 
 class Policy(nn.Module, ABC):
@@ -78,6 +81,11 @@ class Policy(nn.Module, ABC):
     @abstractmethod
     def value(self, obs: ObsBatch) -> torch.Tensor:
         """Value estimate only (used to bootstrap a segment's last observation)."""
+
+    def aux_loss(self, prediction: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Auxiliary loss of ``EvalOutput.aux`` against the env's labels B×aux_dim. Mean squared
+        error unless the policy knows a better form for its prediction."""
+        return torch.nn.functional.mse_loss(prediction, labels)
 
 
 def flatten_parameters(module: nn.Module) -> torch.Tensor:

@@ -39,7 +39,7 @@ class _ImageEncoder(nn.Module):
 
     Three strided convs, then adaptive pooling. Why so small: 64×64 images shrink 8× in
     three cheap convs; the pool makes any camera resolution give the same G×G grid, so
-    the trunk never depends on H, W. Two more ideas, both cheap:
+    the trunk never depends on H, W. More ideas, all cheap:
     - CoordConv (Liu et al. 2018): two coordinate channels appended to the pixels, since a
       reaching policy must say *where* the named object is, which translation-equivariant
       convolutions find hard;
@@ -49,7 +49,13 @@ class _ImageEncoder(nn.Module):
       attention across two hops;
     - a spatial-softmax keypoint token (Levine et al. 2016, deep visuomotor policies): the
       expected image coordinates of each channel's activation, so "where the highlighted
-      object is" reaches the trunk as numbers, not as a pattern over patches.
+      object is" reaches the trunk as numbers, not as a pattern over patches;
+    - one more keypoint chosen by the instruction: a query from the instruction is matched
+      against the first conv's features in every cell (half resolution, where a 6-pixel
+      cube still fills cells of its own) and the softmax of those scores, the *named map*,
+      gives the expected (x, y) of "what the instruction names" (language-to-pixel
+      matching, as in CLIPort and PerAct). The named map's logits are also what the
+      auxiliary loss trains (:meth:`TinyVLA.aux_loss`).
     """
 
     def __init__(self, d_model: int, patch_grid: int) -> None:
@@ -59,18 +65,24 @@ class _ImageEncoder(nn.Module):
         self.conv2 = nn.Conv2d(width // 2, width, kernel_size=4, stride=2, padding=1)
         self.conv3 = nn.Conv2d(width, d_model, kernel_size=3, stride=2, padding=1)
         self.film = nn.Linear(d_model, 2 * (width + d_model))
-        nn.init.zeros_(self.film.weight)  # starts as the identity: scale 1, shift 0
+        nn.init.normal_(self.film.weight, std=0.1)  # near the identity, but not symmetric
         nn.init.zeros_(self.film.bias)
+        self.query = nn.Linear(d_model, width // 2)  # instruction -> what to look for in conv1's cells
         self.pool = nn.AdaptiveAvgPool2d(patch_grid)
-        self.keypoints = nn.Linear(2 * d_model, d_model)
+        self.keypoints = nn.Linear(2 * d_model + 2, d_model)
         self.widths = (width, d_model)
 
-    def forward(self, images: torch.Tensor, instruction: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, instruction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns the tokens B×(G²+1)×d and the named map's logits B×h₁×w₁ (h₁, w₁ = H/2, W/2)."""
         x = images.permute(0, 3, 1, 2).float().div(255.0)  # B×3×H×W (channels-last in memory)
         b, _, h, w = x.shape
         ys = torch.linspace(-1.0, 1.0, h, device=x.device).view(1, 1, h, 1).expand(b, 1, h, w)
         xs = torch.linspace(-1.0, 1.0, w, device=x.device).view(1, 1, 1, w).expand(b, 1, h, w)
         x = F.relu(self.conv1(torch.cat([x, ys, xs], dim=1)))
+        named_logits = torch.einsum("bc,bchw->bhw", self.query(instruction), x)
+        named = named_logits.flatten(1).softmax(-1)
+        cell_x, cell_y = _cell_centres(*x.shape[-2:], device=x.device)
+        named_xy = torch.stack([named @ cell_x, named @ cell_y], dim=1)
         width, d_model = self.widths
         gamma2, beta2, gamma3, beta3 = self.film(instruction).split([width, width, d_model, d_model], dim=1)
         x = F.relu(self.conv2(x) * (1 + gamma2[:, :, None, None]) + beta2[:, :, None, None])
@@ -78,9 +90,17 @@ class _ImageEncoder(nn.Module):
         attention = x.flatten(2).softmax(dim=-1)  # B×d×(h·w): where each channel fires
         grid_y = F.adaptive_avg_pool2d(ys[:1], x.shape[-2:]).flatten()  # the coordinates of
         grid_x = F.adaptive_avg_pool2d(xs[:1], x.shape[-2:]).flatten()  # each feature cell
-        points = torch.cat([attention @ grid_x, attention @ grid_y], dim=1)  # B×2d expected x, y
+        points = torch.cat([attention @ grid_x, attention @ grid_y, named_xy], dim=1)  # B×(2d+2) x, y
         patches = self.pool(x).flatten(2).transpose(1, 2)  # B×G²×d
-        return torch.cat([patches, self.keypoints(points).unsqueeze(1)], dim=1)  # B×(G²+1)×d
+        return torch.cat([patches, self.keypoints(points).unsqueeze(1)], dim=1), named_logits
+
+
+def _cell_centres(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """x and y (each h·w, row-major) of the centres of an h×w grid of cells over [-1, 1]²,
+    the image's normalised coordinates (x right, y down), which reach's labels use too."""
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * (2.0 / h) - 1.0
+    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * (2.0 / w) - 1.0
+    return xs.repeat(h), ys.repeat_interleave(w)
 
 
 def _gelu(x: torch.Tensor) -> torch.Tensor:
@@ -160,6 +180,9 @@ class TinyVLA(Policy):
         self.action_head = nn.Linear(d_model, action_chunk * ACTION_DIM * 2)  # per dim: mean, log-std
         self.bin_residual = nn.Linear(d_model, action_chunk * ACTION_DIM * bins)  # free logit per bin
         self.value_head = nn.Linear(d_model, 1)
+        self.aux_dim = env_spec.aux_dim
+        """2: the env labels the named object's image position (x, y in [-1, 1], y down), which
+        the named map predicts; other labels this policy cannot predict, and ignores."""
         self.register_buffer("bin_centres", self.action_tokenizer.decode(torch.arange(bins)), persistent=False)
         with torch.no_grad():  # a broad first policy centred on "stay": every bin is explored
             self.action_head.weight.mul_(0.01)
@@ -173,8 +196,9 @@ class TinyVLA(Policy):
     def tokenize(self, instructions: list[str]) -> torch.Tensor:
         return self.text_tokenizer(instructions)
 
-    def _features(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Trunk outputs of the [ACT] and [VALUE] tokens, each B×d."""
+    def _features(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Trunk outputs of the [ACT] and [VALUE] tokens, each B×d, and the first camera's
+        named-map logits B×h₁×w₁."""
         batch = obs.proprio.shape[0]
         instruction = obs.instruction
         length = instruction.shape[1]
@@ -193,39 +217,56 @@ class TinyVLA(Policy):
             self.proprio(obs.proprio.float()).unsqueeze(1),
             words + self.word_pos[:length],
         ]
+        named_maps = []
         for i, (name, encoder) in enumerate(zip(self.camera_names, self.encoders, strict=True)):
-            parts.append(encoder(obs.images[name], summary) + pos + self.camera_embed[i])
+            camera_tokens, named_logits = encoder(obs.images[name], summary)
+            parts.append(camera_tokens + pos + self.camera_embed[i])
+            named_maps.append(named_logits)
         tokens = torch.cat(parts, dim=1)
 
         pad = torch.zeros(batch, tokens.shape[1], dtype=torch.bool, device=tokens.device)
         pad[:, 3 : 3 + length] = instruction == 0
         out = self.trunk(tokens, src_key_padding_mask=pad)
-        return out[:, 0], out[:, 1]
+        return out[:, 0], out[:, 1], named_maps[0]
 
-    def _heads(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Action log-probs B×K×7×bins and value B."""
-        act, val = self._features(obs)
+    def _heads(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Action log-probs B×K×7×bins, value B and the named-map logits B×h₁×w₁."""
+        act, val, named_logits = self._features(obs)
         mean_logstd = self.action_head(act).float().view(-1, self.action_chunk, ACTION_DIM, 2, 1)
         mean, std = torch.tanh(mean_logstd[..., 0, :]), mean_logstd[..., 1, :].clamp(-5.0, 1.0).exp()
         logits = -0.5 * ((self.bin_centres - mean) / std) ** 2  # a Gaussian over the bins …
         logits = logits + self.bin_residual(act).float().view_as(logits)  # … that any bin can leave
-        return F.log_softmax(logits, dim=-1), self.value_head(val).squeeze(-1).float()
+        return F.log_softmax(logits, dim=-1), self.value_head(val).squeeze(-1).float(), named_logits
 
     # -- Policy interface --------------------------------------------------------------
 
     def act(self, obs: ObsBatch, deterministic: bool = False) -> ActOutput:
-        logp, value = self._heads(obs)
+        logp, value, _ = self._heads(obs)
         tokens = logp.argmax(dim=-1) if deterministic else _sample(logp)
         logprob = logp.gather(-1, tokens.unsqueeze(-1)).flatten(1)
         actions = self.action_tokenizer.decode(tokens)
         return ActOutput(tokens=tokens, actions=actions, logprob=logprob, value=value)
 
     def evaluate(self, obs: ObsBatch, tokens: torch.Tensor) -> EvalOutput:
-        logp, value = self._heads(obs)
+        logp, value, named_logits = self._heads(obs)
         logprob = logp.gather(-1, tokens.long().unsqueeze(-1)).flatten(1)
         entropy = -(logp.exp() * logp).sum(dim=-1).flatten(1)
-        return EvalOutput(logprob=logprob, entropy=entropy, value=value)
+        aux = named_logits.float() if self.aux_dim == 2 else None
+        return EvalOutput(logprob=logprob, entropy=entropy, value=value, aux=aux)
+
+    def aux_loss(self, prediction: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the named map against the cell holding the labelled point.
+
+        Why not a regression of the map's expected (x, y): the named object covers ~1% of
+        the cells, so the expectation hardly moves when its cells' scores do, and the loss
+        sits on a plateau for hundreds of steps; a classification of "which cell" gives
+        every cell a gradient from the first step (docs/learning.md).
+        """
+        h, w = prediction.shape[-2:]
+        col = ((labels[:, 0] + 1) * (w / 2)).long().clamp(0, w - 1)
+        row = ((labels[:, 1] + 1) * (h / 2)).long().clamp(0, h - 1)
+        return F.cross_entropy(prediction.flatten(1), row * w + col)
 
     def value(self, obs: ObsBatch) -> torch.Tensor:
-        _, val = self._features(obs)
+        _, val, _ = self._features(obs)
         return self.value_head(val).squeeze(-1).float()

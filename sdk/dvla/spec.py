@@ -113,6 +113,9 @@ class AlgoSection:
     """Value-loss weight (≥ 0)."""
     ent_coef: float = 0.0
     """Entropy-bonus weight (≥ 0)."""
+    aux_coef: float = 0.0
+    """Weight of the auxiliary loss (≥ 0): mean squared error of the policy's prediction of the
+    env's privileged labels (``EnvSpec.aux_dim``); ignored where the env has none."""
     max_grad_norm: float = 0.5
     """Global gradient-norm clip (> 0)."""
     update_epochs: int = 4
@@ -516,6 +519,7 @@ def _check_values(spec: JobSpec, check: _Checker) -> None:
                   f"({1 + algo.clip_coef:g})")
     at_least("algo.vf_coef", 0)
     at_least("algo.ent_coef", 0)
+    at_least("algo.aux_coef", 0)
     above("algo.max_grad_norm", 0)
     at_least("algo.update_epochs", 1)
     at_least("algo.minibatches", 1)
