@@ -26,6 +26,7 @@ from dvlad.envs.base import EnvSpec
 from dvlad.envs.gl import configure_mujoco_gl
 from dvlad.policies import make_policy
 from dvlad.policies.base import ObsBatch
+from dvlad.policies.tiny_vla import expected_xy
 
 FRAMES_PER_EPISODE = 8
 EPISODES_PER_BATCH = 16
@@ -50,15 +51,6 @@ def collect(frames: int) -> tuple[dict[str, torch.Tensor], list[str], EnvSpec]:
     data = {"image": torch.from_numpy(np.stack(images)), "proprio": torch.from_numpy(np.stack(proprio)),
             "labels": torch.from_numpy(np.stack(labels))}
     return data, instructions, env.spec
-
-
-def expected_xy(named_logits: torch.Tensor) -> torch.Tensor:
-    """The named map's expected (x, y), in the labels' units."""
-    h, w = named_logits.shape[-2:]
-    p = named_logits.flatten(1).softmax(-1)
-    xs = ((torch.arange(w) + 0.5) * 2 / w - 1).repeat(h)
-    ys = ((torch.arange(h) + 0.5) * 2 / h - 1).repeat_interleave(w)
-    return torch.stack([p @ xs, p @ ys], dim=1)
 
 
 def train(loss_name: str, data: dict[str, torch.Tensor], instructions: list[str], spec: EnvSpec, steps: int,

@@ -80,9 +80,7 @@ class _ImageEncoder(nn.Module):
         xs = torch.linspace(-1.0, 1.0, w, device=x.device).view(1, 1, 1, w).expand(b, 1, h, w)
         x = F.relu(self.conv1(torch.cat([x, ys, xs], dim=1)))
         named_logits = torch.einsum("bc,bchw->bhw", self.query(instruction), x)
-        named = named_logits.flatten(1).softmax(-1)
-        cell_x, cell_y = _cell_centres(*x.shape[-2:], device=x.device)
-        named_xy = torch.stack([named @ cell_x, named @ cell_y], dim=1)
+        named_xy = expected_xy(named_logits)
         width, d_model = self.widths
         gamma2, beta2, gamma3, beta3 = self.film(instruction).split([width, width, d_model, d_model], dim=1)
         x = F.relu(self.conv2(x) * (1 + gamma2[:, :, None, None]) + beta2[:, :, None, None])
@@ -95,12 +93,14 @@ class _ImageEncoder(nn.Module):
         return torch.cat([patches, self.keypoints(points).unsqueeze(1)], dim=1), named_logits
 
 
-def _cell_centres(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """x and y (each h·w, row-major) of the centres of an h×w grid of cells over [-1, 1]²,
-    the image's normalised coordinates (x right, y down), which reach's labels use too."""
-    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * (2.0 / h) - 1.0
-    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * (2.0 / w) - 1.0
-    return xs.repeat(h), ys.repeat_interleave(w)
+def expected_xy(named_logits: torch.Tensor) -> torch.Tensor:
+    """B×h×w map logits -> B×2 expected (x, y) of its softmax over the cell centres, in the
+    image's normalised coordinates (x right, y down, [-1, 1]), which reach's labels use too."""
+    h, w = named_logits.shape[-2:]
+    ys = (torch.arange(h, device=named_logits.device, dtype=torch.float32) + 0.5) * (2.0 / h) - 1.0
+    xs = (torch.arange(w, device=named_logits.device, dtype=torch.float32) + 0.5) * (2.0 / w) - 1.0
+    p = named_logits.flatten(1).softmax(-1)
+    return torch.stack([p @ xs.repeat(h), p @ ys.repeat_interleave(w)], dim=1)
 
 
 def _gelu(x: torch.Tensor) -> torch.Tensor:
