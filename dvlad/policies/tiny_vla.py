@@ -217,17 +217,17 @@ class TinyVLA(Policy):
             self.proprio(obs.proprio.float()).unsqueeze(1),
             words + self.word_pos[:length],
         ]
-        named_maps = []
+        first_named_map = None
         for i, (name, encoder) in enumerate(zip(self.camera_names, self.encoders, strict=True)):
             camera_tokens, named_logits = encoder(obs.images[name], summary)
             parts.append(camera_tokens + pos + self.camera_embed[i])
-            named_maps.append(named_logits)
+            first_named_map = named_logits if first_named_map is None else first_named_map
         tokens = torch.cat(parts, dim=1)
 
         pad = torch.zeros(batch, tokens.shape[1], dtype=torch.bool, device=tokens.device)
         pad[:, 3 : 3 + length] = instruction == 0
         out = self.trunk(tokens, src_key_padding_mask=pad)
-        return out[:, 0], out[:, 1], named_maps[0]
+        return out[:, 0], out[:, 1], first_named_map
 
     def _heads(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Action log-probs B×K×7×bins, value B and the named-map logits B×h₁×w₁."""
