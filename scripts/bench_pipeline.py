@@ -1,11 +1,7 @@
 """Async vs sync throughput of the same job, measured side by side in one run.
 
-First each lane's cost is measured alone, with the job's own code and sizes:
-  sample  — the env workers stepping every group with random actions (no inference),
-  infer   — the policy acting on one env group's batch,
-  learn   — one learner update on a rollout of the job's size,
-  publish — one weight publication through the weight plane.
-From them come two ideals, in seconds per env step:
+First each lane's cost is measured alone (``_lane_probe.py``): sample, infer, learn,
+publish. From them come two ideals, in seconds per env step:
   sync  = sample + infer + learn + publish           (the lanes take turns)
   async = the busiest resource: lanes sharing cores (or a GPU) add up there, and no lane
           can go faster than it does alone.
@@ -13,153 +9,225 @@ Then the job runs in sync mode and in async mode, same spec otherwise, and the s
 prints env steps/s of each, their ratio, the ideal ratio, each mode's efficiency against
 its ideal and each lane's busy fraction. ``--json`` prints one JSON object as the last line.
 
-    python scripts/bench_pipeline.py --quick --json
+    python scripts/bench_pipeline.py --quick --json                 # CPU, the reach example
+
+``--gpu`` is the headline run on a GPU machine (job: examples/gpu_bench.toml, a ~1B
+transformer-trunk VLA on the synthetic env, one worker per core). ``--workload balanced``
+first measures the GPU lanes, then sets the synthetic step cost so that simulation takes as
+long as the GPU's work (where asynchrony pays most); ``--workload libero`` keeps LIBERO's
+measured cost (29 ms of CPU per step). It adds the GPU busy fraction (the union of the
+infer, learn and distribute lanes' busy intervals, and NVML's utilisation beside it),
+publication against a raw device copy, a worker scaling table, and with ``--plots DIR``
+three PNGs (throughput per lane over time, GPU busy over time, staleness histogram).
+
+    python scripts/bench_pipeline.py --gpu --workload balanced --json --plots docs/bench
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import platform
-import time
+import threading
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import numpy as np
 import torch
+from _lane_probe import lane_costs, open_pool, sample_scaling, sample_seconds_per_step
 
 from dvla.spec import JobSpec, load_spec
-from dvlad.envs.vector import CMD_STEP, EnvWorkerPool
-from dvlad.lanes.actor import Actor, ActorConfig
-from dvlad.lanes.learner import Learner, LearnerConfig
+from dvlad.lanes.device import Placement, placement_for
 from dvlad.lanes.pipeline import Pipeline
-from dvlad.lanes.timeline import LaneTimeline
-from dvlad.lanes.trajectory import SegmentShape, TrajectoryQueue
-from dvlad.lanes.weights import WeightPlane
+from dvlad.lanes.timeline import LANES, LaneTimeline, covered_seconds
 
 REPO = Path(__file__).resolve().parents[1]
+GPU_LANES = ("infer", "learn", "distribute")
 
 
-def lane_costs(spec: JobSpec, seconds: float) -> dict[str, float]:
-    """Seconds per env step of each lane run alone."""
-    torch.set_num_threads(spec.resources.torch_threads)
-    pool = EnvWorkerPool(spec.env.name, dict(spec.env.args), num_envs=spec.env.num_envs,
-                         groups=spec.env.groups, workers=spec.env.workers,
-                         action_chunk=spec.policy.action_chunk, seed=spec.job.seed)
-    try:
-        slots = pool.slots
-        assert slots is not None
-        rng = np.random.default_rng(0)
-        steps, t0 = 0, time.monotonic()
-        while time.monotonic() - t0 < seconds:
-            slots["action"][:] = rng.uniform(-1, 1, slots["action"].shape)
-            slots["command"][:] = CMD_STEP
-            for g in range(pool.groups):
-                pool.send(g)
-            steps += sum(pool.wait(g).env_steps for g in range(pool.groups))
-        sample = (time.monotonic() - t0) / steps
-
-        with TemporaryDirectory() as tmp:
-            learner = Learner(LearnerConfig(spec, pool.spec, tmp, pool.groups))
-        ctx = mp.get_context("spawn")
-        shape = SegmentShape(spec.pipeline.segment_steps, pool.envs_per_group, spec.policy.action_chunk,
-                             learner.policy.max_instruction_tokens)
-        traj = TrajectoryQueue.create(ctx, pool.spec, shape, pool.groups)
-        plane = WeightPlane.create(ctx, learner.flat.numel())
-        try:
-            actor = Actor(pool, learner.policy, learner.flat, plane, traj,
-                          ActorConfig(shape.steps, 0, True), LaneTimeline())
-            obs, _ = actor._read_obs(pool.group_slice(0))
-            with torch.no_grad():
-                learner.policy.act(obs)
-                n, t0 = 0, time.monotonic()
-                while time.monotonic() - t0 < seconds / 2:
-                    learner.policy.act(obs)
-                    n += 1
-            infer = (time.monotonic() - t0) / (n * pool.envs_per_group)
-
-            segments = []
-            for g in range(pool.groups):  # real observations, every row valid
-                seg = {k: v.copy() for k, v in traj.view(g).items()}
-                for k in seg:
-                    if k.startswith("image/") or k in ("proprio", "instruction"):
-                        name = k.split("/", 1)[-1]
-                        row = obs.images[name] if k.startswith("image/") else getattr(obs, k)
-                        seg[k][:] = row.numpy()
-                seg["valid"][:] = True
-                seg["env_steps"][:] = spec.policy.action_chunk
-                segments.append(seg)
-            learner.update(segments)  # warm-up
-            t0 = time.monotonic()
-            updates = 2
-            for _ in range(updates):
-                learner.update(segments)
-            rollout_steps = shape.steps * spec.env.num_envs * spec.policy.action_chunk
-            learn = (time.monotonic() - t0) / (updates * rollout_steps)
-            publish_s = float(np.median([plane.publish(learner.flat, v) for v in range(20)]))
-        finally:
-            traj.close()
-            plane.close()
-    finally:
-        pool.close()
-    return {"sample": sample, "infer": infer, "learn": learn, "publish": publish_s / rollout_steps,
-            "publish_ms": publish_s * 1e3}
-
-
-def ideals(costs: dict[str, float], spec: JobSpec, cores: int) -> tuple[float, float]:
+def ideals(costs: dict[str, float], spec: JobSpec, placement: Placement, cores: int) -> tuple[float, float]:
     """(sync, async) ideal seconds per env step."""
     s, i, lrn, p = costs["sample"], costs["infer"], costs["learn"], costs["publish"]
     sync = s + i + lrn + p
-    on_gpu = spec.resources.device == "cuda"
     sim_cpu = s * min(spec.env.workers, cores)  # core-seconds the workers burn per env step
     # on a GPU, inference, learning and publication share it and simulation has the cores;
     # on a CPU everything shares the cores. No lane goes faster than it does alone.
-    busiest = max(s, i + lrn + p) if on_gpu else max(s, i, lrn + p, (sim_cpu + i + lrn + p) / cores)
+    busiest = max(s, i + lrn + p) if placement.on_gpu else max(s, i, lrn + p, (sim_cpu + i + lrn + p) / cores)
     return sync, busiest
 
 
-def run_mode(spec: JobSpec, mode: str, steps: int) -> dict[str, float]:
+class NvmlSampler(threading.Thread):
+    """NVML's GPU utilisation every 100 ms while a mode runs (None where NVML is absent)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[float] = []
+        self._stop_event = threading.Event()
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._read = lambda: pynvml.nvmlDeviceGetUtilizationRates(
+                pynvml.nvmlDeviceGetHandleByIndex(index)).gpu
+        except Exception:  # no driver, no library: the interval-based figure stands alone
+            self._read = None
+
+    def run(self) -> None:
+        while self._read is not None and not self._stop_event.wait(0.1):
+            self.samples.append(float(self._read()))
+
+    def mean(self) -> float | None:
+        self._stop_event.set()
+        return float(np.mean(self.samples)) / 100 if self.samples else None
+
+
+def run_mode(spec: JobSpec, mode: str, steps: int, placement: Placement) -> dict:
     spec.job.mode, spec.train.total_env_steps, spec.train.resume = mode, steps, False
     rows: list[dict] = []
+    hist: list[int] = []
+
+    def progress(p) -> None:
+        rows.append(p.values)
+        hist[len(hist):] = [0] * (len(p.staleness_hist) - len(hist))
+        for k, n in enumerate(p.staleness_hist):
+            hist[k] += n
+
+    nvml = NvmlSampler(placement.device.index or 0) if placement.on_gpu else None
     with TemporaryDirectory() as tmp:
-        Pipeline(spec, Path(tmp), on_progress=lambda p: rows.append(p.values)).run()
+        pipeline = Pipeline(spec, Path(tmp), on_progress=progress)
+        if nvml is not None:
+            nvml.start()
+        pipeline.run()
     steady = rows[1:] if len(rows) > 2 else rows  # the first update includes warm-up
-    span = steady[-1]["time_s"] - steady[0]["time_s"]
-    # rows carry a per-window throughput and lane busy fractions; weight them by window length
+    t0 = pipeline.timeline_origin
+    since, until = t0 + steady[0]["time_s"], t0 + steady[-1]["time_s"]
+    span = until - since
+    tl = pipeline.timeline
+    gpu_intervals = [iv for lane in GPU_LANES for iv in tl.intervals(lane, since)]
     out = {"steps_per_s": (steady[-1]["env_steps"] - steady[0]["env_steps"]) / max(span, 1e-9),
            "staleness_mean": float(np.mean([r.get("staleness_mean", 0) for r in steady])),
            "staleness_max": max(r.get("staleness_max", 0) for r in steady),
-           "updates": len(rows)}
-    for lane in ("sample", "infer", "learn", "distribute"):
-        out[f"{lane}_busy"] = float(np.mean([r[f"{lane}_busy"] for r in steady[1:] or steady]))
+           "staleness_hist": hist, "updates": len(rows),
+           "gpu_busy": covered_seconds(gpu_intervals, since, until) / max(span, 1e-9),
+           "gpu_util_nvml": nvml.mean() if nvml is not None else None,
+           "timeline": tl, "window": (since, until), "workers": spec.env.workers}
+    summary = tl.summary(since, until, parallel={"sample": spec.env.workers})
+    for lane in LANES:
+        out[f"{lane}_busy"] = summary[lane]["busy"]
     out["publish_ms"] = float(np.mean([r["publish_ms"] for r in steady if "publish_ms" in r] or [0]))
     return out
 
 
+def balance(spec: JobSpec, costs: dict[str, float], seconds: float) -> None:
+    """Set the synthetic step cost so that simulating a step takes as long as the GPU's work
+    for it, and re-measure the sample lane at that cost."""
+    gpu_s = costs["infer"] + costs["learn"] + costs["publish"]
+    spec.env.args["step_ms"] = 1e3 * gpu_s * spec.env.workers  # workers step their envs in parallel
+    with open_pool(spec) as pool:
+        sample_seconds_per_step(pool, 0.5)
+        costs["sample"] = sample_seconds_per_step(pool, seconds)
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot(results: dict, out_dir: Path, tag: str) -> list[Path]:
+    """Throughput per lane over time, GPU busy over time, staleness histogram (async mode)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), constrained_layout=True, sharey=True)
+    for ax, mode in zip(axes, ("sync", "async"), strict=True):
+        r = results[mode]
+        tl: LaneTimeline = r["timeline"]
+        since, until = r["window"]
+        edges = np.arange(since, until + 1.0, 1.0)
+        for lane in ("sample", "infer", "learn"):
+            items = np.zeros(len(edges) - 1)
+            for iv in tl.intervals(lane, since):
+                k = np.searchsorted(edges, iv.end) - 1
+                if 0 <= k < len(items):
+                    items[k] += iv.items
+            ax.plot(edges[:-1] - since, items, label=lane)
+        ax.set_title(f"{mode}: items per second by lane")
+        ax.set_xlabel("seconds")
+        ax.legend()
+    paths.append(_save(fig, out_dir / f"pipeline_{tag}_lanes.png"))
+
+    fig, ax = plt.subplots(figsize=(8, 3.5), constrained_layout=True)
+    for mode in ("sync", "async"):
+        r = results[mode]
+        tl, (since, until) = r["timeline"], r["window"]
+        ivs = [iv for lane in GPU_LANES for iv in tl.intervals(lane, since)]
+        edges = np.arange(since, until, 0.5)
+        busy = [covered_seconds(ivs, a, a + 0.5) / 0.5 for a in edges]
+        ax.plot(edges - since, busy, label=f"{mode} (mean {r['gpu_busy']:.0%})")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("GPU busy (infer ∪ learn ∪ distribute), 0.5 s bins")
+    ax.set_xlabel("seconds")
+    ax.legend()
+    paths.append(_save(fig, out_dir / f"pipeline_{tag}_gpu_busy.png"))
+
+    fig, ax = plt.subplots(figsize=(5, 3.5), constrained_layout=True)
+    hist = results["async"]["staleness_hist"]
+    ax.bar(range(len(hist)), hist)
+    ax.set_title("async: staleness of trained samples")
+    ax.set_xlabel("versions behind the learner")
+    ax.set_ylabel("samples")
+    paths.append(_save(fig, out_dir / f"pipeline_{tag}_staleness.png"))
+    return paths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--job", type=Path, default=REPO / "examples" / "reach_ppo.toml",
-                        help="job file to measure (default: the reach PPO example)")
-    parser.add_argument("--steps", type=int, default=30_000, help="env steps per mode")
+    parser.add_argument("--job", type=Path, help="job file to measure (default: examples/reach_ppo.toml, "
+                                                 "with --gpu examples/gpu_bench.toml)")
+    parser.add_argument("--steps", type=int, help="env steps per mode (default 30 000; --gpu 40 000)")
     parser.add_argument("--quick", action="store_true", help="small run, under a minute")
+    parser.add_argument("--gpu", action="store_true", help="the headline GPU run (see above)")
+    parser.add_argument("--workload", choices=("balanced", "libero"), default="balanced",
+                        help="with --gpu: the synthetic env's step cost (default: balanced)")
+    parser.add_argument("--scaling", default="1,2,4,8,16", help="with --gpu: worker counts of the scaling table")
+    parser.add_argument("--plots", type=Path, help="with --gpu: write the three PNGs into this folder")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args()
-    spec = load_spec(args.job)
-    steps, probe_s = (args.steps, 6.0) if not args.quick else (3_000, 2.0)
+    job = args.job or REPO / "examples" / ("gpu_bench.toml" if args.gpu else "reach_ppo.toml")
+    spec = load_spec(job)
+    if args.gpu:
+        spec.resources.device = "cuda"
+        if args.workload == "libero":
+            spec.env.args["step_ms"] = 29.0
+    placement = placement_for(spec)
+    steps = args.steps or (40_000 if args.gpu else 30_000)
+    probe_s = 6.0
     if args.quick:
+        steps, probe_s = 3_000, 2.0
         spec.pipeline.segment_steps = min(spec.pipeline.segment_steps, 16)
         spec.algo.update_epochs = 1
     cores = len(os.sched_getaffinity(0))
+    device = torch.cuda.get_device_name(placement.device) if placement.on_gpu else "cpu"
 
-    print(f"job {args.job.name}: env {spec.env.name}, {spec.env.num_envs} envs in {spec.env.groups} groups on "
-          f"{spec.env.workers} workers, policy {spec.policy.name}, {cores} cores, {steps} env steps per mode")
-    costs = lane_costs(spec, probe_s)
-    sync_ideal, async_ideal = ideals(costs, spec, cores)
+    print(f"job {job.name}: env {spec.env.name}, {spec.env.num_envs} envs in {spec.env.groups} groups on "
+          f"{spec.env.workers} workers, policy {spec.policy.name}, {cores} cores, {device}, "
+          f"{steps} env steps per mode", flush=True)
+    costs = lane_costs(spec, placement, probe_s)
+    if args.gpu and args.workload == "balanced":
+        balance(spec, costs, probe_s)
+    sync_ideal, async_ideal = ideals(costs, spec, placement, cores)
     print("lane cost alone (ms per env step): " + ", ".join(
-        f"{k} {1e3 * costs[k]:.3f}" for k in ("sample", "infer", "learn", "publish")))
-    results = {mode: run_mode(spec, mode, steps) for mode in ("sync", "async")}
+        f"{k} {1e3 * costs[k]:.3f}" for k in ("sample", "infer", "learn", "publish"))
+          + f"   (synthetic step {spec.env.args.get('step_ms', '-')} ms)", flush=True)
+    results = {mode: run_mode(spec, mode, steps, placement) for mode in ("sync", "async")}
     sync, asyn = results["sync"], results["async"]
     ratio = asyn["steps_per_s"] / sync["steps_per_s"]
     ideal_ratio = sync_ideal / async_ideal
@@ -169,21 +237,37 @@ def main() -> None:
         "sync_efficiency": sync["steps_per_s"] * sync_ideal,
         "async_efficiency": asyn["steps_per_s"] * async_ideal,
         "lane_ms_per_step": {k: 1e3 * costs[k] for k in ("sample", "infer", "learn", "publish")},
-        "publish_ms": costs["publish_ms"],
+        "publish_ms": costs["publish_ms"], "raw_copy_ms": costs["raw_copy_ms"],
         "staleness_mean": asyn["staleness_mean"], "staleness_max": asyn["staleness_max"],
-        "busy": {mode: {lane: r[f"{lane}_busy"] for lane in ("sample", "infer", "learn", "distribute")}
-                 for mode, r in results.items()},
-        "device": spec.resources.device if spec.resources.device != "auto" else "cpu",
-        "cpu": platform.processor() or platform.machine(), "cores": cores,
-        "job": args.job.name, "env_steps_per_mode": steps, "quick": args.quick,
+        "busy": {mode: {lane: r[f"{lane}_busy"] for lane in LANES} for mode, r in results.items()},
+        "gpu_busy": asyn["gpu_busy"] if placement.on_gpu else None,
+        "gpu_busy_sync": sync["gpu_busy"] if placement.on_gpu else None,
+        "gpu_util_nvml": {mode: r["gpu_util_nvml"] for mode, r in results.items()},
+        "device": device, "cpu": platform.processor() or platform.machine(), "cores": cores,
+        "model_params": int(costs["model_params"]), "published_params": int(costs["published_params"]),
+        "policy": spec.policy.name, "policy_args": spec.policy.args, "env": spec.env.name,
+        "env_args": spec.env.args, "workers": spec.env.workers, "num_envs": spec.env.num_envs,
+        "workload": args.workload if args.gpu else "job", "job": job.name,
+        "env_steps_per_mode": steps, "quick": args.quick,
     }
-    print(f"\n{'mode':6} {'steps/s':>9} {'ideal':>9} {'effic.':>7}   busy: sample infer  learn  distr")
+    print(f"\n{'mode':6} {'steps/s':>9} {'ideal':>9} {'effic.':>7}   busy: sample infer  learn  distr    GPU")
     for mode, r, ideal in (("sync", sync, sync_ideal), ("async", asyn, async_ideal)):
         print(f"{mode:6} {r['steps_per_s']:9.1f} {1 / ideal:9.1f} {r['steps_per_s'] * ideal:7.2f}         "
-              + "  ".join(f"{r[f'{lane}_busy']:5.0%}" for lane in ("sample", "infer", "learn", "distribute")))
+              + "  ".join(f"{r[f'{lane}_busy']:5.0%}" for lane in LANES) + f"  {r['gpu_busy']:5.0%}")
     print(f"\nasync/sync = {ratio:.2f}x   ideal = {ideal_ratio:.2f}x   "
           f"staleness mean {asyn['staleness_mean']:.2f} max {asyn['staleness_max']:.0f}   "
-          f"publish {costs['publish_ms']:.2f} ms")
+          f"publish {costs['publish_ms']:.2f} ms (raw copy {costs['raw_copy_ms']:.2f} ms)", flush=True)
+    if args.gpu:
+        counts = [int(n) for n in args.scaling.split(",")]
+        scaling = sample_scaling(spec, counts, 3.0 if not args.quick else 1.0)
+        report["scaling"] = {str(n): s["efficiency"] for n, s in scaling.items()}
+        report["scaling_steps_per_s"] = {str(n): s["steps_per_s"] for n, s in scaling.items()}
+        print("workers " + " ".join(f"{n:>7}" for n in counts))
+        print("steps/s " + " ".join(f"{scaling[n]['steps_per_s']:7.1f}" for n in counts))
+        print("effic.  " + " ".join(f"{scaling[n]['efficiency']:7.2f}" for n in counts))
+        if args.plots:
+            for path in plot(results, args.plots, args.workload):
+                print(f"wrote {path}")
     if args.json:
         print(json.dumps(report))
 

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 
 from dvlad.envs.vector import CMD_HOLD, CMD_RESET, CMD_STEP, EnvWorkerPool, GroupResult, decode_instruction
+from dvlad.lanes.device import CPU, Placement
 from dvlad.lanes.timeline import LaneTimeline
 from dvlad.lanes.trajectory import TrajectoryQueue
 from dvlad.lanes.weights import WeightPlane
-from dvlad.policies.base import ObsBatch, Policy
+from dvlad.policies.base import ActOutput, ObsBatch, Policy
 
 
 class _Stopped(Exception):
@@ -85,8 +86,9 @@ class _GroupState:
 class Actor:
     def __init__(self, pool: EnvWorkerPool, policy: Policy, flat: torch.Tensor, plane: WeightPlane,
                  queue: TrajectoryQueue, cfg: ActorConfig, timeline: LaneTimeline,
-                 start_rollout: int = 0) -> None:
+                 start_rollout: int = 0, placement: Placement = CPU) -> None:
         self.pool, self.policy, self.flat, self.plane, self.queue = pool, policy, flat, plane, queue
+        self.placement = placement
         self.cfg, self.timeline = cfg, timeline
         self.version = -1
         self.env_steps = 0
@@ -145,8 +147,7 @@ class Actor:
             self.queue.arrays["group"][st.slot] = g
         obs, aux = self._read_obs(envs)
         t0 = time.monotonic()
-        with torch.no_grad():
-            out = self.policy.act(obs)
+        out = self.act(obs)
         t1 = time.monotonic()
         self.timeline.add("infer", t0, t1, len(st.alive))
         seg = self.queue.view(st.slot)
@@ -159,6 +160,15 @@ class Actor:
         slots["action"][envs] = out.actions.numpy()
         slots["command"][envs] = np.where(st.alive, CMD_STEP, CMD_HOLD)
         self._send(g)
+
+    def act(self, obs: ObsBatch) -> ActOutput:
+        """The policy's action chunk for a batch: host tensors in, host tensors out (on a GPU,
+        the observations go over once and the outputs come back once; reading them back is
+        what waits for the forward pass)."""
+        with torch.no_grad(), self.placement.autocast():
+            out = self.policy.act(obs.to(self.placement.device))
+        return ActOutput(tokens=out.tokens.cpu(), actions=out.actions.float().cpu(),
+                         logprob=out.logprob.float().cpu(), value=out.value.float().cpu())
 
     def _send(self, g: int) -> None:
         self.pool.send(g)

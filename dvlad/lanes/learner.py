@@ -23,6 +23,7 @@ import torch
 
 from dvla.spec import JobSpec
 from dvlad.envs.base import EnvSpec
+from dvlad.lanes.device import CPU, Placement, placement_for
 from dvlad.lanes.distribute import Distributor
 from dvlad.lanes.trajectory import TrajectoryQueue, TrajectoryQueueHandle
 from dvlad.lanes.weights import WeightPlane, WeightPlaneHandle
@@ -42,10 +43,15 @@ class LearnerConfig:
     groups: int
 
 
-def build_policy(spec: JobSpec, env_spec: EnvSpec) -> tuple[Policy, torch.Tensor]:
-    """The job's policy with its weights in one flat buffer (seeded: equal in every process)."""
+def build_policy(spec: JobSpec, env_spec: EnvSpec, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> tuple[Policy, torch.Tensor]:
+    """The job's policy on ``device`` in ``dtype``, its weights in one flat buffer.
+
+    Built on the CPU from the job's seed first, so every process (learner, actors) starts
+    from the same weights whatever device and precision it then moves them to."""
     torch.manual_seed(spec.job.seed)
     policy = make_policy(spec.policy.name, env_spec, action_chunk=spec.policy.action_chunk, **spec.policy.args)
+    policy.to(device=device, dtype=dtype)
     return policy, flatten_parameters(policy)
 
 
@@ -70,10 +76,13 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 class Learner:
     """The optimisation half of the learn lane, without any process plumbing (testable)."""
 
-    def __init__(self, cfg: LearnerConfig) -> None:
-        self.cfg, self.algo = cfg, cfg.spec.algo
-        self.policy, self.flat = build_policy(cfg.spec, cfg.env_spec)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.algo.learning_rate, eps=1e-5)
+    def __init__(self, cfg: LearnerConfig, placement: Placement = CPU) -> None:
+        self.cfg, self.algo, self.placement = cfg, cfg.spec.algo, placement
+        self.device = placement.device
+        self.policy, self.flat = build_policy(cfg.spec, cfg.env_spec, self.device, placement.learner_dtype)
+        # Adam without weight decay (CleanRL's eps); on a GPU the fused kernel: one launch per step
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.algo.learning_rate, eps=1e-5,
+                                          fused=placement.on_gpu)
         self.version = 0
         self.trained_env_steps = 0
         self.checkpoint_path = Path(cfg.output_dir) / CHECKPOINT_NAME
@@ -89,8 +98,9 @@ class Learner:
 
     def train(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
         """One update on a rollout already stacked by :func:`_batch_from_segments`."""
+        staleness = (self.version - b["version"])[b["valid"]]
+        b = {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
         valid = b["valid"]
-        staleness = (self.version - b["version"])[valid]
         if self.algo.name == "grpo":
             advantages, returns = self._grpo_advantages(b), None
         else:
@@ -113,7 +123,7 @@ class Learner:
         return stats
 
     def _gae(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
+        with torch.no_grad(), self.placement.autocast():
             last = _obs(b, (slice(None), -1))
             s, e = last.proprio.shape[:2]
             bootstrap = self.policy.value(ObsBatch(
@@ -132,7 +142,8 @@ class Learner:
         """Binary success of each episode, relative to the episodes that shared its start."""
         s, t, e = b["valid"].shape
         scores = (b["success"] & b["valid"]).any(dim=1).float()  # [S, E]
-        group_ids = (torch.arange(s)[:, None] * e + torch.arange(e)[None, :]) // self.algo.group_size
+        arange = torch.arange(max(s, e), device=scores.device)
+        group_ids = (arange[:s, None] * e + arange[None, :e]) // self.algo.group_size
         adv = group_relative_advantages(scores.reshape(-1), group_ids.reshape(-1)).reshape(s, 1, e)
         return adv.expand(s, t, e)
 
@@ -141,22 +152,23 @@ class Learner:
         algo, totals, count = self.algo, {}, 0
         mb_size = max(1, len(idx) // algo.minibatches)
         for _ in range(algo.update_epochs):
-            perm = idx[torch.randperm(len(idx))]
+            perm = idx[torch.randperm(len(idx), device=idx.device)]
             for start in range(0, len(perm), mb_size):
                 mb = perm[start:start + mb_size]
                 obs = ObsBatch(images={k.split("/", 1)[1]: v[mb] for k, v in rows.items() if k.startswith("image/")},
                                proprio=rows["proprio"][mb], instruction=rows["instruction"][mb])
-                out = self.policy.evaluate(obs, rows["tokens"][mb])
+                with self.placement.autocast():
+                    out = self.policy.evaluate(obs, rows["tokens"][mb])
                 adv = advantages[mb]
                 if algo.norm_adv and algo.name == "ppo":
-                    adv = normalize_advantages(adv, torch.ones(len(mb)))
+                    adv = normalize_advantages(adv, torch.ones(len(mb), device=self.device))
                 # token-level surrogate: every action token is a sample sharing its step's advantage
                 per_token = out.logprob.shape[1]
 
                 def tok(x: torch.Tensor, n: int = per_token) -> torch.Tensor:
                     return x.repeat_interleave(n)
 
-                mask = torch.ones(len(mb) * per_token)
+                mask = torch.ones(len(mb) * per_token, device=self.device)
                 if returns is None:
                     loss, stats = grpo_loss(out.logprob.flatten(), rows["logprob"][mb].flatten(), tok(adv),
                                             out.entropy.flatten(), mask, clip_coef=algo.clip_coef,
@@ -185,11 +197,11 @@ class Learner:
     def save(self, path: Path | None = None) -> Path:
         """Weights, optimizer state and counters in one safetensors file, written atomically."""
         path = path or self.checkpoint_path
-        tensors = {"policy.flat": self.flat.detach().clone()}
+        tensors = {"policy.flat": self.flat.detach().cpu()}
         state = self.optimizer.state_dict()
         for i, st in state["state"].items():
             for name, value in st.items():
-                tensors[f"optim.{i}.{name}"] = torch.as_tensor(value).clone()
+                tensors[f"optim.{i}.{name}"] = torch.as_tensor(value).cpu()
         meta = {"format": "dvla-checkpoint-1", "version": str(self.version),
                 "trained_env_steps": str(self.trained_env_steps), "policy": self.cfg.spec.policy.name,
                 "numel": str(self.flat.numel()), "spec": json.dumps(asdict(self.cfg.spec))}
@@ -226,7 +238,7 @@ def learner_main(cfg: LearnerConfig, queue_handle: TrajectoryQueueHandle, plane_
     torch.set_num_threads(cfg.spec.resources.torch_threads)
     traj = plane = distributor = None
     try:
-        learner = Learner(cfg)
+        learner = Learner(cfg, placement_for(cfg.spec))
         traj, plane = TrajectoryQueue.attach(queue_handle), WeightPlane.attach(plane_handle)
 
         def published(version: int, t0: float, t1: float) -> None:

@@ -2,8 +2,10 @@
 
 Processes: env workers (sample lane), this process's main thread (infer lane), a learner
 process (learn lane) with its distribute thread. Between them: env slots and the
-trajectory queue (data plane, shared memory) and the weight plane (versions, shared
-memory). Everything else is small messages.
+trajectory queue (data plane, host shared memory) and the weight plane (versions; staging
+in host shared memory, or on the GPU beside the actor when the job runs there). Everything
+else is small messages. On a GPU the actor and the learner share the device: inference in
+bf16, learning under bf16 autocast on fp32 master weights (see ``device.py``).
 
 ``mode = "sync"`` builds exactly the same parts and only changes two knobs: one env
 group in flight at a time and ``max_staleness = 0``, so the lanes run strictly in turn.
@@ -25,6 +27,7 @@ import torch
 from dvla.spec import JobSpec
 from dvlad.envs.vector import EnvWorkerPool
 from dvlad.lanes.actor import Actor, ActorConfig
+from dvlad.lanes.device import placement_for
 from dvlad.lanes.learner import LearnerConfig, build_policy, learner_main
 from dvlad.lanes.timeline import LaneTimeline
 from dvlad.lanes.trajectory import SegmentShape, TrajectoryQueue
@@ -60,6 +63,8 @@ class Pipeline:
         self.actor: Actor | None = None
         self.checkpoint: str | None = None
         self.failure: str | None = None
+        self.timeline_origin = 0.0
+        """``time.monotonic()`` at which the rows' ``time_s`` starts (to align them with the timeline)."""
         self._stop_requested = threading.Event()
 
     def request_stop(self) -> None:
@@ -72,9 +77,7 @@ class Pipeline:
 
     def run(self) -> dict[str, float]:
         spec, ctx = self.spec, mp.get_context("spawn")
-        if spec.resources.device == "cuda" or spec.resources.gpus:
-            raise ValueError("resources: GPU lanes are not built yet (issue 7); this engine runs on the CPU "
-                             "(device = \"cpu\" or \"auto\", gpus = 0)")
+        placement = placement_for(spec)
         pipelined, max_staleness = effective_knobs(spec)
         torch.set_num_threads(spec.resources.torch_threads)
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -91,12 +94,12 @@ class Pipeline:
             if episodic and spec.pipeline.segment_steps < pool.spec.max_episode_steps:
                 raise ValueError(f"GRPO needs whole episodes: pipeline.segment_steps={spec.pipeline.segment_steps}"
                                  f" < the env's episode limit {pool.spec.max_episode_steps}")
-            policy, flat = build_policy(spec, pool.spec)
+            policy, flat = build_policy(spec, pool.spec, placement.device, placement.actor_dtype)
             capacity = spec.pipeline.queue_segments or spec.env.groups * (max_staleness + 1)
             shape = SegmentShape(spec.pipeline.segment_steps, pool.envs_per_group, spec.policy.action_chunk,
                                  policy.max_instruction_tokens)
             traj = TrajectoryQueue.create(ctx, pool.spec, shape, capacity)
-            plane = WeightPlane.create(ctx, flat.numel())
+            plane = WeightPlane.create(ctx, flat.numel(), device=placement.device, dtype=placement.actor_dtype)
             parts += [traj, plane]
             messages, stop = ctx.Queue(), ctx.Event()
             cfg = LearnerConfig(spec, pool.spec, str(self.output_dir), spec.env.groups)
@@ -107,7 +110,7 @@ class Pipeline:
             actor = Actor(pool, policy, flat, plane, traj,
                           ActorConfig(spec.pipeline.segment_steps, max_staleness, pipelined, episodic=episodic,
                                       group_size=spec.algo.group_size, seed=spec.job.seed),
-                          self.timeline, start_rollout=start_version)
+                          self.timeline, start_rollout=start_version, placement=placement)
             actor.env_steps = start_steps
             self.actor = actor
             return self._run_actor(actor, pool, learner, messages, stop)
@@ -141,7 +144,7 @@ class Pipeline:
 
     def _run_actor(self, actor: Actor, pool: EnvWorkerPool, learner, messages, stop) -> dict[str, float]:
         spec = self.spec
-        t_start = time.monotonic()
+        t_start = self.timeline_origin = time.monotonic()
         deadline = t_start + spec.train.max_minutes * 60 if spec.train.max_minutes else float("inf")
         reporter = _Reporter(self, actor, pool, messages, t_start)
         reporter.start()

@@ -44,10 +44,10 @@ class LaneTimeline:
         out = {}
         for lane in LANES:
             ivs = self.intervals(lane, since)
-            busy = sum(min(iv.end, until) - max(iv.start, since) for iv in ivs)
+            busy = sum(max(0.0, min(iv.end, until) - max(iv.start, since)) for iv in ivs)
             out[lane] = {
                 "busy": busy / span / (parallel or {}).get(lane, 1),
-                "items_per_s": sum(iv.items for iv in ivs if iv.start >= since) / span,
+                "items_per_s": sum(iv.items for iv in ivs if since <= iv.start < until) / span,
             }
         return out
 
@@ -74,3 +74,9 @@ def overlap_seconds(a: list[Interval], b: list[Interval]) -> float:
         else:
             j += 1
     return total
+
+
+def covered_seconds(intervals: list[Interval], since: float, until: float) -> float:
+    """Time within ``[since, until]`` when at least one of ``intervals`` ran (e.g. the GPU's
+    busy time: the union of the lanes that use it)."""
+    return sum(max(0.0, min(b, until) - max(a, since)) for a, b in _union(intervals))

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Run a command on the lent GPU machine (see docs/benchmarks.md), which has torch but no package
+# registry: unpack the GL loaders carried in .gl/ (EGL rendering for MuJoCo) and install the wheels
+# carried in .whl/ (mujoco and the few pure-Python needs the image lacks), then run "$@" with the
+# repository importable.
+#
+#   bash scripts/gpu_machine.sh python3 -m pytest -m gpu tests/
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if compgen -G ".gl/*.deb" >/dev/null; then
+    for f in .gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+fi
+nvidia_egl=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+if [ -f "$nvidia_egl" ] && [ ! -f /usr/share/glvnd/egl_vendor.d/10_nvidia.json ]; then
+    export __EGL_VENDOR_LIBRARY_FILENAMES="$nvidia_egl"
+fi
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD:$PWD/sdk${PYTHONPATH:+:$PYTHONPATH}"
+export MUJOCO_GL=egl PYOPENGL_PLATFORM=egl PYTHONUNBUFFERED=1
+exec "$@"

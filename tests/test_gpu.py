@@ -1,0 +1,63 @@
+"""The GPU lanes, on the GPU machine: device-to-device weight plane, bf16 actor, fused learner.
+
+Marked ``gpu``: skipped (saying so) where torch sees no GPU. CPU CI runs the same code
+paths through the CPU placement in every other pipeline test.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+
+import pytest
+import torch
+
+from dvlad.lanes.device import placement_for
+from dvlad.lanes.distribute import Distributor
+from dvlad.lanes.pipeline import Pipeline
+from dvlad.lanes.weights import WeightPlane, WeightPlaneHandle
+
+pytestmark = pytest.mark.gpu
+
+
+def _publish_from_another_process(handle: WeightPlaneHandle, numel: int, seed: int, done) -> None:
+    """A learner: fp32 master weights on the GPU, published through the plane's CUDA IPC staging."""
+    plane = WeightPlane.attach(handle)
+    master = torch.randn(numel, device="cuda", generator=torch.Generator("cuda").manual_seed(seed))
+    dist = Distributor(plane, numel)
+    dist.publish(master, 7)
+    dist.close()
+    done.set()
+    plane.close()
+
+
+def test_a_version_travels_device_to_device_between_processes_in_bf16():
+    ctx = mp.get_context("spawn")
+    numel = 1 << 20
+    plane = WeightPlane.create(ctx, numel, device="cuda", dtype=torch.bfloat16)
+    try:
+        done = ctx.Event()
+        proc = ctx.Process(target=_publish_from_another_process, args=(plane.handle, numel, 3, done))
+        proc.start()
+        assert done.wait(120) and plane.wait_for(7, timeout=10)
+        proc.join(60)
+        actor = torch.full((numel,), float("nan"), device="cuda", dtype=torch.bfloat16)
+        assert plane.swap_into(actor, -1) == 7
+        expected = torch.randn(numel, device="cuda", generator=torch.Generator("cuda").manual_seed(3))
+        assert torch.equal(actor, expected.to(torch.bfloat16))  # every element written, rounded once
+    finally:
+        plane.close()
+
+
+def test_a_job_runs_on_the_gpu_with_a_bf16_actor_and_learns_every_update(small_spec, tmp_path):
+    spec = small_spec("async", resources__device="cuda")
+    placement = placement_for(spec)
+    assert placement.on_gpu and placement.actor_dtype == torch.bfloat16
+    rows = []
+    pipeline = Pipeline(spec, tmp_path, on_progress=lambda p: rows.append(p.values))
+    summary = pipeline.run()
+    assert pipeline.actor is not None and pipeline.actor.flat.is_cuda
+    assert pipeline.actor.flat.dtype == torch.bfloat16
+    assert summary["env_steps"] >= spec.train.total_env_steps
+    assert [r["version"] for r in rows] == list(range(1, len(rows) + 1))
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows if "loss" in r)
+    assert max(r["acting_version"] for r in rows) >= 1  # published versions reached the GPU actor
