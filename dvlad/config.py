@@ -47,6 +47,8 @@ class DaemonSection:
     max_body_bytes: int = 1 << 20
     max_depth: int = 32
     """Deepest nesting of lists/maps a request body may have."""
+    max_upload_bytes: int = 4 << 30
+    """Largest tar a client may upload (``POST /v1/uploads``: a remote user's checkpoint); 0: no uploads."""
 
 
 @dataclass
@@ -123,6 +125,8 @@ def config_from_dict(data: dict[str, Any]) -> Config:
         raise ConfigError("daemon.cancel_grace_s", "must be ≥ 0")
     if config.daemon.max_body_bytes < 1024:
         raise ConfigError("daemon.max_body_bytes", "must be at least 1024")
+    if config.daemon.max_upload_bytes < 0:
+        raise ConfigError("daemon.max_upload_bytes", "must be ≥ 0")
     if config.node.cpu_slots < 0:
         raise ConfigError("node.cpu_slots", "must be ≥ 0")
     return config

@@ -51,6 +51,13 @@ def request(sock: str, method: str, path: str, body: Any = None, *, raw: bytes |
         conn.close()
 
 
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on (now)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 class Dvlad:
     """``dvlad --config C --state-dir S --socket P`` in a short /tmp directory (socket paths are short)."""
 
@@ -72,6 +79,16 @@ class Dvlad:
             self.args = ["--state-dir", str(self.state_dir), "--socket", self.socket]
         self.proc: subprocess.Popen | None = None
         self.stderr = self.home / "dvlad.stderr"
+
+    def serve_tcp(self, tokens: str) -> int:
+        """Listen on TCP too (a free port of 127.0.0.1, returned) with ``tokens`` (``TOKEN USER`` lines)."""
+        port = free_port()
+        path = self.home / "tokens"
+        path.write_text(tokens)
+        path.chmod(0o600)
+        self.config.write_text(self.config.read_text().replace(
+            "[daemon]\n", f'[daemon]\ntcp = "127.0.0.1:{port}"\ntokens_file = "{path}"\n'))
+        return port
 
     def start(self, timeout: float = 20.0) -> Dvlad:
         with self.stderr.open("ab") as err:

@@ -161,6 +161,9 @@ def test_openapi_matches_the_routes_and_the_replies(dvlad):
             continue
         url = path.replace("{job_id}", str(job_id))
         got, body = dvlad.call(method, url)
+        if path.endswith("/checkpoint"):  # a queued job has none: the documented 404
+            assert got == 404 and body["code"] == "not_found", body
+            continue
         assert got == 200, (url, body)
         schema = doc["paths"][path]["get"]["responses"]["200"]["content"]
         media, spec = next(iter(schema.items()))
@@ -201,17 +204,9 @@ def test_other_users_cannot_see_logs_or_cancel_root_can(dvlad, users):
 
 def test_tcp_needs_a_valid_bearer_token():
     import http.client
-    import socket as socketlib
 
-    with socketlib.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     d = Dvlad()
-    tokens = d.home / "tokens"
-    tokens.write_text("# token user\ns3cret-token root\n")
-    tokens.chmod(0o600)
-    d.config.write_text(d.config.read_text().replace(
-        "[daemon]\n", f'[daemon]\ntcp = "127.0.0.1:{port}"\ntokens_file = "{tokens}"\n'))
+    port = d.serve_tcp("# token user\ns3cret-token root\n")
     try:
         d.start()
         for header, status in (({}, 401), ({"Authorization": "Bearer wrong"}, 401),

@@ -11,11 +11,14 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 FAKE_ENV = "DVLAD_FAKE_TOPOLOGY"
+SAMPLE_TTL_S = 0.5
 
 
 @dataclass
@@ -24,24 +27,48 @@ class Inventory:
     """"nvml", "fixture:<path>" or "none" (no driver, no fixture: a CPU-only node)."""
     topology: dict[str, Any]
     """NVML's view: ``devices`` (index, name, uuid, pci_bus_id, memory_total, nvlinks) and ``pairs``."""
+    _sampled: tuple[float, list[dict[str, Any]]] | None = field(default=None, repr=False)
 
     @property
     def gpu_indices(self) -> list[int]:
         return [d["index"] for d in self.topology.get("devices", [])]
 
     def sample(self) -> list[dict[str, Any]]:
-        """Utilisation (%) and memory used/total (bytes) per GPU; only real NVML has them."""
+        """Live stats per GPU (only real NVML has them), at most one NVML pass per ``SAMPLE_TTL_S``.
+
+        Why cached: every ``dvla top`` asks twice a second, and ten of them must cost NVML no more
+        than one. A field the GPU does not support is None, never an exception."""
         if self.source != "nvml":
             return []
-        import pynvml
+        now = time.monotonic()
+        if self._sampled is None or now - self._sampled[0] >= SAMPLE_TTL_S:
+            self._sampled = (now, [_nvml_sample(index) for index in self.gpu_indices])
+        return self._sampled[1]
 
-        out = []
-        for index in self.gpu_indices:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            util = pynvml.nvmlDeviceGetUtilizationRates(handle)
-            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            out.append({"index": index, "util": util.gpu, "memory_used": mem.used, "memory_total": mem.total})
-        return out
+
+def _nvml_field(query: Callable[[], Any]) -> Any:
+    """``query()``, or None where this GPU or driver does not support it (as nvitop does)."""
+    import pynvml
+
+    try:
+        return query()
+    except pynvml.NVMLError:
+        return None
+
+
+def _nvml_sample(index: int) -> dict[str, Any]:
+    import pynvml
+
+    h = pynvml.nvmlDeviceGetHandleByIndex(index)
+    util = _nvml_field(lambda: pynvml.nvmlDeviceGetUtilizationRates(h).gpu)
+    mem = _nvml_field(lambda: pynvml.nvmlDeviceGetMemoryInfo(h))
+    power = _nvml_field(lambda: pynvml.nvmlDeviceGetPowerUsage(h))
+    limit = _nvml_field(lambda: pynvml.nvmlDeviceGetEnforcedPowerLimit(h))
+    return {"index": index, "utilization": util,
+            "memory_used": None if mem is None else mem.used, "memory_total": None if mem is None else mem.total,
+            "temperature": _nvml_field(lambda: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)),
+            "power_draw": None if power is None else power / 1000,  # NVML says mW; watts here
+            "power_limit": None if limit is None else limit / 1000}
 
 
 def _nvml_topology() -> dict[str, Any] | None:

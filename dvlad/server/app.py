@@ -9,13 +9,14 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from dvla.spec import SpecError
 from dvlad.config import Config
 from dvlad.runtime.launch import log_path, run_dir
-from dvlad.server import prom
+from dvlad.server import prom, transfer
 from dvlad.server.auth import Identity, authenticate
 from dvlad.server.codec import read_body, respond
 from dvlad.server.core import Daemon
@@ -33,6 +34,7 @@ TOKENS = web.AppKey("tokens", dict)
 IDENTITY = "dvlad.identity"
 FOLLOW_POLL_S = 0.2
 SUBMIT_FIELDS = {"spec", "idempotency_key", "priority"}
+TAR = "application/x-tar"
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -231,6 +233,68 @@ async def topology(request: web.Request) -> web.Response:
     return respond(request, {"source": inventory.source, **inventory.topology})
 
 
+def _holder(request: web.Request, job: Job) -> dict[str, Any]:
+    """Who holds a GPU: id and user for everyone (as nvidia-smi shows), the name to who may read the job."""
+    who = _who(request)
+    visible = job.uid == who.uid or who.admin or request.app[CONFIG].daemon.users_see_all
+    return {"id": job.id, "user": job.user, **({"name": job.name} if visible else {})}
+
+
+async def gpus(request: web.Request) -> web.Response:
+    """Live per-GPU stats for ``dvla top``. A node without NVML gives its devices with live fields None."""
+    daemon = request.app[DAEMON]
+    inventory = daemon.inventory
+    holders = {index: _holder(request, job) for job in daemon.cluster()[1] for index in job.gpu_ids}
+    live = {s["index"]: s for s in inventory.sample()}
+    blank = dict.fromkeys(("utilization", "memory_used", "temperature", "power_draw", "power_limit"))
+    out = []
+    for device in inventory.topology.get("devices", []):
+        index = device["index"]
+        stats = live.get(index, {**blank, "memory_total": device.get("memory_total")})
+        out.append({"index": index, "name": device.get("name", ""), "uuid": device.get("uuid", ""),
+                    **{k: v for k, v in stats.items() if k != "index"}, "job": holders.get(index)})
+    return respond(request, {"source": inventory.source.split(":")[0],
+                             "host": inventory.topology.get("host", ""), "gpus": out})
+
+
+async def job_checkpoint(request: web.Request) -> web.StreamResponse:
+    """The job's latest checkpoint files as one tar, streamed from disk."""
+    job = _job(request, reading=True)
+    files = transfer.checkpoint_files(run_dir(request.app[STATE_DIR], job.id))
+    if not files:
+        raise ApiError(404, "not_found", f"job {job.id} has written no checkpoint yet", field="job_id")
+    response = web.StreamResponse(headers={
+        "Content-Type": TAR, "Content-Disposition": f'attachment; filename="job-{job.id}-checkpoint.tar"'})
+    await response.prepare(request)
+    with contextlib.suppress(ConnectionResetError):
+        async for chunk in transfer.tar_stream(files):
+            await response.write(chunk)
+        await response.write_eof()
+    return response
+
+
+async def upload(request: web.Request) -> web.Response:
+    """A tar of files (a checkpoint) into ``STATE_DIR/uploads/UID/SHA256/``, for a spec to reference."""
+    cap = request.app[CONFIG].daemon.max_upload_bytes
+    if not cap:
+        raise ApiError(403, "forbidden", "uploads are off on this daemon (daemon.max_upload_bytes = 0)")
+    if request.content_type != TAR:
+        raise ApiError(415, "unsupported_media_type", f"content type {request.content_type!r}; send {TAR}",
+                       field="Content-Type")
+    if request.content_length is not None and request.content_length > cap:
+        raise ApiError(413, "too_large", f"upload of {request.content_length} bytes; the limit is {cap}")
+    who = _who(request)
+    try:
+        stored = await transfer.receive(request.content.iter_chunked(transfer.CHUNK),
+                                        request.app[STATE_DIR] / "uploads", who.uid, who.gid, cap)
+    except transfer.TooLarge as exc:
+        raise ApiError(413, "too_large", str(exc)) from None
+    except ValueError as exc:
+        raise ApiError(400, "bad_upload", str(exc)) from None
+    log.info("upload", extra={"user": who.user, "path": stored["path"], "bytes": stored["bytes"]})
+    return respond(request, stored, 201)
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(OPENAPI)
 
@@ -247,9 +311,12 @@ ROUTES = [
     web.post("/v1/jobs/{job_id}/cancel", cancel_job),
     web.get("/v1/jobs/{job_id}/logs", job_logs, allow_head=False),
     web.get("/v1/jobs/{job_id}/metrics", job_metrics, allow_head=False),
+    web.get("/v1/jobs/{job_id}/checkpoint", job_checkpoint, allow_head=False),
+    web.post("/v1/uploads", upload),
     web.get("/v1/events", events, allow_head=False),
     web.get("/v1/nodes", nodes, allow_head=False),
     web.get("/v1/topology", topology, allow_head=False),
+    web.get("/v1/gpus", gpus, allow_head=False),
     web.get("/v1/openapi.json", openapi, allow_head=False),
     web.get("/metrics", metrics, allow_head=False),
 ]

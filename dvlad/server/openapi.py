@@ -65,6 +65,18 @@ OPENAPI: dict[str, Any] = {
         "/v1/jobs/{job_id}/metrics": {"get": {
             "summary": "The job's metrics.jsonl rows", "parameters": [JOB_ID, _query("last", "integer", "last N")],
             "responses": _ok(_obj(job_id={"type": "integer"}, rows={"type": "array"}))}},
+        "/v1/jobs/{job_id}/checkpoint": {"get": {
+            "summary": "The job's latest checkpoint (*.safetensors of its run directory) as a tar stream",
+            "parameters": [JOB_ID], "responses": _ok({"type": "string", "format": "binary"}, "application/x-tar")}},
+        "/v1/uploads": {"post": {
+            "summary": "Upload a tar of files (a checkpoint) to STATE_DIR/uploads/UID/SHA256/, owned by the caller; "
+                       "regular files and directories only, relative names, at most daemon.max_upload_bytes",
+            "requestBody": {"required": True, "content": {"application/x-tar": {
+                "schema": {"type": "string", "format": "binary"}}}},
+            "responses": {**_ok(_obj(path={"type": "string"}, sha256={"type": "string"}, bytes={"type": "integer"},
+                                     files={"type": "array", "items": {"type": "string"}}), status="201"),
+                          "413": {"description": "over daemon.max_upload_bytes"},
+                          "415": {"description": "not application/x-tar"}}}},
         "/v1/events": {"get": {
             "summary": "State transitions; follow=1 streams newline-delimited JSON",
             "parameters": [_query("after", "integer", "event id"), _query("follow", "boolean", "stream")],
@@ -74,6 +86,13 @@ OPENAPI: dict[str, Any] = {
                 "name", "gpu_source", "gpus", "cpu_slots", "free_cpu_slots", "running_jobs"]}}))}},
         "/v1/topology": {"get": {"summary": "GPU topology (NVML, or a replayed recording)",
                                  "responses": _ok({"type": "object", "required": ["source", "devices", "pairs"]})}},
+        "/v1/gpus": {"get": {
+            "summary": "Live per-GPU stats (NVML, sampled at most every 0.5 s) and the job holding each GPU; "
+                       "live fields are null where the node has no NVML (source fixture or none)",
+            "responses": _ok(_obj(source={"type": "string"}, host={"type": "string"}, gpus={
+                "type": "array", "items": {"type": "object", "required": [
+                    "index", "name", "uuid", "utilization", "memory_used", "memory_total", "temperature",
+                    "power_draw", "power_limit", "job"]}}))}},
         "/v1/openapi.json": {"get": {"summary": "This document",
                                      "responses": _ok({"type": "object", "required": ["openapi", "paths"]})}},
         "/metrics": {"get": {"summary": "Prometheus text exposition",

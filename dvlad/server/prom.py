@@ -39,9 +39,9 @@ class DaemonCollector(Collector):
         used = GaugeMetricFamily("dvlad_gpu_memory_used_bytes", "GPU memory used (NVML)", labels=["gpu"])
         total = GaugeMetricFamily("dvlad_gpu_memory_total_bytes", "GPU memory (NVML)", labels=["gpu"])
         for gpu in self.daemon.inventory.sample():
-            util.add_metric([str(gpu["index"])], gpu["util"])
-            used.add_metric([str(gpu["index"])], gpu["memory_used"])
-            total.add_metric([str(gpu["index"])], gpu["memory_total"])
+            for family, key in ((util, "utilization"), (used, "memory_used"), (total, "memory_total")):
+                if gpu[key] is not None:
+                    family.add_metric([str(gpu["index"])], gpu[key])
         yield from (util, used, total)
         labels = ["job", "user", "name"]
         steps = GaugeMetricFamily("dvlad_job_env_steps_per_second", "Sample-lane throughput", labels=labels)

@@ -1,0 +1,165 @@
+"""What each SDK call asks of dvlad, and how its reply is read, with no I/O.
+
+Why apart from the clients: :class:`~dvla.client.Client` and :class:`~dvla.aclient.AsyncClient` send the
+same requests and read the same replies; only *how* they wait differs. Each builds a :class:`Request`
+here and hands the reply to :func:`decode`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from dvla import spec as specs
+from dvla.checkpoint import checkpoint_file, policy_of
+from dvla.config import Endpoint
+from dvla.errors import DaemonUnavailable, DvlaError, InvalidSpec, error_from_reply
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+"""States a job never leaves."""
+TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+STREAM_TIMEOUT = httpx.Timeout(30.0, connect=5.0, read=None)
+"""Follows wait as long as the job runs: no read timeout."""
+TAR = "application/x-tar"
+SpecLike = Mapping[str, Any] | specs.JobSpec | str | os.PathLike[str]
+"""A spec dict, a :class:`~dvla.spec.JobSpec`, or the path of a TOML job file."""
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    params: dict[str, Any] | None = None
+    json: Any = None
+
+
+def headers(endpoint: Endpoint) -> dict[str, str]:
+    base = {"Accept": "application/json", "User-Agent": "dvla-sdk"}
+    return {**base, "Authorization": f"Bearer {endpoint.token}"} if endpoint.token and not endpoint.uds else base
+
+
+def decode(response: httpx.Response) -> Any:
+    """The reply's JSON, or the typed exception of an error reply. (Streams: read the body first.)"""
+    kind = response.headers.get("Content-Type", "")
+    body: Any = response.json() if kind.startswith("application/json") else response.text
+    if response.status_code >= 400:
+        raise error_from_reply(response.status_code, body)
+    return body
+
+
+def transport_error(endpoint: Endpoint, exc: httpx.TransportError) -> DvlaError:
+    """A failure below HTTP: nothing listening is :class:`DaemonUnavailable`, the rest a plain error."""
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return DaemonUnavailable(endpoint.where, str(exc) or type(exc).__name__)
+    return DvlaError(f"talking to dvlad at {endpoint.where}: {exc or type(exc).__name__}", code="transport")
+
+
+# -- specs -------------------------------------------------------------------------------------
+
+
+def _checked(build: Any, *args: Any) -> specs.JobSpec:
+    try:
+        return build(*args)
+    except specs.SpecError as err:
+        issues = [{"field": f"spec.{i.key}" if i.key else "spec", "reason": str(i)} for i in err.issues]
+        raise InvalidSpec(str(err), issues=issues, field=issues[0]["field"], status=None) from None
+
+
+def spec_dict(spec: SpecLike) -> dict[str, Any]:
+    """The spec as the daemon takes it, checked here first (so a bad file fails before any network)."""
+    if isinstance(spec, specs.JobSpec):
+        return specs.spec_to_dict(_checked(specs.spec_from_dict, specs.spec_to_dict(spec)))
+    if isinstance(spec, str | os.PathLike):
+        return specs.spec_to_dict(_checked(specs.load_spec, spec))
+    return specs.spec_to_dict(_checked(specs.spec_from_dict, dict(spec)))
+
+
+def policy_section(policy: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[dict[str, Any], Path | None]:
+    """``[policy]`` for a built-in name, a ``package.module:factory``, a local checkpoint (a path) or a
+    section dict. Returns the section and the local checkpoint file if there is one.
+
+    For a checkpoint path the section is the one of the job that wrote it; a dict's ``checkpoint`` is
+    local when it exists here. The client references a local file (a local daemon) or uploads it."""
+    if isinstance(policy, Mapping):
+        section = dict(policy)
+        if section.get("checkpoint") and Path(section["checkpoint"]).expanduser().exists():
+            file = checkpoint_file(section["checkpoint"])
+            return {**section, "checkpoint": str(file)}, file
+        return section, None
+    if isinstance(policy, os.PathLike) or "/" in policy or Path(policy).exists():
+        file = checkpoint_file(policy)
+        return policy_of(file), file
+    return {"name": policy}, None
+
+
+def train_spec(policy: dict[str, Any], env: str | Mapping[str, Any] | specs.EnvSection, algo: str | Mapping[str, Any],
+               steps: int | None, gpus: int, sections: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The spec :meth:`Client.train` submits: its arguments, then ``sections`` key by key on top."""
+    if isinstance(env, specs.EnvSection):
+        env = dataclasses.asdict(env)
+    data: dict[str, dict[str, Any]] = {
+        "policy": dict(policy), "env": {"name": env} if isinstance(env, str) else dict(env),
+        "algo": {"name": algo} if isinstance(algo, str) else dict(algo), "resources": {"gpus": gpus}}
+    if steps is not None:
+        data["train"] = {"total_env_steps": steps}
+    for name, values in sections.items():
+        if not isinstance(values, Mapping):
+            raise InvalidSpec(f"expected a dict of [{name}] keys, got {type(values).__name__}", status=None,
+                              issues=[{"field": f"spec.{name}", "reason": "expected a table"}], field=f"spec.{name}")
+        data.setdefault(name, {}).update(values)
+    return spec_dict(data)
+
+
+# -- requests ----------------------------------------------------------------------------------
+
+
+def submit(spec: dict[str, Any], priority: int, idempotency_key: str | None) -> Request:
+    body: dict[str, Any] = {"spec": spec, "priority": priority}
+    if idempotency_key is not None:
+        body["idempotency_key"] = idempotency_key
+    return Request("POST", "/v1/jobs", json=body)
+
+
+def jobs(all: bool, limit: int | None) -> Request:
+    params: dict[str, Any] = {"all": "1"} if all else {}
+    if limit is not None:
+        params["limit"] = limit
+    return Request("GET", "/v1/jobs", params=params)
+
+
+def only_user(rows: list[dict[str, Any]], user: str | None) -> list[dict[str, Any]]:
+    return rows if user is None else [j for j in rows if j["user"] == user]
+
+
+def job(job_id: int) -> Request:
+    return Request("GET", f"/v1/jobs/{int(job_id)}")
+
+
+def cancel(job_id: int) -> Request:
+    return Request("POST", f"/v1/jobs/{int(job_id)}/cancel")
+
+
+def logs(job_id: int, offset: int, follow: bool) -> Request:
+    params = {"offset": offset, **({"follow": "1"} if follow else {})}
+    return Request("GET", f"/v1/jobs/{int(job_id)}/logs", params=params)
+
+
+def metrics(job_id: int, last: int) -> Request:
+    return Request("GET", f"/v1/jobs/{int(job_id)}/metrics", params={"last": last} if last else None)
+
+
+def events(after: int, follow: bool) -> Request:
+    return Request("GET", "/v1/events", params={"after": after, **({"follow": "1"} if follow else {})})
+
+
+def checkpoint(job_id: int) -> Request:
+    return Request("GET", f"/v1/jobs/{int(job_id)}/checkpoint")
+
+
+NODES, TOPOLOGY, GPUS = Request("GET", "/v1/nodes"), Request("GET", "/v1/topology"), Request("GET", "/v1/gpus")

@@ -1,0 +1,212 @@
+"""The synchronous SDK: :class:`Client` talks to one dvlad, :class:`Job` is a handle on one of its jobs.
+
+Why httpx: one library gives the Unix-socket and TCP transports, streaming bodies (``logs`` and
+``events`` with ``follow``, checkpoint downloads) and the same interface for the async client.
+
+Every method raises a :mod:`dvla.errors` exception on failure, never an HTTP status to decode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from dvla import api
+from dvla import spec as specs
+from dvla.config import Endpoint, resolve
+from dvla.errors import JobFailed
+from dvla.tarball import safe_extract, tar_chunks
+
+
+class Client:
+    """A connection to dvlad. ``host``/``token`` override ``$DVLA_HOST``, ``$DVLA_TOKEN`` and
+    ``~/.config/dvla/config.toml`` (see :mod:`dvla.config`). Use as a context manager, or ``close()``."""
+
+    def __init__(self, host: str | None = None, token: str | None = None):
+        self.endpoint: Endpoint = resolve(host, token)
+        transport = httpx.HTTPTransport(uds=self.endpoint.uds) if self.endpoint.uds else None
+        self._http = httpx.Client(base_url=self.endpoint.url, transport=transport, timeout=api.TIMEOUT,
+                                  headers=api.headers(self.endpoint))
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _call(self, req: api.Request) -> Any:
+        try:
+            response = self._http.request(req.method, req.path, params=req.params, json=req.json)
+        except httpx.TransportError as exc:
+            raise api.transport_error(self.endpoint, exc) from None
+        return api.decode(response)
+
+    @contextlib.contextmanager
+    def _stream(self, req: api.Request) -> Iterator[httpx.Response]:
+        try:
+            with self._http.stream(req.method, req.path, params=req.params, timeout=api.STREAM_TIMEOUT) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    api.decode(response)
+                yield response
+        except httpx.TransportError as exc:
+            raise api.transport_error(self.endpoint, exc) from None
+
+    # -- jobs ----------------------------------------------------------------------------------
+    def submit(self, spec: api.SpecLike, *, priority: int = 0, idempotency_key: str | None = None) -> Job:
+        """Check ``spec`` here (``InvalidSpec`` with every issue), then submit it; returns its handle."""
+        reply = self._call(api.submit(api.spec_dict(spec), priority, idempotency_key))
+        return Job(self, reply["job"]["id"], reply["job"])
+
+    def train(self, policy: str | os.PathLike[str] | Mapping[str, Any],
+              env: str | Mapping[str, Any] | specs.EnvSection,
+              algo: str | Mapping[str, Any] = "ppo", steps: int | None = None, gpus: int = 0, *,
+              priority: int = 0, idempotency_key: str | None = None, **sections: Mapping[str, Any]) -> Job:
+        """Train ``policy`` on ``env`` with ``algo`` for ``steps`` env steps on ``gpus`` GPUs.
+
+        ``policy``: a built-in name (``"tiny-vla"``), ``"package.module:factory"``, a local checkpoint
+        (a run directory or its ``.safetensors`` file) to start from, or a whole ``[policy]`` dict. A local
+        checkpoint is referenced by path on a local daemon (the job runs as you, so your permissions
+        apply) and uploaded to a remote one. ``env``: a built-in name, ``package.module:factory``, an
+        ``[env]`` dict or an ``EnvSection``. ``algo``: ``"ppo"``/``"grpo"`` or an ``[algo]`` dict.
+        ``sections``: the other sections' keys, e.g. ``job={"name": "try1"}, train={"max_minutes": 5}``.
+        The spec is checked here first: ``InvalidSpec`` lists every problem before anything is sent."""
+        section, local = api.policy_section(policy)
+        if local is not None and not self.endpoint.is_local:
+            section["checkpoint"] = self.upload(local)
+        return self.submit(api.train_spec(section, env, algo, steps, gpus, sections), priority=priority,
+                           idempotency_key=idempotency_key)
+
+    def jobs(self, all: bool = False, user: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Job records in submit order: yours, or everyone's (``all``, admins), or one ``user``'s."""
+        return api.only_user(self._call(api.jobs(all or user is not None, limit))["jobs"], user)
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        """One job's record with its resolved ``spec`` and its ``events``."""
+        return self._call(api.job(job_id))
+
+    def handle(self, job_id: int) -> Job:
+        """A :class:`Job` handle on an existing job (checked to exist and be visible)."""
+        return Job(self, job_id, self.job(job_id))
+
+    def cancel(self, job_id: int) -> dict[str, Any]:
+        """Cancel (queued: at once; running: SIGTERM, then SIGKILL). ``Conflict`` if it already ended."""
+        return self._call(api.cancel(job_id))
+
+    def logs(self, job_id: int, *, offset: int = 0) -> str:
+        """The job's log (stdout and stderr) so far, from byte ``offset``."""
+        return self._call(api.logs(job_id, offset, follow=False))
+
+    def follow_logs(self, job_id: int, *, offset: int = 0) -> Iterator[str]:
+        """The job's log line by line as it is written, ending when the job ends."""
+        with self._stream(api.logs(job_id, offset, follow=True)) as response:
+            yield from response.iter_lines()
+
+    def metrics(self, job_id: int, last: int = 0) -> list[dict[str, Any]]:
+        """The job's metric rows (one per update; ``last``: only the last N)."""
+        return self._call(api.metrics(job_id, last))["rows"]
+
+    def events(self, after: int = 0) -> list[dict[str, Any]]:
+        """State transitions with id > ``after`` (your jobs', or everyone's for admins)."""
+        return self._call(api.events(after, follow=False))["events"]
+
+    def follow_events(self, after: int = 0) -> Iterator[dict[str, Any]]:
+        """Transitions as they happen, without end (break out of the loop to stop)."""
+        with self._stream(api.events(after, follow=True)) as response:
+            for line in response.iter_lines():
+                if line:
+                    yield json.loads(line)
+
+    def checkpoint(self, job_id: int, dest_dir: str | os.PathLike[str]) -> list[Path]:
+        """Download the job's latest checkpoint into ``dest_dir``; returns the files written."""
+        dest = Path(dest_dir)
+        dest.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile() as spool:
+            with self._stream(api.checkpoint(job_id)) as response:
+                for chunk in response.iter_bytes():
+                    spool.write(chunk)
+            spool.seek(0)
+            return [dest / name for name in safe_extract(spool, dest)]
+
+    def upload(self, path: str | os.PathLike[str]) -> str:
+        """Send a local file to the daemon; returns its path there (for a spec to reference)."""
+        file = Path(path)
+        try:
+            response = self._http.post("/v1/uploads", content=tar_chunks([(file.name, file)]),
+                                       headers={"Content-Type": api.TAR}, timeout=api.STREAM_TIMEOUT)
+        except httpx.TransportError as exc:
+            raise api.transport_error(self.endpoint, exc) from None
+        return f"{api.decode(response)['path']}/{file.name}"
+
+    # -- the machine ---------------------------------------------------------------------------
+    def nodes(self) -> list[dict[str, Any]]:
+        """Nodes with their GPUs (free or not), CPU slots and running jobs."""
+        return self._call(api.NODES)["nodes"]
+
+    def topology(self) -> dict[str, Any]:
+        """The GPU topology: ``devices``, ``pairs`` and its ``source`` (NVML or a recording)."""
+        return self._call(api.TOPOLOGY)
+
+    def gpus(self) -> dict[str, Any]:
+        """Live GPU stats: ``{"source", "host", "gpus": [{index, name, utilization, memory_used, ...,
+        "job"}]}``; live fields are None where the node has no NVML (see docs/sdk.md)."""
+        return self._call(api.GPUS)
+
+
+class Job:
+    """A handle on one job. ``record`` is its last fetched record (``status()`` refreshes it)."""
+
+    def __init__(self, client: Client, job_id: int, record: dict[str, Any] | None = None):
+        self.client, self.id, self.record = client, job_id, record or {}
+
+    def __repr__(self) -> str:
+        return f"Job({self.id}, {self.record.get('state', '?')})"
+
+    def refresh(self) -> dict[str, Any]:
+        """Fetch the job's record again (with its spec and events) and return it."""
+        self.record = self.client.job(self.id)
+        return self.record
+
+    def status(self) -> str:
+        """The job's state now: queued, placing, running, cancelling, succeeded, failed or cancelled."""
+        return self.refresh()["state"]
+
+    def wait(self, timeout: float | None = None, poll: float = 0.5) -> dict[str, Any]:
+        """Block until the job ends; return its final record. ``JobFailed`` (with the daemon's reason)
+        if it failed or was cancelled, ``TimeoutError`` after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.status() not in api.TERMINAL:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {self.id} still {self.record['state']} after {timeout} s")
+            time.sleep(poll)
+        if self.record["state"] != "succeeded":
+            raise JobFailed(self.record)
+        return self.record
+
+    def logs(self, follow: bool = True) -> Iterator[str]:
+        """The log's lines: as they come until the job ends (``follow``), or those written so far."""
+        if follow:
+            return self.client.follow_logs(self.id)
+        return iter(self.client.logs(self.id).splitlines())
+
+    def metrics(self, last: int = 0) -> list[dict[str, Any]]:
+        return self.client.metrics(self.id, last)
+
+    def cancel(self) -> dict[str, Any]:
+        self.record = self.client.cancel(self.id)
+        return self.record
+
+    def checkpoint(self, dest_dir: str | os.PathLike[str]) -> list[Path]:
+        return self.client.checkpoint(self.id, dest_dir)

@@ -1,0 +1,77 @@
+"""The SDK without a daemon: where it connects, its light imports, its tar handling, its errors."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from dvla import sdk
+from dvla.config import SYSTEM_SOCKET, resolve
+from dvla.errors import error_from_reply
+from dvla.tarball import safe_extract, tar_chunks
+
+
+def test_importing_the_sdk_pulls_no_torch_numpy_or_dvlad():
+    code = ("import dvla, dvla.sdk, sys; bad = [m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'numpy', 'dvlad')]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_where_to_connect_arguments_then_env_then_file_then_sockets(tmp_path):
+    env = {"HOME": str(tmp_path), "XDG_RUNTIME_DIR": str(tmp_path / "run")}
+    assert resolve(env=env).uds == SYSTEM_SOCKET  # nothing set, no personal daemon
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "dvlad.sock").touch()
+    assert resolve(env=env).uds == str(tmp_path / "run" / "dvlad.sock")  # `dvlad --user`'s
+    config = tmp_path / ".config" / "dvla" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('host = "gpu1.lab:7447"\ntoken = "from-file"\n')
+    from_file = resolve(env=env)
+    assert (from_file.url, from_file.uds, from_file.token) == ("http://gpu1.lab:7447", None, "from-file")
+    assert str(config) in from_file.where
+    env.update(DVLA_HOST="unix:///srv/dvlad.sock", DVLA_TOKEN="from-env")
+    assert resolve(env=env).uds == "/srv/dvlad.sock" and resolve(env=env).is_local
+    env["DVLA_HOST"] = "https://gpu2.lab:443/"
+    assert (resolve(env=env).url, resolve(env=env).token) == ("https://gpu2.lab:443", "from-env")
+    explicit = resolve("/tmp/x.sock", env=env)
+    assert explicit.uds == "/tmp/x.sock" and "the host argument" in explicit.where
+    assert resolve("h:1", "arg-token", env=env).token == "arg-token"
+    config.write_text('hots = "typo"\n')
+    with pytest.raises(sdk.DvlaError) as bad:
+        resolve(env=env)
+    assert bad.value.field == "hots" and "unknown key" in bad.value.reason
+
+
+def test_error_replies_become_typed_exceptions():
+    spec = error_from_reply(400, {"code": "invalid_spec", "field": "spec.env", "reason": "bad",
+                                  "issues": [{"field": "spec.env", "reason": "bad"}]})
+    assert isinstance(spec, sdk.InvalidSpec) and spec.issues[0]["field"] == "spec.env"
+    assert isinstance(error_from_reply(403, {"code": "forbidden", "field": "", "reason": "no"}), sdk.PermissionDenied)
+    assert isinstance(error_from_reply(409, {"code": "conflict", "field": "job_id", "reason": "x"}), sdk.Conflict)
+    other = error_from_reply(502, "<html>bad gateway</html>")
+    assert type(other) is sdk.ApiError and other.status == 502 and "bad gateway" in str(other)
+
+
+def test_tar_stream_round_trips_and_unsafe_members_are_refused(tmp_path):
+    (tmp_path / "a.safetensors").write_bytes(b"a" * 1500)
+    (tmp_path / "b.json").write_bytes(b"{}")
+    archive = io.BytesIO(b"".join(tar_chunks([("a.safetensors", tmp_path / "a.safetensors"),
+                                               ("b.json", tmp_path / "b.json")])))
+    out = tmp_path / "out"
+    assert safe_extract(archive, out) == ["a.safetensors", "b.json"]
+    assert (out / "a.safetensors").read_bytes() == b"a" * 1500
+    for name, kind in (("../up", tarfile.REGTYPE), ("/abs", tarfile.REGTYPE), ("ok/../../up", tarfile.REGTYPE),
+                       ("link", tarfile.SYMTYPE), ("hard", tarfile.LNKTYPE), ("fifo", tarfile.FIFOTYPE)):
+        member = tarfile.TarInfo(name)
+        member.type, member.linkname = kind, "/etc/passwd" if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE) else ""
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w") as tar:
+            tar.addfile(member, io.BytesIO(b"") if kind == tarfile.REGTYPE else None)
+        raw.seek(0)
+        with pytest.raises(ValueError, match=repr(name)):
+            safe_extract(raw, tmp_path / "refused")
+    assert not (tmp_path / "up").exists() and not (tmp_path / "refused").exists()
