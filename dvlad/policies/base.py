@@ -82,6 +82,12 @@ class Policy(nn.Module, ABC):
     def value(self, obs: ObsBatch) -> torch.Tensor:
         """Value estimate only (used to bootstrap a segment's last observation)."""
 
+    def published_parameters(self) -> list[nn.Parameter]:
+        """The parameters a weight version carries from the learner to the actors: all of them
+        unless the policy freezes a part that every process builds identically (a LoRA trunk's
+        base weights), which then never travels. :func:`flatten_parameters` flattens exactly these."""
+        return list(self.parameters())
+
     def aux_loss(self, prediction: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Auxiliary loss of ``EvalOutput.aux`` against the env's labels B×aux_dim. Mean squared
         error unless the policy knows a better form for its prediction."""
@@ -89,15 +95,19 @@ class Policy(nn.Module, ABC):
 
 
 def flatten_parameters(module: nn.Module) -> torch.Tensor:
-    """Move every parameter of ``module`` into one contiguous buffer and return it.
+    """Move the published parameters of ``module`` into one contiguous buffer and return it.
 
-    Each parameter's ``.data`` becomes a view into the buffer, so copying a new
-    buffer in updates the whole model at once. Call before building an optimizer.
+    A :class:`Policy` publishes :meth:`Policy.published_parameters`, any other module all its
+    parameters. Each one's ``.data`` becomes a view into the buffer, so copying a new buffer in
+    updates the whole published model at once. Call before building an optimizer.
     """
-    params = list(module.parameters())
+    params = module.published_parameters() if isinstance(module, Policy) else list(module.parameters())
     if not params:
         raise ValueError("module has no parameters to flatten")
     dtype, device = params[0].dtype, params[0].device
+    odd = {(p.dtype, p.device) for p in params} - {(dtype, device)}
+    if odd:
+        raise ValueError(f"published parameters mix dtypes/devices: {dtype}, {device} and {sorted(map(str, odd))}")
     flat = torch.empty(sum(p.numel() for p in params), dtype=dtype, device=device)
     offset = 0
     for p in params:

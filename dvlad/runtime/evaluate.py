@@ -30,8 +30,13 @@ from dvlad.policies.checkpoint import load_checkpoint
 
 
 def load_policy(path: Path, env: LiberoEnv, action_chunk: int, policy_name: str,
-                policy_args: dict) -> Policy:
-    """Build the checkpoint's policy for ``env`` and load its weights."""
+                policy_args: dict, seed: int) -> Policy:
+    """Build the checkpoint's policy for ``env`` and load its weights.
+
+    Seeded with the job's seed, as the job's processes built it: a checkpoint holds the published
+    parameters only, so a frozen part (a LoRA trunk built from a config) must come out the same.
+    """
+    torch.manual_seed(seed)
     policy = make_policy(policy_name, env.spec, action_chunk=action_chunk, **policy_args)
     flat = flatten_parameters(policy)
     weights = load_checkpoint(path)[0]["policy.flat"]
@@ -95,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     env_args["max_episode_steps"] = args.max_episode_steps or None
     env = LiberoEnv(suite, task=tasks[0] if tasks else 0, **env_args)
     try:
-        policy = load_policy(path, env, spec.policy.action_chunk, spec.policy.name, spec.policy.args)
+        policy = load_policy(path, env, spec.policy.action_chunk, spec.policy.name, spec.policy.args,
+                             spec.job.seed)
         result = evaluate(greedy_act(policy), env, tasks, args.episodes)
     finally:
         env.close()
