@@ -81,8 +81,8 @@ class Learner:
         self.device = placement.device
         self.policy, self.flat = build_policy(cfg.spec, cfg.env_spec, self.device, placement.learner_dtype)
         # Adam without weight decay (CleanRL's eps); on a GPU the fused kernel: one launch per step
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.algo.learning_rate, eps=1e-5,
-                                          fused=placement.on_gpu)
+        self.optimizer = torch.optim.Adam(self.policy.published_parameters(), lr=self.algo.learning_rate,
+                                          eps=1e-5, fused=placement.on_gpu)
         self.version = 0
         self.trained_env_steps = 0
         self.checkpoint_path = Path(cfg.output_dir) / CHECKPOINT_NAME
