@@ -26,6 +26,7 @@ three PNGs (throughput per lane over time, GPU busy over time, staleness histogr
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -44,6 +45,8 @@ from dvlad.lanes.timeline import LANES, LaneTimeline, covered_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_LANES = ("infer", "learn", "distribute")
+LIBERO_STEP_MS = 29.0
+"""LIBERO's measured physics-only CPU cost per step (docs/benchmarks.md): the GPU renders."""
 
 
 def ideals(costs: dict[str, float], spec: JobSpec, placement: Placement, cores: int) -> tuple[float, float]:
@@ -82,6 +85,14 @@ class NvmlSampler(threading.Thread):
         return float(np.mean(self.samples)) / 100 if self.samples else None
 
 
+def release_gpu() -> None:
+    """Hand the memory cached by this process's allocator back to the device: the next
+    phase's learner is another process and cannot use what this one keeps reserved."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def run_mode(spec: JobSpec, mode: str, steps: int, placement: Placement) -> dict:
     spec.job.mode, spec.train.total_env_steps, spec.train.resume = mode, steps, False
     rows: list[dict] = []
@@ -116,6 +127,8 @@ def run_mode(spec: JobSpec, mode: str, steps: int, placement: Placement) -> dict
     for lane in LANES:
         out[f"{lane}_busy"] = summary[lane]["busy"]
     out["publish_ms"] = float(np.mean([r["publish_ms"] for r in steady if "publish_ms" in r] or [0]))
+    del pipeline
+    release_gpu()
     return out
 
 
@@ -188,43 +201,12 @@ def plot(results: dict, out_dir: Path, tag: str) -> list[Path]:
     return paths
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--job", type=Path, help="job file to measure (default: examples/reach_ppo.toml, "
-                                                 "with --gpu examples/gpu_bench.toml)")
-    parser.add_argument("--steps", type=int, help="env steps per mode (default 30 000; --gpu 40 000)")
-    parser.add_argument("--quick", action="store_true", help="small run, under a minute")
-    parser.add_argument("--gpu", action="store_true", help="the headline GPU run (see above)")
-    parser.add_argument("--workload", choices=("balanced", "libero"), default="balanced",
-                        help="with --gpu: the synthetic env's step cost (default: balanced)")
-    parser.add_argument("--scaling", default="1,2,4,8,16", help="with --gpu: worker counts of the scaling table")
-    parser.add_argument("--plots", type=Path, help="with --gpu: write the three PNGs into this folder")
-    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    args = parser.parse_args()
-    job = args.job or REPO / "examples" / ("gpu_bench.toml" if args.gpu else "reach_ppo.toml")
-    spec = load_spec(job)
-    if args.gpu:
-        spec.resources.device = "cuda"
-        if args.workload == "libero":
-            spec.env.args["step_ms"] = 29.0
-    placement = placement_for(spec)
-    steps = args.steps or (40_000 if args.gpu else 30_000)
-    probe_s = 6.0
-    if args.quick:
-        steps, probe_s = 3_000, 2.0
-        spec.pipeline.segment_steps = min(spec.pipeline.segment_steps, 16)
-        spec.algo.update_epochs = 1
+def measure(spec: JobSpec, placement: Placement, costs: dict[str, float], steps: int, label: str,
+            plots: Path | None) -> dict:
+    """Both modes of one workload against its ideals: the report's figures, printed as a table."""
     cores = len(os.sched_getaffinity(0))
-    device = torch.cuda.get_device_name(placement.device) if placement.on_gpu else "cpu"
-
-    print(f"job {job.name}: env {spec.env.name}, {spec.env.num_envs} envs in {spec.env.groups} groups on "
-          f"{spec.env.workers} workers, policy {spec.policy.name}, {cores} cores, {device}, "
-          f"{steps} env steps per mode", flush=True)
-    costs = lane_costs(spec, placement, probe_s)
-    if args.gpu and args.workload == "balanced":
-        balance(spec, costs, probe_s)
     sync_ideal, async_ideal = ideals(costs, spec, placement, cores)
-    print("lane cost alone (ms per env step): " + ", ".join(
+    print(f"\n[{label}] lane cost alone (ms per env step): " + ", ".join(
         f"{k} {1e3 * costs[k]:.3f}" for k in ("sample", "infer", "learn", "publish"))
           + f"   (synthetic step {spec.env.args.get('step_ms', '-')} ms)", flush=True)
     results = {mode: run_mode(spec, mode, steps, placement) for mode in ("sync", "async")}
@@ -243,33 +225,99 @@ def main() -> None:
         "gpu_busy": asyn["gpu_busy"] if placement.on_gpu else None,
         "gpu_busy_sync": sync["gpu_busy"] if placement.on_gpu else None,
         "gpu_util_nvml": {mode: r["gpu_util_nvml"] for mode, r in results.items()},
-        "device": device, "cpu": platform.processor() or platform.machine(), "cores": cores,
+        "device": torch.cuda.get_device_name(placement.device) if placement.on_gpu else "cpu",
+        "cpu": platform.processor() or platform.machine(), "cores": cores,
         "model_params": int(costs["model_params"]), "published_params": int(costs["published_params"]),
         "policy": spec.policy.name, "policy_args": spec.policy.args, "env": spec.env.name,
-        "env_args": spec.env.args, "workers": spec.env.workers, "num_envs": spec.env.num_envs,
-        "workload": args.workload if args.gpu else "job", "job": job.name,
-        "env_steps_per_mode": steps, "quick": args.quick,
+        "env_args": dict(spec.env.args), "workers": spec.env.workers, "num_envs": spec.env.num_envs,
+        "workload": label, "env_steps_per_mode": steps,
     }
-    print(f"\n{'mode':6} {'steps/s':>9} {'ideal':>9} {'effic.':>7}   busy: sample infer  learn  distr    GPU")
+    print(f"{'mode':6} {'steps/s':>9} {'ideal':>9} {'effic.':>7}   busy: sample infer  learn  distr    GPU")
     for mode, r, ideal in (("sync", sync, sync_ideal), ("async", asyn, async_ideal)):
         print(f"{mode:6} {r['steps_per_s']:9.1f} {1 / ideal:9.1f} {r['steps_per_s'] * ideal:7.2f}         "
               + "  ".join(f"{r[f'{lane}_busy']:5.0%}" for lane in LANES) + f"  {r['gpu_busy']:5.0%}")
-    print(f"\nasync/sync = {ratio:.2f}x   ideal = {ideal_ratio:.2f}x   "
+    print(f"async/sync = {ratio:.2f}x   ideal = {ideal_ratio:.2f}x   "
           f"staleness mean {asyn['staleness_mean']:.2f} max {asyn['staleness_max']:.0f}   "
           f"publish {costs['publish_ms']:.2f} ms (raw copy {costs['raw_copy_ms']:.2f} ms)", flush=True)
+    if plots is not None:
+        for path in plot(results, plots, label):
+            print(f"wrote {path}")
+    return report
+
+
+def worker_scaling(spec: JobSpec, counts: list[int], seconds: float) -> dict[str, dict]:
+    """The sample lane alone with 1, 2, 4 … workers, printed, as the report's keys."""
+    table = sample_scaling(spec, counts, seconds)
+    print(f"\nworker scaling of the sample lane alone (synthetic step {spec.env.args.get('step_ms')} ms)")
+    print("workers " + " ".join(f"{n:>7}" for n in counts))
+    print("steps/s " + " ".join(f"{table[n]['steps_per_s']:7.1f}" for n in counts))
+    print("effic.  " + " ".join(f"{table[n]['efficiency']:7.2f}" for n in counts), flush=True)
+    return {"scaling": {str(n): s["efficiency"] for n, s in table.items()},
+            "scaling_steps_per_s": {str(n): s["steps_per_s"] for n, s in table.items()},
+            "scaling_step_ms": spec.env.args.get("step_ms")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--job", type=Path, help="job file to measure (default: examples/reach_ppo.toml, "
+                                                 "with --gpu examples/gpu_bench.toml)")
+    parser.add_argument("--steps", type=int, help="env steps per mode (default 30 000; --gpu 8 000)")
+    parser.add_argument("--quick", action="store_true", help="small run, under a minute")
+    parser.add_argument("--gpu", action="store_true", help="the headline GPU run (see above)")
+    parser.add_argument("--workload", choices=("balanced", "libero", "both"), default="balanced",
+                        help="with --gpu: the synthetic env's step cost (default: balanced); both share "
+                             "one measurement of the GPU lanes")
+    parser.add_argument("--libero-steps", type=int, help="with --workload both: env steps per mode of the "
+                                                         "LIBERO-cost runs (default: --steps)")
+    parser.add_argument("--scaling", default="1,2,4,8,16",
+                        help="with --gpu: worker counts of the scaling table ('' skips it)")
+    parser.add_argument("--plots", type=Path, help="with --gpu: write the three PNGs per workload here")
+    parser.add_argument("--report-dir", type=Path, help="with --gpu: write pipeline_gpu[_libero].json here")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line "
+                                                            "(with --workload both: {workload: report})")
+    args = parser.parse_args()
+    job = args.job or REPO / "examples" / ("gpu_bench.toml" if args.gpu else "reach_ppo.toml")
+    spec = load_spec(job)
     if args.gpu:
-        counts = [int(n) for n in args.scaling.split(",")]
-        scaling = sample_scaling(spec, counts, 3.0 if not args.quick else 1.0)
-        report["scaling"] = {str(n): s["efficiency"] for n, s in scaling.items()}
-        report["scaling_steps_per_s"] = {str(n): s["steps_per_s"] for n, s in scaling.items()}
-        print("workers " + " ".join(f"{n:>7}" for n in counts))
-        print("steps/s " + " ".join(f"{scaling[n]['steps_per_s']:7.1f}" for n in counts))
-        print("effic.  " + " ".join(f"{scaling[n]['efficiency']:7.2f}" for n in counts))
-        if args.plots:
-            for path in plot(results, args.plots, args.workload):
-                print(f"wrote {path}")
+        spec.resources.device = "cuda"
+    placement = placement_for(spec)
+    steps = args.steps or (8_000 if args.gpu else 30_000)
+    probe_s = 6.0
+    if args.quick:
+        steps, probe_s = 3_000, 2.0
+        spec.pipeline.segment_steps = min(spec.pipeline.segment_steps, 16)
+        spec.algo.update_epochs = 1
+    workloads = ([] if not args.gpu else ["balanced", "libero"] if args.workload == "both" else [args.workload])
+    print(f"job {job.name}: env {spec.env.name}, {spec.env.num_envs} envs in {spec.env.groups} groups on "
+          f"{spec.env.workers} workers, policy {spec.policy.name}, {len(os.sched_getaffinity(0))} cores, "
+          f"{torch.cuda.get_device_name(placement.device) if placement.on_gpu else 'cpu'}, "
+          f"{steps} env steps per mode", flush=True)
+    if "libero" in workloads:
+        spec.env.args["step_ms"] = LIBERO_STEP_MS
+    measured = lane_costs(spec, placement, probe_s)  # the GPU lanes' costs hold for every workload
+    release_gpu()
+    reports: dict[str, dict] = {}
+    scaling: dict[str, dict] = {}
+    for workload in workloads or ["job"]:
+        costs = dict(measured)  # the sample cost in it is LIBERO's when that workload was asked for
+        if workload == "balanced":
+            balance(spec, costs, probe_s)
+        elif workload == "libero":
+            spec.env.args["step_ms"] = LIBERO_STEP_MS
+        n = args.libero_steps if workload == "libero" and args.libero_steps else steps
+        report = reports[workload] = measure(spec, placement, costs, n, workload, args.plots if args.gpu else None)
+        report.update(quick=args.quick, job=job.name)
+        if args.gpu and args.scaling and not scaling:  # once, at the first workload's step cost
+            scaling = worker_scaling(spec, [int(n) for n in args.scaling.split(",")], 1.0 if args.quick else 3.0)
+        report.update(scaling)
+        if args.report_dir:  # each workload's report as soon as it is measured
+            args.report_dir.mkdir(parents=True, exist_ok=True)
+            name = "pipeline_gpu.json" if workload == "balanced" else f"pipeline_gpu_{workload}.json"
+            path = args.report_dir / name
+            path.write_text(json.dumps(report, indent=1) + "\n")
+            print(f"wrote {path}", flush=True)
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps(next(iter(reports.values())) if len(reports) == 1 else reports))
 
 
 if __name__ == "__main__":

@@ -255,6 +255,32 @@ def test_grpo_loss_gradient_sign_and_zero_kl() -> None:
     assert loss_after.item() == pytest.approx((1.0 - math.exp(0.01)) / 2)
 
 
+def test_decoupled_surrogate_clips_around_the_proximal_policy_and_weights_by_staleness() -> None:
+    """A stale sample (behaviour log-prob -2, learner already at -1.5 when the update began):
+    plain PPO sees ratio e^0.5 ≈ 1.65 and the sample is clipped before any step; decoupled PPO
+    sees ratio 1 around the proximal policy, so it still has a gradient, weighted by the
+    truncated importance weight e^0.5."""
+    behaviour, proximal = t(-2.0), t(-1.5)
+    new = proximal.clone().requires_grad_()
+    kwargs = {"clip_coef": 0.2, "ratio_cap": 3.0, "ent_coef": 0.0}
+    plain, plain_stats = grpo_loss(new, behaviour, t(1.0), t(0.0), torch.ones(1), **kwargs)
+    plain.backward()
+    assert plain_stats["clipfrac"] == 1.0 and new.grad is not None and new.grad.item() == 0.0
+    new.grad = None
+    loss, stats = grpo_loss(new, behaviour, t(1.0), t(0.0), torch.ones(1), proximal_logprob=proximal, **kwargs)
+    loss.backward()
+    assert stats["clipfrac"] == 0.0 and stats["ratio_mean"] == 1.0
+    assert_close(loss, -t(math.exp(0.5))[0])
+    assert_close(new.grad, -t(math.exp(0.5)))
+    # the staleness weight is truncated at ratio_cap
+    far, _ = grpo_loss(new.detach(), t(-5.0), t(1.0), t(0.0), torch.ones(1), proximal_logprob=proximal, **kwargs)
+    assert_close(far, -t(3.0)[0])
+    # without staleness the decoupled loss is the plain one
+    same, _ = grpo_loss(new.detach(), proximal, t(1.0), t(0.0), torch.ones(1), proximal_logprob=proximal, **kwargs)
+    reference, _ = grpo_loss(new.detach(), proximal, t(1.0), t(0.0), torch.ones(1), **kwargs)
+    assert_close(same, reference)
+
+
 def test_grpo_loss_entropy_bonus() -> None:
     # ratio 1, A = 0: pg_loss 0, loss = -0.1 * mean(entropy) = -0.1 * (1 + 2)/2 = -0.15
     loss, stats = grpo_loss(

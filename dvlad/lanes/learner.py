@@ -47,10 +47,13 @@ def build_policy(spec: JobSpec, env_spec: EnvSpec, device: torch.device | str = 
                  dtype: torch.dtype = torch.float32) -> tuple[Policy, torch.Tensor]:
     """The job's policy on ``device`` in ``dtype``, its weights in one flat buffer.
 
-    Built on the CPU from the job's seed first, so every process (learner, actors) starts
-    from the same weights whatever device and precision it then moves them to."""
+    Initialised on ``device`` itself from the job's seed (a 1B model initialises in seconds
+    on a GPU, in tens of seconds on one CPU thread), so every process of the job (learner,
+    actors) starts from the same weights; then cast to ``dtype``."""
     torch.manual_seed(spec.job.seed)
-    policy = make_policy(spec.policy.name, env_spec, action_chunk=spec.policy.action_chunk, **spec.policy.args)
+    with torch.device(device):
+        policy = make_policy(spec.policy.name, env_spec, action_chunk=spec.policy.action_chunk,
+                             **spec.policy.args)
     policy.to(device=device, dtype=dtype)
     return policy, flatten_parameters(policy)
 
@@ -66,6 +69,12 @@ def _obs(batch: dict[str, torch.Tensor], index: tuple) -> ObsBatch:
         proprio=batch["proprio"][index],
         instruction=batch["instruction"][index],
     )
+
+
+def _rows_obs(rows: dict[str, torch.Tensor], index: torch.Tensor) -> ObsBatch:
+    """The observations of the flattened rows ``index``."""
+    return ObsBatch(images={k.split("/", 1)[1]: v[index] for k, v in rows.items() if k.startswith("image/")},
+                    proprio=rows["proprio"][index], instruction=rows["instruction"][index])
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -151,14 +160,13 @@ class Learner:
                   returns: torch.Tensor | None) -> dict[str, float]:
         algo, totals, count = self.algo, {}, 0
         mb_size = max(1, len(idx) // algo.minibatches)
+        proximal = self._proximal_logprob(rows, idx, mb_size) if algo.proximal_clip else None
         for _ in range(algo.update_epochs):
             perm = idx[torch.randperm(len(idx), device=idx.device)]
             for start in range(0, len(perm), mb_size):
                 mb = perm[start:start + mb_size]
-                obs = ObsBatch(images={k.split("/", 1)[1]: v[mb] for k, v in rows.items() if k.startswith("image/")},
-                               proprio=rows["proprio"][mb], instruction=rows["instruction"][mb])
                 with self.placement.autocast():
-                    out = self.policy.evaluate(obs, rows["tokens"][mb])
+                    out = self.policy.evaluate(_rows_obs(rows, mb), rows["tokens"][mb])
                 adv = advantages[mb]
                 if algo.norm_adv and algo.name == "ppo":
                     adv = normalize_advantages(adv, torch.ones(len(mb), device=self.device))
@@ -169,16 +177,18 @@ class Learner:
                     return x.repeat_interleave(n)
 
                 mask = torch.ones(len(mb) * per_token, device=self.device)
+                prox = None if proximal is None else proximal[mb].flatten()
                 if returns is None:
                     loss, stats = grpo_loss(out.logprob.flatten(), rows["logprob"][mb].flatten(), tok(adv),
                                             out.entropy.flatten(), mask, clip_coef=algo.clip_coef,
-                                            ratio_cap=algo.ratio_cap, ent_coef=algo.ent_coef)
+                                            ratio_cap=algo.ratio_cap, ent_coef=algo.ent_coef,
+                                            proximal_logprob=prox)
                 else:
                     loss, stats = ppo_loss(out.logprob.flatten(), rows["logprob"][mb].flatten(), tok(adv),
                                            tok(out.value), tok(rows["value"][mb]), tok(returns[mb]),
                                            out.entropy.flatten(), mask, clip_coef=algo.clip_coef,
                                            ratio_cap=algo.ratio_cap, vf_coef=algo.vf_coef,
-                                           ent_coef=algo.ent_coef)
+                                           ent_coef=algo.ent_coef, proximal_logprob=prox)
                 if algo.aux_coef and out.aux is not None and "aux" in rows:
                     aux_loss = self.policy.aux_loss(out.aux, rows["aux"][mb])
                     loss = loss + algo.aux_coef * aux_loss
@@ -192,6 +202,16 @@ class Learner:
                     totals[k] = totals.get(k, 0.0) + v
                 count += 1
         return {k: v / count for k, v in totals.items()}
+
+    def _proximal_logprob(self, rows: dict[str, torch.Tensor], idx: torch.Tensor, chunk: int) -> torch.Tensor:
+        """Log-probs of the sampled tokens under the weights as this update begins (decoupled
+        PPO's proximal policy), for every row; rows outside ``idx`` stay 0 and are never read."""
+        out = torch.zeros(rows["logprob"].shape, device=self.device)
+        with torch.no_grad(), self.placement.autocast():
+            for start in range(0, len(idx), chunk):
+                rows_mb = idx[start:start + chunk]
+                out[rows_mb] = self.policy.evaluate(_rows_obs(rows, rows_mb), rows["tokens"][rows_mb]).logprob.float()
+        return out
 
     # -- checkpoints ----------------------------------------------------------------------
     def save(self, path: Path | None = None) -> Path:

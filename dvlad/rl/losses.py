@@ -93,6 +93,7 @@ def ppo_loss(
     vf_coef: float,
     ent_coef: float,
     clip_vloss: bool = True,
+    proximal_logprob: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """PPO loss for one minibatch: dual-clipped policy surrogate, (clipped) value loss, entropy bonus.
 
@@ -118,6 +119,8 @@ def ppo_loss(
         vf_coef: weight of the value loss.
         ent_coef: weight of the entropy bonus.
         clip_vloss: clip the value loss as CleanRL does; plain 0.5 * MSE otherwise.
+        proximal_logprob: [B] log-prob under the weights at the start of this update; given, the
+            surrogate is decoupled (see :func:`_policy_loss`).
 
     Returns:
         ``(loss, stats)``; stats: loss, pg_loss, v_loss, entropy, approx_kl, clipfrac, ratio_mean,
@@ -129,7 +132,8 @@ def ppo_loss(
 
     # Policy loss
     pg_loss, entropy_loss, stats = _policy_loss(
-        new_logprob, behaviour_logprob, advantages, entropy, weight, clip_coef, ratio_cap
+        new_logprob, behaviour_logprob, advantages, entropy, weight, clip_coef, ratio_cap,
+        _masked(mask, proximal_logprob),
     )
 
     # Value loss
@@ -156,6 +160,7 @@ def grpo_loss(
     clip_coef: float,
     ratio_cap: float,
     ent_coef: float,
+    proximal_logprob: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """GRPO loss for one minibatch: the same dual-clipped surrogate as PPO, with no critic.
 
@@ -173,6 +178,7 @@ def grpo_loss(
         clip_coef: PPO epsilon.
         ratio_cap: dual-clip cap, > 1.
         ent_coef: weight of the entropy bonus.
+        proximal_logprob: as for :func:`ppo_loss`.
 
     Returns:
         ``(loss, stats)``; stats: loss, pg_loss, entropy, approx_kl, clipfrac, ratio_mean,
@@ -182,7 +188,8 @@ def grpo_loss(
         mask, new_logprob, behaviour_logprob, advantages, entropy
     )
     pg_loss, entropy_loss, stats = _policy_loss(
-        new_logprob, behaviour_logprob, advantages, entropy, weight, clip_coef, ratio_cap
+        new_logprob, behaviour_logprob, advantages, entropy, weight, clip_coef, ratio_cap,
+        _masked(mask, proximal_logprob),
     )
     loss = pg_loss - ent_coef * entropy_loss
     return loss, _to_floats({"loss": loss, **stats})
@@ -218,9 +225,20 @@ def _policy_loss(
     weight: Tensor,
     clip_coef: float,
     ratio_cap: float,
+    proximal_logprob: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """The policy half shared by PPO and GRPO: returns ``(pg_loss, entropy_loss, stats)``."""
-    logratio = new_logprob - behaviour_logprob
+    """The policy half shared by PPO and GRPO: returns ``(pg_loss, entropy_loss, stats)``.
+
+    With ``proximal_logprob`` the surrogate is *decoupled* (Hilton et al. 2022, "Batch
+    size-invariance for policy optimization"; AReaL uses it for asynchronous RL): the ratio is
+    taken against the proximal policy (the learner's weights when this update began), so the
+    trust region sits around where the learner is, and each sample's loss is weighted by
+    ``behaviour_weight = min(pi_prox / pi_behaviour, ratio_cap)``, the truncated importance
+    weight that corrects for the sample's staleness. Without staleness the weight is 1 and the
+    loss is the plain one.
+    """
+    anchor = behaviour_logprob if proximal_logprob is None else proximal_logprob
+    logratio = new_logprob - anchor
     ratio = logratio.exp()
 
     with torch.no_grad():
@@ -232,6 +250,9 @@ def _policy_loss(
         ratio_max = F.pad(torch.where(weight != 0, ratio, torch.zeros_like(ratio)), (0, 1)).max()
 
     pg_loss_per_sample, truncated = _dual_clip_surrogate(ratio, advantages, clip_coef, ratio_cap)
+    if proximal_logprob is not None:
+        behaviour_weight = (proximal_logprob - behaviour_logprob).exp().clamp(max=ratio_cap)
+        pg_loss_per_sample = behaviour_weight.detach() * pg_loss_per_sample
     pg_loss = _masked_mean(pg_loss_per_sample, weight)
     truncated_frac = _masked_mean(truncated.to(weight.dtype), weight)
     entropy_loss = _masked_mean(entropy, weight)
@@ -264,6 +285,11 @@ def _apply_mask(mask: Tensor, *tensors: Tensor) -> tuple[Tensor, tuple[Tensor, .
     weight = mask.to(dtype)
     valid = weight != 0
     return weight, tuple(torch.where(valid, t, torch.zeros_like(t)) for t in tensors)
+
+
+def _masked(mask: Tensor, x: Tensor | None) -> Tensor | None:
+    """``x`` with masked entries zeroed (None stays None)."""
+    return None if x is None else _apply_mask(mask, x)[1][0]
 
 
 def _masked_mean(x: Tensor, weight: Tensor) -> Tensor:

@@ -109,6 +109,9 @@ class AlgoSection:
     """PPO ratio clip ε, in (0, 1)."""
     ratio_cap: float = 3.0
     """Dual-clip bound: importance ratios of stale samples are truncated at this (> 1 + clip_coef)."""
+    proximal_clip: bool = False
+    """Decoupled PPO: clip around the policy at the start of each update (one extra forward pass),
+    correcting staleness with a truncated importance weight; false: clip around the acting policy."""
     vf_coef: float = 0.5
     """Value-loss weight (≥ 0)."""
     ent_coef: float = 0.0
