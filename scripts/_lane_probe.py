@@ -116,7 +116,7 @@ def lane_costs(spec: JobSpec, placement: Placement, seconds: float) -> dict[str,
             rollout_steps = shape.steps * spec.env.num_envs * spec.policy.action_chunk
             learn = _time(lambda: learner.update(segments), 2, placement.device) / rollout_steps
 
-            dist = Distributor(plane, learner.flat.numel())
+            dist = Distributor(plane)
             version = iter(range(1, 1 << 30))
             publish_s = _time(lambda: (dist.publish(learner.flat, next(version)), dist.flush()), 10,
                               placement.device)

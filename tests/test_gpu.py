@@ -23,7 +23,7 @@ def _publish_from_another_process(handle: WeightPlaneHandle, numel: int, seed: i
     """A learner: fp32 master weights on the GPU, published through the plane's CUDA IPC staging."""
     plane = WeightPlane.attach(handle)
     master = torch.randn(numel, device="cuda", generator=torch.Generator("cuda").manual_seed(seed))
-    dist = Distributor(plane, numel)
+    dist = Distributor(plane)
     dist.publish(master, 7)
     dist.close()
     done.set()

@@ -38,7 +38,7 @@ def test_published_version_reaches_actor_and_changes_actions():
             before = actor.act(obs, deterministic=True).actions.clone()
             learner_flat.add_(torch.randn_like(learner_flat) * 0.5)  # a learner step, drastically
             assert plane.swap_into(actor_flat, -1) == -1  # nothing published yet
-            dist = Distributor(plane, learner_flat.numel())
+            dist = Distributor(plane)
             dist.publish(learner_flat, 1)
             dist.close()
             assert plane.wait_for(1, timeout=5)

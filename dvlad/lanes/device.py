@@ -37,9 +37,10 @@ class Placement:
 
 def placement_for(spec: JobSpec) -> Placement:
     """The job's placement from ``resources.device`` (``auto``: the GPU when torch sees one)."""
-    wanted = spec.resources.device
-    if wanted == "cuda" and not torch.cuda.is_available():
-        raise ValueError('resources.device = "cuda", but torch sees no GPU '
+    wanted, gpus = spec.resources.device, spec.resources.gpus
+    if (wanted == "cuda" or gpus) and not torch.cuda.is_available():
+        asked = f"resources.gpus = {gpus}" if gpus else 'resources.device = "cuda"'
+        raise ValueError(f"{asked}, but torch sees no GPU "
                          f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'})")
     if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
         return Placement(torch.device("cuda", torch.cuda.current_device()), torch.bfloat16)

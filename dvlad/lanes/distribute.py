@@ -1,10 +1,12 @@
 """The distribute lane: publish each new weight version to every actor replica.
 
 It runs beside the learner, in a thread of the learner process (on a GPU also on its own
-CUDA stream), so the learner goes on with its next update while a version travels. The
-learner hands over a snapshot of its flat buffer: one copy on the learner's own stream,
-into a buffer of the staging buffers' device and dtype (on a GPU: fp32 master weights cast
-to bf16, device to device). It only waits if the previous version is still travelling.
+CUDA stream), so the learner goes on while a version travels. A version is copied straight
+from the learner's flat buffer into the staging buffers (on a GPU: fp32 master weights cast
+to the actors' bf16 on the way, device to device, one pass), with no intermediate snapshot.
+The price is one rule for the learner: it must not write its weights until :meth:`flush`
+returns. The learner flushes before each update, after waiting for the next rollout, so
+the copy (milliseconds) is long finished by then and the learner never actually waits.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ from dvlad.lanes.weights import WeightPlane
 
 
 class Distributor:
-    def __init__(self, plane: WeightPlane, numel: int, on_published=None) -> None:
+    def __init__(self, plane: WeightPlane, on_published=None) -> None:
         self.plane = plane
-        self._snapshot = torch.empty(numel, dtype=plane.dtype, device=plane.device)
         on_gpu = plane.device.type == "cuda"
         self._stream = torch.cuda.Stream(plane.device) if on_gpu else None
-        self._snapshot_done = torch.cuda.Event() if on_gpu else None
+        self._weights_ready = torch.cuda.Event() if on_gpu else None
+        self._source: torch.Tensor | None = None
         self._version = -1
         self._pending = threading.Event()
         self._idle = threading.Event()
@@ -35,16 +37,20 @@ class Distributor:
         self._thread.start()
 
     def publish(self, flat: torch.Tensor, version: int) -> None:
-        """Snapshot ``flat`` as ``version`` and return; the copy to replicas runs behind."""
+        """Start publishing ``flat`` as ``version`` and return; leave ``flat`` unwritten until
+        :meth:`flush`. Waits only if the previous version is still travelling."""
+        self.flush()
+        if self._weights_ready is not None:
+            self._weights_ready.record()  # on the learner's stream: the copy starts after its last step
+        self._source, self._version = flat.detach(), version
+        self._idle.clear()
+        self._pending.set()
+
+    def flush(self) -> None:
+        """Return once the version in hand has reached every replica (the learner may write again)."""
         self._idle.wait()
         if self._error is not None:
             raise RuntimeError("distribute lane failed") from self._error
-        self._snapshot.copy_(flat.detach(), non_blocking=True)
-        if self._snapshot_done is not None:
-            self._snapshot_done.record()  # on the learner's stream; the distribute stream waits for it
-        self._version = version
-        self._idle.clear()
-        self._pending.set()
 
     def _run(self) -> None:
         if self._stream is None:
@@ -60,22 +66,17 @@ class Distributor:
             if self._stop:
                 return
             try:
-                if self._snapshot_done is not None:
-                    self._snapshot_done.synchronize()
+                if self._weights_ready is not None:
+                    self._stream.wait_event(self._weights_ready)  # a wait on the GPU, not here
                 t0 = time.monotonic()
-                seconds = self.plane.publish(self._snapshot, self._version)
+                seconds = self.plane.publish(self._source, self._version)
                 if self._on_published is not None:
                     self._on_published(self._version, t0, t0 + seconds)
-            except BaseException as exc:  # surfaced on the learner's next publish
+            except BaseException as exc:  # surfaced on the learner's next publish or flush
                 self._error = exc
             finally:
+                self._source = None
                 self._idle.set()
-
-    def flush(self) -> None:
-        """Return once the version in hand has reached every replica."""
-        self._idle.wait()
-        if self._error is not None:
-            raise RuntimeError("distribute lane failed") from self._error
 
     def close(self) -> None:
         self._idle.wait()

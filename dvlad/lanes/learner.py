@@ -264,7 +264,7 @@ def learner_main(cfg: LearnerConfig, queue_handle: TrajectoryQueueHandle, plane_
         def published(version: int, t0: float, t1: float) -> None:
             messages.put(("interval", "distribute", t0, t1, 1))
 
-        distributor = Distributor(plane, learner.flat.numel(), on_published=published)
+        distributor = Distributor(plane, on_published=published)
         distributor.publish(learner.flat, learner.version)
         messages.put(("ready", learner.version, learner.trained_env_steps, os.getpid()))
         every = cfg.spec.train.checkpoint_every
@@ -276,6 +276,7 @@ def learner_main(cfg: LearnerConfig, queue_handle: TrajectoryQueueHandle, plane_
             batch = _batch_from_segments([traj.view(s) for s in slots])  # the one copy out of shm
             for s in slots:  # free the slots at once: the actor may refill them while we train
                 traj.release(s)
+            distributor.flush()  # the last version has left the weights: the update may write them
             stats = learner.train(batch)
             t1 = time.monotonic()
             distributor.publish(learner.flat, learner.version)
