@@ -2,6 +2,8 @@
 
     python scripts/plot_run.py runs/demo --out runs/demo/report.png
     python scripts/plot_run.py runs/ppo runs/grpo --labels PPO GRPO --out docs/learning_reach.png
+
+The panels are `dvla report`'s (dvla.report), drawn from run directories on disk instead of the daemon.
 """
 
 from __future__ import annotations
@@ -9,37 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
+from dvla.report import plot_runs
 from dvlad.runtime.metrics import read_jsonl
-
-PANELS = (
-    ("success_rate", "success rate (last 100 episodes)"),
-    ("episode_return", "episode return"),
-    ("env_steps_per_s", "env steps / s"),
-    ("staleness_mean", "mean staleness (versions)"),
-)
-
-
-def plot(runs: list[Path], labels: list[str], out: Path, x: str = "env_steps") -> None:
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
-    for run, label in zip(runs, labels, strict=True):
-        rows = read_jsonl(run / "metrics.jsonl")
-        for ax, (key, title) in zip(axes.flat, PANELS, strict=True):
-            pts = [(r[x] / (60 if x == "time_s" else 1), r[key]) for r in rows if key in r]
-            if pts:
-                ax.plot(*zip(*pts, strict=True), label=label)
-            ax.set_title(title)
-            ax.set_xlabel("minutes" if x == "time_s" else x.replace("_", " "))
-            ax.grid(alpha=0.3)
-    axes.flat[0].set_ylim(-0.02, 1.02)
-    axes.flat[0].legend()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    print(f"wrote {out}")
 
 
 def main() -> None:
@@ -52,7 +25,8 @@ def main() -> None:
     labels = args.labels or [r.name for r in args.runs]
     if len(labels) != len(args.runs):
         parser.error("give one label per run")
-    plot(args.runs, labels, args.out, args.x)
+    runs = [(label, read_jsonl(run / "metrics.jsonl")) for label, run in zip(labels, args.runs, strict=True)]
+    print(f"wrote {plot_runs(runs, args.out, args.x)}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ class Inventory:
     source: str
     """"nvml", "fixture:<path>" or "none" (no driver, no fixture: a CPU-only node)."""
     topology: dict[str, Any]
-    """NVML's view: ``devices`` (index, name, uuid, pci_bus_id, memory_total, nvlinks) and ``pairs``."""
+    """NVML's view: ``devices`` (index, name, uuid, pci_bus_id, memory_total, nvlinks: each active link's
+    ``link``, ``remote_pci_bus_id`` and ``remote_type`` gpu/switch) and ``pairs``."""
     _sampled: tuple[float, list[dict[str, Any]]] | None = field(default=None, repr=False)
 
     @property
@@ -71,6 +72,23 @@ def _nvml_sample(index: int) -> dict[str, Any]:
             "power_limit": None if limit is None else limit / 1000}
 
 
+def _nvlinks(handle: Any) -> list[dict[str, Any]]:
+    """The GPU's active NVLinks, each with what its far end is: another GPU (by PCI bus id) or an
+    NVSwitch (HGX boards: every GPU reaches every other through the switches). Empty on PCIe-only GPUs,
+    where NVML answers NotSupported."""
+    import pynvml
+
+    kinds = {pynvml.NVML_NVLINK_DEVICE_TYPE_GPU: "gpu", pynvml.NVML_NVLINK_DEVICE_TYPE_SWITCH: "switch"}
+    links = []
+    for link in range(pynvml.NVML_NVLINK_MAX_LINKS):
+        if _nvml_field(lambda link=link: pynvml.nvmlDeviceGetNvLinkState(handle, link)) != pynvml.NVML_FEATURE_ENABLED:
+            continue
+        remote = _nvml_field(lambda link=link: pynvml.nvmlDeviceGetNvLinkRemotePciInfo(handle, link).busId)
+        kind = _nvml_field(lambda link=link: pynvml.nvmlDeviceGetNvLinkRemoteDeviceType(handle, link))
+        links.append({"link": link, "remote_pci_bus_id": remote, "remote_type": kinds.get(kind, "unknown")})
+    return links
+
+
 def _nvml_topology() -> dict[str, Any] | None:
     try:
         import pynvml
@@ -83,7 +101,7 @@ def _nvml_topology() -> dict[str, Any] | None:
         h = pynvml.nvmlDeviceGetHandleByIndex(index)
         devices.append({"index": index, "name": pynvml.nvmlDeviceGetName(h), "uuid": pynvml.nvmlDeviceGetUUID(h),
                         "pci_bus_id": pynvml.nvmlDeviceGetPciInfo(h).busId,
-                        "memory_total": pynvml.nvmlDeviceGetMemoryInfo(h).total, "nvlinks": []})
+                        "memory_total": pynvml.nvmlDeviceGetMemoryInfo(h).total, "nvlinks": _nvlinks(h)})
     pairs = []
     for a, b in itertools.combinations(range(len(devices)), 2):
         ha, hb = pynvml.nvmlDeviceGetHandleByIndex(a), pynvml.nvmlDeviceGetHandleByIndex(b)

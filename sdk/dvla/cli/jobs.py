@@ -1,0 +1,181 @@
+"""Job commands: ``submit``, ``jobs``, ``status``, ``logs``, ``cancel``.
+
+Why ``submit`` prints only the id: ``id=$(dvla submit job.toml)`` is how scripts chain it into
+``dvla status "$id"``; everything for people goes to stderr or behind ``--follow``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dvla.cli import output
+from dvla.cli.main import State, connection_options, json_option, pass_state
+from dvla.client import Client, Job
+from dvla.errors import JobFailed
+
+JOB_ID = click.argument("job_id", metavar="ID", type=click.IntRange(min=1))
+
+
+def _follow(client: Client, job: Job, *, to_stderr: bool) -> dict[str, Any]:
+    """Print the job's log as it is written until the job ends; its final record (``JobFailed`` if it
+    did not succeed). Ctrl-C stops following, not the job."""
+    try:
+        for line in client.follow_logs(job.id):
+            click.echo(line, err=to_stderr)
+        return job.wait(poll=0.2)
+    except KeyboardInterrupt:
+        output.note(f"stopped following job {job.id}; it keeps running (`dvla cancel {job.id}` stops it)")
+        raise
+
+
+@click.command(epilog="""\b
+Examples:
+  dvla submit examples/reach_ppo.toml            # prints the job id
+  id=$(dvla submit job.toml --priority 5) && dvla status "$id"
+  dvla submit job.toml --follow                  # stream the log; exit 0 if it succeeds, 1 if not
+  dvla submit job.toml --idempotency-key nightly-$(date +%F)   # a retry returns the same job
+
+The file is checked locally first (as `dvla validate` does): an invalid file exits 2 before any request.""")
+@click.argument("job_file", type=click.Path(path_type=Path))
+@click.option("-f", "--follow", is_flag=True, help="Stream the job's log until it ends; exit with its outcome.")
+@click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first among your queued jobs.")
+@click.option("--idempotency-key", metavar="KEY", help="A retry with the same key returns the job the first made.")
+@json_option
+@connection_options
+@pass_state
+def submit(state: State, job_file: Path, follow: bool, priority: int, idempotency_key: str | None,
+           as_json: bool) -> None:
+    """Submit a job file and print its id.
+
+    JOB_FILE is TOML (docs/jobs.md); it is checked here before it is sent."""
+    client = state.client()
+    job = client.submit(job_file, priority=priority, idempotency_key=idempotency_key)
+    if as_json and not follow:
+        output.print_json(job.record)
+        return
+    if not as_json:
+        click.echo(job.id)
+    if not follow:
+        return
+    try:
+        final = _follow(client, job, to_stderr=as_json)  # with --json the log goes to stderr, the record out
+    except JobFailed as failed:
+        if as_json:
+            output.print_json(failed.job)
+        raise
+    if as_json:
+        output.print_json(final)
+    else:
+        output.note(f"job {job.id} succeeded")
+
+
+@click.command("jobs", epilog="""\b
+Examples:
+  dvla jobs                      # your jobs
+  dvla jobs --all                # everyone's (admins, or where the daemon allows it)
+  dvla jobs --user alice --json | jq '.[] | select(.state == "running") | .id'""")
+@click.option("--all", "all_", is_flag=True, help="Every user's jobs (admins, or with users_see_all).")
+@click.option("--user", metavar="USER", help="Only this user's jobs (implies --all).")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the most recent N jobs.")
+@json_option
+@connection_options
+@pass_state
+def jobs_(state: State, all_: bool, user: str | None, limit: int | None, as_json: bool) -> None:
+    """List jobs (yours, or everyone's with --all).
+
+    In submit order: id, user, name, state, priority, GPUs, submit time, runtime and the reason."""
+    rows = state.client().jobs(all=all_, user=user, limit=limit)
+    if as_json:
+        output.print_json(rows)
+        return
+    table = output.table("ID", "USER", "NAME", "STATE", "PRI", "GPUS", "SUBMITTED", "RUNTIME", "REASON",
+                         flex_last=True)
+    for job in rows:
+        gpus = ",".join(map(str, job.get("gpu_ids") or [])) or str(job["gpus"])
+        table.add_row(str(job["id"]), job["user"], job["name"], output.state(job["state"]), str(job["priority"]),
+                      gpus, output.when(job["submitted_at"]), output.runtime(job), job.get("reason") or "")
+    output.console().print(table if rows else "no jobs")
+
+
+@click.command(epilog="""\b
+Examples:
+  dvla status 12
+  dvla status 12 --json | jq -r .state""")
+@JOB_ID
+@json_option
+@connection_options
+@pass_state
+def status(state: State, job_id: int, as_json: bool) -> None:
+    """Show one job: its record, spec and events."""
+    job = state.client().job(job_id)
+    if as_json:
+        output.print_json(job)
+        return
+    spec = job.get("spec") or {}
+    fields = output.table("", "", wrap_last=True)
+    fields.show_header = False
+    gpus = f"{job['gpus']} asked" + (f", on {','.join(map(str, job['gpu_ids']))}" if job.get("gpu_ids") else "")
+    for name, shown in (
+            ("job", f"{job['id']} {job['name']} ({job['user']})"), ("state", output.state(job["state"])),
+            ("reason", job.get("reason") or output.NONE), ("priority", str(job["priority"])),
+            ("gpus", gpus), ("cpu slots", str(job["cpus"])),
+            ("policy", spec.get("policy", {}).get("name", output.NONE)),
+            ("env", spec.get("env", {}).get("name", output.NONE)),
+            ("algo", spec.get("algo", {}).get("name", output.NONE)),
+            ("env steps", str(spec.get("train", {}).get("total_env_steps", output.NONE))),
+            ("submitted", output.when(job["submitted_at"])), ("started", output.when(job.get("started_at"))),
+            ("ended", output.when(job.get("ended_at"))), ("runtime", output.runtime(job)),
+            ("pid", str(job.get("pid") or output.NONE)),
+            ("exit code", output.NONE if job.get("exit_code") is None else str(job["exit_code"]))):
+        fields.add_row(f"[bold]{name}[/]", shown)
+    events = output.table("TIME", "FROM", "TO", "REASON", title="events", wrap_last=True)
+    for event in job.get("events", []):
+        events.add_row(output.when(event["ts"]), event.get("from_state") or output.NONE,
+                       output.state(event["to_state"]), event.get("reason") or "")
+    con = output.console()
+    con.print(fields)
+    con.print()
+    con.print(events)
+
+
+@click.command(epilog="""\b
+Examples:
+  dvla logs 12                   # the log so far
+  dvla logs 12 -f                # and what follows, until the job ends (Ctrl-C stops following)""")
+@JOB_ID
+@click.option("-f", "--follow", is_flag=True, help="Keep printing lines as they are written, until the job ends.")
+@connection_options
+@pass_state
+def logs(state: State, job_id: int, follow: bool) -> None:
+    """Print a job's log (its stdout and stderr)."""
+    client = state.client()
+    if follow:
+        for line in client.follow_logs(job_id):
+            click.echo(line)
+    else:
+        click.echo(client.logs(job_id), nl=False)
+
+
+@click.command(epilog="""\b
+Examples:
+  dvla cancel 12                 # queued: cancelled at once; running: SIGTERM, then SIGKILL
+  dvla cancel 12 --json
+
+Cancelling a job that already ended exits 1 with the daemon's reason.""")
+@JOB_ID
+@json_option
+@connection_options
+@pass_state
+def cancel(state: State, job_id: int, as_json: bool) -> None:
+    """Cancel a job (yours, or anyone's for an admin)."""
+    job = state.client().cancel(job_id)
+    if as_json:
+        output.print_json(job)
+    else:
+        output.console().print(f"job {job['id']} ", output.state(job["state"]), sep="")
+
+
+COMMANDS = (submit, jobs_, status, logs, cancel)

@@ -1,0 +1,130 @@
+"""Machine commands: ``nodes``, ``topo`` (the GPU link matrix and NVLink islands), ``gpus`` (live stats).
+
+Why ``topo`` recomputes nothing on the daemon: it prints NVML's record (``/v1/topology``) the way
+``nvidia-smi topo -m`` does, classified by :mod:`dvla.topology`, so a user sees what placement sees.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.console import Console
+
+from dvla import topology as topo_
+from dvla.cli import output
+from dvla.cli.main import State, connection_options, json_option, pass_state
+
+
+@click.command(epilog="""\b
+Examples:
+  dvla nodes
+  dvla nodes --json | jq '.[0].free_cpu_slots'""")
+@json_option
+@connection_options
+@pass_state
+def nodes(state: State, as_json: bool) -> None:
+    """The nodes: GPUs, CPU slots, running jobs."""
+    rows = state.client().nodes()
+    if as_json:
+        output.print_json(rows)
+        return
+    con = output.console()
+    summary = output.table("NODE", "GPUS FREE", "CPU SLOTS FREE", "RUNNING JOBS", "GPU SOURCE", flex_last=True)
+    for node in rows:
+        free = sum(1 for g in node["gpus"] if g["free"])
+        summary.add_row(node["name"], f"{free}/{len(node['gpus'])}", f"{node['free_cpu_slots']}/{node['cpu_slots']}",
+                        str(node["running_jobs"]), node["gpu_source"])
+    con.print(summary)
+    for node in rows:
+        if node["gpus"]:
+            con.print()
+            gpus = output.table("GPU", "NAME", "MEMORY GiB", "STATE", title=node["name"])
+            for g in node["gpus"]:
+                gpus.add_row(str(g["index"]), g["name"], output.gib(g["memory_total"]),
+                             "[green]free[/]" if g["free"] else "[cyan]held[/]")
+            con.print(gpus)
+
+
+def _heading(con: Console, host: str, source: str, gpus: list[Any]) -> bool:
+    """The node line of ``topo`` and ``gpus``; False (having said so) when the node has no GPU to show."""
+    con.print(f"[bold]{host or 'node'}[/] ({source})")
+    if not gpus:
+        con.print("no GPUs on this node")
+    return bool(gpus)
+
+
+def _topology_view(topology: dict[str, Any]) -> dict[str, Any]:
+    indices, matrix = topo_.link_matrix(topology)
+    return {"host": topology.get("host", ""), "source": topology.get("source", ""), "gpus": indices,
+            "links": matrix, "islands": topo_.islands(topology)}
+
+
+@click.command(epilog="""\b
+Examples:
+  dvla topo
+  dvla topo --json | jq .islands
+
+\b
+Links as nvidia-smi topo -m names them: X (self), NV# (# bonded NVLinks), PIX, PXB, PHB, NODE,
+SYS (PCIe paths, nearest first). An island is a group of GPUs joined by NVLink; placement and
+weight replication prefer to stay inside one.""")
+@json_option
+@connection_options
+@pass_state
+def topo(state: State, as_json: bool) -> None:
+    """The GPU link matrix of the daemon's node and its NVLink islands."""
+    topology = state.client().topology()
+    view = _topology_view(topology)
+    if as_json:
+        output.print_json(view)
+        return
+    con = output.console()
+    if not _heading(con, view["host"], f"topology from {view['source']}", view["gpus"]):
+        return
+    names = {d["index"]: d.get("name", "") for d in topology.get("devices", [])}
+    grid = output.table("", *(f"GPU{i}" for i in view["gpus"]), "NAME")
+    for i, row in zip(view["gpus"], view["links"], strict=True):
+        grid.add_row(f"[bold]GPU{i}[/]", *(f"[green]{c}[/]" if c.startswith("NV") else c for c in row), names[i])
+    con.print(grid)
+    used = {"NV#" if c.startswith("NV") else c for row in view["links"] for c in row}
+    con.print("\nLegend:")
+    for symbol, meaning in topo_.LEGEND.items():
+        if symbol in used:
+            con.print(f"  {symbol:<5} {meaning}")
+    islands = "  ".join("{" + ", ".join(f"GPU{i}" for i in group) + "}" for group in view["islands"])
+    con.print(f"\nNVLink islands: {islands}")
+
+
+@click.command(epilog="""\b
+Examples:
+  dvla gpus
+  dvla gpus --json | jq '.gpus[] | {index, utilization, job}'
+
+On a node without NVML (a replayed topology, or no driver) the live fields are "-".""")
+@json_option
+@connection_options
+@pass_state
+def gpus(state: State, as_json: bool) -> None:
+    """Live GPU stats and the jobs holding them.
+
+    Per GPU: utilisation, memory used/total, temperature, power draw/limit, the job holding it."""
+    stats = state.client().gpus()
+    if as_json:
+        output.print_json(stats)
+        return
+    con = output.console()
+    if not _heading(con, stats.get("host", ""), f"source {stats['source']}", stats["gpus"]):
+        return
+    grid = output.table("GPU", "NAME", "UTIL", "MEMORY GiB", "TEMP", "POWER W", "JOB")
+    for g in stats["gpus"]:
+        memory = f"{output.gib(g['memory_used'])}/{output.gib(g['memory_total'])}"
+        power = f"{output.value(g['power_draw'])}/{output.value(g['power_limit'])}"
+        job = g.get("job")
+        holder = output.NONE if not job else f"{job['id']} {job['user']}" + (f" {job['name']}" if "name" in job else "")
+        grid.add_row(str(g["index"]), g["name"], output.value(g["utilization"], "%"), memory,
+                     output.value(g["temperature"], "°C"), power, holder)
+    con.print(grid)
+
+
+COMMANDS = (nodes, topo, gpus)

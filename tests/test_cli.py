@@ -1,0 +1,136 @@
+"""The `dvla` command line as a script uses it: a subprocess against a real dvlad on a real socket,
+checking output and the documented exit statuses (0 ok, 1 job failed or refused, 2 usage, 3 no daemon)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from tests.dvlad_proc import Dvlad, free_port
+from tests.test_daemon_api import FIXTURE
+from tests.test_daemon_jobs import LONG, TINY_POLICY
+
+QUICK = {"job": {"name": "cli-quick"}, "policy": {"args": TINY_POLICY},
+         "env": {"name": "synthetic", "num_envs": 4, "groups": 2, "workers": 1,
+                 "args": {"step_ms": 1.0, "image_size": 16, "cameras": ["image"], "max_episode_steps": 12}},
+         "algo": {"update_epochs": 1, "minibatches": 2}, "pipeline": {"segment_steps": 8},
+         "train": {"total_env_steps": 256, "resume": False}}
+"""A job that succeeds within seconds and writes several metric rows."""
+BROKEN = {**QUICK, "job": {"name": "cli-broken"}, "policy": {"name": "nosuch.module:make"}}
+"""A job that fails: its policy factory cannot be imported (the job process's path has no tests/)."""
+
+
+def dvla(*args: str, host: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``python -m dvla.cli ARGS`` (what the ``dvla`` script runs), wide enough that tables do not wrap."""
+    env = {**os.environ, "COLUMNS": "200", "DVLA_HOST": host or "/nonexistent/dvlad.sock"}
+    return subprocess.run([sys.executable, "-m", "dvla.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def job_file(tmp_path: Path, spec: dict, name: str = "job.toml") -> str:
+    path = tmp_path / name
+    path.write_text(tomli_w.dumps(spec))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def daemon():
+    d = Dvlad("[node]\ncpu_slots = 2\n", env={"DVLAD_FAKE_TOPOLOGY": str(FIXTURE)} if FIXTURE.exists() else {})
+    yield d.start()
+    d.close()
+
+
+def test_submit_status_jobs_logs_cancel_and_their_exit_codes(daemon, tmp_path):
+    sock = daemon.socket
+    submitted = dvla("submit", job_file(tmp_path, LONG), "--priority", "3", host=sock)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = int(submitted.stdout)  # only the id: id=$(dvla submit job.toml)
+    record = json.loads(dvla("status", str(job_id), "--json", host=sock).stdout)
+    assert record["id"] == job_id and record["priority"] == 3 and record["spec"]["env"]["name"] == "synthetic"
+    daemon.wait_state(job_id, {"running"}, timeout=60)
+    shown = dvla("status", str(job_id), host=sock)
+    assert shown.returncode == 0 and "long" in shown.stdout and "running" in shown.stdout
+    assert "queued" in shown.stdout and "placing" in shown.stdout  # its events
+    listed = dvla("jobs", host=sock)
+    assert listed.returncode == 0 and f"{job_id} " in listed.stdout and "RUNTIME" in listed.stdout
+    assert job_id in [j["id"] for j in json.loads(dvla("jobs", "--all", "--json", host=sock).stdout)]
+    assert json.loads(dvla("jobs", "--user", "nobody-here", "--json", host=sock).stdout) == []
+    assert dvla("logs", str(job_id), host=sock).returncode == 0
+    cancelled = dvla("cancel", str(job_id), host=sock)
+    assert cancelled.returncode == 0 and cancelled.stdout.strip() == f"job {job_id} cancelling"
+    ended = daemon.wait_state(job_id, {"cancelled"}, timeout=60)
+    followed = dvla("logs", str(job_id), "--follow", host=sock)  # an ended job's stream ends
+    assert followed.returncode == 0 and followed.stdout == dvla("logs", str(job_id), host=sock).stdout
+    again = dvla("cancel", str(job_id), "--json", host=sock)
+    assert again.returncode == 1 and again.stdout == ""
+    assert again.stderr.startswith("dvla: ") and "already cancelled" in again.stderr
+    assert len(again.stderr.splitlines()) == 1  # one line, no traceback
+    missing = dvla("status", "987654", host=sock)
+    assert missing.returncode == 1 and "987654" in missing.stderr and "Traceback" not in missing.stderr
+    assert ended["reason"] == "cancelled by root" or os.geteuid() != 0
+
+
+def test_usage_errors_and_invalid_files_exit_2_before_any_request(daemon, tmp_path):
+    bad = dvla("submit", job_file(tmp_path, {"env": {"num_envs": 3}}), host=daemon.socket)
+    assert bad.returncode == 2 and "env.num_envs" in bad.stderr and "job.toml:" in bad.stderr
+    assert dvla("submit", str(tmp_path / "missing.toml")).returncode == 2  # checked before the daemon is looked for
+    assert dvla("status", "twelve", host=daemon.socket).returncode == 2
+    assert dvla("jobs", "--no-such-flag", host=daemon.socket).returncode == 2
+    assert dvla("frobnicate").returncode == 2
+
+
+def test_follow_exits_with_the_jobs_outcome_and_report_draws_its_metrics(daemon, tmp_path):
+    ok = dvla("submit", job_file(tmp_path, QUICK), "--follow", host=daemon.socket)
+    assert ok.returncode == 0, ok.stderr
+    job_id = int(ok.stdout.splitlines()[0])
+    assert any(line.startswith("done: ") for line in ok.stdout.splitlines()), ok.stdout
+    assert f"job {job_id} succeeded" in ok.stderr
+    failed = dvla("submit", job_file(tmp_path, BROKEN, "broken.toml"), "--follow", "--json", host=daemon.socket)
+    assert failed.returncode == 1
+    final = json.loads(failed.stdout)  # --json: the log went to stderr, the final record to stdout
+    assert final["state"] == "failed" and "nosuch" in final["reason"]
+    assert failed.stderr.splitlines()[-1].startswith(f"dvla: job {final['id']} failed: ")
+
+    out = tmp_path / "report.png"
+    drawn = dvla("report", str(job_id), "-o", str(out), host=daemon.socket)
+    assert drawn.returncode == 0 and drawn.stdout.strip() == str(out), drawn.stderr
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(out)
+    height, width = pixels.shape[:2]
+    assert width >= 1000 and height >= 800  # three rows of two panels at 100 dpi
+    assert len({tuple(p) for p in pixels[::7, ::7].reshape(-1, pixels.shape[2])}) > 20  # curves, not a blank page
+    empty = dvla("report", str(final["id"]), "-o", str(tmp_path / "none.png"), host=daemon.socket)
+    assert empty.returncode == 1 and "no metric rows" in empty.stderr and not (tmp_path / "none.png").exists()
+
+
+def test_machine_commands_print_tables_and_json(daemon):
+    sock = daemon.socket
+    nodes = json.loads(dvla("nodes", "--json", host=sock).stdout)
+    assert nodes[0]["cpu_slots"] == 2 and "free_cpu_slots" in nodes[0]
+    topo = json.loads(dvla("topo", "--json", host=sock).stdout)
+    gpus = json.loads(dvla("gpus", "--json", host=sock).stdout)
+    assert set(topo) >= {"gpus", "links", "islands"} and "gpus" in gpus
+    for command in ("nodes", "topo", "gpus"):
+        assert dvla(command, host=sock).returncode == 0
+    if FIXTURE.exists():  # the recorded H100: one GPU, its own island, no live stats
+        assert topo["links"] == [["X"]] and topo["islands"] == [[0]]
+        shown = dvla("topo", host=sock).stdout
+        assert "GPU0" in shown and "NVLink islands: {GPU0}" in shown and "NVIDIA H100" in shown
+        assert "NVIDIA H100 80GB HBM3" in dvla("gpus", host=sock).stdout
+
+
+def test_an_unreachable_daemon_exits_3_with_where_it_looked(tmp_path):
+    sock = str(tmp_path / "no.sock")
+    for args in (("jobs",), ("status", "1"), ("nodes",), ("logs", "1", "-f"), ("submit", job_file(tmp_path, QUICK))):
+        result = dvla(*args, host=sock)
+        assert result.returncode == 3, (args, result.stderr)
+        assert sock in result.stderr and "dvlad --user" in result.stderr and "Traceback" not in result.stderr
+    tcp = dvla("--host", f"127.0.0.1:{free_port()}", "--token", "t", "jobs")  # the option wins over $DVLA_HOST
+    assert tcp.returncode == 3 and "127.0.0.1" in tcp.stderr
