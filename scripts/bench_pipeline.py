@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import threading
+import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -65,7 +66,7 @@ class NvmlSampler(threading.Thread):
 
     def __init__(self, index: int) -> None:
         super().__init__(daemon=True)
-        self.samples: list[float] = []
+        self.samples: list[tuple[float, float]] = []  # (time.monotonic(), utilisation %)
         self._stop_event = threading.Event()
         try:
             import pynvml
@@ -78,11 +79,13 @@ class NvmlSampler(threading.Thread):
 
     def run(self) -> None:
         while self._read is not None and not self._stop_event.wait(0.1):
-            self.samples.append(float(self._read()))
+            self.samples.append((time.monotonic(), float(self._read())))
 
-    def mean(self) -> float | None:
+    def mean(self, since: float, until: float) -> float | None:
+        """Mean utilisation over the measured window (model building and start-up left out)."""
         self._stop_event.set()
-        return float(np.mean(self.samples)) / 100 if self.samples else None
+        inside = [u for t, u in self.samples if since <= t <= until]
+        return float(np.mean(inside)) / 100 if inside else None
 
 
 def release_gpu() -> None:
@@ -121,7 +124,7 @@ def run_mode(spec: JobSpec, mode: str, steps: int, placement: Placement) -> dict
            "staleness_max": max(r.get("staleness_max", 0) for r in steady),
            "staleness_hist": hist, "updates": len(rows),
            "gpu_busy": covered_seconds(gpu_intervals, since, until) / max(span, 1e-9),
-           "gpu_util_nvml": nvml.mean() if nvml is not None else None,
+           "gpu_util_nvml": nvml.mean(since, until) if nvml is not None else None,
            "timeline": tl, "window": (since, until), "workers": spec.env.workers}
     summary = tl.summary(since, until, parallel={"sample": spec.env.workers})
     for lane in LANES:

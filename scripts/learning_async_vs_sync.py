@@ -47,11 +47,11 @@ def plot(runs: dict[tuple[int, str], list[dict]], out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
     for (seed, mode), rows in sorted(runs.items()):
-        xs = [r["env_steps"] for r in rows if "success_rate" in r]
-        ys = [r["success_rate"] for r in rows if "success_rate" in r]
+        warm = [r for r in rows if r.get("episodes", 0) >= WINDOW and "success_rate" in r]
+        xs, ys = [r["env_steps"] for r in warm], [r["success_rate"] for r in warm]
         ax.plot(xs, ys, label=f"{mode}, seed {seed}", linestyle="-" if mode == "async" else "--")
     ax.set_xlabel("env steps")
-    ax.set_ylabel("success rate (last 100 episodes)")
+    ax.set_ylabel(f"success rate (last {WINDOW} episodes)")
     ax.set_ylim(0, 1.02)
     ax.legend()
     fig.savefig(out, dpi=110)
@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="1", help="comma-separated seeds (default: 1)")
     parser.add_argument("--workers", type=int, help="override env.workers (e.g. the machine's cores)")
     parser.add_argument("--tail", type=int, default=10, help="rows averaged for sync's final success rate")
+    parser.add_argument("--replot", action="store_true",
+                        help="run nothing: rebuild the report and the PNG from the metrics already in --out")
     parser.add_argument("--out", type=Path, required=True,
                         help="folder for each run's metrics.jsonl, the PNG and report.json")
     args = parser.parse_args()
@@ -72,6 +74,9 @@ def main() -> None:
     runs: dict[tuple[int, str], list[dict]] = {}
     for seed in (int(s) for s in args.seeds.split(",")):
         for mode in MODES:
+            if args.replot:
+                runs[seed, mode] = read_jsonl(args.out / f"{mode}-seed{seed}.jsonl")
+                continue
             spec = load_spec(args.job)
             spec.job.mode, spec.job.seed = mode, seed
             spec.train.total_env_steps, spec.train.max_minutes, spec.train.resume = args.steps, 0.0, False
@@ -90,7 +95,9 @@ def main() -> None:
         target = float(np.mean([r.get("success_rate", 0.0) for r in sync_rows[-args.tail:]]))
         needed = {mode: steps_to_reach(runs[seed, mode], target) for mode in MODES}
         ratio = (needed["async"] / needed["sync"]) if needed["async"] and needed["sync"] else None
+        milestones = {f"{m:.1f}": {mode: steps_to_reach(runs[seed, mode], m) for mode in MODES} for m in (0.8, 0.9)}
         report["seeds"][str(seed)] = {"sync_final_success": target, "steps_to_reach": needed,
+                                      "steps_to_success": milestones,
                                       "async_over_sync_steps": ratio,
                                       "async_final_success": runs[seed, "async"][-1].get("success_rate")}
         print(f"seed {seed}: sync final success {target:.2f}; env steps to reach it: sync {needed['sync']}, "

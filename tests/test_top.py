@@ -135,14 +135,15 @@ needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is no
 
 
 class Pane:
-    """``python -m dvla.top`` in a detached 160x50 tmux session of a private tmux server."""
+    """``dvla top`` (as ``python -m dvla.cli top``) in a detached 160x50 tmux session of a private
+    tmux server."""
 
     def __init__(self, args: str, tmp: Path):
         self.server, self.exit_file = f"dvla-top-test-{os.getpid()}-{tmp.name}", tmp / "exit-status"
         self.conf = tmp / "tmux.conf"
         self.conf.write_text("set -g default-size 160x50\n")
         # pytest exports COLUMNS=80 LINES=24, which would win over the pane's real size
-        command = f"env -u COLUMNS -u LINES {PYTHON} -m dvla.top {args}; echo $? > {self.exit_file}; sleep 60"
+        command = f"env -u COLUMNS -u LINES {PYTHON} -m dvla.cli top {args}; echo $? > {self.exit_file}; sleep 60"
         self.tmux("new-session", "-d", "-x", "160", "-y", "50", "-c", str(ROOT), command)
 
     def tmux(self, *args: str) -> str:
