@@ -42,10 +42,9 @@ from _lane_probe import lane_costs, open_pool, sample_scaling, sample_seconds_pe
 from dvla.spec import JobSpec, load_spec
 from dvlad.lanes.device import Placement, placement_for
 from dvlad.lanes.pipeline import Pipeline
-from dvlad.lanes.timeline import LANES, LaneTimeline, covered_seconds
+from dvlad.lanes.timeline import GPU_LANES, LANES, LaneTimeline, covered_seconds
 
 REPO = Path(__file__).resolve().parents[1]
-GPU_LANES = ("infer", "learn", "distribute")
 LIBERO_STEP_MS = 29.0
 """LIBERO's measured physics-only CPU cost per step (docs/benchmarks.md): the GPU renders."""
 

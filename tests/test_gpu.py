@@ -61,3 +61,4 @@ def test_a_job_runs_on_the_gpu_with_a_bf16_actor_and_learns_every_update(small_s
     assert [r["version"] for r in rows] == list(range(1, len(rows) + 1))
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows if "loss" in r)
     assert max(r["acting_version"] for r in rows) >= 1  # published versions reached the GPU actor
+    assert all(0.0 < r["gpu_busy"] <= 1.0 for r in rows)  # the union of the GPU lanes, per window

@@ -29,7 +29,7 @@ from dvlad.envs.vector import EnvWorkerPool
 from dvlad.lanes.actor import Actor, ActorConfig
 from dvlad.lanes.device import placement_for
 from dvlad.lanes.learner import LearnerConfig, build_policy, learner_main
-from dvlad.lanes.timeline import LaneTimeline
+from dvlad.lanes.timeline import GPU_LANES, LaneTimeline, covered_seconds
 from dvlad.lanes.trajectory import SegmentShape, TrajectoryQueue
 from dvlad.lanes.weights import WeightPlane
 
@@ -230,6 +230,9 @@ class _Reporter(threading.Thread):
         for lane, s in lanes.items():
             values[f"{lane}_busy"] = s["busy"]
             values[f"{lane}_items_per_s"] = s["items_per_s"]
+        if actor.placement.on_gpu:  # the GPU is busy while any lane that uses it is
+            gpu = [iv for lane in GPU_LANES for iv in self.p.timeline.intervals(lane, self._window_start)]
+            values["gpu_busy"] = covered_seconds(gpu, self._window_start, now) / max(now - self._window_start, 1e-9)
         publishes = self.p.timeline.intervals("distribute", self._window_start)
         if publishes:
             values["publish_ms"] = 1e3 * float(np.mean([iv.end - iv.start for iv in publishes]))

@@ -12,6 +12,8 @@ from collections import deque
 from dataclasses import dataclass
 
 LANES = ("sample", "infer", "learn", "distribute")
+GPU_LANES = ("infer", "learn", "distribute")
+"""The lanes that run on the GPU when the job has one (simulation stays on the CPU)."""
 
 
 @dataclass(frozen=True)
