@@ -163,8 +163,8 @@ class Actor:
 
     def act(self, obs: ObsBatch) -> ActOutput:
         """The policy's action chunk for a batch: host tensors in, host tensors out (on a GPU,
-        the observations go over once and the outputs come back once; reading them back is
-        what waits for the forward pass)."""
+        the observations go over once per batch, and reading the outputs back is what waits
+        for the forward pass)."""
         with torch.no_grad(), self.placement.autocast():
             out = self.policy.act(obs.to(self.placement.device))
         return ActOutput(tokens=out.tokens.cpu(), actions=out.actions.float().cpu(),
