@@ -64,6 +64,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60_000, help="env steps per run")
     parser.add_argument("--seeds", default="1", help="comma-separated seeds (default: 1)")
     parser.add_argument("--workers", type=int, help="override env.workers (e.g. the machine's cores)")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"),
+                        help="override resources.precision (fp32 on a GPU: exact behaviour log-probs)")
     parser.add_argument("--tail", type=int, default=10, help="rows averaged for sync's final success rate")
     parser.add_argument("--replot", action="store_true",
                         help="run nothing: rebuild the report and the PNG from the metrics already in --out")
@@ -83,13 +85,16 @@ def main() -> None:
             spec.train.checkpoint_every = 0
             if args.workers:
                 spec.env.workers = args.workers
+            if args.precision:
+                spec.resources.precision = args.precision
             with TemporaryDirectory() as run_dir:  # checkpoints and event logs are not kept
                 run_job(spec, Path(run_dir), quiet=True)
                 shutil.copy(Path(run_dir) / "metrics.jsonl", args.out / f"{mode}-seed{seed}.jsonl")
             runs[seed, mode] = read_jsonl(args.out / f"{mode}-seed{seed}.jsonl")
             print(f"seed {seed} {mode:5}: {runs[seed, mode][-1]['env_steps']:.0f} env steps, "
                   f"final success {runs[seed, mode][-1].get('success_rate', float('nan')):.2f}", flush=True)
-    report = {"job": args.job.name, "steps": args.steps, "seeds": {}}
+    report = {"job": args.job.name, "steps": args.steps, "workers": args.workers,
+              "precision": args.precision or "auto", "seeds": {}}
     for seed in sorted({s for s, _ in runs}):
         sync_rows = runs[seed, "sync"]
         target = float(np.mean([r.get("success_rate", 0.0) for r in sync_rows[-args.tail:]]))

@@ -52,6 +52,7 @@ def test_a_job_runs_on_the_gpu_with_a_bf16_actor_and_learns_every_update(small_s
     spec = small_spec("async", resources__device="cuda")
     placement = placement_for(spec)
     assert placement.on_gpu and placement.actor_dtype == torch.bfloat16
+    assert placement.autocast_dtype == torch.bfloat16
     rows = []
     pipeline = Pipeline(spec, tmp_path, on_progress=lambda p: rows.append(p.values))
     summary = pipeline.run()

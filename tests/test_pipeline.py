@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dvlad.lanes.device import placement_for
 from dvlad.lanes.pipeline import JobFailed, Pipeline
 from dvlad.lanes.timeline import LANES, overlap_seconds
 from dvlad.runtime.job import run_job
@@ -185,6 +186,15 @@ def test_sigterm_checkpoints_and_stops_cleanly(small_spec, tmp_path):
 def test_asking_for_a_gpu_without_one_is_refused_rather_than_silently_run_on_cpu(small_spec, tmp_path):
     with pytest.raises(ValueError, match="torch sees no GPU"):
         Pipeline(small_spec("async", resources__device="cuda"), tmp_path).run()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_bf16_on_a_cpu_is_refused_and_fp32_is_what_a_cpu_runs(small_spec):
+    with pytest.raises(ValueError, match="needs a GPU"):
+        placement_for(small_spec("async", resources__precision="bf16"))
+    for precision in ("auto", "fp32"):
+        placement = placement_for(small_spec("async", resources__precision=precision))
+        assert placement.actor_dtype == torch.float32 and placement.autocast_dtype is None
 
 
 def test_reach_aux_labels_travel_from_the_workers_to_the_learner(small_spec, tmp_path):

@@ -3,7 +3,10 @@
 Why one place decides: the actor, the learner and the weight plane must agree. On a GPU the
 actor holds its replica in bf16 (inference reads half the bytes and the weight plane moves
 half), the learner keeps fp32 master weights and computes under bf16 autocast, and the
-staging buffers between them are bf16 on the same GPU. On a CPU everything is fp32.
+staging buffers between them are bf16 on the same GPU. ``resources.precision = "fp32"`` keeps
+everything fp32 on the GPU too: the behaviour log-probs the actor records are then the
+learner's to the last bit, which is what to compare against when a bf16 run learns worse.
+On a CPU everything is fp32.
 """
 
 from __future__ import annotations
@@ -23,27 +26,37 @@ class Placement:
     """dtype of the actor's replica and of the weight plane's staging buffers."""
     learner_dtype: torch.dtype = torch.float32
     """dtype of the learner's master weights (and of its optimizer state)."""
+    autocast_dtype: torch.dtype | None = None
+    """dtype the actor's and the learner's matrix work runs in on the GPU (None: the weights')."""
 
     @property
     def on_gpu(self) -> bool:
         return self.device.type == "cuda"
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast on a GPU; nothing on a CPU (fp32 there is faster and exact)."""
-        if self.on_gpu:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bf16 autocast on a GPU unless the job asked for fp32; nothing on a CPU (fp32 there is
+        faster and exact)."""
+        if self.on_gpu and self.autocast_dtype is not None:
+            return torch.autocast("cuda", dtype=self.autocast_dtype)
         return contextlib.nullcontext()
 
 
 def placement_for(spec: JobSpec) -> Placement:
-    """The job's placement from ``resources.device`` (``auto``: the GPU when torch sees one)."""
-    wanted, gpus = spec.resources.device, spec.resources.gpus
+    """The job's placement from ``resources.device`` (``auto``: the GPU when torch sees one) and
+    ``resources.precision``."""
+    wanted, gpus, precision = spec.resources.device, spec.resources.gpus, spec.resources.precision
     if (wanted == "cuda" or gpus) and not torch.cuda.is_available():
         asked = f"resources.gpus = {gpus}" if gpus else 'resources.device = "cuda"'
         raise ValueError(f"{asked}, but torch sees no GPU "
                          f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'})")
     if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
-        return Placement(torch.device("cuda", torch.cuda.current_device()), torch.bfloat16)
+        device = torch.device("cuda", torch.cuda.current_device())
+        if precision == "fp32":
+            return Placement(device, torch.float32)
+        return Placement(device, torch.bfloat16, autocast_dtype=torch.bfloat16)
+    if precision == "bf16":
+        raise ValueError('resources.precision = "bf16" needs a GPU; this job runs on the CPU, '
+                         'where the lanes compute in fp32 (use "auto" or "fp32")')
     return Placement(torch.device("cpu"), torch.float32)
 
 

@@ -63,6 +63,9 @@ class ResourcesSection:
     """GPUs the job asks for (must be 0 with device "cpu")."""
     torch_threads: int = 1
     """Intra-op threads per torch process (learner, actor); env workers take the other cores."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """auto: bf16 on a GPU (bf16 actor replica, bf16 autocast in the learner), fp32 on a CPU.
+    fp32 on a GPU: the actor's behaviour log-probs are exactly the learner's, at twice the bytes."""
 
 
 @dataclass
