@@ -49,7 +49,7 @@ def _gpu_key(key: str) -> bool:
 
 
 PANELS: tuple[Panel, ...] = (
-    Panel("success rate (last 100 episodes)", _fixed("success_rate"), ylim=(-0.02, 1.02)),
+    Panel("success rate (last 100 episodes; GRPO: whole rollouts)", _fixed("success_rate"), ylim=(-0.02, 1.02)),
     Panel("episode return", _fixed("episode_return")),
     Panel("env steps / s", _fixed("env_steps_per_s")),
     Panel("lane busy fraction", _matching(lambda k: k.endswith("_busy") and not _gpu_key(k)), ylim=(-0.02, 1.02)),
