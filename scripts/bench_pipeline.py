@@ -124,7 +124,10 @@ def run_mode(spec: JobSpec, mode: str, steps: int, placement: Placement) -> dict
            "staleness_hist": hist, "updates": len(rows),
            "gpu_busy": covered_seconds(gpu_intervals, since, until) / max(span, 1e-9),
            "gpu_util_nvml": nvml.mean(since, until) if nvml is not None else None,
-           "timeline": tl, "window": (since, until), "workers": spec.env.workers}
+           "timeline": tl, "window": (since, until), "workers": spec.env.workers,
+           # the share of the window the actor sat at the staleness gate, waiting for a version
+           # (the other wait, for a busy GPU, shows as sample-lane idle time the gate does not hold)
+           "gate_wait": (steady[-1]["weight_wait_s"] - steady[0]["weight_wait_s"]) / max(span, 1e-9)}
     summary = tl.summary(since, until, parallel={"sample": spec.env.workers})
     for lane in LANES:
         out[f"{lane}_busy"] = summary[lane]["busy"]
@@ -227,6 +230,7 @@ def measure(spec: JobSpec, placement: Placement, costs: dict[str, float], steps:
         "gpu_busy": asyn["gpu_busy"] if placement.on_gpu else None,
         "gpu_busy_sync": sync["gpu_busy"] if placement.on_gpu else None,
         "gpu_util_nvml": {mode: r["gpu_util_nvml"] for mode, r in results.items()},
+        "gate_wait": {mode: r["gate_wait"] for mode, r in results.items()},
         "device": torch.cuda.get_device_name(placement.device) if placement.on_gpu else "cpu",
         "cpu": platform.processor() or platform.machine(), "cores": cores,
         "model_params": int(costs["model_params"]), "published_params": int(costs["published_params"]),
@@ -240,6 +244,7 @@ def measure(spec: JobSpec, placement: Placement, costs: dict[str, float], steps:
               + "  ".join(f"{r[f'{lane}_busy']:5.0%}" for lane in LANES) + f"  {r['gpu_busy']:5.0%}")
     print(f"async/sync = {ratio:.2f}x   ideal = {ideal_ratio:.2f}x   "
           f"staleness mean {asyn['staleness_mean']:.2f} max {asyn['staleness_max']:.0f}   "
+          f"actor at the staleness gate {asyn['gate_wait']:.0%}   "
           f"publish {costs['publish_ms']:.2f} ms (raw copy {costs['raw_copy_ms']:.2f} ms)", flush=True)
     if plots is not None:
         for path in plot(results, plots, label):
