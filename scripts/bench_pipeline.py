@@ -207,8 +207,12 @@ def plot(results: dict, out_dir: Path, tag: str) -> list[Path]:
 
 
 def measure(spec: JobSpec, placement: Placement, costs: dict[str, float], steps: int, label: str,
-            plots: Path | None) -> dict:
-    """Both modes of one workload against its ideals: the report's figures, printed as a table."""
+            plots: Path | None, more_staleness: list[int]) -> dict:
+    """Both modes of one workload against its ideals: the report's figures, printed as a table.
+
+    ``more_staleness``: further async runs at these ``max_staleness`` values (a deeper queue
+    between the actor and the learner), reported beside the job's own under ``async_by_staleness``;
+    the headline figures stay the job's."""
     cores = len(os.sched_getaffinity(0))
     sync_ideal, async_ideal = ideals(costs, spec, placement, cores)
     print(f"\n[{label}] lane cost alone (ms per env step): " + ", ".join(
@@ -216,6 +220,12 @@ def measure(spec: JobSpec, placement: Placement, costs: dict[str, float], steps:
           + f"   (synthetic step {spec.env.args.get('step_ms', '-')} ms)", flush=True)
     results = {mode: run_mode(spec, mode, steps, placement) for mode in ("sync", "async")}
     sync, asyn = results["sync"], results["async"]
+    job_staleness = spec.pipeline.max_staleness
+    deeper = {}
+    for s in more_staleness:
+        spec.pipeline.max_staleness = s
+        deeper[f"async (max_staleness {s})"] = run_mode(spec, "async", steps, placement)
+    spec.pipeline.max_staleness = job_staleness
     ratio = asyn["steps_per_s"] / sync["steps_per_s"]
     ideal_ratio = sync_ideal / async_ideal
     report = {
@@ -231,6 +241,9 @@ def measure(spec: JobSpec, placement: Placement, costs: dict[str, float], steps:
         "gpu_busy_sync": sync["gpu_busy"] if placement.on_gpu else None,
         "gpu_util_nvml": {mode: r["gpu_util_nvml"] for mode, r in results.items()},
         "gate_wait": {mode: r["gate_wait"] for mode, r in results.items()},
+        "max_staleness": job_staleness,
+        "async_by_staleness": {str(s): _summary(r, async_ideal, sync["steps_per_s"])
+                               for s, r in zip(more_staleness, deeper.values(), strict=True)},
         "device": torch.cuda.get_device_name(placement.device) if placement.on_gpu else "cpu",
         "cpu": platform.processor() or platform.machine(), "cores": cores,
         "model_params": int(costs["model_params"]), "published_params": int(costs["published_params"]),
@@ -246,10 +259,23 @@ def measure(spec: JobSpec, placement: Placement, costs: dict[str, float], steps:
           f"staleness mean {asyn['staleness_mean']:.2f} max {asyn['staleness_max']:.0f}   "
           f"actor at the staleness gate {asyn['gate_wait']:.0%}   "
           f"publish {costs['publish_ms']:.2f} ms (raw copy {costs['raw_copy_ms']:.2f} ms)", flush=True)
+    for name, r in deeper.items():
+        print(f"{name}: {r['steps_per_s']:.1f} steps/s = {r['steps_per_s'] / sync['steps_per_s']:.2f}x sync, "
+              f"efficiency {r['steps_per_s'] * async_ideal:.2f}, GPU busy {r['gpu_busy']:.0%}, "
+              f"staleness mean {r['staleness_mean']:.2f} max {r['staleness_max']:.0f}, "
+              f"actor at the gate {r['gate_wait']:.0%}", flush=True)
     if plots is not None:
         for path in plot(results, plots, label):
             print(f"wrote {path}")
     return report
+
+
+def _summary(r: dict, async_ideal: float, sync_steps_per_s: float) -> dict:
+    """The report's figures of one extra async run."""
+    return {"steps_per_s": r["steps_per_s"], "ratio": r["steps_per_s"] / sync_steps_per_s,
+            "efficiency": r["steps_per_s"] * async_ideal, "gpu_busy": r["gpu_busy"],
+            "staleness_mean": r["staleness_mean"], "staleness_max": r["staleness_max"],
+            "gate_wait": r["gate_wait"], "busy": {lane: r[f"{lane}_busy"] for lane in LANES}}
 
 
 def worker_scaling(spec: JobSpec, counts: list[int], seconds: float) -> dict[str, dict]:
@@ -278,6 +304,9 @@ def main() -> None:
                                                          "LIBERO-cost runs (default: --steps)")
     parser.add_argument("--scaling", default="1,2,4,8,16",
                         help="with --gpu: worker counts of the scaling table ('' skips it)")
+    parser.add_argument("--more-staleness", default="",
+                        help="comma-separated max_staleness values: one more async run at each, reported "
+                             "beside the job's own (e.g. 2: one more rollout of slack)")
     parser.add_argument("--plots", type=Path, help="with --gpu: write the three PNGs per workload here")
     parser.add_argument("--report-dir", type=Path, help="with --gpu: write pipeline_gpu[_libero].json here")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line "
@@ -312,7 +341,9 @@ def main() -> None:
         elif workload == "libero":
             spec.env.args["step_ms"] = LIBERO_STEP_MS
         n = args.libero_steps if workload == "libero" and args.libero_steps else steps
-        report = reports[workload] = measure(spec, placement, costs, n, workload, args.plots if args.gpu else None)
+        more = [int(v) for v in args.more_staleness.split(",") if v]
+        report = reports[workload] = measure(spec, placement, costs, n, workload,
+                                             args.plots if args.gpu else None, more)
         report.update(quick=args.quick, job=job.name)
         if args.gpu and args.scaling and not scaling:  # once, at the first workload's step cost
             scaling = worker_scaling(spec, [int(n) for n in args.scaling.split(",")], 1.0 if args.quick else 3.0)
