@@ -207,12 +207,12 @@ def plot(results: dict, out_dir: Path, tag: str) -> list[Path]:
 
 
 def measure(spec: JobSpec, placement: Placement, costs: dict[str, float], steps: int, label: str,
-            plots: Path | None, more_staleness: list[int]) -> dict:
+            plots: Path | None, variants: list[str]) -> dict:
     """Both modes of one workload against its ideals: the report's figures, printed as a table.
 
-    ``more_staleness``: further async runs at these ``max_staleness`` values (a deeper queue
-    between the actor and the learner), reported beside the job's own under ``async_by_staleness``;
-    the headline figures stay the job's."""
+    ``variants``: one more async run for each ``[pipeline]`` setting ``key=value`` (say
+    ``max_staleness=2``, or ``learner=process``), reported beside the job's own under
+    ``async_variants``; the headline figures stay the job's."""
     cores = len(os.sched_getaffinity(0))
     sync_ideal, async_ideal = ideals(costs, spec, placement, cores)
     print(f"\n[{label}] lane cost alone (ms per env step): " + ", ".join(
@@ -220,12 +220,13 @@ def measure(spec: JobSpec, placement: Placement, costs: dict[str, float], steps:
           + f"   (synthetic step {spec.env.args.get('step_ms', '-')} ms)", flush=True)
     results = {mode: run_mode(spec, mode, steps, placement) for mode in ("sync", "async")}
     sync, asyn = results["sync"], results["async"]
-    job_staleness = spec.pipeline.max_staleness
-    deeper = {}
-    for s in more_staleness:
-        spec.pipeline.max_staleness = s
-        deeper[f"async (max_staleness {s})"] = run_mode(spec, "async", steps, placement)
-    spec.pipeline.max_staleness = job_staleness
+    extra = {}
+    for variant in variants:
+        key, value = variant.split("=", 1)
+        kept = getattr(spec.pipeline, key)
+        setattr(spec.pipeline, key, type(kept)(value))
+        extra[variant] = run_mode(spec, "async", steps, placement_for(spec))
+        setattr(spec.pipeline, key, kept)
     ratio = asyn["steps_per_s"] / sync["steps_per_s"]
     ideal_ratio = sync_ideal / async_ideal
     report = {
@@ -241,9 +242,9 @@ def measure(spec: JobSpec, placement: Placement, costs: dict[str, float], steps:
         "gpu_busy_sync": sync["gpu_busy"] if placement.on_gpu else None,
         "gpu_util_nvml": {mode: r["gpu_util_nvml"] for mode, r in results.items()},
         "gate_wait": {mode: r["gate_wait"] for mode, r in results.items()},
-        "max_staleness": job_staleness,
-        "async_by_staleness": {str(s): _summary(r, async_ideal, sync["steps_per_s"])
-                               for s, r in zip(more_staleness, deeper.values(), strict=True)},
+        "pipeline": {"max_staleness": spec.pipeline.max_staleness, "learner": spec.pipeline.learner,
+                     "learner_thread": placement.learner_thread},
+        "async_variants": {name: _summary(r, async_ideal, sync["steps_per_s"]) for name, r in extra.items()},
         "device": torch.cuda.get_device_name(placement.device) if placement.on_gpu else "cpu",
         "cpu": platform.processor() or platform.machine(), "cores": cores,
         "model_params": int(costs["model_params"]), "published_params": int(costs["published_params"]),
@@ -259,8 +260,9 @@ def measure(spec: JobSpec, placement: Placement, costs: dict[str, float], steps:
           f"staleness mean {asyn['staleness_mean']:.2f} max {asyn['staleness_max']:.0f}   "
           f"actor at the staleness gate {asyn['gate_wait']:.0%}   "
           f"publish {costs['publish_ms']:.2f} ms (raw copy {costs['raw_copy_ms']:.2f} ms)", flush=True)
-    for name, r in deeper.items():
-        print(f"{name}: {r['steps_per_s']:.1f} steps/s = {r['steps_per_s'] / sync['steps_per_s']:.2f}x sync, "
+    for name, r in extra.items():
+        print(f"async with {name}: {r['steps_per_s']:.1f} steps/s = "
+              f"{r['steps_per_s'] / sync['steps_per_s']:.2f}x sync, "
               f"efficiency {r['steps_per_s'] * async_ideal:.2f}, GPU busy {r['gpu_busy']:.0%}, "
               f"staleness mean {r['staleness_mean']:.2f} max {r['staleness_max']:.0f}, "
               f"actor at the gate {r['gate_wait']:.0%}", flush=True)
@@ -304,9 +306,9 @@ def main() -> None:
                                                          "LIBERO-cost runs (default: --steps)")
     parser.add_argument("--scaling", default="1,2,4,8,16",
                         help="with --gpu: worker counts of the scaling table ('' skips it)")
-    parser.add_argument("--more-staleness", default="",
-                        help="comma-separated max_staleness values: one more async run at each, reported "
-                             "beside the job's own (e.g. 2: one more rollout of slack)")
+    parser.add_argument("--async-variant", action="append", default=[], metavar="KEY=VALUE",
+                        help="one more async run with this [pipeline] setting, reported beside the job's "
+                             "own (repeatable; e.g. max_staleness=2, learner=process)")
     parser.add_argument("--plots", type=Path, help="with --gpu: write the three PNGs per workload here")
     parser.add_argument("--report-dir", type=Path, help="with --gpu: write pipeline_gpu[_libero].json here")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line "
@@ -314,6 +316,11 @@ def main() -> None:
     args = parser.parse_args()
     job = args.job or REPO / "examples" / ("gpu_bench.toml" if args.gpu else "reach_ppo.toml")
     spec = load_spec(job)
+    for variant in args.async_variant:  # refused now, not after the first mode has run
+        key = variant.split("=", 1)[0]
+        if "=" not in variant or not hasattr(spec.pipeline, key):
+            parser.error(f"--async-variant {variant!r}: expected KEY=VALUE with KEY a [pipeline] setting "
+                         f"({', '.join(vars(spec.pipeline))})")
     if args.gpu:
         spec.resources.device = "cuda"
     placement = placement_for(spec)
@@ -341,9 +348,8 @@ def main() -> None:
         elif workload == "libero":
             spec.env.args["step_ms"] = LIBERO_STEP_MS
         n = args.libero_steps if workload == "libero" and args.libero_steps else steps
-        more = [int(v) for v in args.more_staleness.split(",") if v]
         report = reports[workload] = measure(spec, placement, costs, n, workload,
-                                             args.plots if args.gpu else None, more)
+                                             args.plots if args.gpu else None, args.async_variant)
         report.update(quick=args.quick, job=job.name)
         if args.gpu and args.scaling and not scaling:  # once, at the first workload's step cost
             scaling = worker_scaling(spec, [int(n) for n in args.scaling.split(",")], 1.0 if args.quick else 3.0)

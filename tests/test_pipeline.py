@@ -30,8 +30,9 @@ def _run(spec, tmp_path: Path) -> tuple[Pipeline, list]:
     return pipeline, rows
 
 
-def test_async_lanes_overlap(small_spec, tmp_path):
-    pipeline, rows = _run(small_spec("async", pipeline__max_staleness=1), tmp_path)
+@pytest.mark.parametrize("learner", ["process", "thread"])
+def test_async_lanes_overlap(small_spec, tmp_path, learner):
+    pipeline, rows = _run(small_spec("async", pipeline__max_staleness=1, pipeline__learner=learner), tmp_path)
     tl = pipeline.timeline
     # learning runs while envs step and while the actor infers: that is the point of async
     assert overlap_seconds(tl.intervals("learn"), tl.intervals("sample")) > 0
@@ -149,21 +150,31 @@ def test_grpo_refuses_segments_shorter_than_an_episode(small_spec, tmp_path):
         Pipeline(spec, tmp_path).run()
 
 
-def test_a_crashing_learner_fails_the_job_with_its_reason(small_spec, tmp_path):
-    spec = small_spec("async", policy__name="failing_policy:make", train__total_env_steps=100_000)
+def test_the_learn_lane_runs_as_a_thread_on_a_gpu_and_as_a_process_on_a_cpu(small_spec):
+    assert not placement_for(small_spec("async")).learner_thread  # this machine: a CPU job
+    assert placement_for(small_spec("async", pipeline__learner="thread")).learner_thread
+    assert not placement_for(small_spec("async", pipeline__learner="process")).learner_thread
+
+
+@pytest.mark.parametrize("learner", ["process", "thread"])
+def test_a_crashing_learner_fails_the_job_with_its_reason(small_spec, tmp_path, learner):
+    spec = small_spec("async", policy__name="failing_policy:make", train__total_env_steps=100_000,
+                      pipeline__learner=learner)
     t0 = time.monotonic()
     with pytest.raises(JobFailed, match="boom"):
         run_job(spec, tmp_path, quiet=True)
     assert time.monotonic() - t0 < 90  # promptly, not after a timeout
 
 
-def test_sigterm_checkpoints_and_stops_cleanly(small_spec, tmp_path):
+@pytest.mark.parametrize("learner", ["process", "thread"])
+def test_sigterm_checkpoints_and_stops_cleanly(small_spec, tmp_path, learner):
     import tomli_w
 
     from dvla.spec import spec_to_dict
 
     job = tmp_path / "job.toml"
-    job.write_text(tomli_w.dumps(spec_to_dict(small_spec("async", train__total_env_steps=10_000_000))))
+    spec = small_spec("async", train__total_env_steps=10_000_000, pipeline__learner=learner)
+    job.write_text(tomli_w.dumps(spec_to_dict(spec)))
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "dvlad.runtime.job", str(job), "--output-dir", str(out),
                              "--quiet"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -12,6 +12,7 @@ On a CPU everything is fp32.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,8 @@ class Placement:
     """dtype of the learner's master weights (and of its optimizer state)."""
     autocast_dtype: torch.dtype | None = None
     """dtype the actor's and the learner's matrix work runs in on the GPU (None: the weights')."""
+    learner_thread: bool = False
+    """The learn lane runs as a thread of the actor's process (``pipeline.learner``)."""
 
     @property
     def on_gpu(self) -> bool:
@@ -40,10 +43,35 @@ class Placement:
             return torch.autocast("cuda", dtype=self.autocast_dtype)
         return contextlib.nullcontext()
 
+    def lane_stream(self, priority: int) -> contextlib.AbstractContextManager:
+        """Run a lane's GPU work on a stream of its own, of ``priority`` (lower runs first).
+
+        Why: the GPU's block scheduler serves the streams of one process by priority, so the
+        actor's inference (highest) goes ahead of whatever the learner has queued; between two
+        processes it can only time-slice. The new stream first waits for the work already
+        queued on the thread's current one. Nothing on a CPU."""
+        if not self.on_gpu:
+            return contextlib.nullcontext()
+        stream = torch.cuda.Stream(self.device, priority=priority)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        return torch.cuda.stream(stream)
+
+
+ACTOR_PRIORITY = -100
+"""The actor's stream priority: torch maps it to the device's highest (inference first)."""
+LEARNER_PRIORITY = 0
+"""The learner's stream priority: the default, the lowest."""
+
 
 def placement_for(spec: JobSpec) -> Placement:
-    """The job's placement from ``resources.device`` (``auto``: the GPU when torch sees one) and
-    ``resources.precision``."""
+    """The job's placement from ``resources.device`` (``auto``: the GPU when torch sees one),
+    ``resources.precision`` and ``pipeline.learner``."""
+    placement = _device_placement(spec)
+    thread = spec.pipeline.learner == "thread" or (spec.pipeline.learner == "auto" and placement.on_gpu)
+    return dataclasses.replace(placement, learner_thread=thread)
+
+
+def _device_placement(spec: JobSpec) -> Placement:
     wanted, gpus, precision = spec.resources.device, spec.resources.gpus, spec.resources.precision
     if (wanted == "cuda" or gpus) and not torch.cuda.is_available():
         asked = f"resources.gpus = {gpus}" if gpus else 'resources.device = "cuda"'

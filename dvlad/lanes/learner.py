@@ -1,10 +1,12 @@
 """The learn lane: consume trajectory segments, compute advantages and losses, step,
 publish each new version through the distribute lane, checkpoint.
 
-Runs in its own process (its own interpreter and torch threads) so gradients overlap
-with simulation and inference. One update consumes one rollout: one segment of every
-env group. Update ``r`` therefore trains on rollout ``r``, and the staleness of a sample
-is ``r − the version that acted``.
+Runs beside the actor so gradients overlap with simulation and inference: in its own
+process on a CPU (its own interpreter and torch threads), in a thread of the actor's
+process on a GPU (its kernels on a low-priority stream, behind the actor's inference).
+``pipeline.learner`` overrides the choice. One update consumes one rollout: one segment of
+every env group. Update ``r`` therefore trains on rollout ``r``, and the staleness of a
+sample is ``r − the version that acted``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 
 from dvla.spec import JobSpec
 from dvlad.envs.base import EnvSpec
-from dvlad.lanes.device import CPU, Placement, placement_for
+from dvlad.lanes.device import CPU, LEARNER_PRIORITY, Placement, placement_for
 from dvlad.lanes.distribute import Distributor
 from dvlad.lanes.trajectory import TrajectoryQueue, TrajectoryQueueHandle
 from dvlad.lanes.weights import WeightPlane, WeightPlaneHandle
@@ -253,12 +255,21 @@ class Learner:
 
 def learner_main(cfg: LearnerConfig, queue_handle: TrajectoryQueueHandle, plane_handle: WeightPlaneHandle,
                  messages, stop) -> None:
-    """Entry point of the learner process. Talks to the job by small messages only."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(cfg.spec.resources.torch_threads)
+    """Entry point of the learn lane, a process of its own or a thread of the actor's process
+    (``Placement.learner_thread``). Talks to the job by small messages only."""
+    placement = placement_for(cfg.spec)  # the job has checked it before starting the lane
+    if not placement.learner_thread:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the job's process decides how to stop
+        torch.set_num_threads(cfg.spec.resources.torch_threads)
+    with placement.lane_stream(LEARNER_PRIORITY):
+        _learn(cfg, placement, queue_handle, plane_handle, messages, stop)
+
+
+def _learn(cfg: LearnerConfig, placement: Placement, queue_handle: TrajectoryQueueHandle,
+           plane_handle: WeightPlaneHandle, messages, stop) -> None:
     traj = plane = distributor = None
     try:
-        learner = Learner(cfg, placement_for(cfg.spec))
+        learner = Learner(cfg, placement)
         traj, plane = TrajectoryQueue.attach(queue_handle), WeightPlane.attach(plane_handle)
 
         def published(version: int, t0: float, t1: float) -> None:

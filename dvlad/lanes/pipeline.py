@@ -1,7 +1,8 @@
 """A job's four lanes, wired together and run until the job's budget is spent.
 
-Processes: env workers (sample lane), this process's main thread (infer lane), a learner
-process (learn lane) with its distribute thread. Between them: env slots and the
+Processes: env workers (sample lane), this process's main thread (infer lane), the learn
+lane with its distribute thread (a process of its own on a CPU; on a GPU a thread of this
+process, so inference can take priority on the device: ``Placement.lane_stream``). Between them: env slots and the
 trajectory queue (data plane, host shared memory) and the weight plane (versions; staging
 in host shared memory, or on the GPU beside the actor when the job runs there). Everything
 else is small messages. On a GPU the actor and the learner share the device: inference in
@@ -27,7 +28,7 @@ import torch
 from dvla.spec import JobSpec
 from dvlad.envs.vector import EnvWorkerPool
 from dvlad.lanes.actor import Actor, ActorConfig
-from dvlad.lanes.device import placement_for
+from dvlad.lanes.device import ACTOR_PRIORITY, placement_for
 from dvlad.lanes.learner import LearnerConfig, build_policy, learner_main
 from dvlad.lanes.timeline import GPU_LANES, LaneTimeline, covered_seconds
 from dvlad.lanes.trajectory import SegmentShape, TrajectoryQueue
@@ -103,8 +104,9 @@ class Pipeline:
             parts += [traj, plane]
             messages, stop = ctx.Queue(), ctx.Event()
             cfg = LearnerConfig(spec, pool.spec, str(self.output_dir), spec.env.groups)
-            learner = ctx.Process(target=learner_main, args=(cfg, traj.handle, plane.handle, messages, stop),
-                                  name="dvla-learner", daemon=True)
+            lane = threading.Thread if placement.learner_thread else ctx.Process
+            learner = lane(target=learner_main, args=(cfg, traj.handle, plane.handle, messages, stop),
+                           name="dvla-learner", daemon=True)
             learner.start()
             start_version, start_steps = self._await_ready(messages, learner)
             actor = Actor(pool, policy, flat, plane, traj,
@@ -117,8 +119,8 @@ class Pipeline:
         finally:
             if learner is not None and learner.is_alive():
                 learner.join(timeout=30)
-                if learner.is_alive():
-                    learner.kill()
+                if learner.is_alive() and isinstance(learner, mp.process.BaseProcess):
+                    learner.kill()  # a thread cannot be killed: it stops at the stop event
             for part in reversed(parts):
                 part.close()
 
@@ -135,7 +137,7 @@ class Pipeline:
                 msg = messages.get(timeout=1.0)
             except queue.Empty:
                 if not learner.is_alive():
-                    raise JobFailed(f"learner exited with code {learner.exitcode} before it was ready") from None
+                    raise JobFailed(f"{_exited(learner)} before it was ready") from None
                 continue
             if msg[0] == "error":
                 raise JobFailed(f"learner failed to start:\n{msg[1]}")
@@ -151,12 +153,13 @@ class Pipeline:
 
         def should_stop() -> bool:
             if self.failure is None and not learner.is_alive():
-                self.failure = f"learner exited with code {learner.exitcode}"
+                self.failure = _exited(learner)
             return (self.failure is not None or self._stop_requested.is_set()
                     or actor.env_steps >= spec.train.total_env_steps or time.monotonic() >= deadline)
 
         try:
-            actor.run(should_stop)
+            with actor.placement.lane_stream(ACTOR_PRIORITY):
+                actor.run(should_stop)
         finally:
             stop.set()
             learner.join(timeout=120)
@@ -164,6 +167,12 @@ class Pipeline:
         if self.failure:
             raise JobFailed(self.failure)
         return reporter.last
+
+
+def _exited(learner: threading.Thread | mp.process.BaseProcess) -> str:
+    """What to say when the learn lane ended without being asked to."""
+    code = getattr(learner, "exitcode", None)
+    return "learner thread ended" if code is None else f"learner exited with code {code}"
 
 
 class _Reporter(threading.Thread):
