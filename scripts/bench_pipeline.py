@@ -297,6 +297,8 @@ def main() -> None:
     parser.add_argument("--job", type=Path, help="job file to measure (default: examples/reach_ppo.toml, "
                                                  "with --gpu examples/gpu_bench.toml)")
     parser.add_argument("--steps", type=int, help="env steps per mode (default 30 000; --gpu 8 000)")
+    parser.add_argument("--workers", type=int, help="env workers (default: the job's); env.num_envs must "
+                                                    "stay divisible by groups × workers")
     parser.add_argument("--quick", action="store_true", help="small run, under a minute")
     parser.add_argument("--gpu", action="store_true", help="the headline GPU run (see above)")
     parser.add_argument("--workload", choices=("balanced", "libero", "both"), default="balanced",
@@ -316,6 +318,8 @@ def main() -> None:
     args = parser.parse_args()
     job = args.job or REPO / "examples" / ("gpu_bench.toml" if args.gpu else "reach_ppo.toml")
     spec = load_spec(job)
+    if args.workers:
+        spec.env.workers = args.workers
     for variant in args.async_variant:  # refused now, not after the first mode has run
         key = variant.split("=", 1)[0]
         if "=" not in variant or not hasattr(spec.pipeline, key):

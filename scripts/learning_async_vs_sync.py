@@ -3,7 +3,9 @@
 Each (seed, mode) runs the job to ``--steps`` env steps and keeps its metrics. The report
 gives, per seed, the sync run's final success rate (mean of its last ``--tail`` rows) and
 the env steps each mode needed to first reach it; async passes when it needs at most 10%
-more env steps than sync. A PNG plots success rate against env steps for every run.
+more env steps than sync. Over all seeds it averages each mode's curve and gives the env
+steps the mean curves need (one seed's figure swings ±50% with the moment it leaves a
+plateau). A PNG plots every run and the two mean curves.
 
     python scripts/learning_async_vs_sync.py examples/reach_ppo.toml --steps 60000 --out runs/modes
 """
@@ -33,27 +35,74 @@ handful of episodes, biased towards the short (successful) ones."""
 def steps_to_reach(rows: list[dict], target: float) -> float | None:
     """Env steps at the first row whose success rate over a full window reaches ``target``
     (None: never)."""
-    for r in rows:
-        if r.get("episodes", 0) >= WINDOW and r.get("success_rate", 0.0) >= target:
+    for r in _warm(rows):
+        if r["success_rate"] >= target:
             return r["env_steps"]
     return None
 
 
+def _warm(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r.get("episodes", 0) >= WINDOW and "success_rate" in r]
+
+
+def mean_curves(runs: dict[tuple[int, str], list[dict]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Each mode's success rate averaged over the seeds, on one grid of env steps (every run
+    interpolated; the grid spans the steps where every run has a full window).
+
+    Why: one seed's curve leaves its plateau at a random moment, so the env steps one seed needs
+    vary by ±50% between seeds of the same mode; the seeds' mean is what a mode does."""
+    warm = {key: _warm(rows) for key, rows in runs.items()}
+    start = max(rows[0]["env_steps"] for rows in warm.values())
+    end = min(rows[-1]["env_steps"] for rows in warm.values())
+    grid = np.arange(start, end, 256.0)
+    curves = {mode: np.mean([np.interp(grid, [r["env_steps"] for r in rows], [r["success_rate"] for r in rows])
+                             for (_, m), rows in warm.items() if m == mode], axis=0) for mode in MODES}
+    return grid, curves
+
+
+def first_reach(grid: np.ndarray, curve: np.ndarray, target: float) -> float | None:
+    hit = np.flatnonzero(curve >= target)
+    return float(grid[hit[0]]) if len(hit) else None
+
+
+def pooled(runs: dict[tuple[int, str], list[dict]], per_seed: dict[str, dict], tail: int) -> dict:
+    """The report over all seeds: each mode's mean curve against the milestones and the mean
+    curve of sync's final success, and the per-seed ratios' spread."""
+    grid, curves = mean_curves(runs)
+    sync_final = float(np.mean(curves["sync"][-tail:]))
+    out: dict = {"seeds": len(per_seed), "sync_final_success": sync_final, "mean_curve_steps_to": {}}
+    for name, target in (("0.8", 0.8), ("0.9", 0.9), ("sync_final", sync_final)):
+        steps = {mode: first_reach(grid, curves[mode], target) for mode in MODES}
+        ratio = steps["async"] / steps["sync"] if steps["async"] and steps["sync"] else None
+        out["mean_curve_steps_to"][name] = {**steps, "async_over_sync": ratio}
+    ratios = [s["async_over_sync_steps"] for s in per_seed.values() if s["async_over_sync_steps"]]
+    out["per_seed_ratio"] = {"mean": float(np.mean(ratios)), "median": float(np.median(ratios)),
+                             "min": min(ratios), "max": max(ratios),
+                             "within_10pct": sum(r <= 1.1 for r in ratios), "of": len(ratios)}
+    return out
+
+
 def plot(runs: dict[tuple[int, str], list[dict]], out: Path) -> None:
+    """Every run thin, each mode's mean over the seeds bold."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    colors = {"sync": "tab:blue", "async": "tab:orange"}
     fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
-    for (seed, mode), rows in sorted(runs.items()):
-        warm = [r for r in rows if r.get("episodes", 0) >= WINDOW and "success_rate" in r]
-        xs, ys = [r["env_steps"] for r in warm], [r["success_rate"] for r in warm]
-        ax.plot(xs, ys, label=f"{mode}, seed {seed}", linestyle="-" if mode == "async" else "--")
+    for (_, mode), rows in sorted(runs.items()):
+        warm = _warm(rows)
+        ax.plot([r["env_steps"] for r in warm], [r["success_rate"] for r in warm], color=colors[mode],
+                alpha=0.25, linewidth=0.8)
+    grid, curves = mean_curves(runs)
+    seeds = len({s for s, _ in runs})
+    for mode in MODES:
+        ax.plot(grid, curves[mode], color=colors[mode], linewidth=2.2, label=f"{mode}: mean of {seeds} seeds")
     ax.set_xlabel("env steps")
     ax.set_ylabel(f"success rate (last {WINDOW} episodes)")
     ax.set_ylim(0, 1.02)
-    ax.legend()
+    ax.legend(title="thin: one seed each")
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
@@ -107,6 +156,11 @@ def main() -> None:
                                       "async_final_success": runs[seed, "async"][-1].get("success_rate")}
         print(f"seed {seed}: sync final success {target:.2f}; env steps to reach it: sync {needed['sync']}, "
               f"async {needed['async']}" + (f" ({ratio:.2f}x)" if ratio else ""))
+    report["pooled"] = pooled(runs, report["seeds"], args.tail)
+    curve = report["pooled"]["mean_curve_steps_to"]
+    print(f"mean of {len(report['seeds'])} seeds: env steps to " + ", ".join(
+        f"{name}: sync {v['sync']}, async {v['async']}" + (f" ({v['async_over_sync']:.2f}x)" if v["async_over_sync"]
+                                                           else "") for name, v in curve.items()))
     plot(runs, args.out / "learning_async_vs_sync.png")
     (args.out / "report.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report))

@@ -48,13 +48,13 @@ def test_a_version_travels_device_to_device_between_processes_in_bf16():
         plane.close()
 
 
-@pytest.mark.parametrize("learner", ["auto", "process"])
+@pytest.mark.parametrize("learner", ["process", "thread"])
 def test_a_job_runs_on_the_gpu_with_a_bf16_actor_and_learns_every_update(small_spec, tmp_path, learner):
     spec = small_spec("async", resources__device="cuda", pipeline__learner=learner)
     placement = placement_for(spec)
     assert placement.on_gpu and placement.actor_dtype == torch.bfloat16
     assert placement.autocast_dtype == torch.bfloat16
-    assert placement.learner_thread == (learner == "auto")  # on a GPU the learn lane is a thread
+    assert placement.learner_thread == (learner == "thread")
     rows = []
     pipeline = Pipeline(spec, tmp_path, on_progress=lambda p: rows.append(p.values))
     summary = pipeline.run()

@@ -150,10 +150,9 @@ def test_grpo_refuses_segments_shorter_than_an_episode(small_spec, tmp_path):
         Pipeline(spec, tmp_path).run()
 
 
-def test_the_learn_lane_runs_as_a_thread_on_a_gpu_and_as_a_process_on_a_cpu(small_spec):
-    assert not placement_for(small_spec("async")).learner_thread  # this machine: a CPU job
+def test_the_learn_lane_is_a_process_unless_the_job_asks_for_a_thread(small_spec):
+    assert not placement_for(small_spec("async")).learner_thread
     assert placement_for(small_spec("async", pipeline__learner="thread")).learner_thread
-    assert not placement_for(small_spec("async", pipeline__learner="process")).learner_thread
 
 
 @pytest.mark.parametrize("learner", ["process", "thread"])

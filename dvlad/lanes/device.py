@@ -67,8 +67,7 @@ def placement_for(spec: JobSpec) -> Placement:
     """The job's placement from ``resources.device`` (``auto``: the GPU when torch sees one),
     ``resources.precision`` and ``pipeline.learner``."""
     placement = _device_placement(spec)
-    thread = spec.pipeline.learner == "thread" or (spec.pipeline.learner == "auto" and placement.on_gpu)
-    return dataclasses.replace(placement, learner_thread=thread)
+    return dataclasses.replace(placement, learner_thread=spec.pipeline.learner == "thread")
 
 
 def _device_placement(spec: JobSpec) -> Placement:

@@ -2,11 +2,11 @@
 publish each new version through the distribute lane, checkpoint.
 
 Runs beside the actor so gradients overlap with simulation and inference: in its own
-process on a CPU (its own interpreter and torch threads), in a thread of the actor's
-process on a GPU (its kernels on a low-priority stream, behind the actor's inference).
-``pipeline.learner`` overrides the choice. One update consumes one rollout: one segment of
-every env group. Update ``r`` therefore trains on rollout ``r``, and the staleness of a
-sample is ``r − the version that acted``.
+process (its own interpreter and torch threads), or with ``pipeline.learner = "thread"`` in a
+thread of the actor's process (on a GPU its kernels on a low-priority stream, behind the
+actor's inference). One update consumes one rollout: one segment of every env group.
+Update ``r`` therefore trains on rollout ``r``, and the staleness of a sample is
+``r − the version that acted``.
 """
 
 from __future__ import annotations

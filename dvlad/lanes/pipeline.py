@@ -1,8 +1,9 @@
 """A job's four lanes, wired together and run until the job's budget is spent.
 
 Processes: env workers (sample lane), this process's main thread (infer lane), the learn
-lane with its distribute thread (a process of its own on a CPU; on a GPU a thread of this
-process, so inference can take priority on the device: ``Placement.lane_stream``). Between them: env slots and the
+lane with its distribute thread (a process of its own, or with ``pipeline.learner =
+"thread"`` a thread of this process, so that inference can take priority on the GPU:
+``Placement.lane_stream``). Between them: env slots and the
 trajectory queue (data plane, host shared memory) and the weight plane (versions; staging
 in host shared memory, or on the GPU beside the actor when the job runs there). Everything
 else is small messages. On a GPU the actor and the learner share the device: inference in

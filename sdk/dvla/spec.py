@@ -142,11 +142,11 @@ class PipelineSection:
     """Sampling pauses rather than let learner version − acting version exceed this (sync: forced to 0)."""
     queue_segments: int = 0
     """Trajectory-queue capacity in segments; 0: groups × (max_staleness + 1)."""
-    learner: Literal["auto", "process", "thread"] = "auto"
-    """Where the learn lane runs. thread: in the actor's process, so on a GPU the actor's inference
-    runs on a high-priority CUDA stream ahead of the learner's queued kernels (between processes
-    a GPU only time-slices). process: its own interpreter, never sharing the GIL with the actor
-    (what CPU-bound learning needs). auto: thread on a GPU, process on a CPU."""
+    learner: Literal["process", "thread"] = "process"
+    """Where the learn lane runs. process: its own interpreter, never sharing the GIL with the
+    actor. thread: in the actor's process, so on a GPU the actor's inference runs on a
+    high-priority CUDA stream ahead of the learner's queued kernels (between processes a GPU only
+    time-slices); measured no faster on the H100 (docs/benchmarks.md), as the two then share the GIL."""
 
 
 @dataclass
