@@ -8,13 +8,17 @@ steps the mean curves need (one seed's figure swings ±50% with the moment it le
 plateau). A PNG plots every run and the two mean curves.
 
     python scripts/learning_async_vs_sync.py examples/reach_ppo.toml --steps 60000 --out runs/modes
+    python scripts/learning_async_vs_sync.py examples/reach_ppo.toml --steps 80000 --seeds 5,6,7,8,9,10 \
+        --jobs 6 --workers 2 --out runs/modes          # a 16-core machine: six runs at a time
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import shutil
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -45,13 +49,16 @@ def _warm(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r.get("episodes", 0) >= WINDOW and "success_rate" in r]
 
 
-def mean_curves(runs: dict[tuple[int, str], list[dict]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def mean_curves(runs: dict[tuple[int, str], list[dict]]) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
     """Each mode's success rate averaged over the seeds, on one grid of env steps (every run
-    interpolated; the grid spans the steps where every run has a full window).
+    interpolated; the grid spans the steps where every run has a full window). None if a run
+    never filled its window (too short to compare).
 
     Why: one seed's curve leaves its plateau at a random moment, so the env steps one seed needs
     vary by ±50% between seeds of the same mode; the seeds' mean is what a mode does."""
     warm = {key: _warm(rows) for key, rows in runs.items()}
+    if not all(warm.values()):
+        return None
     start = max(rows[0]["env_steps"] for rows in warm.values())
     end = min(rows[-1]["env_steps"] for rows in warm.values())
     grid = np.arange(start, end, 256.0)
@@ -69,18 +76,32 @@ def pooled(runs: dict[tuple[int, str], list[dict]], per_seed: dict[str, dict], t
     """The report over all seeds: the env steps each mode's mean curve needs to reach 0.8, 0.9
     and the sync mean curve's final success (its last ``tail`` grid points, 256 env steps
     apart), and the spread of the per-seed ratios."""
-    grid, curves = mean_curves(runs)
+    ratios = [s["async_over_sync_steps"] for s in per_seed.values() if s["async_over_sync_steps"]]
+    out: dict = {"seeds": len(per_seed), "per_seed_ratio": None if not ratios else {
+        "mean": float(np.mean(ratios)), "median": float(np.median(ratios)), "min": min(ratios),
+        "max": max(ratios), "within_10pct": sum(r <= 1.1 for r in ratios), "of": len(ratios)}}
+    means = mean_curves(runs)
+    if means is None:
+        return out
+    grid, curves = means
     sync_final = float(np.mean(curves["sync"][-tail:]))
-    out: dict = {"seeds": len(per_seed), "sync_final_success": sync_final, "mean_curve_steps_to": {}}
+    out.update(sync_final_success=sync_final, mean_curve_steps_to={})
     for name, target in (("0.8", 0.8), ("0.9", 0.9), ("sync_final", sync_final)):
         steps = {mode: first_reach(grid, curves[mode], target) for mode in MODES}
         ratio = steps["async"] / steps["sync"] if steps["async"] and steps["sync"] else None
         out["mean_curve_steps_to"][name] = {**steps, "async_over_sync": ratio}
-    ratios = [s["async_over_sync_steps"] for s in per_seed.values() if s["async_over_sync_steps"]]
-    out["per_seed_ratio"] = {"mean": float(np.mean(ratios)), "median": float(np.median(ratios)),
-                             "min": min(ratios), "max": max(ratios),
-                             "within_10pct": sum(r <= 1.1 for r in ratios), "of": len(ratios)}
     return out
+
+
+def _describe(curve: dict | None) -> str:
+    """The pooled milestones as one line."""
+    if curve is None:
+        return "a run never filled its window of episodes: no mean curves"
+    parts = []
+    for name, v in curve.items():
+        ratio = f" ({v['async_over_sync']:.2f}x)" if v["async_over_sync"] else ""
+        parts.append(f"{name}: sync {v['sync']}, async {v['async']}{ratio}")
+    return "env steps to " + ", ".join(parts)
 
 
 def plot(runs: dict[tuple[int, str], list[dict]], out: Path) -> None:
@@ -96,16 +117,50 @@ def plot(runs: dict[tuple[int, str], list[dict]], out: Path) -> None:
         warm = _warm(rows)
         ax.plot([r["env_steps"] for r in warm], [r["success_rate"] for r in warm], color=colors[mode],
                 alpha=0.25, linewidth=0.8)
-    grid, curves = mean_curves(runs)
-    seeds = len({s for s, _ in runs})
-    for mode in MODES:
-        ax.plot(grid, curves[mode], color=colors[mode], linewidth=2.2, label=f"{mode}: mean of {seeds} seeds")
+    means = mean_curves(runs)
+    if means is not None:
+        seeds = len({s for s, _ in runs})
+        for mode in MODES:
+            ax.plot(means[0], means[1][mode], color=colors[mode], linewidth=2.2,
+                    label=f"{mode}: mean of {seeds} seeds")
+        ax.legend(title="thin: one seed each")
     ax.set_xlabel("env steps")
     ax.set_ylabel(f"success rate (last {WINDOW} episodes)")
     ax.set_ylim(0, 1.02)
-    ax.legend(title="thin: one seed each")
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def run_one(args: argparse.Namespace, seed: int, mode: str) -> str:
+    """One (seed, mode) run of the job; its metrics land in ``--out``. Returns a summary line."""
+    spec = load_spec(args.job)
+    spec.job.mode, spec.job.seed = mode, seed
+    spec.train.total_env_steps, spec.train.max_minutes, spec.train.resume = args.steps, 0.0, False
+    spec.train.checkpoint_every = 0
+    if args.workers:
+        spec.env.workers = args.workers
+    if args.precision:
+        spec.resources.precision = args.precision
+    metrics = args.out / f"{mode}-seed{seed}.jsonl"
+    with TemporaryDirectory() as run_dir:  # checkpoints and event logs are not kept
+        run_job(spec, Path(run_dir), quiet=True)
+        shutil.copy(Path(run_dir) / "metrics.jsonl", metrics)
+    last = read_jsonl(metrics)[-1]
+    return (f"seed {seed} {mode:5}: {last['env_steps']:.0f} env steps, "
+            f"final success {last.get('success_rate', float('nan')):.2f}")
+
+
+def run_all(args: argparse.Namespace, todo: list[tuple[int, str]]) -> None:
+    """Every run, ``--jobs`` at a time. Side by side each is a whole job of its own (actor,
+    learner, env workers) in a fresh process: learning per env step does not depend on speed."""
+    if args.jobs <= 1:
+        for seed, mode in todo:
+            print(run_one(args, seed, mode), flush=True)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
+        for done in as_completed([pool.submit(run_one, args, seed, mode) for seed, mode in todo]):
+            print(done.result(), flush=True)
 
 
 def main() -> None:
@@ -116,6 +171,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, help="override env.workers (e.g. the machine's cores)")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"),
                         help="override resources.precision (fp32 on a GPU: exact behaviour log-probs)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs side by side (default 1); each is a whole job, so give each its cores: "
+                             "e.g. --jobs 6 --workers 2 on 16 cores")
     parser.add_argument("--tail", type=int, default=10, help="rows averaged for sync's final success rate")
     parser.add_argument("--replot", action="store_true",
                         help="run nothing: rebuild the report and the PNG from the metrics already in --out")
@@ -123,26 +181,10 @@ def main() -> None:
                         help="folder for each run's metrics.jsonl, the PNG and report.json")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    runs: dict[tuple[int, str], list[dict]] = {}
-    for seed in (int(s) for s in args.seeds.split(",")):
-        for mode in MODES:
-            if args.replot:
-                runs[seed, mode] = read_jsonl(args.out / f"{mode}-seed{seed}.jsonl")
-                continue
-            spec = load_spec(args.job)
-            spec.job.mode, spec.job.seed = mode, seed
-            spec.train.total_env_steps, spec.train.max_minutes, spec.train.resume = args.steps, 0.0, False
-            spec.train.checkpoint_every = 0
-            if args.workers:
-                spec.env.workers = args.workers
-            if args.precision:
-                spec.resources.precision = args.precision
-            with TemporaryDirectory() as run_dir:  # checkpoints and event logs are not kept
-                run_job(spec, Path(run_dir), quiet=True)
-                shutil.copy(Path(run_dir) / "metrics.jsonl", args.out / f"{mode}-seed{seed}.jsonl")
-            runs[seed, mode] = read_jsonl(args.out / f"{mode}-seed{seed}.jsonl")
-            print(f"seed {seed} {mode:5}: {runs[seed, mode][-1]['env_steps']:.0f} env steps, "
-                  f"final success {runs[seed, mode][-1].get('success_rate', float('nan')):.2f}", flush=True)
+    todo = [(int(seed), mode) for seed in args.seeds.split(",") for mode in MODES]
+    if not args.replot:
+        run_all(args, todo)
+    runs = {(seed, mode): read_jsonl(args.out / f"{mode}-seed{seed}.jsonl") for seed, mode in todo}
     report = {"job": args.job.name, "steps": args.steps, "workers": args.workers,
               "precision": args.precision or "auto", "seeds": {}}
     for seed in sorted({s for s, _ in runs}):
@@ -158,10 +200,7 @@ def main() -> None:
         print(f"seed {seed}: sync final success {target:.2f}; env steps to reach it: sync {needed['sync']}, "
               f"async {needed['async']}" + (f" ({ratio:.2f}x)" if ratio else ""))
     report["pooled"] = pooled(runs, report["seeds"], args.tail)
-    curve = report["pooled"]["mean_curve_steps_to"]
-    print(f"mean of {len(report['seeds'])} seeds: env steps to " + ", ".join(
-        f"{name}: sync {v['sync']}, async {v['async']}" + (f" ({v['async_over_sync']:.2f}x)" if v["async_over_sync"]
-                                                           else "") for name, v in curve.items()))
+    print(f"mean of {len(report['seeds'])} seeds: {_describe(report['pooled'].get('mean_curve_steps_to'))}")
     plot(runs, args.out / "learning_async_vs_sync.png")
     (args.out / "report.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report))
