@@ -97,8 +97,8 @@ def lane_costs(spec: JobSpec, placement: Placement, seconds: float) -> dict[str,
         traj = TrajectoryQueue.create(ctx, pool.spec, shape, pool.groups)
         plane = WeightPlane.create(ctx, flat.numel(), device=placement.device, dtype=placement.actor_dtype)
         try:
-            actor = Actor(pool, policy, flat, plane, traj, ActorConfig(shape.steps, 0, True), LaneTimeline(),
-                          placement=placement)
+            actor_cfg = ActorConfig(shape.steps, 0, True, compile=spec.pipeline.compile_actor)
+            actor = Actor(pool, policy, flat, plane, traj, actor_cfg, LaneTimeline(), placement=placement)
             obs, _ = actor._read_obs(pool.group_slice(0))
             infer = _time(lambda: actor.act(obs), 20, placement.device) / pool.envs_per_group
 

@@ -224,7 +224,8 @@ def measure(spec: JobSpec, placement: Placement, costs: dict[str, float], steps:
     for variant in variants:
         key, value = variant.split("=", 1)
         kept = getattr(spec.pipeline, key)
-        setattr(spec.pipeline, key, type(kept)(value))
+        parsed = value.lower() in ("1", "true", "yes") if isinstance(kept, bool) else type(kept)(value)
+        setattr(spec.pipeline, key, parsed)
         extra[variant] = run_mode(spec, "async", steps, placement_for(spec))
         setattr(spec.pipeline, key, kept)
     ratio = asyn["steps_per_s"] / sync["steps_per_s"]
@@ -310,7 +311,7 @@ def main() -> None:
                         help="with --gpu: worker counts of the scaling table ('' skips it)")
     parser.add_argument("--async-variant", action="append", default=[], metavar="KEY=VALUE",
                         help="one more async run with this [pipeline] setting, reported beside the job's "
-                             "own (repeatable; e.g. max_staleness=2, learner=process)")
+                             "own (repeatable; e.g. max_staleness=2, learner=thread, compile_actor=true)")
     parser.add_argument("--plots", type=Path, help="with --gpu: write the three PNGs per workload here")
     parser.add_argument("--report-dir", type=Path, help="with --gpu: write pipeline_gpu[_libero].json here")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line "

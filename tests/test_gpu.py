@@ -48,9 +48,12 @@ def test_a_version_travels_device_to_device_between_processes_in_bf16():
         plane.close()
 
 
-@pytest.mark.parametrize("learner", ["process", "thread"])
-def test_a_job_runs_on_the_gpu_with_a_bf16_actor_and_learns_every_update(small_spec, tmp_path, learner):
-    spec = small_spec("async", resources__device="cuda", pipeline__learner=learner)
+@pytest.mark.parametrize(("learner", "compile_actor"), [("process", False), ("thread", False), ("process", True)])
+def test_a_job_runs_on_the_gpu_with_a_bf16_actor_and_learns_every_update(small_spec, tmp_path, learner,
+                                                                          compile_actor):
+    """…with the learner as a process or a thread, and with the actor's forward as CUDA graphs."""
+    spec = small_spec("async", resources__device="cuda", pipeline__learner=learner,
+                      pipeline__compile_actor=compile_actor)
     placement = placement_for(spec)
     assert placement.on_gpu and placement.actor_dtype == torch.bfloat16
     assert placement.autocast_dtype == torch.bfloat16

@@ -17,6 +17,7 @@ import torch
 from dvlad.lanes.device import placement_for
 from dvlad.lanes.pipeline import JobFailed, Pipeline
 from dvlad.lanes.timeline import LANES, overlap_seconds
+from dvlad.policies.base import ObsBatch
 from dvlad.runtime.job import run_job
 from dvlad.runtime.metrics import read_jsonl
 
@@ -142,6 +143,29 @@ def test_grpo_trains_on_whole_episodes_grouped_by_start(small_spec, tmp_path):
     assert rows[-1].values["episode_length"] <= 10
     assert all("v_loss" not in r.values for r in rows)  # no critic
     assert max(r.values["staleness_max"] for r in rows) <= spec.pipeline.max_staleness
+
+
+def test_a_compiled_actor_runs_the_job_and_acts_as_the_eager_policy_scores(small_spec, tmp_path):
+    """``pipeline.compile_actor``: the job learns every update, and the compiled forward's
+    log-probs and values for the tokens it drew are the eager policy's for the same tokens."""
+    rows = []
+    pipeline = Pipeline(small_spec("async", pipeline__compile_actor=True), tmp_path,
+                        on_progress=lambda p: rows.append(p.values))
+    pipeline.run()
+    assert [r["version"] for r in rows] == list(range(1, len(rows) + 1))
+    actor = pipeline.actor
+    assert actor is not None and actor._act._torchdynamo_orig_callable == actor.policy.act  # compiled
+    spec, n = pipeline.pool.spec, pipeline.pool.envs_per_group  # the batch shape it was compiled for
+    generator = torch.Generator().manual_seed(0)
+    obs = ObsBatch(images={cam: torch.randint(0, 256, (n, h, w, 3), dtype=torch.uint8, generator=generator)
+                           for cam, (h, w) in spec.cameras.items()},
+                   proprio=torch.randn(n, spec.proprio_dim, generator=generator),
+                   instruction=actor.policy.tokenize(["reach the red cube"] * n))
+    out = actor.act(obs)
+    with torch.no_grad():
+        eager = actor.policy.evaluate(obs, out.tokens)
+    torch.testing.assert_close(out.logprob, eager.logprob.flatten(1), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.value, eager.value, rtol=1e-4, atol=1e-4)
 
 
 def test_grpo_refuses_segments_shorter_than_an_episode(small_spec, tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +48,8 @@ class ActorConfig:
     blocks of ``group_size``; an env whose episode ended holds until the segment ends."""
     group_size: int = 1
     seed: int = 0
+    compile: bool = False
+    """Act through :func:`compile_act` (``pipeline.compile_actor``)."""
     block_timeout_s: float = 600.0
     """Longest the actor waits for new weights or a free queue slot before failing the job."""
 
@@ -86,6 +89,20 @@ class EpisodeStats:
                 "episode_length": float(np.mean(self.lengths))}
 
 
+def compile_act(policy: Policy, placement: Placement) -> Callable[..., ActOutput]:
+    """``policy.act`` compiled whole for the group's fixed batch shape; on a GPU as CUDA graphs
+    (``mode="reduce-overhead"``).
+
+    Why: eager, a 1 B forward is hundreds of kernels launched one by one from Python, which
+    trickle onto a GPU the learner shares (docs/benchmarks.md); a graph is one launch per batch.
+    ``fullgraph``: a graph break would put Python back between the kernels, so it is an error.
+    The weights swap in place (``WeightPlane.swap_into``), so a captured graph stays valid across
+    versions; its outputs are overwritten by the next replay, and :meth:`Actor.act` copies them
+    to the host before then."""
+    mode = "reduce-overhead" if placement.on_gpu else None
+    return torch.compile(policy.act, fullgraph=True, dynamic=False, mode=mode)
+
+
 class _GroupState:
     def __init__(self, envs: int) -> None:
         self.slot: int | None = None  # trajectory-queue slot being filled
@@ -102,6 +119,7 @@ class Actor:
                  start_rollout: int = 0, placement: Placement = CPU) -> None:
         self.pool, self.policy, self.flat, self.plane, self.queue = pool, policy, flat, plane, queue
         self.placement = placement
+        self._act = compile_act(policy, placement) if cfg.compile else policy.act
         self.cfg, self.timeline = cfg, timeline
         self.version = -1
         self.env_steps = 0
@@ -179,7 +197,7 @@ class Actor:
         the observations go over once per batch, and reading the outputs back is what waits
         for the forward pass)."""
         with torch.no_grad(), self.placement.autocast():
-            out = self.policy.act(obs.to(self.placement.device))
+            out = self._act(obs.to(self.placement.device))
         return ActOutput(tokens=out.tokens.cpu(), actions=out.actions.float().cpu(),
                          logprob=out.logprob.float().cpu(), value=out.value.float().cpu())
 

@@ -112,7 +112,8 @@ class Pipeline:
             start_version, start_steps = self._await_ready(messages, learner)
             actor = Actor(pool, policy, flat, plane, traj,
                           ActorConfig(spec.pipeline.segment_steps, max_staleness, pipelined, episodic=episodic,
-                                      group_size=spec.algo.group_size, seed=spec.job.seed),
+                                      group_size=spec.algo.group_size, seed=spec.job.seed,
+                                      compile=spec.pipeline.compile_actor),
                           self.timeline, start_rollout=start_version, placement=placement)
             actor.env_steps = start_steps
             self.actor = actor

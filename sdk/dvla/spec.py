@@ -142,6 +142,9 @@ class PipelineSection:
     """Sampling pauses rather than let learner version − acting version exceed this (sync: forced to 0)."""
     queue_segments: int = 0
     """Trajectory-queue capacity in segments; 0: groups × (max_staleness + 1)."""
+    compile_actor: bool = False
+    """Compile the actor's forward whole with torch.compile (static shapes; on a GPU as CUDA graphs,
+    one launch per batch instead of one per kernel). Costs a compile when the job starts."""
     learner: Literal["process", "thread"] = "process"
     """Where the learn lane runs. process: its own interpreter, never sharing the GIL with the
     actor. thread: in the actor's process, so on a GPU the actor's inference runs on a
