@@ -131,6 +131,9 @@ def run_mode(spec: JobSpec, mode: str, steps: int, placement: Placement) -> dict
     summary = tl.summary(since, until, parallel={"sample": spec.env.workers})
     for lane in LANES:
         out[f"{lane}_busy"] = summary[lane]["busy"]
+    for lane in ("infer", "learn"):  # seconds per inference batch, per learner update
+        spans = [iv.end - iv.start for iv in tl.intervals(lane, since) if iv.end <= until]
+        out[f"{lane}_s_each"] = float(np.mean(spans)) if spans else None
     out["publish_ms"] = float(np.mean([r["publish_ms"] for r in steady if "publish_ms" in r] or [0]))
     del pipeline
     release_gpu()
@@ -206,6 +209,21 @@ def plot(results: dict, out_dir: Path, tag: str) -> list[Path]:
     return paths
 
 
+def slowdowns(spec: JobSpec, costs: dict[str, float], r: dict) -> dict[str, float | None]:
+    """How much longer an inference batch and a learner update took inside the run than alone.
+
+    Why: in sync mode the lanes take turns, so both read ~1; in async mode they share the
+    device, and this says what that sharing costs each of them."""
+    alone = {"infer": costs["infer"] * spec.env.num_envs / spec.env.groups,  # one group's batch
+             "learn": costs["learn"] * spec.pipeline.segment_steps * spec.env.num_envs * spec.policy.action_chunk}
+    return {lane: None if r[f"{lane}_s_each"] is None else r[f"{lane}_s_each"] / alone[lane]
+            for lane in ("infer", "learn")}
+
+
+def _times(slow: dict[str, float | None]) -> str:
+    return " / ".join("n/a" if v is None else f"{v:.2f}x" for v in slow.values())
+
+
 def measure(spec: JobSpec, placement: Placement, costs: dict[str, float], steps: int, label: str,
             plots: Path | None, variants: list[str]) -> dict:
     """Both modes of one workload against its ideals: the report's figures, printed as a table.
@@ -227,6 +245,7 @@ def measure(spec: JobSpec, placement: Placement, costs: dict[str, float], steps:
         parsed = value.lower() in ("1", "true", "yes") if isinstance(kept, bool) else type(kept)(value)
         setattr(spec.pipeline, key, parsed)
         extra[variant] = run_mode(spec, "async", steps, placement_for(spec))
+        extra[variant]["slowdown_vs_alone"] = slowdowns(spec, costs, extra[variant])  # at the variant's sizes
         setattr(spec.pipeline, key, kept)
     ratio = asyn["steps_per_s"] / sync["steps_per_s"]
     ideal_ratio = sync_ideal / async_ideal
@@ -243,6 +262,7 @@ def measure(spec: JobSpec, placement: Placement, costs: dict[str, float], steps:
         "gpu_busy_sync": sync["gpu_busy"] if placement.on_gpu else None,
         "gpu_util_nvml": {mode: r["gpu_util_nvml"] for mode, r in results.items()},
         "gate_wait": {mode: r["gate_wait"] for mode, r in results.items()},
+        "slowdown_vs_alone": {mode: slowdowns(spec, costs, r) for mode, r in results.items()},
         "pipeline": {"max_staleness": spec.pipeline.max_staleness, "learner": spec.pipeline.learner,
                      "learner_thread": placement.learner_thread},
         "async_variants": {name: _summary(r, async_ideal, sync["steps_per_s"]) for name, r in extra.items()},
@@ -261,12 +281,15 @@ def measure(spec: JobSpec, placement: Placement, costs: dict[str, float], steps:
           f"staleness mean {asyn['staleness_mean']:.2f} max {asyn['staleness_max']:.0f}   "
           f"actor at the staleness gate {asyn['gate_wait']:.0%}   "
           f"publish {costs['publish_ms']:.2f} ms (raw copy {costs['raw_copy_ms']:.2f} ms)", flush=True)
+    print("time per inference batch / per learner update against alone: " + ", ".join(
+        f"{mode} {_times(slow)}" for mode, slow in report["slowdown_vs_alone"].items()), flush=True)
     for name, r in extra.items():
         print(f"async with {name}: {r['steps_per_s']:.1f} steps/s = "
               f"{r['steps_per_s'] / sync['steps_per_s']:.2f}x sync, "
               f"efficiency {r['steps_per_s'] * async_ideal:.2f}, GPU busy {r['gpu_busy']:.0%}, "
               f"staleness mean {r['staleness_mean']:.2f} max {r['staleness_max']:.0f}, "
-              f"actor at the gate {r['gate_wait']:.0%}", flush=True)
+              f"actor at the gate {r['gate_wait']:.0%}, inference batch / learner update against alone "
+              f"{_times(r['slowdown_vs_alone'])}", flush=True)
     if plots is not None:
         for path in plot(results, plots, label):
             print(f"wrote {path}")
@@ -278,7 +301,9 @@ def _summary(r: dict, async_ideal: float, sync_steps_per_s: float) -> dict:
     return {"steps_per_s": r["steps_per_s"], "ratio": r["steps_per_s"] / sync_steps_per_s,
             "efficiency": r["steps_per_s"] * async_ideal, "gpu_busy": r["gpu_busy"],
             "staleness_mean": r["staleness_mean"], "staleness_max": r["staleness_max"],
-            "gate_wait": r["gate_wait"], "busy": {lane: r[f"{lane}_busy"] for lane in LANES}}
+            "gate_wait": r["gate_wait"], "busy": {lane: r[f"{lane}_busy"] for lane in LANES},
+            "slowdown_vs_alone": r["slowdown_vs_alone"]}
+
 
 
 def worker_scaling(spec: JobSpec, counts: list[int], seconds: float) -> dict[str, dict]:
