@@ -68,3 +68,6 @@ def test_a_job_runs_on_the_gpu_with_a_bf16_actor_and_learns_every_update(small_s
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows if "loss" in r)
     assert max(r["acting_version"] for r in rows) >= 1  # published versions reached the GPU actor
     assert all(0.0 < r["gpu_busy"] <= 1.0 for r in rows)  # the union of the GPU lanes, per window
+    # the two VRAM pools dvla top draws: at least the actor's replica and the learner's fp32 weights
+    flat_bytes = pipeline.actor.flat.numel() * (2 + 4)
+    assert all(r["gpu_weight_bytes"] >= flat_bytes and r["gpu_activation_bytes"] > 0 for r in rows)

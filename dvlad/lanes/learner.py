@@ -28,6 +28,7 @@ from dvlad.envs.base import EnvSpec
 from dvlad.lanes.device import CPU, LEARNER_PRIORITY, Placement, placement_for
 from dvlad.lanes.distribute import Distributor
 from dvlad.lanes.trajectory import TrajectoryQueue, TrajectoryQueueHandle
+from dvlad.lanes.vram import LEARNER_PEAK, LEARNER_WEIGHTS, peak_allocated, tensor_bytes
 from dvlad.lanes.weights import WeightPlane, WeightPlaneHandle
 from dvlad.policies import make_policy
 from dvlad.policies.base import ObsBatch, Policy, flatten_parameters
@@ -215,6 +216,17 @@ class Learner:
                 out[rows_mb] = self.policy.evaluate(_rows_obs(rows, rows_mb), rows["tokens"][rows_mb]).logprob.float()
         return out
 
+    def gpu_memory(self, own_process: bool) -> dict[str, int]:
+        """The weight pool this learner holds (weights and optimizer state; the gradients are
+        freed and made again every minibatch, so they count with the activations) and, when it is
+        a process of its own, its allocator's peak since the last update (``vram.py``)."""
+        state = [t for st in self.optimizer.state.values() for t in st.values() if torch.is_tensor(t) and t.is_cuda]
+        params = list(self.policy.parameters())  # frozen ones (LoRA's trunk) too; views of flat count once
+        out = {LEARNER_WEIGHTS: tensor_bytes([*params, *self.policy.buffers(), *state])}
+        if own_process:
+            out[LEARNER_PEAK] = peak_allocated(self.device)
+        return out
+
     # -- checkpoints ----------------------------------------------------------------------
     def save(self, path: Path | None = None) -> Path:
         """Weights, optimizer state and counters in one safetensors file, written atomically."""
@@ -292,6 +304,8 @@ def _learn(cfg: LearnerConfig, placement: Placement, queue_handle: TrajectoryQue
             t1 = time.monotonic()
             distributor.publish(learner.flat, learner.version)
             stats["learn_s"] = t1 - t0
+            if placement.on_gpu:
+                stats.update(learner.gpu_memory(own_process=not placement.learner_thread))
             messages.put(("interval", "learn", t0, t1, int(stats["samples"])))
             messages.put(("update", learner.version, stats))
             if every and learner.version % every == 0:

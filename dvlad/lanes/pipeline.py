@@ -33,6 +33,7 @@ from dvlad.lanes.device import ACTOR_PRIORITY, placement_for
 from dvlad.lanes.learner import LearnerConfig, build_policy, learner_main
 from dvlad.lanes.timeline import GPU_LANES, LaneTimeline, covered_seconds
 from dvlad.lanes.trajectory import SegmentShape, TrajectoryQueue
+from dvlad.lanes.vram import LEARNER_PEAK, LEARNER_WEIGHTS, job_pools, peak_allocated, tensor_bytes
 from dvlad.lanes.weights import WeightPlane
 
 
@@ -220,11 +221,20 @@ class _Reporter(threading.Thread):
         elif kind == "update":
             self._row(msg[1], msg[2])
 
+    def _pools(self, stats: dict) -> dict[str, float]:
+        """The job's weight and activation pools on its GPU (the learner's part travels in its
+        update stats, taken out of them here)."""
+        actor = self.actor
+        learner = {k: stats.pop(k) for k in (LEARNER_WEIGHTS, LEARNER_PEAK) if k in stats}
+        weights = tensor_bytes([*actor.policy.parameters(), *actor.policy.buffers(), actor.plane.staging])
+        return job_pools(weights, peak_allocated(actor.placement.device), learner)
+
     def _row(self, version: int, stats: dict) -> None:
         now = time.monotonic()
         actor, spec = self.actor, self.p.spec
         lanes = self.p.timeline.summary(self._window_start, now, parallel={"sample": len(self.pool.workers)})
         hist = stats.pop("staleness_hist", [])
+        pools = self._pools(stats) if LEARNER_WEIGHTS in stats else {}
         values = {
             "version": float(version),
             "env_steps": float(actor.env_steps),
@@ -237,6 +247,7 @@ class _Reporter(threading.Thread):
             "acting_version": float(actor.version),
             **actor.episodes.summary(),
             **{k: float(v) for k, v in stats.items()},
+            **pools,
         }
         for lane, s in lanes.items():
             values[f"{lane}_busy"] = s["busy"]

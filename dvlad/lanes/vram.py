@@ -1,0 +1,50 @@
+"""A job's GPU memory in the two pools ``dvla top`` draws: weights and activations.
+
+Weight pool: the long-lived tensors that are the model, held from the job's start to its end (the
+learner's master weights and optimizer state; the actor's replica and the weight plane's staging
+buffers), as DESIGN.md draws it. Activation pool: the rest of what the job's allocator held at its
+peak since the last report (activations, gradients, batches, temporaries). Both are measured, never estimated:
+the sizes of the tensors themselves, and the caching allocator's own peak.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from dvla.top.snapshot import ACTIVATION_KEY, WEIGHT_KEY
+
+LEARNER_WEIGHTS, LEARNER_PEAK = "gpu_learner_weight_bytes", "gpu_learner_peak_bytes"
+"""The learner's update-stat keys the job's reporter turns into the two pools."""
+
+
+def tensor_bytes(tensors: Iterable[torch.Tensor | None]) -> int:
+    """Bytes of the distinct storages behind ``tensors``: the parameters are views of one flat
+    buffer, so that buffer counts once however many views are given."""
+    storages = {}
+    for t in tensors:
+        if t is not None:
+            storage = t.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+def peak_allocated(device: torch.device) -> int:
+    """This process's allocator peak on ``device`` since the last call, which resets it."""
+    peak = torch.cuda.max_memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    return peak
+
+
+def job_pools(actor_weights: int, actor_peak: int, learner_stats: dict) -> dict[str, float]:
+    """The job's two pools from the actor process's side and the learner's update stats.
+
+    A learner process reports its own weights and allocator peak; a learner thread only its
+    weights, since the actor's process then holds both in one allocator."""
+    learner_weights = int(learner_stats[LEARNER_WEIGHTS])
+    if LEARNER_PEAK in learner_stats:
+        activation = (actor_peak - actor_weights) + (int(learner_stats[LEARNER_PEAK]) - learner_weights)
+    else:
+        activation = actor_peak - actor_weights - learner_weights
+    return {WEIGHT_KEY: float(actor_weights + learner_weights), ACTIVATION_KEY: float(max(activation, 0))}
