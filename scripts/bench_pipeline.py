@@ -220,6 +220,11 @@ def slowdowns(spec: JobSpec, costs: dict[str, float], r: dict) -> dict[str, floa
             for lane in ("infer", "learn")}
 
 
+def _gpu(r: dict, placement: Placement) -> str:
+    """The GPU busy share for the table ("–" on a CPU, where the lanes share the cores instead)."""
+    return f"{r['gpu_busy']:.0%}" if placement.on_gpu else "–"
+
+
 def _times(slow: dict[str, float | None]) -> str:
     return " / ".join("n/a" if v is None else f"{v:.2f}x" for v in slow.values())
 
@@ -276,7 +281,7 @@ def measure(spec: JobSpec, placement: Placement, costs: dict[str, float], steps:
     print(f"{'mode':6} {'steps/s':>9} {'ideal':>9} {'effic.':>7}   busy: sample infer  learn  distr    GPU")
     for mode, r, ideal in (("sync", sync, sync_ideal), ("async", asyn, async_ideal)):
         print(f"{mode:6} {r['steps_per_s']:9.1f} {1 / ideal:9.1f} {r['steps_per_s'] * ideal:7.2f}         "
-              + "  ".join(f"{r[f'{lane}_busy']:5.0%}" for lane in LANES) + f"  {r['gpu_busy']:5.0%}")
+              + "  ".join(f"{r[f'{lane}_busy']:5.0%}" for lane in LANES) + f"  {_gpu(r, placement):>5}")
     print(f"async/sync = {ratio:.2f}x   ideal = {ideal_ratio:.2f}x   "
           f"staleness mean {asyn['staleness_mean']:.2f} max {asyn['staleness_max']:.0f}   "
           f"actor at the staleness gate {asyn['gate_wait']:.0%}   "
@@ -286,7 +291,7 @@ def measure(spec: JobSpec, placement: Placement, costs: dict[str, float], steps:
     for name, r in extra.items():
         print(f"async with {name}: {r['steps_per_s']:.1f} steps/s = "
               f"{r['steps_per_s'] / sync['steps_per_s']:.2f}x sync, "
-              f"efficiency {r['steps_per_s'] * async_ideal:.2f}, GPU busy {r['gpu_busy']:.0%}, "
+              f"efficiency {r['steps_per_s'] * async_ideal:.2f}, GPU busy {_gpu(r, placement)}, "
               f"staleness mean {r['staleness_mean']:.2f} max {r['staleness_max']:.0f}, "
               f"actor at the gate {r['gate_wait']:.0%}, inference batch / learner update against alone "
               f"{_times(r['slowdown_vs_alone'])}", flush=True)
