@@ -310,7 +310,6 @@ def _summary(r: dict, async_ideal: float, sync_steps_per_s: float) -> dict:
             "slowdown_vs_alone": r["slowdown_vs_alone"]}
 
 
-
 def worker_scaling(spec: JobSpec, counts: list[int], seconds: float) -> dict[str, dict]:
     """The sample lane alone with 1, 2, 4 … workers, printed, as the report's keys."""
     table = sample_scaling(spec, counts, seconds)

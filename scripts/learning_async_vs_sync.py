@@ -45,11 +45,15 @@ def steps_to_reach(rows: list[dict], target: float) -> float | None:
     return None
 
 
+MeanCurves = tuple[np.ndarray, dict[str, np.ndarray]] | None
+"""A grid of env steps and each mode's success rate on it, averaged over the seeds."""
+
+
 def _warm(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r.get("episodes", 0) >= WINDOW and "success_rate" in r]
 
 
-def mean_curves(runs: dict[tuple[int, str], list[dict]]) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+def mean_curves(runs: dict[tuple[int, str], list[dict]]) -> MeanCurves:
     """Each mode's success rate averaged over the seeds, on one grid of env steps (every run
     interpolated; the grid spans the steps where every run has a full window). None if a run
     never filled its window (too short to compare).
@@ -72,7 +76,7 @@ def first_reach(grid: np.ndarray, curve: np.ndarray, target: float) -> float | N
     return float(grid[hit[0]]) if len(hit) else None
 
 
-def pooled(runs: dict[tuple[int, str], list[dict]], per_seed: dict[str, dict], tail: int) -> dict:
+def pooled(means: MeanCurves, per_seed: dict[str, dict], tail: int) -> dict:
     """The report over all seeds: the env steps each mode's mean curve needs to reach 0.8, 0.9
     and the sync mean curve's final success (its last ``tail`` grid points, 256 env steps
     apart), and the spread of the per-seed ratios."""
@@ -80,7 +84,6 @@ def pooled(runs: dict[tuple[int, str], list[dict]], per_seed: dict[str, dict], t
     out: dict = {"seeds": len(per_seed), "per_seed_ratio": None if not ratios else {
         "mean": float(np.mean(ratios)), "median": float(np.median(ratios)), "min": min(ratios),
         "max": max(ratios), "within_10pct": sum(r <= 1.1 for r in ratios), "of": len(ratios)}}
-    means = mean_curves(runs)
     if means is None:
         return out
     grid, curves = means
@@ -104,7 +107,7 @@ def _describe(curve: dict | None) -> str:
     return "env steps to " + ", ".join(parts)
 
 
-def plot(runs: dict[tuple[int, str], list[dict]], out: Path) -> None:
+def plot(runs: dict[tuple[int, str], list[dict]], means: MeanCurves, out: Path) -> None:
     """Every run thin, each mode's mean over the seeds bold."""
     import matplotlib
 
@@ -117,7 +120,6 @@ def plot(runs: dict[tuple[int, str], list[dict]], out: Path) -> None:
         warm = _warm(rows)
         ax.plot([r["env_steps"] for r in warm], [r["success_rate"] for r in warm], color=colors[mode],
                 alpha=0.25, linewidth=0.8)
-    means = mean_curves(runs)
     if means is not None:
         seeds = len({s for s, _ in runs})
         for mode in MODES:
@@ -199,9 +201,10 @@ def main() -> None:
                                       "async_final_success": runs[seed, "async"][-1].get("success_rate")}
         print(f"seed {seed}: sync final success {target:.2f}; env steps to reach it: sync {needed['sync']}, "
               f"async {needed['async']}" + (f" ({ratio:.2f}x)" if ratio else ""))
-    report["pooled"] = pooled(runs, report["seeds"], args.tail)
+    means = mean_curves(runs)
+    report["pooled"] = pooled(means, report["seeds"], args.tail)
     print(f"mean of {len(report['seeds'])} seeds: {_describe(report['pooled'].get('mean_curve_steps_to'))}")
-    plot(runs, args.out / "learning_async_vs_sync.png")
+    plot(runs, means, args.out / "learning_async_vs_sync.png")
     (args.out / "report.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report))
 
