@@ -43,3 +43,22 @@ def small_spec():
         return spec
 
     return make
+
+
+@pytest.fixture
+def actor_obs():
+    """A random observation batch of the shape a finished pipeline's actor was built (and, with
+    ``compile_actor``, compiled) for, on the host like the env workers send it."""
+    import torch
+
+    from dvlad.policies.base import ObsBatch
+
+    def make(pipeline) -> ObsBatch:
+        spec, n, policy = pipeline.pool.spec, pipeline.pool.envs_per_group, pipeline.actor.policy
+        generator = torch.Generator().manual_seed(0)
+        return ObsBatch(images={cam: torch.randint(0, 256, (n, h, w, 3), dtype=torch.uint8, generator=generator)
+                                for cam, (h, w) in spec.cameras.items()},
+                        proprio=torch.randn(n, spec.proprio_dim, generator=generator),
+                        instruction=policy.tokenize(["reach the red cube"] * n))
+
+    return make

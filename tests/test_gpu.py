@@ -71,3 +71,21 @@ def test_a_job_runs_on_the_gpu_with_a_bf16_actor_and_learns_every_update(small_s
     # the two VRAM pools dvla top draws: at least the actor's replica and the learner's fp32 weights
     flat_bytes = pipeline.actor.flat.numel() * (2 + 4)
     assert all(r["gpu_weight_bytes"] >= flat_bytes and r["gpu_activation_bytes"] > 0 for r in rows)
+
+
+def test_a_cuda_graph_actor_acts_with_weights_swapped_in_after_capture(small_spec, tmp_path, actor_obs):
+    """The compiled actor's graphs were captured during the job; a version swapped in place
+    (``WeightPlane.swap_into`` copies into the same buffer) must change what they compute."""
+    pipeline = Pipeline(small_spec("async", resources__device="cuda", pipeline__compile_actor=True), tmp_path)
+    pipeline.run()
+    actor = pipeline.actor
+    assert actor is not None
+    obs = actor_obs(pipeline)
+    before = actor.act(obs)
+    noise = torch.randn(actor.flat.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+    actor.flat.copy_(actor.flat + 0.05 * noise.to(actor.flat.dtype))
+    after = actor.act(obs)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):  # as the learner scores
+        eager = actor.policy.evaluate(obs.to("cuda"), after.tokens.to("cuda"))
+    assert not torch.allclose(after.value, before.value, atol=1e-2)
+    torch.testing.assert_close(after.value.float(), eager.value.float().cpu(), rtol=2e-2, atol=2e-2)

@@ -17,7 +17,6 @@ import torch
 from dvlad.lanes.device import placement_for
 from dvlad.lanes.pipeline import JobFailed, Pipeline
 from dvlad.lanes.timeline import LANES, overlap_seconds
-from dvlad.policies.base import ObsBatch
 from dvlad.runtime.job import run_job
 from dvlad.runtime.metrics import read_jsonl
 
@@ -145,7 +144,7 @@ def test_grpo_trains_on_whole_episodes_grouped_by_start(small_spec, tmp_path):
     assert max(r.values["staleness_max"] for r in rows) <= spec.pipeline.max_staleness
 
 
-def test_a_compiled_actor_runs_the_job_and_acts_as_the_eager_policy_scores(small_spec, tmp_path):
+def test_a_compiled_actor_runs_the_job_and_acts_as_the_eager_policy_scores(small_spec, tmp_path, actor_obs):
     """``pipeline.compile_actor``: the job learns every update, and the compiled forward's
     log-probs and values for the tokens it drew are the eager policy's for the same tokens."""
     rows = []
@@ -155,12 +154,7 @@ def test_a_compiled_actor_runs_the_job_and_acts_as_the_eager_policy_scores(small
     assert [r["version"] for r in rows] == list(range(1, len(rows) + 1))
     actor = pipeline.actor
     assert actor is not None and actor._act._torchdynamo_orig_callable == actor.policy.act  # compiled
-    spec, n = pipeline.pool.spec, pipeline.pool.envs_per_group  # the batch shape it was compiled for
-    generator = torch.Generator().manual_seed(0)
-    obs = ObsBatch(images={cam: torch.randint(0, 256, (n, h, w, 3), dtype=torch.uint8, generator=generator)
-                           for cam, (h, w) in spec.cameras.items()},
-                   proprio=torch.randn(n, spec.proprio_dim, generator=generator),
-                   instruction=actor.policy.tokenize(["reach the red cube"] * n))
+    obs = actor_obs(pipeline)
     out = actor.act(obs)
     with torch.no_grad():
         eager = actor.policy.evaluate(obs, out.tokens)

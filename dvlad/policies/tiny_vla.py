@@ -193,7 +193,7 @@ class TinyVLA(Policy):
         length = instruction.shape[1]
         if length > self.max_instruction_tokens:
             raise ValueError(f"instruction has {length} tokens, max is {self.max_instruction_tokens}")
-        missing = set(self.camera_names) - obs.images.keys()
+        missing = [name for name in self.camera_names if name not in obs.images]
         if missing:
             raise KeyError(f"observation lacks camera(s) {sorted(missing)}")
 

@@ -144,7 +144,7 @@ class TransformerVLA(Policy):
         instruction = obs.instruction
         if instruction.shape[1] > self.max_instruction_tokens:
             raise ValueError(f"instruction has {instruction.shape[1]} tokens, max is {self.max_instruction_tokens}")
-        missing = set(self.camera_names) - obs.images.keys()
+        missing = [name for name in self.camera_names if name not in obs.images]
         if missing:
             raise KeyError(f"observation lacks camera(s) {sorted(missing)}")
         batch = instruction.shape[0]
