@@ -26,12 +26,14 @@ three PNGs (throughput per lane over time, GPU busy over time, staleness histogr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
 import platform
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -220,6 +222,40 @@ def slowdowns(spec: JobSpec, costs: dict[str, float], r: dict) -> dict[str, floa
             for lane in ("infer", "learn")}
 
 
+@contextlib.contextmanager
+def variant_settings(spec: JobSpec, variant: str) -> Iterator[None]:
+    """Apply ``variant``'s settings to ``spec`` for the ``with`` block, then restore them.
+
+    ``variant`` is ``KEY=VALUE`` pairs joined by commas; KEY is a ``[pipeline]`` setting or
+    ``SECTION.KEY``. Each value is parsed as the type the setting has (booleans from
+    true/false/1/0/yes/no). Raises ValueError naming what is wrong."""
+    changes = []
+    for pair in variant.split(","):
+        key, eq, value = pair.partition("=")
+        section, _, name = key.rpartition(".")
+        table = getattr(spec, section or "pipeline", None)
+        if not eq or table is None or not hasattr(table, name):
+            raise ValueError(f"expected KEY=VALUE with KEY a [pipeline] setting ({', '.join(vars(spec.pipeline))}) "
+                             f"or SECTION.KEY, got {pair!r}")
+        kept = getattr(table, name)
+        if not isinstance(kept, bool | int | float | str):
+            raise ValueError(f"{key} is not a scalar setting")
+        if isinstance(kept, bool):
+            if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(f"{key} is a boolean, got {value!r}")
+            parsed = value.lower() in ("1", "true", "yes")
+        else:
+            parsed = type(kept)(value)
+        changes.append((table, name, kept, parsed))
+    try:
+        for table, name, _, parsed in changes:
+            setattr(table, name, parsed)
+        yield
+    finally:
+        for table, name, kept, _ in reversed(changes):
+            setattr(table, name, kept)
+
+
 def _gpu(r: dict, placement: Placement) -> str:
     """The GPU busy share for the table ("–" on a CPU, where the lanes share the cores instead)."""
     return f"{r['gpu_busy']:.0%}" if placement.on_gpu else "–"
@@ -233,9 +269,8 @@ def measure(spec: JobSpec, placement: Placement, costs: dict[str, float], steps:
             plots: Path | None, variants: list[str]) -> dict:
     """Both modes of one workload against its ideals: the report's figures, printed as a table.
 
-    ``variants``: one more async run for each ``[pipeline]`` setting ``key=value`` (say
-    ``max_staleness=2``, or ``learner=process``), reported beside the job's own under
-    ``async_variants``; the headline figures stay the job's."""
+    ``variants``: one more async run for each set of settings (:func:`variant_settings`),
+    reported beside the job's own under ``async_variants``; the headline figures stay the job's."""
     cores = len(os.sched_getaffinity(0))
     sync_ideal, async_ideal = ideals(costs, spec, placement, cores)
     print(f"\n[{label}] lane cost alone (ms per env step): " + ", ".join(
@@ -245,13 +280,9 @@ def measure(spec: JobSpec, placement: Placement, costs: dict[str, float], steps:
     sync, asyn = results["sync"], results["async"]
     extra = {}
     for variant in variants:
-        key, value = variant.split("=", 1)
-        kept = getattr(spec.pipeline, key)
-        parsed = value.lower() in ("1", "true", "yes") if isinstance(kept, bool) else type(kept)(value)
-        setattr(spec.pipeline, key, parsed)
-        extra[variant] = run_mode(spec, "async", steps, placement_for(spec))
-        extra[variant]["slowdown_vs_alone"] = slowdowns(spec, costs, extra[variant])  # at the variant's sizes
-        setattr(spec.pipeline, key, kept)
+        with variant_settings(spec, variant):
+            extra[variant] = run_mode(spec, "async", steps, placement_for(spec))
+            extra[variant]["slowdown_vs_alone"] = slowdowns(spec, costs, extra[variant])  # at its sizes
     ratio = asyn["steps_per_s"] / sync["steps_per_s"]
     ideal_ratio = sync_ideal / async_ideal
     report = {
@@ -338,9 +369,10 @@ def main() -> None:
                                                          "LIBERO-cost runs (default: --steps)")
     parser.add_argument("--scaling", default="1,2,4,8,16",
                         help="with --gpu: worker counts of the scaling table ('' skips it)")
-    parser.add_argument("--async-variant", action="append", default=[], metavar="KEY=VALUE",
-                        help="one more async run with this [pipeline] setting, reported beside the job's "
-                             "own (repeatable; e.g. max_staleness=2, learner=thread, compile_actor=true)")
+    parser.add_argument("--async-variant", action="append", default=[], metavar="KEY=VALUE[,...]",
+                        help="one more async run with these job settings, reported beside the job's own "
+                             "(repeatable). KEY is a [pipeline] setting or SECTION.KEY: e.g. "
+                             "max_staleness=2, learner=thread, compile_actor=true,learner=thread, env.groups=4")
     parser.add_argument("--plots", type=Path, help="with --gpu: write the three PNGs per workload here")
     parser.add_argument("--report-dir", type=Path, help="with --gpu: write pipeline_gpu[_libero].json here")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line "
@@ -351,10 +383,11 @@ def main() -> None:
     if args.workers:
         spec.env.workers = args.workers
     for variant in args.async_variant:  # refused now, not after the first mode has run
-        key = variant.split("=", 1)[0]
-        if "=" not in variant or not hasattr(spec.pipeline, key):
-            parser.error(f"--async-variant {variant!r}: expected KEY=VALUE with KEY a [pipeline] setting "
-                         f"({', '.join(vars(spec.pipeline))})")
+        try:
+            with variant_settings(spec, variant):
+                pass
+        except ValueError as e:
+            parser.error(f"--async-variant {variant!r}: {e}")
     if args.gpu:
         spec.resources.device = "cuda"
     placement = placement_for(spec)
