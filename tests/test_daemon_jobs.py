@@ -61,6 +61,32 @@ def test_reach_job_runs_to_success_with_status_and_logs_while_it_runs(dvlad):
     assert status == 200 and metrics["rows"] and metrics["rows"][-1]["env_steps"] >= 256
 
 
+def test_the_job_directory_is_the_daemons_and_what_the_user_swaps_in_is_not_read(dvlad):
+    """dvlad reads a job's files as root: the directory holding the log, pid and spec is its own,
+    and in run/ (the user's) a symlink is never followed. A log of megabytes streams in chunks."""
+    d = dvlad()
+    job_id = submit(d, REACH)["id"]
+    assert d.wait_state(job_id, {"succeeded", "failed"}, timeout=120)["state"] == "succeeded"
+    home = d.state_dir / "jobs" / str(job_id)
+    assert (home.stat().st_uid, home.stat().st_mode & 0o777) == (os.geteuid(), 0o711)
+    assert {n: (home / n).stat().st_mode & 0o777 for n in ("job.log", "spec.toml")} == {"job.log": 0o600,
+                                                                                         "spec.toml": 0o600}
+    size = (home / "job.log").stat().st_size
+    appended = "x" * (3 << 20) + "\nend\n"
+    with (home / "job.log").open("a") as log:
+        log.write(appended)
+    assert d.call("GET", f"/v1/jobs/{job_id}/logs?offset={size}", timeout=60) == (200, appended)
+    checkpoints = sorted((home / "run").glob("*.safetensors"))
+    assert checkpoints and d.call("GET", f"/v1/jobs/{job_id}/checkpoint")[0] == 200
+    for path in checkpoints:
+        path.unlink()
+        path.symlink_to(d.state_dir / "dvlad.db")  # the daemon's database: root's only
+    (home / "run" / "metrics.jsonl").unlink()
+    (home / "run" / "metrics.jsonl").symlink_to(d.state_dir / "dvlad.db")
+    assert d.call("GET", f"/v1/jobs/{job_id}/checkpoint")[0] == 404
+    assert d.call("GET", f"/v1/jobs/{job_id}/metrics") == (200, {"job_id": job_id, "rows": []})
+
+
 def test_cancel_stops_the_job_and_frees_its_slots_for_the_next(dvlad):
     d = dvlad()
     first = submit(d, LONG)

@@ -178,7 +178,11 @@ def test_remote_client_uploads_its_checkpoint_and_may_not_see_others_jobs(tmp_pa
             assert checkpoint.startswith(f"{home}/") and checkpoint.endswith("/checkpoint.safetensors")
             assert os.stat(checkpoint).st_uid == 65534 and os.stat(home).st_mode & 0o777 == 0o700
             assert Path(checkpoint).read_bytes() == (tmp_path / "run" / "checkpoint.safetensors").read_bytes()
+            victim = d.state_dir / "dvlad.db"  # the user may put links in their upload home: never followed
+            (home / "link").symlink_to(victim)
             assert remote.upload(tmp_path / "run" / "checkpoint.safetensors") == checkpoint  # same content, same path
+            assert victim.stat().st_uid == 0
+            (home / "link").unlink()
         with pytest.raises(sdk.PermissionDenied):
             sdk.Client(f"127.0.0.1:{port}", token="wrong").jobs()
         escape = tarfile.TarInfo("../../escaped")
@@ -194,5 +198,6 @@ def test_remote_client_uploads_its_checkpoint_and_may_not_see_others_jobs(tmp_pa
             assert (reply.status_code, reply.json()["code"]) == (status, code), reply.text
         assert not (d.state_dir / "escaped").exists() and not (d.state_dir / "uploads" / "escaped").exists()
         assert sorted(p.name for p in home.iterdir()) == [checkpoint.split("/")[-2]]  # no leftovers
+        assert not any((d.state_dir / "uploads" / ".staging").iterdir())
     finally:
         d.close()

@@ -2,9 +2,9 @@
 
 The job runs ``python -m dvlad.runtime.job spec.toml --output-dir run`` in its own session (so its
 process group, env workers included, is signalled and reaped as one), with the submitter's uid,
-gid and supplementary groups, ``CUDA_VISIBLE_DEVICES`` from the placement, its working directory
-and log file under ``STATE_DIR/jobs/ID`` owned by that user. A scrubbed environment: nothing of the
-daemon's (tokens, NOTIFY_SOCKET) leaks into a user's job.
+gid and supplementary groups, ``CUDA_VISIBLE_DEVICES`` from the placement, in ``STATE_DIR/jobs/ID/run``
+(the user's; see :func:`spawn` for who owns what). A scrubbed environment: nothing of the daemon's
+(tokens, NOTIFY_SOCKET) leaks into a user's job.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import pwd
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,24 +70,38 @@ def _environment(job: Job, gpu_ids: list[int]) -> dict[str, str]:
 
 
 def spawn(job: Job, gpu_ids: list[int], state_dir: Path) -> Started:
-    """Write the job's files and start it. Raises OSError/SubprocessError if it cannot start."""
+    """Write the job's files and start it. Raises OSError/SubprocessError if it cannot start.
+
+    Layout, and why: ``jobs/ID/`` is the daemon's (mode 0711), so the user cannot replace what the
+    daemon later writes or reads there as root (``pid``, ``job.log``, ``spec.toml``: a symlink put
+    in their place would turn a root write or read into one of any file). The user owns
+    ``spec.toml`` and ``job.log`` (mode 0600: readable by them, by nobody else) and ``run/`` (0750),
+    the job's working directory and the only place it writes; the daemon reads what is in there
+    only through :func:`dvlad.server.jobfiles.open_job_file`."""
     home = job_dir(state_dir, job.id)
-    home.mkdir(parents=True, exist_ok=True)
+    run = run_dir(state_dir, job.id)
+    if home.exists():  # left by an earlier database of this state dir: kept, out of the way
+        home.rename(home.with_name(f"{job.id}.before-{time.strftime('%Y%m%dT%H%M%S')}"))
+    home.mkdir(parents=True)
+    run.mkdir()
+    os.chmod(home, 0o711)
+    os.chmod(run, 0o750)
     spec_file = home / "spec.toml"
     spec_file.write_text(dump_toml(spec_from_dict(job.spec)))
     log = log_path(state_dir, job.id)
     as_other = os.geteuid() == 0 and job.uid != 0
     with log.open("ab") as log_file:
-        if as_other:  # the user owns what the job writes; the daemon (root) still reads it all
-            for path in (home, spec_file, log):
+        for path in (spec_file, log):
+            os.chmod(path, 0o600)
+        if as_other:  # the user owns what the job reads and writes; the daemon (root) still reads it all
+            for path in (run, spec_file, log):
                 os.chown(path, job.uid, job.gid)
-        os.chmod(home, 0o750)
         identity = {}
         if as_other:
             identity = {"user": job.uid, "group": job.gid, "extra_groups": os.getgrouplist(job.user, job.gid)}
         popen = subprocess.Popen(
-            [sys.executable, "-m", "dvlad.runtime.job", str(spec_file), "--output-dir", str(home / "run")],
-            cwd=home, env=_environment(job, gpu_ids), stdin=subprocess.DEVNULL, stdout=log_file,
+            [sys.executable, "-m", "dvlad.runtime.job", str(spec_file), "--output-dir", str(run)],
+            cwd=run, env=_environment(job, gpu_ids), stdin=subprocess.DEVNULL, stdout=log_file,
             stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, **identity)
     create_time = process_start(popen.pid) or psutil.Process(popen.pid).create_time()
     (home / "pid").write_text(f"{popen.pid} {create_time!r}\n")  # read back if dvlad dies before recording it

@@ -19,9 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dvlad.runtime.launch import log_path, process_start, recorded_pid, run_dir, spawn
+from dvlad.server.jobfiles import open_job_file, read_job_file
 from dvlad.store import IllegalTransition, Job, State, Store
 
 POLL_S = 0.2
+SUMMARY_MAX = 1 << 20
+"""Bytes of a job's summary.json read at most (it is a few hundred; the user could make it endless)."""
 
 
 @dataclass
@@ -43,7 +46,7 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
 def last_log_line(path: Path) -> str:
     """The log's last non-empty line (a traceback's last line names the error), at most 300 characters."""
     try:
-        with path.open("rb") as f:
+        with open_job_file(path) as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
             lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
     except OSError:
@@ -122,8 +125,8 @@ class Supervisor:
         return job
 
     def _finish(self, job: Job, exit_code: int | None) -> None:
-        try:
-            summary = json.loads((run_dir(self.state_dir, job.id) / "summary.json").read_text())
+        try:  # the job's user controls run/: a bounded read of a regular file, or nothing
+            summary = json.loads(read_job_file(run_dir(self.state_dir, job.id) / "summary.json", limit=SUMMARY_MAX))
         except (OSError, ValueError):
             summary = {}
         state, reason = outcome(job, exit_code, summary if isinstance(summary, dict) else {},

@@ -21,7 +21,7 @@ from dvlad.server.auth import Identity, authenticate
 from dvlad.server.codec import read_body, respond
 from dvlad.server.core import Daemon
 from dvlad.server.errors import HTTP_CODES, ApiError
-from dvlad.server.jobfiles import metrics_rows
+from dvlad.server.jobfiles import metrics_rows, read_job_file
 from dvlad.server.openapi import OPENAPI
 from dvlad.store import TERMINAL, Job, State
 
@@ -33,6 +33,7 @@ STATE_DIR = web.AppKey("state_dir", Path)
 TOKENS = web.AppKey("tokens", dict)
 IDENTITY = "dvlad.identity"
 FOLLOW_POLL_S = 0.2
+LOG_CHUNK = 1 << 20
 SUBMIT_FIELDS = {"spec", "idempotency_key", "priority"}
 TAR = "application/x-tar"
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -154,30 +155,22 @@ def _gone(request: web.Request) -> bool:
     return request.transport is None or request.transport.is_closing()
 
 
-def _read_from(path: Path, offset: int) -> bytes:
-    """The file's bytes from ``offset`` (nothing yet if the job has not created it)."""
-    try:
-        with path.open("rb") as f:
-            f.seek(offset)
-            return f.read()
-    except FileNotFoundError:
-        return b""
-
-
 async def job_logs(request: web.Request) -> web.StreamResponse:
+    """``job.log`` from ``offset``: up to its end now, or with ``follow=1`` until the job ends.
+
+    Streamed in chunks of at most ``LOG_CHUNK`` bytes, each read off the event loop: a job's log
+    can grow to gigabytes, and neither the daemon's memory nor its other clients should notice."""
     job = _job(request, reading=True)
     path = log_path(request.app[STATE_DIR], job.id)
     offset = _int_query(request, "offset", 0, 0, 1 << 62)
-    if not _flag(request, "follow"):
-        return web.Response(body=_read_from(path, offset), content_type="text/plain", charset="utf-8")
+    follow = _flag(request, "follow")
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     await response.prepare(request)
     store = request.app[DAEMON].store
-    with contextlib.suppress(ConnectionResetError):  # the client may stop following at any time
+    with contextlib.suppress(ConnectionResetError):  # the client may stop reading at any time
         while True:
-            done = store.get(job.id).state in TERMINAL  # read before draining: nothing written after is lost
-            chunk = _read_from(path, offset)
-            if chunk:
+            done = not follow or store.get(job.id).state in TERMINAL  # read before draining: nothing is lost
+            while chunk := await asyncio.to_thread(read_job_file, path, offset, LOG_CHUNK):
                 offset += len(chunk)
                 await response.write(chunk)
             if done or _gone(request):
@@ -190,7 +183,8 @@ async def job_logs(request: web.Request) -> web.StreamResponse:
 async def job_metrics(request: web.Request) -> web.Response:
     job = _job(request, reading=True)
     last = _int_query(request, "last", 0, 0, 100_000)
-    rows = metrics_rows(run_dir(request.app[STATE_DIR], job.id) / "metrics.jsonl", last=last or None)
+    rows = await asyncio.to_thread(metrics_rows, run_dir(request.app[STATE_DIR], job.id) / "metrics.jsonl",
+                                   last=last or None)
     return respond(request, {"job_id": job.id, "rows": rows})
 
 

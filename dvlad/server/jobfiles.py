@@ -1,13 +1,51 @@
-"""Reading what a job writes (its log, its metrics.jsonl) without importing the engine (torch)."""
+"""Reading what a job writes (its log, its metrics.jsonl) without importing the engine (torch).
+
+Why every read goes through :func:`open_job_file`: the daemon runs as root, and a job's ``run/``
+directory belongs to the job's user, who may put anything there: a symlink to ``/etc/shadow``
+(root would read it and hand it out as a checkpoint or a log), a FIFO (an ``open`` that never
+returns, on the event loop), a device. So these files are opened without following a final
+symlink, without blocking, and accepted only if regular. The directories above them are the
+daemon's (``launch.spawn``), so the user cannot swap them.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any, BinaryIO
 
 BLOCK = 64 * 1024
 """Bytes read per step when reading a file's tail backwards."""
+
+
+def open_job_file(path: Path) -> BinaryIO:
+    """Open a file a job's user controls, for reading: never through a symlink, only a regular file.
+
+    Raises OSError (``ELOOP`` for a symlink, ``EINVAL`` for a FIFO, device or directory), like a
+    missing file does, so callers treat all of them as "nothing readable there"."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_job_file(path: Path, offset: int = 0, limit: int = -1) -> bytes:
+    """At most ``limit`` bytes (all if negative) of a job's file from ``offset``, through
+    :func:`open_job_file`; nothing if it does not exist (yet)."""
+    try:
+        with open_job_file(path) as f:
+            f.seek(offset)
+            return f.read(limit)
+    except FileNotFoundError:
+        return b""
 
 
 def _tail_lines(f: BinaryIO, count: int) -> list[bytes]:
@@ -28,7 +66,7 @@ def _tail_lines(f: BinaryIO, count: int) -> list[bytes]:
 def metrics_rows(path: Path, last: int | None = None) -> list[dict[str, Any]]:
     """The rows of a metrics.jsonl (the last ``last`` only, if given); a torn final line is skipped."""
     try:
-        with path.open("rb") as f:
+        with open_job_file(path) as f:
             lines = _tail_lines(f, last) if last is not None else f.read().splitlines()
     except OSError:
         return []

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dvla.tarball import safe_extract, tar_chunks
+from dvlad.server.jobfiles import open_job_file
 
 CHUNK = 1 << 20
 
@@ -29,34 +31,48 @@ class TooLarge(ValueError):
 
 
 def checkpoint_files(run: Path) -> list[tuple[str, Path]]:
-    """The checkpoint files of a run directory (``*.safetensors``; temporaries end in ``.tmp``)."""
-    return sorted((p.name, p) for p in run.glob("*.safetensors") if p.is_file())
+    """The checkpoint files of a run directory (``*.safetensors``; temporaries end in ``.tmp``):
+    regular files only, not symlinks (the job's user owns ``run/``; see :mod:`dvlad.server.jobfiles`)."""
+    return sorted((p.name, p) for p in run.glob("*.safetensors") if _is_regular(p))
+
+
+def _is_regular(path: Path) -> bool:
+    """A regular file itself, not a link to one (and not gone since it was listed)."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except FileNotFoundError:
+        return False
 
 
 async def tar_stream(files: list[tuple[str, Path]]) -> AsyncIterator[bytes]:
-    """:func:`dvla.tarball.tar_chunks` with the disk reads off the event loop."""
-    chunks = tar_chunks(files)
+    """:func:`dvla.tarball.tar_chunks` of a job's files, opened as :func:`open_job_file` does (a file
+    swapped for a symlink since it was listed is refused), with the disk reads off the event loop."""
+    chunks = tar_chunks(files, open_job_file)
     while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
         yield chunk
 
 
-def _own(path: Path, uid: int, gid: int) -> None:
-    """Give ``path`` (and all below it) to the user, when the daemon is root and the user is not."""
+def _give(tree: Path, uid: int, gid: int) -> None:
+    """Give ``tree`` (and all below it) to the user, when the daemon is root and the user is not.
+    Never through a symlink: ``os.chown`` follows them, and a link in the wrong place would hand the
+    user any file of the system."""
     if os.geteuid() != 0 or uid == 0:
         return
-    for root, dirs, files in os.walk(path):
+    for root, dirs, files in os.walk(tree):
         for name in [*dirs, *files]:
-            os.chown(os.path.join(root, name), uid, gid)
-    os.chown(path, uid, gid)
+            os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
+    os.chown(tree, uid, gid, follow_symlinks=False)
 
 
-def _unpack(spool: Path, home: Path, digest: str, uid: int, gid: int) -> tuple[Path, list[str]]:
+def _unpack(spool: Path, private: Path, home: Path, digest: str, uid: int, gid: int) -> tuple[Path, list[str]]:
+    """Extract in the daemon's own directory, give the tree to the user, then move it into their home:
+    until it is complete and theirs, the user can neither see nor swap anything in it."""
     target = home / digest
-    staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=home))
+    staging = Path(tempfile.mkdtemp(prefix="unpack-", dir=private))
     try:
         with spool.open("rb") as archive:
             names = safe_extract(archive, staging)
-        _own(staging, uid, gid)
+        _give(staging, uid, gid)
         try:
             staging.rename(target)
         except OSError:  # the same content is there already (an earlier or a concurrent upload)
@@ -70,13 +86,18 @@ def _unpack(spool: Path, home: Path, digest: str, uid: int, gid: int) -> tuple[P
 async def receive(body: AsyncIterator[bytes], uploads: Path, uid: int, gid: int, cap: int) -> dict[str, Any]:
     """Stream a tar body to disk (at most ``cap`` bytes), then extract it into the user's upload home.
 
-    Raises :class:`TooLarge` past the cap and ValueError for a tar that is broken or unsafe."""
+    The body is spooled and extracted under ``uploads/.staging`` (the daemon's, 0700), never in the
+    user's home, which they may fill with links. Raises :class:`TooLarge` past the cap and
+    ValueError for a tar that is broken or unsafe."""
     uploads.mkdir(mode=0o755, exist_ok=True)
+    private = uploads / ".staging"
+    private.mkdir(mode=0o700, exist_ok=True)
     home = uploads / str(uid)
     home.mkdir(mode=0o700, exist_ok=True)
-    _own(home, uid, gid)
+    if os.geteuid() == 0 and uid != 0:
+        os.chown(home, uid, gid, follow_symlinks=False)
     digest, size = hashlib.sha256(), 0
-    fd, name = tempfile.mkstemp(prefix=".incoming-", dir=home)
+    fd, name = tempfile.mkstemp(prefix="incoming-", dir=private)
     spool = Path(name)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -87,7 +108,7 @@ async def receive(body: AsyncIterator[bytes], uploads: Path, uid: int, gid: int,
                 digest.update(chunk)
                 f.write(chunk)
         try:
-            target, names = await asyncio.to_thread(_unpack, spool, home, digest.hexdigest(), uid, gid)
+            target, names = await asyncio.to_thread(_unpack, spool, private, home, digest.hexdigest(), uid, gid)
         except (tarfile.TarError, EOFError) as exc:
             raise ValueError(f"not a usable tar: {exc}") from None
     finally:

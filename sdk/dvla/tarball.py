@@ -11,21 +11,27 @@ from __future__ import annotations
 
 import os
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, BinaryIO
 
 BLOCK = 512
 CHUNK = 1 << 20
 
 
-def tar_chunks(files: list[tuple[str, Path]]) -> Iterator[bytes]:
+def _open_for_reading(path: Path) -> BinaryIO:
+    return path.open("rb")
+
+
+def tar_chunks(files: list[tuple[str, Path]],
+               open_file: Callable[[Path], BinaryIO] = _open_for_reading) -> Iterator[bytes]:
     """A tar of ``files`` (name in the archive, path on disk), chunk by chunk.
 
     Each file is opened once and its size taken from that open file, so a file replaced atomically
-    meanwhile (``os.replace`` of a new checkpoint) is sent whole, in its old or its new version."""
+    meanwhile (``os.replace`` of a new checkpoint) is sent whole, in its old or its new version.
+    ``open_file``: how to open one (the daemon passes one that refuses symlinks)."""
     for name, path in files:
-        with path.open("rb") as f:
+        with open_file(path) as f:
             info = tarfile.TarInfo(name)
             st = os.fstat(f.fileno())
             info.size, info.mode, info.mtime = st.st_size, 0o644, int(st.st_mtime)
