@@ -41,10 +41,11 @@ import numpy as np
 import torch
 from _lane_probe import lane_costs, open_pool, sample_scaling, sample_seconds_per_step
 
+from dvla.metric_names import LANES
 from dvla.spec import JobSpec, load_spec
 from dvlad.lanes.device import Placement, placement_for
 from dvlad.lanes.pipeline import Pipeline
-from dvlad.lanes.timeline import GPU_LANES, LANES, LaneTimeline, covered_seconds
+from dvlad.lanes.timeline import GPU_LANES, LaneTimeline, covered_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 LIBERO_STEP_MS = 29.0

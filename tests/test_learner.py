@@ -39,7 +39,7 @@ def _segments(groups: int = 2, steps: int = 4, envs: int = 3) -> list[dict[str, 
 
 
 def test_update_trains_on_a_rollout_and_publishes_the_next_version(tmp_path):
-    learner = Learner(LearnerConfig(_spec(), ENV, str(tmp_path), 2))
+    learner = Learner(LearnerConfig(_spec(), ENV, str(tmp_path)))
     before = learner.flat.clone()
     stats = learner.update(_segments())
     assert learner.version == 1
@@ -49,7 +49,7 @@ def test_update_trains_on_a_rollout_and_publishes_the_next_version(tmp_path):
 
 
 def test_invalid_rows_are_not_trained_on(tmp_path):
-    learner = Learner(LearnerConfig(_spec(), ENV, str(tmp_path), 2))
+    learner = Learner(LearnerConfig(_spec(), ENV, str(tmp_path)))
     segments = _segments()
     for seg in segments:
         seg["valid"][:] = False
@@ -59,13 +59,13 @@ def test_invalid_rows_are_not_trained_on(tmp_path):
 
 
 def test_checkpoint_restores_weights_optimizer_and_version(tmp_path):
-    learner = Learner(LearnerConfig(_spec(), ENV, str(tmp_path), 2))
+    learner = Learner(LearnerConfig(_spec(), ENV, str(tmp_path)))
     for _ in range(2):
         learner.update(_segments())
     learner.save()
     spec = _spec()
     spec.train.resume = True
-    again = Learner(LearnerConfig(spec, ENV, str(tmp_path), 2))
+    again = Learner(LearnerConfig(spec, ENV, str(tmp_path)))
     assert again.version == 2 and again.trained_env_steps == learner.trained_env_steps
     assert torch.equal(again.flat, learner.flat)
     a, b = learner.optimizer.state_dict()["state"], again.optimizer.state_dict()["state"]
@@ -73,21 +73,21 @@ def test_checkpoint_restores_weights_optimizer_and_version(tmp_path):
 
 
 def test_a_job_can_start_from_another_runs_weights(tmp_path):
-    first = Learner(LearnerConfig(_spec(), ENV, str(tmp_path / "a"), 2))
+    first = Learner(LearnerConfig(_spec(), ENV, str(tmp_path / "a")))
     first.update(_segments())
     first.save()
     spec = _spec()
     spec.policy.checkpoint = str(tmp_path / "a")  # a run directory or the file itself
-    second = Learner(LearnerConfig(spec, ENV, str(tmp_path / "b"), 2))
+    second = Learner(LearnerConfig(spec, ENV, str(tmp_path / "b")))
     assert torch.equal(second.flat, first.flat) and second.version == 0
 
 
 def test_a_checkpoint_of_another_architecture_is_refused(tmp_path):
-    Learner(LearnerConfig(_spec(), ENV, str(tmp_path / "a"), 2)).save()
+    Learner(LearnerConfig(_spec(), ENV, str(tmp_path / "a"))).save()
     spec = _spec(d_model=32)
     spec.policy.checkpoint = str(tmp_path / "a" / CHECKPOINT_NAME)
     with pytest.raises(ValueError, match="different architecture"):
-        Learner(LearnerConfig(spec, ENV, str(tmp_path / "b"), 2))
+        Learner(LearnerConfig(spec, ENV, str(tmp_path / "b")))
 
 
 def test_aux_loss_trains_on_the_env_labels_only_when_asked(tmp_path):
@@ -100,10 +100,10 @@ def test_aux_loss_trains_on_the_env_labels_only_when_asked(tmp_path):
         segments.append(seg)
     spec = _spec()
     spec.algo.aux_coef, spec.algo.learning_rate = 5.0, 3e-3
-    learner = Learner(LearnerConfig(spec, env, str(tmp_path / "aux"), 2))
+    learner = Learner(LearnerConfig(spec, env, str(tmp_path / "aux")))
     first = learner.update(segments)["aux_loss"]
     for _ in range(80):
         last = learner.update(segments)["aux_loss"]
     assert first > 1.0 and last < 0.7 * first  # a cross-entropy over tiny-vla's 8×8 named map
     spec.algo.aux_coef = 0.0
-    assert "aux_loss" not in Learner(LearnerConfig(spec, env, str(tmp_path / "none"), 2)).update(segments)
+    assert "aux_loss" not in Learner(LearnerConfig(spec, env, str(tmp_path / "none"))).update(segments)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dvla.top.snapshot import ACTIVATION_KEY, WEIGHT_KEY
+from dvla.metric_names import ACTIVATION_KEY, WEIGHT_KEY
 from dvlad.lanes.vram import LEARNER_PEAK, LEARNER_WEIGHTS, job_pools, tensor_bytes
 from dvlad.policies.base import flatten_parameters
 

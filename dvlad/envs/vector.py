@@ -164,11 +164,10 @@ def worker_main(cfg: WorkerConfig, conn: Connection, handle_conn: Connection) ->
 
     arrays = None
     try:
-        t0 = time.monotonic()
         envs = {i: make_env(cfg.env_name, env_index=i // cfg.envs_per_index, **cfg.env_args)
                 for ids in cfg.env_ids for i in ids}
         spec = next(iter(envs.values())).spec
-        conn.send(("spec", spec, time.monotonic() - t0))
+        conn.send(("spec", spec))
         arrays = SharedArrays.attach(handle_conn.recv())
         slots = _EnvSlots(cfg, arrays, envs)
         slots.start()
@@ -254,7 +253,6 @@ class EnvWorkerPool:
         self.num_envs, self.groups, self.action_chunk = num_envs, groups, action_chunk
         self.envs_per_group = num_envs // groups
         self.step_timeout_s, self.build_timeout_s = step_timeout_s, build_timeout_s
-        self.dropped_episodes = 0
         self.replaced_workers = 0
         self._ctx = mp.get_context("spawn")
         per_worker = self.envs_per_group // workers
@@ -270,7 +268,6 @@ class EnvWorkerPool:
         try:
             specs = [w.recv(build_timeout_s) for w in self.workers]
             self.spec: EnvSpec = specs[0][1]
-            self.build_seconds = max(s[2] for s in specs)
             self.slots = SharedArrays(slot_layout(self.spec, num_envs, action_chunk))
             for w in self.workers:
                 self._start_serving(w)
@@ -331,7 +328,6 @@ class EnvWorkerPool:
         self.workers[index] = fresh
         dropped = [i for ids in worker.cfg.env_ids for i in ids]
         result.dropped_envs.extend(dropped)
-        self.dropped_episodes += len(dropped)
         self.replaced_workers += 1
 
     def pids(self) -> list[int]:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dvla.checkpoint import CHECKPOINT_NAME, named_checkpoint
 from dvla.spec import JobSpec
 from dvlad.envs.base import EnvSpec
 from dvlad.lanes.device import CPU, LEARNER_PRIORITY, Placement, placement_for
@@ -35,15 +36,12 @@ from dvlad.policies.base import ObsBatch, Policy, flatten_parameters
 from dvlad.policies.checkpoint import load_checkpoint, save_checkpoint
 from dvlad.rl import gae, group_relative_advantages, grpo_loss, normalize_advantages, ppo_loss
 
-CHECKPOINT_NAME = "checkpoint.safetensors"
-
 
 @dataclass(frozen=True)
 class LearnerConfig:
     spec: JobSpec
     env_spec: EnvSpec
     output_dir: str
-    groups: int
 
 
 def build_policy(spec: JobSpec, env_spec: EnvSpec, device: torch.device | str = "cpu",
@@ -66,18 +64,10 @@ def _batch_from_segments(segments: list[dict[str, np.ndarray]]) -> dict[str, tor
     return {k: torch.from_numpy(np.stack([s[k] for s in segments])) for k in segments[0]}
 
 
-def _obs(batch: dict[str, torch.Tensor], index: tuple) -> ObsBatch:
-    return ObsBatch(
-        images={k.split("/", 1)[1]: v[index] for k, v in batch.items() if k.startswith("image/")},
-        proprio=batch["proprio"][index],
-        instruction=batch["instruction"][index],
-    )
-
-
-def _rows_obs(rows: dict[str, torch.Tensor], index: torch.Tensor) -> ObsBatch:
-    """The observations of the flattened rows ``index``."""
-    return ObsBatch(images={k.split("/", 1)[1]: v[index] for k, v in rows.items() if k.startswith("image/")},
-                    proprio=rows["proprio"][index], instruction=rows["instruction"][index])
+def _obs(batch: dict[str, torch.Tensor], index: tuple | torch.Tensor) -> ObsBatch:
+    """The observations at ``index`` of a batch (a segment slice, or rows of the flattened batch)."""
+    return ObsBatch(images={k.split("/", 1)[1]: v[index] for k, v in batch.items() if k.startswith("image/")},
+                    proprio=batch["proprio"][index], instruction=batch["instruction"][index])
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -169,7 +159,7 @@ class Learner:
             for start in range(0, len(perm), mb_size):
                 mb = perm[start:start + mb_size]
                 with self.placement.autocast():
-                    out = self.policy.evaluate(_rows_obs(rows, mb), rows["tokens"][mb])
+                    out = self.policy.evaluate(_obs(rows, mb), rows["tokens"][mb])
                 adv = advantages[mb]
                 if algo.norm_adv and algo.name == "ppo":
                     adv = normalize_advantages(adv, torch.ones(len(mb), device=self.device))
@@ -213,7 +203,7 @@ class Learner:
         with torch.no_grad(), self.placement.autocast():
             for start in range(0, len(idx), chunk):
                 rows_mb = idx[start:start + chunk]
-                out[rows_mb] = self.policy.evaluate(_rows_obs(rows, rows_mb), rows["tokens"][rows_mb]).logprob.float()
+                out[rows_mb] = self.policy.evaluate(_obs(rows, rows_mb), rows["tokens"][rows_mb]).logprob.float()
         return out
 
     def gpu_memory(self, own_process: bool) -> dict[str, int]:
@@ -244,7 +234,7 @@ class Learner:
 
     def _load_weights(self, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """Copy a checkpoint's weights into the flat buffer; returns all its tensors and metadata."""
-        tensors, meta = load_checkpoint(path / CHECKPOINT_NAME if path.is_dir() else path)
+        tensors, meta = load_checkpoint(named_checkpoint(path))
         weights = tensors["policy.flat"]
         if weights.numel() != self.flat.numel():
             raise ValueError(f"checkpoint {path} holds {weights.numel()} weights; "
@@ -292,7 +282,7 @@ def _learn(cfg: LearnerConfig, placement: Placement, queue_handle: TrajectoryQue
         messages.put(("ready", learner.version, learner.trained_env_steps, os.getpid()))
         every = cfg.spec.train.checkpoint_every
         while not stop.is_set():
-            slots = _take(traj, cfg.groups, stop)
+            slots = _take(traj, cfg.spec.env.groups, stop)
             if slots is None:
                 break
             t0 = time.monotonic()

@@ -11,7 +11,8 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
-LANES = ("sample", "infer", "learn", "distribute")
+from dvla.metric_names import LANES
+
 GPU_LANES = ("infer", "learn", "distribute")
 """The lanes that run on the GPU when the job has one (simulation stays on the CPU)."""
 

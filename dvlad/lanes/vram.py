@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import torch
 
-from dvla.top.snapshot import ACTIVATION_KEY, WEIGHT_KEY
+from dvla.metric_names import ACTIVATION_KEY, WEIGHT_KEY
 
 LEARNER_WEIGHTS, LEARNER_PEAK = "gpu_learner_weight_bytes", "gpu_learner_peak_bytes"
 """The learner's update-stat keys the job's reporter turns into the two pools."""

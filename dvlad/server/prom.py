@@ -14,12 +14,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from dvla.metric_names import LANES
 from dvlad.runtime.launch import run_dir
 from dvlad.server.core import Daemon
 from dvlad.server.jobfiles import metrics_rows
 from dvlad.store import State
 
-LANES = ("sample", "infer", "learn", "distribute")
 REGISTRY = web.AppKey("prometheus_registry", CollectorRegistry)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

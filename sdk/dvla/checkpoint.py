@@ -26,10 +26,15 @@ def _refuse(reason: str) -> InvalidSpec:
                        code="bad_checkpoint", field="spec.policy.checkpoint", status=None)
 
 
+def named_checkpoint(path: Path) -> Path:
+    """The file a checkpoint path names: a run directory's ``checkpoint.safetensors``, or the file itself."""
+    return path / CHECKPOINT_NAME if path.is_dir() else path
+
+
 def checkpoint_file(path: str | os.PathLike[str]) -> Path:
-    """The checkpoint a path names (a run directory or the file itself), absolute, checked readable."""
+    """The checkpoint a path names (:func:`named_checkpoint`), absolute, checked readable."""
     path = Path(path).expanduser().absolute()
-    file = path / CHECKPOINT_NAME if path.is_dir() else path
+    file = named_checkpoint(path)
     if not file.is_file():
         raise _refuse(f"{file}: no such checkpoint file" + (" in the directory" if path.is_dir() else ""))
     if not os.access(file, os.R_OK):

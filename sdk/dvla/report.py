@@ -18,8 +18,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after use("Agg"): no display needed
 
+from dvla.metric_names import LANES
+
 Rows = list[dict[str, Any]]
-LANES = ("sample", "infer", "learn", "distribute")
 
 
 @dataclass(frozen=True)

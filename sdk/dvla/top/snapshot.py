@@ -11,12 +11,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-LANES = ("sample", "infer", "learn", "distribute")
-"""A job's four lanes, in the order the data flows (see DESIGN.md)."""
+from dvla.metric_names import ACTIVATION_KEY, LANES, WEIGHT_KEY
+
 ACTIVE = frozenset({"placing", "running", "cancelling"})
 """States in which a job holds resources and writes metrics: their runtime still grows."""
-WEIGHT_KEY, ACTIVATION_KEY = "gpu_weight_bytes", "gpu_activation_bytes"
-"""Metric keys a job reports its two VRAM pools under (bytes per GPU of the job)."""
 
 
 @dataclass(frozen=True)
