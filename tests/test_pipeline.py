@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -14,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from dvla.metric_names import LANES
 from dvlad.lanes.device import placement_for
 from dvlad.lanes.pipeline import JobFailed, Pipeline
-from dvlad.lanes.timeline import LANES, overlap_seconds
+from dvlad.lanes.timeline import overlap_seconds
 from dvlad.runtime.job import run_job
 from dvlad.runtime.metrics import read_jsonl
 
@@ -160,6 +162,18 @@ def test_a_compiled_actor_runs_the_job_and_acts_as_the_eager_policy_scores(small
         eager = actor.policy.evaluate(obs, out.tokens)
     torch.testing.assert_close(out.logprob, eager.logprob.flatten(1), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out.value, eager.value, rtol=1e-4, atol=1e-4)
+
+
+def test_a_row_every_few_updates_covers_all_of_them(small_spec, tmp_path):
+    """``train.log_every = 2``: one row per two updates, and its rate and histogram span both."""
+    _pipeline, rows = _run(small_spec("async", train__log_every=2, train__total_env_steps=1024), tmp_path)
+    assert [r.values["version"] for r in rows] == [2.0 * (i + 1) for i in range(len(rows))] and len(rows) >= 3
+    for before, row in itertools.pairwise(rows):
+        steps = row.values["env_steps"] - before.values["env_steps"]
+        seconds = row.values["time_s"] - before.values["time_s"]
+        assert row.values["env_steps_per_s"] == pytest.approx(steps / seconds, rel=1e-6)
+        spec = small_spec()
+        assert sum(row.staleness_hist) == 2 * spec.pipeline.segment_steps * spec.env.num_envs  # every sample of both
 
 
 def test_grpo_refuses_segments_shorter_than_an_episode(small_spec, tmp_path):

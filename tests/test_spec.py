@@ -378,4 +378,5 @@ def test_docs_describe_every_key():
 def test_docs_example_is_valid_and_matches_the_example_file():
     docs = (ROOT / "docs" / "jobs.md").read_text()
     (block,) = re.findall(r"```toml\n(.*?)```", docs, flags=re.S)
+    assert block == (ROOT / "examples" / "reach_ppo.toml").read_text()  # word for word, comments included
     assert parse_spec(block) == load_spec(ROOT / "examples" / "reach_ppo.toml")

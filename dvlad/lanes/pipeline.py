@@ -105,7 +105,7 @@ class Pipeline:
             plane = WeightPlane.create(ctx, flat.numel(), device=placement.device, dtype=placement.actor_dtype)
             parts += [traj, plane]
             messages, stop = ctx.Queue(), ctx.Event()
-            cfg = LearnerConfig(spec, pool.spec, str(self.output_dir), spec.env.groups)
+            cfg = LearnerConfig(spec, pool.spec, str(self.output_dir))
             lane = threading.Thread if placement.learner_thread else ctx.Process
             learner = lane(target=learner_main, args=(cfg, traj.handle, plane.handle, messages, stop),
                            name="dvla-learner", daemon=True)
@@ -188,6 +188,7 @@ class _Reporter(threading.Thread):
         self._done = threading.Event()
         self._window_start = t_start
         self._window_steps = actor.env_steps
+        self._window_hist: list[int] = []
 
     def run(self) -> None:
         while not self._done.is_set():
@@ -230,10 +231,15 @@ class _Reporter(threading.Thread):
         return job_pools(weights, peak_allocated(actor.placement.device), learner)
 
     def _row(self, version: int, stats: dict) -> None:
+        """The metrics after update ``version``: rates, busy shares and the staleness histogram over
+        the updates since the last row written (``train.log_every`` of them), the rest as of now."""
         now = time.monotonic()
         actor, spec = self.actor, self.p.spec
         lanes = self.p.timeline.summary(self._window_start, now, parallel={"sample": len(self.pool.workers)})
-        hist = stats.pop("staleness_hist", [])
+        hist = self._window_hist
+        for k, n in enumerate(stats.pop("staleness_hist", [])):
+            hist[len(hist):] = [0] * (k + 1 - len(hist))
+            hist[k] += n
         pools = self._pools(stats) if LEARNER_WEIGHTS in stats else {}
         values = {
             "version": float(version),
@@ -258,7 +264,7 @@ class _Reporter(threading.Thread):
         publishes = self.p.timeline.intervals("distribute", self._window_start)
         if publishes:
             values["publish_ms"] = 1e3 * float(np.mean([iv.end - iv.start for iv in publishes]))
-        self._window_start, self._window_steps = now, actor.env_steps
         self.last = values
         if version % max(spec.train.log_every, 1) == 0:
             self.p.on_progress(Progress(values, hist))
+            self._window_start, self._window_steps, self._window_hist = now, actor.env_steps, []

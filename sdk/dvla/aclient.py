@@ -1,5 +1,6 @@
 """The asyncio SDK: :class:`AsyncClient` and :class:`AsyncJob`, the same calls as :mod:`dvla.client`
-awaited (``dvla top`` refreshes many views at once without threads).
+awaited, for programs that already run an event loop (a notebook, an async web service) and want
+many jobs' requests in flight at once without a thread each.
 
 Requests and replies are built and read by :mod:`dvla.api`, exactly as for the sync client.
 """
