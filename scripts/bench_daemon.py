@@ -19,32 +19,17 @@ import asyncio
 import json
 import os
 import platform
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import aiohttp
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.dvlad_proc import Dvlad
+
 SPEC = {"job": {"name": "bench"}, "env": {"name": "reach", "num_envs": 4, "groups": 2, "workers": 1}}
-
-
-def start_daemon(home: Path) -> tuple[subprocess.Popen, str]:
-    sock = str(home / "dvlad.sock")
-    config = home / "dvlad.toml"
-    config.write_text('[daemon]\nsocket_group = ""\n[limits.default]\nrunning_jobs = 0\n')
-    dvlad = Path(sys.executable).parent / "dvlad"
-    proc = subprocess.Popen([str(dvlad), "--config", str(config), "--state-dir", str(home / "state"), "--socket",
-                             sock, "--log-level", "warning"])
-    deadline = time.monotonic() + 20
-    while not os.path.exists(sock):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("dvlad did not start")
-        time.sleep(0.05)
-    return proc, sock
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -107,18 +92,12 @@ def main() -> None:
     parser.add_argument("--socket", help="an already running dvlad (default: start one in a temp dir)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line last")
     args = parser.parse_args()
-    home = proc = None
-    sock = args.socket
-    if sock is None:
-        home = Path(tempfile.mkdtemp(prefix="dvlad-bench-"))
-        proc, sock = start_daemon(home)
+    daemon = None if args.socket else Dvlad("[limits.default]\nrunning_jobs = 0\n").start()
     try:
-        result = asyncio.run(run(sock, args.clients, args.seconds, args.submit_ratio))
+        result = asyncio.run(run(args.socket or daemon.socket, args.clients, args.seconds, args.submit_ratio))
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(10)
-            shutil.rmtree(home, ignore_errors=True)
+        if daemon is not None:
+            daemon.close()
     print(f"{result['clients']} clients, {result['seconds']} s, {result['cores']} cores: "
           f"{result['requests_per_s']} requests/s, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
           f"{result['errors']} errors")
