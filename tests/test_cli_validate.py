@@ -28,11 +28,14 @@ def validate(tmp_path: Path, text: str, *args: str):
     ("[job]\nseed = 1\n\n[algos]\nname = 'ppo'\n", "algos", 4, 1, "unknown section (did you mean [algo]?)"),
     ('env = "reach"\n', "env", 1, 1, "expected a table [env], got"),
     ("[algo]\ngamma = 2.0\n", "algo.gamma", 2, 1, "must be in [0, 1]"),
-    ("[env]\nnum_envs = 16\ngroups = 2\nworkers = 2\n[algo]\nname = 'grpo'\ngroup_size = 3\n", "algo.group_size",
-     7, 1, "must be divisible by group_size (3)"),
+    ("[env]\nnum_envs = 16\ngroups = 2\nworkers = 2\n[algo]\nname = 'grpo'\ngroup_size = 3\n"
+     "[pipeline]\nsegment_steps = 40\n", "algo.group_size", 7, 1, "must be divisible by group_size (3)"),
     ("[train]\nresume = 1\n", "train.resume", 2, 1, "expected a boolean"),
+    ('[policy]\n  name = "tiny_vla"\n', "policy.name", 2, 3, 'unknown policy "tiny_vla" (did you mean "tiny-vla"?)'),
+    ("[algo]\nname = 'grpo'\n", "algo.name", 2, 1, 'at least the episode limit of env "reach" (40)'),
+    ('[resources]\ndevice = "cuda"\n', "resources.device", 2, 1, 'device "cuda" needs gpus ≥ 1'),
 ], ids=["wrong-type", "unknown-key", "unknown-section", "section-not-a-table", "out-of-range", "contradiction",
-        "bool-not-int"])
+        "bool-not-int", "unknown-policy", "grpo-episode-limit", "cuda-without-gpus"])
 def test_each_broken_file_names_the_key_line_and_column(tmp_path, text, key, line, column, reason):
     result = validate(tmp_path, text)
     assert result.exit_code == 2, result.output

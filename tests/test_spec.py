@@ -226,6 +226,7 @@ def test_multiline_strings_and_arrays_do_not_confuse_the_locator():
         ('[job]\nname = "../x"\n', "job.name", 2),
         ('[job]\noutput_dir = "runs/{user}"\n', "job.output_dir", 2),
         ('[policy]\nname = "pkg.mod:"\n', "policy.name", 2),
+        ('[resources]\ndevice = "cuda"\n', "resources.device", 2),
     ],
 )
 def test_value_checks(text, key, line):
@@ -248,11 +249,13 @@ def test_grpo_group_must_fit_in_one_env_group():
         [algo]
         name = "grpo"
         group_size = 3
+        [pipeline]
+        segment_steps = 40
         """
     )
     assert (issue.key, issue.line) == ("algo.group_size", 7)
     assert "num_envs / groups = 16 / 2 = 8" in issue.reason
-    issue = only('[env]\nnum_envs = 12\n[algo]\nname = "grpo"\n')  # default group_size 8 ∤ 6
+    issue = only('[env]\nnum_envs = 12\n[algo]\nname = "grpo"\n[pipeline]\nsegment_steps = 40\n')  # 8 ∤ 6
     assert (issue.key, issue.line) == ("env.num_envs", 2)
 
 
@@ -264,6 +267,48 @@ def test_grpo_needs_two_episodes_per_group_and_whole_episodes():
     assert (issue.key, issue.line) == ("pipeline.segment_steps", 6)
     # the same numbers are fine for PPO, which bootstraps across segment ends
     parse_spec("[env]\nmax_episode_steps = 40\n[pipeline]\nsegment_steps = 32\n")
+
+
+@pytest.mark.parametrize(("key", "written", "meant"), [("env", "raech", "reach"), ("policy", "tiny_vla", "tiny-vla")])
+def test_unknown_built_in_names_are_refused_with_the_closest(key, written, meant):
+    issue = only(f'[{key}]\nname = "{written}"\n')
+    assert (issue.key, issue.line) == (f"{key}.name", 2)
+    assert f'unknown {key} "{written}" (did you mean "{meant}"?)' in issue.reason
+    assert "package.module:function" in issue.reason
+    spec = parse_spec(f'[{key}]\nname = "{written}:make"\n')  # an entry point: only the job can import it
+    assert getattr(spec, key).name == f"{written}:make"
+
+
+def test_grpo_segments_hold_the_env_s_own_episode_limit_when_max_episode_steps_is_0():
+    issue = only('[algo]\nname = "grpo"\n')  # the defaults: reach ends its episodes at 40 steps, segments 32
+    assert (issue.key, issue.line) == ("algo.name", 2)
+    assert "segment_steps (32) must be at least the episode limit of env \"reach\" (40)" in issue.reason
+    parse_spec('[algo]\nname = "grpo"\n[pipeline]\nsegment_steps = 40\n')
+    synthetic = '[env]\nname = "synthetic"\nnum_envs = 16\n[algo]\nname = "grpo"\n[pipeline]\nsegment_steps = 24\n'
+    assert "(220)" in only(synthetic).reason
+    parse_spec(synthetic.replace('"synthetic"\n', '"synthetic"\nargs = { max_episode_steps = 24 }\n'))
+    libero = '[env]\nname = "libero"\n{}[algo]\nname = "grpo"\n[pipeline]\nsegment_steps = 220\n'
+    parse_spec(libero.format(""))  # libero_spatial: 220
+    issue = only(libero.format('args = { suite = "libero_goal" }\n'))
+    assert (issue.key, "(300)" in issue.reason) == ("pipeline.segment_steps", True)
+    parse_spec('[env]\nname = "mine.envs:make"\n[algo]\nname = "grpo"\n')  # a user env's limit is its own
+
+
+def test_the_spec_knows_the_engines_built_in_names_and_episode_limits():
+    """dvla.catalog is what the spec checks against; the engine's registries must say the same."""
+    from dvla import catalog
+    from dvlad.envs import ENV_FACTORIES, make_env
+    from dvlad.envs.libero import MAX_EPISODE_STEPS
+    from dvlad.policies import BUILTIN_POLICIES
+
+    assert set(ENV_FACTORIES) == set(catalog.ENVS) and set(BUILTIN_POLICIES) == set(catalog.POLICIES)
+    assert MAX_EPISODE_STEPS == catalog.LIBERO_SUITES
+    for name, args in (("synthetic", {}), ("synthetic", {"max_episode_steps": 24}), ("reach", {"image_size": 16})):
+        env = make_env(name, **args)
+        try:
+            assert env.spec.max_episode_steps == catalog.episode_limit(name, args), (name, args)
+        finally:
+            env.close()
 
 
 def test_every_issue_is_collected_in_file_order():

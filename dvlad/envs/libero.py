@@ -48,17 +48,13 @@ from typing import Any
 
 import numpy as np
 
+from dvla.catalog import DEFAULT_LIBERO_SUITE, LIBERO_SUITES
 from dvlad.envs.base import ACTION_DIM, EnvSpec, Observation, StepResult, start_rng
 from dvlad.envs.libero_config import prepare_libero
 
-MAX_EPISODE_STEPS: dict[str, int] = {
-    "libero_spatial": 220,
-    "libero_object": 280,
-    "libero_goal": 300,
-    "libero_10": 520,
-    "libero_90": 400,
-}
-"""The suites and their customary episode limits (policy steps, settle steps not counted)."""
+MAX_EPISODE_STEPS: dict[str, int] = LIBERO_SUITES
+"""The suites and their customary episode limits (policy steps, settle steps not counted); defined
+in :mod:`dvla.catalog`, so that ``dvla validate`` knows them without LIBERO."""
 
 CAMERAS: dict[str, str] = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}
 """D-VLA camera name -> robosuite camera name."""
@@ -140,7 +136,7 @@ class LiberoEnv:
 
     def __init__(
         self,
-        suite: str = "libero_spatial",
+        suite: str = DEFAULT_LIBERO_SUITE,
         task: int | str | None = None,
         tasks: Sequence[int | str] | None = None,
         env_index: int = 0,

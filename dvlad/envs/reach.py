@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dvla.catalog import EPISODE_LIMITS
 from dvlad.envs.base import ACTION_DIM, EnvSpec, Observation, StepResult, start_rng
 from dvlad.envs.gl import configure_mujoco_gl
 
@@ -139,7 +140,7 @@ class ReachEnv:
         self,
         num_objects: int = 3,
         image_size: int = 64,
-        max_episode_steps: int = 40,
+        max_episode_steps: int = EPISODE_LIMITS["reach"],
         max_delta: float = 0.03,
         touch_radius: float = 0.05,
         start_height: float = START_Z,

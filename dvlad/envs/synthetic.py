@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dvla.catalog import EPISODE_LIMITS
 from dvlad.envs.base import ACTION_DIM, EnvSpec, Observation, StepResult, start_rng
 
 NUM_TASKS = 8
@@ -60,7 +61,7 @@ class SyntheticEnv:
         image_size: int = 128,
         cameras: Sequence[str] = ("agentview", "wrist"),
         proprio_dim: int = 8,
-        max_episode_steps: int = 220,
+        max_episode_steps: int = EPISODE_LIMITS["synthetic"],
         seed: int | None = None,
     ) -> None:
         if proprio_dim < 2:

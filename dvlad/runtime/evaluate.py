@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dvla.catalog import DEFAULT_LIBERO_SUITE
 from dvla.spec import spec_from_dict
 from dvlad.envs.base import Observation
 from dvlad.envs.libero import Act, EvalResult, LiberoEnv, evaluate
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path} was trained on env {spec.env.name!r}; this evaluates LIBERO policies", file=sys.stderr)
         return 2
     job_args = dict(spec.env.args)
-    job_suite = job_args.pop("suite", "libero_spatial")
+    job_suite = job_args.pop("suite", DEFAULT_LIBERO_SUITE)
     job_task, job_tasks = job_args.pop("task", None), job_args.pop("tasks", None)
     suite = args.suite or job_suite
     if args.tasks:

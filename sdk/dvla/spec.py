@@ -38,6 +38,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from dvla import catalog
+
 # --------------------------------------------------------------------------------------------
 # The schema. Attribute docstrings are the reference text of docs/jobs.md.
 # --------------------------------------------------------------------------------------------
@@ -58,9 +60,11 @@ class JobSection:
 @dataclass
 class ResourcesSection:
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    """auto: CUDA when a GPU is visible, else CPU."""
+    """auto: CUDA when a GPU is visible, else CPU. cuda: needs gpus ≥ 1 (under dvlad a job with
+    gpus = 0 sees no GPU)."""
     gpus: int = 0
-    """GPUs the job asks for (must be 0 with device "cpu")."""
+    """GPUs the job asks for (must be 0 with device "cpu"). The lanes run on the first; the others
+    stay reserved for the job."""
     torch_threads: int = 1
     """Intra-op threads per torch process (learner, actor); env workers take the other cores."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
@@ -71,7 +75,8 @@ class ResourcesSection:
 @dataclass
 class PolicySection:
     name: str = "tiny-vla"
-    """A built-in policy name or ``"package.module:function"`` returning a Policy."""
+    """A built-in policy name (``tiny-vla``, ``transformer-vla``) or ``"package.module:function"``
+    returning a Policy; any other name is refused."""
     action_chunk: int = 1
     """Actions the policy emits per inference call, executed in order."""
     checkpoint: str = ""
@@ -83,7 +88,8 @@ class PolicySection:
 @dataclass
 class EnvSection:
     name: str = "reach"
-    """A built-in env name (``reach``, ``synthetic``, ``libero``) or ``"package.module:function"``."""
+    """A built-in env name (``reach``, ``synthetic``, ``libero``) or ``"package.module:function"``;
+    any other name is refused."""
     num_envs: int = 16
     """Environments stepped in parallel; divisible by groups × workers."""
     groups: int = 2
@@ -137,7 +143,8 @@ class AlgoSection:
 @dataclass
 class PipelineSection:
     segment_steps: int = 32
-    """Steps per trajectory segment (GRPO: at least the episode limit)."""
+    """Steps per trajectory segment (GRPO: at least the episode limit, the env's own when
+    env.max_episode_steps is 0)."""
     max_staleness: int = 1
     """Sampling pauses rather than let learner version − acting version exceed this (sync: forced to 0)."""
     queue_segments: int = 0
@@ -493,17 +500,22 @@ def _check_values(spec: JobSpec, check: _Checker) -> None:
             and spec.resources.gpus > 0:
         check.add(check.blame("resources.gpus", "resources.device"),
                   f'device "cpu" takes no GPUs, but gpus = {spec.resources.gpus}')
+    if check.ok("resources.device", "resources.gpus") and spec.resources.device == "cuda" \
+            and spec.resources.gpus == 0:
+        check.add(check.blame("resources.device", "resources.gpus"),
+                  'device "cuda" needs gpus ≥ 1: under dvlad a job with gpus = 0 sees no GPU '
+                  '(CUDA_VISIBLE_DEVICES is empty); set gpus, or use device "auto" to run on the CPU')
 
     # [policy]
     if check.ok("policy.name"):
-        reason = _factory_name_problem(spec.policy.name)
+        reason = _factory_name_problem(spec.policy.name, "policy", catalog.POLICIES)
         if reason:
             check.add("policy.name", reason)
     at_least("policy.action_chunk", 1)
 
     # [env]
     if check.ok("env.name"):
-        reason = _factory_name_problem(spec.env.name)
+        reason = _factory_name_problem(spec.env.name, "env", catalog.ENVS)
         if reason:
             check.add("env.name", reason)
     for key in ("env.num_envs", "env.groups", "env.workers"):
@@ -571,11 +583,21 @@ def _check_grpo(spec: JobSpec, check: _Checker, envs_split: bool) -> None:
                       f"envs per env group (num_envs / groups = {env.num_envs} / {env.groups} = "
                       f"{per_group}) must be divisible by group_size ({algo.group_size}): "
                       "a GRPO group shares one start and must live in one env group")
-    if check.ok("pipeline.segment_steps", "env.max_episode_steps") and env.max_episode_steps > 0 \
-            and spec.pipeline.segment_steps < env.max_episode_steps:
+    if not check.ok("pipeline.segment_steps", "env.max_episode_steps", "env.name", "env.args"):
+        return
+    limit, which = _episode_limit(env)
+    if limit is not None and spec.pipeline.segment_steps < limit:
         check.add(check.blame("pipeline.segment_steps", "env.max_episode_steps", "algo.name"),
                   f"GRPO needs whole episodes in a segment: segment_steps ({spec.pipeline.segment_steps}) "
-                  f"must be at least env.max_episode_steps ({env.max_episode_steps})")
+                  f"must be at least {which} ({limit})")
+
+
+def _episode_limit(env: EnvSection) -> tuple[int | None, str]:
+    """The episode limit the job's env will run with, and how to name it in a message; None where
+    only the env itself knows (a user's env without ``env.max_episode_steps``)."""
+    if env.max_episode_steps > 0:
+        return env.max_episode_steps, "env.max_episode_steps"
+    return catalog.episode_limit(env.name, env.args), f"the episode limit of env {_describe(env.name)}"
 
 
 def _get(spec: JobSpec, key: str) -> Any:
@@ -583,12 +605,21 @@ def _get(spec: JobSpec, key: str) -> Any:
     return getattr(getattr(spec, section), name)
 
 
-def _factory_name_problem(name: str) -> str | None:
+def _factory_name_problem(name: str, kind: str, builtins: tuple[str, ...]) -> str | None:
+    """Why the engine could not resolve ``name``: it is neither one of its built-in ``kind``s nor a
+    ``"package.module:function"`` (whose import only the job itself can try)."""
     if not name.strip():
         return "must not be empty"
-    if ":" in name and not _ENTRY_POINT.fullmatch(name):
+    if ":" in name:
+        if _ENTRY_POINT.fullmatch(name):
+            return None
         return f'expected a built-in name or "package.module:function", got {_describe(name)}'
-    return None
+    if name in builtins:
+        return None
+    close = difflib.get_close_matches(name, builtins, n=1)
+    hint = f' (did you mean "{close[0]}"?)' if close else ""
+    listed = ", ".join(builtins)
+    return f'unknown {kind} {_describe(name)}{hint}: use a built-in ({listed}) or "package.module:function"'
 
 
 def _output_dir_problem(path: str) -> str | None:

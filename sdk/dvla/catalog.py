@@ -1,0 +1,44 @@
+"""The engine's built-in names as plain data: the envs and policies a job may name without a
+``"package.module:function"``, and the episode limit each built-in env runs with.
+
+Why here, in the light client package: ``dvla validate`` must refuse what the engine is certain to
+refuse (an unknown name such as ``"tiny_vla"``, a GRPO segment shorter than the env's episode) on a
+laptop without torch. The engine registers its factories under these names and takes its default
+limits from here; a test checks its registries against this module, so there is one list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+POLICIES: tuple[str, ...] = ("tiny-vla", "transformer-vla")
+"""Built-in policy names (``dvlad.policies.BUILTIN_POLICIES`` maps each to its class)."""
+LIBERO_SUITES: dict[str, int] = {
+    "libero_spatial": 220,
+    "libero_object": 280,
+    "libero_goal": 300,
+    "libero_10": 520,
+    "libero_90": 400,
+}
+"""LIBERO's suites and their customary episode limits (policy steps, settle steps not counted)."""
+DEFAULT_LIBERO_SUITE = "libero_spatial"
+EPISODE_LIMITS: dict[str, int] = {"reach": 40, "synthetic": 220}
+"""The own episode limit of each built-in env but LIBERO (whose limit is its suite's)."""
+ENVS: tuple[str, ...] = (*EPISODE_LIMITS, "libero")
+"""Built-in env names (``dvlad.envs.ENV_FACTORIES`` maps each to its factory)."""
+
+
+def episode_limit(env: str, args: Mapping[str, Any]) -> int | None:
+    """The episode limit built-in ``env`` runs with, given its ``env.args``: their
+    ``max_episode_steps`` when set, else the env's own (LIBERO: its suite's). None where it cannot
+    be known here: a user's env, or a suite LIBERO does not have (the engine names that one)."""
+    if env not in ENVS:
+        return None
+    own = args.get("max_episode_steps")
+    if isinstance(own, int) and not isinstance(own, bool) and own > 0:
+        return own
+    if env == "libero":
+        suite = args.get("suite", DEFAULT_LIBERO_SUITE)
+        return LIBERO_SUITES.get(suite) if isinstance(suite, str) else None
+    return EPISODE_LIMITS[env]
