@@ -76,6 +76,15 @@ def test_submit_status_jobs_logs_cancel_and_their_exit_codes(daemon, tmp_path):
     assert ended["reason"] == "cancelled by root" or os.geteuid() != 0
 
 
+def test_a_job_bigger_than_the_node_is_refused_in_one_line_with_exit_1(daemon, tmp_path):
+    too_big = {**LONG, "job": {"name": "too-big"}, "env": {**LONG["env"], "workers": 2}}  # 3 CPU slots of 2
+    refused = dvla("submit", job_file(tmp_path, too_big), host=daemon.socket)
+    assert refused.returncode == 1 and refused.stdout == "", refused.stderr
+    assert refused.stderr.startswith("dvla: spec.env.workers: this node has ")
+    assert refused.stderr.rstrip().endswith("; the job asks for 0 GPUs and 3 CPU slots (env.workers + 1)")
+    assert len(refused.stderr.splitlines()) == 1 and "too-big" not in dvla("jobs", host=daemon.socket).stdout
+
+
 def test_usage_errors_and_invalid_files_exit_2_before_any_request(daemon, tmp_path):
     bad = dvla("submit", job_file(tmp_path, {"env": {"num_envs": 3}}), host=daemon.socket)
     assert bad.returncode == 2 and "env.num_envs" in bad.stderr and "job.toml:" in bad.stderr

@@ -18,7 +18,9 @@ import pytest
 from dvlad.server.app import ROUTES
 from tests.dvlad_proc import Dvlad, request
 
-QUEUED_ONLY = "max_body_bytes = 4096\n[limits.default]\nrunning_jobs = 0\n"
+ROOMY = "[node]\ncpu_slots = 8\n"
+"""Room for the default spec's 3 CPU slots (env.workers + 1) on any machine: a bigger job is refused."""
+QUEUED_ONLY = "max_body_bytes = 4096\n" + ROOMY + "[limits.default]\nrunning_jobs = 0\n"
 TEST_USERS = ("dvlatest1", "dvlatest2")
 FIXTURE = next((p for p in (Path(__file__).resolve().parents[1] / "shared", Path(__file__).resolve().parents[2] /
                             "shared") if p.is_dir()), Path("/work/shared")) / "fixtures/gpu/h100-x1/topology.json"
@@ -223,7 +225,7 @@ def test_tcp_needs_a_valid_bearer_token():
 
 
 def test_user_mode_uses_the_runtime_dir_and_home():
-    d = Dvlad(user_mode=True)
+    d = Dvlad(ROOMY, user_mode=True)
     try:
         d.start()
         assert (d.state_dir / "dvlad.db").exists()

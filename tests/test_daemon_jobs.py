@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -22,8 +23,8 @@ LONG = {"job": {"name": "long"}, "policy": {"args": TINY_POLICY}, "algo": {"upda
         "env": {"name": "synthetic", "num_envs": 4, "groups": 2, "workers": 1,
                 "args": {"step_ms": 2.0, "image_size": 16, "cameras": ["image"], "max_episode_steps": 24}},
         "pipeline": {"segment_steps": 8}, "train": {"total_env_steps": 10**9, "resume": False}}
-NEVER_PLACED = {"job": {"name": "waits"}, "resources": {"gpus": 1}}
-"""Asks for a GPU on a node without one: stays queued, so only the API is exercised."""
+WAITS = {"job": {"name": "waits"}, "env": {"workers": 1}}
+"""Fits the node (2 CPU slots) but not while LONG holds them: stays queued, so only the API is exercised."""
 
 
 @pytest.fixture
@@ -122,7 +123,7 @@ def test_kill_9_during_50_submits_loses_and_duplicates_nothing_and_readopts_the_
             deadline = time.monotonic() + 60
             while True:  # a client that retries with the same key until it gets an answer
                 try:
-                    status, body = d.call("POST", "/v1/jobs", {"spec": NEVER_PLACED, "idempotency_key": key},
+                    status, body = d.call("POST", "/v1/jobs", {"spec": WAITS, "idempotency_key": key},
                                           timeout=5)
                 except OSError:
                     retries[0] += 1
@@ -157,8 +158,25 @@ def test_kill_9_during_50_submits_loses_and_duplicates_nothing_and_readopts_the_
     assert again["state"] == "running" and again["pid"] == pid  # re-adopted, not restarted
     assert psutil.Process(pid).create_time() == started
     assert [e["to_state"] for e in again["events"]] == ["queued", "placing", "running"]
+    assert all(d.job(i)["state"] == "queued" for i in acknowledged.values())
+    for job_id in acknowledged.values():  # else they would start, one by one, once the runner ends
+        d.call("POST", f"/v1/jobs/{job_id}/cancel")
     d.call("POST", f"/v1/jobs/{runner['id']}/cancel")  # an adopted job (not dvlad's child) still cancels
     assert d.wait_state(runner["id"], {"cancelled", "failed"}, timeout=30)["state"] == "cancelled"
+
+
+@pytest.mark.parametrize(("spec", "field", "asks"), [
+    ({"resources": {"gpus": 1}}, "spec.resources.gpus", "1 GPU and 3 CPU slots"),
+    ({"env": {"workers": 2}}, "spec.env.workers", "0 GPUs and 3 CPU slots"),
+], ids=["a-gpu-on-a-node-without-one", "more-workers-than-cpu-slots"])
+def test_a_job_bigger_than_the_node_is_refused_at_submit_and_not_recorded(dvlad, tmp_path, spec, field, asks):
+    no_gpus = tmp_path / "no-gpus.json"  # a node without GPUs, also where the tests run on a GPU machine
+    no_gpus.write_text(json.dumps({"host": "cpu-node", "devices": [], "pairs": []}))
+    d = dvlad(env={"DVLAD_FAKE_TOPOLOGY": str(no_gpus)})
+    status, body = d.call("POST", "/v1/jobs", {"spec": {"job": {"name": "too-big"}, **spec}})
+    assert (status, body["code"], body["field"]) == (409, "exceeds_node", field), body
+    assert body["reason"] == f"this node has 0 GPUs and 2 CPU slots; the job asks for {asks} (env.workers + 1)"
+    assert d.call("GET", "/v1/jobs?all=1")[1]["jobs"] == []
 
 
 def test_a_job_that_ended_while_dvlad_was_down_is_settled_at_restart(dvlad):

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from dvlad.sched import Cluster, Decision, Limit, Limits, QueuedJob, Usage, schedule
+from dvlad.sched import Capacity, Cluster, Decision, Limit, Limits, QueuedJob, Usage, schedule
 from dvlad.sched.policy import pick_gpus
 
 
@@ -41,6 +41,15 @@ def test_backfill_inside_a_priority():
 def test_no_backfill_from_a_lower_priority():
     out = schedule([job(1, gpus=2, priority=1), job(2, gpus=1, priority=0)], cluster(gpus=[0]), Limits())
     assert out == []
+
+
+def test_a_job_bigger_than_the_whole_node_holds_nobody_back():
+    # job 1 (from before the node shrank) asks for 3 GPUs of a 2-GPU node: lower priorities still start
+    queue = [job(1, gpus=3, priority=5), job(2, gpus=1), job(3, cpus=9, priority=5), job(4, cpus=2)]
+    node = Capacity(gpus=2, cpus=8)
+    assert ids(schedule(queue, cluster(gpus=[0, 1], capacity=node), Limits())) == [2, 4]
+    assert schedule(queue, cluster(gpus=[0, 1]), Limits()) == []  # capacity unknown: job 1 may fit, it blocks
+    assert node.holds(2, 8) and not node.holds(3, 1) and not node.holds(0, 9)
 
 
 def test_cpu_only_jobs_use_cpu_slots():

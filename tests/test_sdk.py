@@ -18,7 +18,7 @@ import pytest
 from dvla import sdk
 from dvla.checkpoint import metadata
 from tests.dvlad_proc import Dvlad, free_port
-from tests.test_daemon_api import FIXTURE
+from tests.test_daemon_api import FIXTURE, ROOMY
 from tests.test_daemon_jobs import LONG, TINY_POLICY
 
 ENV = {"name": "reach", "num_envs": 4, "groups": 2, "workers": 1}
@@ -163,7 +163,7 @@ def _tar(*members: tarfile.TarInfo) -> bytes:
 def test_remote_client_uploads_its_checkpoint_and_may_not_see_others_jobs(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("a token for another user needs a root dvlad (CI runs as root)")
-    d = Dvlad("max_upload_bytes = 16384\n[limits.default]\nrunning_jobs = 0\n")
+    d = Dvlad("max_upload_bytes = 16384\n" + ROOMY + "[limits.default]\nrunning_jobs = 0\n")
     port = d.serve_tcp("nobody-token nobody\n")
     try:
         d.start()

@@ -11,6 +11,9 @@ Rules, in order:
 - A job that does not fit the free GPUs / CPU slots stays queued. Later jobs of the *same*
   priority may still start in the room left (backfill); jobs of *lower* priority may not, so a big
   high-priority job is never starved by a stream of small low-priority ones.
+- A job bigger than the whole node (``Cluster.capacity``) holds nobody back: no amount of waiting
+  would place it. dvlad refuses such jobs at submit; one can only be queued from before the node
+  shrank (fewer CPU slots configured, a GPU NVML no longer sees), and it waits in case that is undone.
 - GPU placement picks, among the free GPUs, the set with the best links (``link_score``: higher is
   better, from the topology); ties go to the lowest indices.
 """
@@ -60,6 +63,20 @@ class Usage:
     running_jobs: int = 0
 
 
+@dataclass(frozen=True)
+class Capacity:
+    """What a node has in all, busy or not."""
+
+    gpus: int
+    cpus: int
+    """CPU slots (a job takes ``env.workers + 1``)."""
+
+    def holds(self, gpus: int, cpus: int) -> bool:
+        """Whether a job of ``gpus`` and ``cpus`` fits this node once it is idle: if not, waiting
+        will never place it."""
+        return gpus <= self.gpus and cpus <= self.cpus
+
+
 @dataclass
 class Cluster:
     free_gpus: frozenset[int]
@@ -68,6 +85,8 @@ class Cluster:
     group_usage: dict[str, Usage] = field(default_factory=dict)
     link_score: LinkScore | None = None
     """Pairwise link quality of two GPU indices (topology hook); None: every set is as good."""
+    capacity: Capacity | None = None
+    """The whole node; None: unknown, every job is taken to fit it."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +135,8 @@ def schedule(queue: Iterable[QueuedJob], cluster: Cluster, limits: Limits) -> li
             continue
         gpu_ids = pick_gpus(free_gpus, job.gpus, cluster.link_score) if job.cpus <= free_cpus else None
         if gpu_ids is None:
-            blocked_priority = job.priority
+            if cluster.capacity is None or cluster.capacity.holds(job.gpus, job.cpus):
+                blocked_priority = job.priority
             continue
         free_gpus -= set(gpu_ids)
         free_cpus -= job.cpus

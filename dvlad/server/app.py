@@ -19,7 +19,7 @@ from dvlad.runtime.launch import log_path, run_dir
 from dvlad.server import prom, transfer
 from dvlad.server.auth import Identity, authenticate
 from dvlad.server.codec import read_body, respond
-from dvlad.server.core import Daemon
+from dvlad.server.core import Daemon, NeverFits
 from dvlad.server.errors import HTTP_CODES, ApiError
 from dvlad.server.jobfiles import metrics_rows, read_job_file
 from dvlad.server.openapi import OPENAPI
@@ -122,6 +122,8 @@ async def submit(request: web.Request) -> web.Response:
     except SpecError as err:
         issues = [{"field": f"spec.{i.key}" if i.key else "spec", "reason": i.reason} for i in err.issues]
         raise ApiError(400, "invalid_spec", str(err), field=issues[0]["field"], issues=issues) from None
+    except NeverFits as err:
+        raise ApiError(409, "exceeds_node", err.reason, field=err.field) from None
     return respond(request, {"job": job.public(), "created": created}, 201 if created else 200)
 
 

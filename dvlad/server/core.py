@@ -17,12 +17,24 @@ from dvla.spec import spec_from_dict, spec_to_dict
 from dvlad.config import Config
 from dvlad.gpu.inventory import Inventory
 from dvlad.runtime.supervisor import Supervisor
-from dvlad.sched import Cluster, QueuedJob, Usage, schedule
+from dvlad.sched import Capacity, Cluster, QueuedJob, Usage, schedule
 from dvlad.server.auth import Identity
 from dvlad.store import ACTIVE, Job, State, Store, Submission
 
 log = logging.getLogger("dvlad")
 PASS_INTERVAL_S = 0.2
+
+
+class NeverFits(Exception):
+    """A job that asks for more than this whole node has: queued, it would wait forever."""
+
+    def __init__(self, field: str, reason: str):
+        self.field, self.reason = field, reason
+        super().__init__(reason)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 class Daemon:
@@ -40,19 +52,36 @@ class Daemon:
 
     async def submit(self, who: Identity, spec: dict[str, Any], idempotency_key: str | None,
                      priority: int) -> tuple[Job, bool]:
-        """Validate with the one job schema (SpecError propagates), then record durably.
+        """Validate with the one job schema (SpecError propagates), refuse a job bigger than the
+        node (NeverFits), then record durably.
 
         Submits that arrive while a commit is on its way to disk wait for the next one and share
         its fsync (group commit); each reply still comes only after its own job is on disk."""
         resolved = spec_from_dict(spec)
+        gpus, cpus = resolved.resources.gpus, resolved.env.workers + 1
+        self._refuse_if_never_fits(gpus, cpus)
         future: asyncio.Future[tuple[Job, bool]] = asyncio.get_running_loop().create_future()
         self._pending.append((Submission(
             uid=who.uid, gid=who.gid, user=who.user, groups=list(who.groups), idempotency_key=idempotency_key,
-            name=resolved.job.name, priority=priority, gpus=resolved.resources.gpus,
-            cpus=resolved.env.workers + 1, spec=spec_to_dict(resolved)), future))
+            name=resolved.job.name, priority=priority, gpus=gpus, cpus=cpus, spec=spec_to_dict(resolved)), future))
         if len(self._pending) == 1:
             asyncio.get_running_loop().call_soon(self._commit_pending)
         return await future
+
+    def capacity(self) -> Capacity:
+        """The whole node, busy or not: every GPU of the inventory and every CPU slot."""
+        return Capacity(len(self.inventory.gpu_indices), self.config.cpu_slots)
+
+    def _refuse_if_never_fits(self, gpus: int, cpus: int) -> None:
+        """Raise :class:`NeverFits` for a job bigger than the node. Why at submit: the scheduler
+        would keep it queued for ever, and its user would wait without learning why."""
+        node = self.capacity()
+        if node.holds(gpus, cpus):
+            return
+        field = "spec.resources.gpus" if gpus > node.gpus else "spec.env.workers"
+        raise NeverFits(field, f"this node has {_count(node.gpus, 'GPU')} and {_count(node.cpus, 'CPU slot')}; "
+                               f"the job asks for {_count(gpus, 'GPU')} and {_count(cpus, 'CPU slot')} "
+                               "(env.workers + 1)")
 
     def _commit_pending(self) -> None:
         batch, self._pending = self._pending, []
@@ -90,7 +119,8 @@ class Daemon:
                 usage.gpus += job.gpus
                 usage.running_jobs += 1
         free = frozenset(set(self.inventory.gpu_indices) - busy)
-        return Cluster(free, self.config.cpu_slots - cpus, dict(users), dict(groups)), active
+        return Cluster(free, self.config.cpu_slots - cpus, dict(users), dict(groups),
+                       capacity=self.capacity()), active
 
     def schedule_pass(self) -> None:
         queue = [QueuedJob(q["id"], q["user"], tuple(q["groups"]), q["priority"], q["gpus"], q["cpus"])

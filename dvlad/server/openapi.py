@@ -47,6 +47,9 @@ OPENAPI: dict[str, Any] = {
                                    "200": {"description": "the job this idempotency key already made",
                                            "content": {"application/json": {"schema": _obj(
                                                job=JOB, created={"type": "boolean"})}}},
+                                   "409": {"description": "the job asks for more GPUs or CPU slots than the "
+                                                          "whole node has (code exceeds_node)",
+                                           "content": {"application/json": {"schema": ERROR}}},
                                    "413": {"description": "body too large"}, "415": {"description": "bad type"}}},
             "get": {"summary": "List jobs (own; all=1 for admins or when the config allows)",
                     "parameters": [_query("all", "boolean", "every user's jobs"),

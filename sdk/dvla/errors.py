@@ -32,7 +32,8 @@ class PermissionDenied(ApiError):
 
 
 class Conflict(ApiError):
-    """The request does not fit the job's state, e.g. cancelling a job that already ended (HTTP 409)."""
+    """The request does not fit the state of things (HTTP 409): cancelling a job that already ended, or
+    submitting one that asks for more GPUs or CPU slots than the whole node has (code ``exceeds_node``)."""
 
 
 class InvalidSpec(ApiError):

@@ -11,7 +11,7 @@ from dvla.errors import DaemonUnavailable, DvlaError, InvalidSpec
 OK = 0
 FAILED = 1
 """The job failed or was cancelled (``--follow``), or the daemon refused the request (no such job, not
-yours, the job's state forbids it); the reason is on stderr."""
+yours, the job's state forbids it, the job is bigger than the whole node); the reason is on stderr."""
 USAGE = 2
 """Bad arguments (click's usage errors), an invalid job file, ``dvla validate`` found problems, or a bad
 ``~/.config/dvla/config.toml``."""
@@ -24,7 +24,8 @@ TABLE = f"""\b
 Exit status:
   {OK}    success
   {FAILED}    the job failed or was cancelled (--follow), or the daemon refused
-       (no such job, not your job, the job already ended); reason on stderr
+       (no such job, not your job, the job already ended, the job is bigger
+       than the node); reason on stderr
   {USAGE}    usage error: bad arguments, an invalid job file, validate found problems
   {UNAVAILABLE}    the daemon is unreachable
   {INTERRUPTED}  interrupted (Ctrl-C); a followed job keeps running"""
