@@ -27,9 +27,26 @@ def test_fifo_within_a_priority_and_gpus_in_index_order():
     assert out == [Decision(1, (0,)), Decision(2, (1,))]
 
 
-def test_higher_priority_first():
+def test_higher_priority_first_among_a_users_own_jobs():
     out = schedule([job(1, gpus=1), job(2, gpus=1, priority=5)], cluster(gpus=[0]), Limits())
     assert ids(out) == [2]
+
+
+def test_priority_does_not_reach_across_users():
+    # b's job came first; a's priority 1000 orders a's own jobs only
+    out = schedule([job(1, "b", gpus=1), job(2, "a", gpus=1, priority=1000)], cluster(gpus=[0]), Limits())
+    assert ids(out) == [1]
+    queue = [job(1, "a", gpus=1), job(2, "a", gpus=1, priority=1000), job(3, "b", gpus=1)]
+    assert schedule(queue, cluster(gpus=[0, 1]), Limits()) == [Decision(2, (0,)), Decision(3, (1,))]
+
+
+def test_turns_go_to_the_user_holding_fewest_gpus_then_running_fewest_jobs():
+    queue = [job(1, "a", gpus=1), job(2, "a", gpus=1), job(3, "a", gpus=1), job(4, "b", gpus=1), job(5, "b", gpus=1)]
+    assert ids(schedule(queue, cluster(gpus=range(4)), Limits())) == [1, 4, 2, 5]  # not a's three first
+    holding = cluster(gpus=[7], user_usage={"a": Usage(gpus=2, running_jobs=1), "b": Usage(gpus=1, running_jobs=3)})
+    assert ids(schedule(queue, holding, Limits())) == [4]
+    cpu_only = cluster(user_usage={"a": Usage(running_jobs=2), "b": Usage(running_jobs=1)}, cpus=1)
+    assert ids(schedule([job(1, "a"), job(2, "b")], cpu_only, Limits())) == [2]
 
 
 def test_backfill_inside_a_priority():
@@ -41,6 +58,12 @@ def test_backfill_inside_a_priority():
 def test_no_backfill_from_a_lower_priority():
     out = schedule([job(1, gpus=2, priority=1), job(2, gpus=1, priority=0)], cluster(gpus=[0]), Limits())
     assert out == []
+
+
+def test_a_big_job_holds_back_only_its_own_users_lower_priorities():
+    queue = [job(1, "a", gpus=2, priority=5), job(2, "a", gpus=1), job(3, "b", gpus=1), job(4, "a", gpus=1, priority=5)]
+    assert ids(schedule(queue, cluster(gpus=[0]), Limits())) == [3]  # a's 2 waits behind a's 1, b's 3 does not
+    assert ids(schedule(queue, cluster(gpus=[0, 1]), Limits())) == [1]  # 1 holds both: b's turn comes to nothing
 
 
 def test_a_job_bigger_than_the_whole_node_holds_nobody_back():
@@ -65,7 +88,7 @@ def test_user_running_job_limit_counts_what_runs_already():
     limits = Limits(users={"a": Limit(running_jobs=2)})
     state = cluster(user_usage={"a": Usage(running_jobs=1)})
     out = schedule([job(1, "a"), job(2, "a"), job(3, "b")], state, limits)
-    assert ids(out) == [1, 3]
+    assert ids(out) == [3, 1]  # b, running nothing, has the first turn
 
 
 def test_user_gpu_limit_does_not_block_others():

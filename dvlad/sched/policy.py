@@ -3,14 +3,24 @@
 A pure function of its inputs, with no clock, store or process in sight, so every rule is tested
 exhaustively by unit tests and the server only carries out the decisions.
 
-Rules, in order:
+Rules:
 
-- Higher ``priority`` first; inside one priority, submit order (FIFO).
+- **Across users, fair turns.** The next job considered is always one of the user who holds the
+  fewest GPUs, then runs the fewest jobs (counting what this pass has started already), ties going
+  to the user whose next job was submitted first. A user's priority never puts them ahead of
+  another user, and a user with fifty queued jobs does not fill the node before another's first.
+- **Within one user, priority.** A user's own queued jobs go in ``priority`` order (higher first),
+  then submit order (FIFO).
 - A job over its user's or one of its groups' limits (GPUs held, running jobs) is skipped; it does
   not hold anyone else back (limits are personal).
-- A job that does not fit the free GPUs / CPU slots stays queued. Later jobs of the *same*
-  priority may still start in the room left (backfill); jobs of *lower* priority may not, so a big
-  high-priority job is never starved by a stream of small low-priority ones.
+- **Head of line, per user.** A job that does not fit the free GPUs / CPU slots stays queued. Its
+  user's later jobs of the *same* priority may still start in the room left (backfill); their jobs
+  of *lower* priority may not, so a user's big high-priority job is never starved by their own
+  stream of small ones. It holds *other* users back in nothing: if it did, any user could stall
+  the whole node with one big job (and priority would again reach across users). So a big job
+  waits until the room it needs is free at a pass; its user, holding less, has the first turn
+  then, but smaller jobs of others may take room freed in between. Per-user GPU limits are how a
+  lab keeps room for big jobs.
 - A job bigger than the whole node (``Cluster.capacity``) holds nobody back: no amount of waiting
   would place it. dvlad refuses such jobs at submit; one can only be queued from before the node
   shrank (fewer CPU slots configured, a GPU NVML no longer sees), and it waits in case that is undone.
@@ -20,7 +30,9 @@ Rules, in order:
 
 from __future__ import annotations
 
+import heapq
 import itertools
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -116,32 +128,81 @@ def pick_gpus(free: Iterable[int], count: int, link_score: LinkScore | None = No
     return best
 
 
-def schedule(queue: Iterable[QueuedJob], cluster: Cluster, limits: Limits) -> list[Decision]:
-    """Decide which of ``queue`` start now and where. ``cluster`` is not modified."""
-    free_gpus = set(cluster.free_gpus)
-    free_cpus = cluster.free_cpus
-    users = {k: Usage(v.gpus, v.running_jobs) for k, v in cluster.user_usage.items()}
-    groups = {k: Usage(v.gpus, v.running_jobs) for k, v in cluster.group_usage.items()}
-    decisions: list[Decision] = []
-    blocked_priority: int | None = None
-    for job in sorted(queue, key=lambda j: (-j.priority, j.id)):
-        if blocked_priority is not None and job.priority < blocked_priority:
-            break
-        user = users.setdefault(job.user, Usage())
-        if not _within(limits.for_user(job.user), user, job):
-            continue
-        if any(g in limits.groups and not _within(limits.groups[g], groups.setdefault(g, Usage()), job)
-               for g in job.groups):
-            continue
-        gpu_ids = pick_gpus(free_gpus, job.gpus, cluster.link_score) if job.cpus <= free_cpus else None
-        if gpu_ids is None:
-            if cluster.capacity is None or cluster.capacity.holds(job.gpus, job.cpus):
-                blocked_priority = job.priority
-            continue
-        free_gpus -= set(gpu_ids)
-        free_cpus -= job.cpus
-        for usage in [user, *(groups.setdefault(g, Usage()) for g in job.groups)]:
+class _Pass:
+    """What one scheduling pass has left: free GPUs and CPU slots, and each user's and group's usage
+    including the jobs this pass has started."""
+
+    def __init__(self, cluster: Cluster, limits: Limits):
+        self.cluster, self.limits = cluster, limits
+        self.free_gpus, self.free_cpus = set(cluster.free_gpus), cluster.free_cpus
+        self.users = {k: Usage(v.gpus, v.running_jobs) for k, v in cluster.user_usage.items()}
+        self.groups = {k: Usage(v.gpus, v.running_jobs) for k, v in cluster.group_usage.items()}
+
+    def turn(self, user: str, next_job: QueuedJob) -> tuple[int, int, int, str]:
+        """The heap key of ``user``'s turn: who holds least goes first (see the module docstring)."""
+        usage = self.users.get(user, Usage())
+        return usage.gpus, usage.running_jobs, next_job.id, user
+
+    def within_limits(self, job: QueuedJob) -> bool:
+        """Whether starting ``job`` keeps its user and each of its limited groups within their limits."""
+        if not _within(self.limits.for_user(job.user), self.users.setdefault(job.user, Usage()), job):
+            return False
+        return all(_within(self.limits.groups[g], self.groups.setdefault(g, Usage()), job)
+                   for g in job.groups if g in self.limits.groups)
+
+    def fit(self, job: QueuedJob) -> tuple[int, ...] | None:
+        """GPUs for ``job`` from what is free now, or None when it does not fit now."""
+        if job.cpus > self.free_cpus:
+            return None
+        return pick_gpus(self.free_gpus, job.gpus, self.cluster.link_score)
+
+    def fits_node(self, job: QueuedJob) -> bool:
+        """Whether ``job`` would fit the idle node (unknown capacity: taken to fit)."""
+        return self.cluster.capacity is None or self.cluster.capacity.holds(job.gpus, job.cpus)
+
+    def start(self, job: QueuedJob, gpu_ids: tuple[int, ...]) -> Decision:
+        """Take ``job``'s room and count it in its user's and groups' usage, so later turns and limit
+        checks of this pass see it."""
+        self.free_gpus -= set(gpu_ids)
+        self.free_cpus -= job.cpus
+        for usage in [self.users[job.user], *(self.groups.setdefault(g, Usage()) for g in job.groups)]:
             usage.gpus += job.gpus
             usage.running_jobs += 1
-        decisions.append(Decision(job.id, gpu_ids))
+        return Decision(job.id, gpu_ids)
+
+
+def _by_user(queue: Iterable[QueuedJob]) -> dict[str, deque[QueuedJob]]:
+    """Each user's queued jobs in the order they want them: priority, then submit order."""
+    waiting: dict[str, deque[QueuedJob]] = {}
+    for job in sorted(queue, key=lambda j: (-j.priority, j.id)):
+        waiting.setdefault(job.user, deque()).append(job)
+    return waiting
+
+
+def _drop_lower(jobs: deque[QueuedJob], priority: int) -> None:
+    """Remove the jobs below ``priority`` (the tail: ``jobs`` is in priority order)."""
+    while jobs and jobs[-1].priority < priority:
+        jobs.pop()
+
+
+def schedule(queue: Iterable[QueuedJob], cluster: Cluster, limits: Limits) -> list[Decision]:
+    """Decide which of ``queue`` start now and where, in the order they were decided (fair turns,
+    see the module docstring). ``cluster`` is not modified."""
+    state = _Pass(cluster, limits)
+    waiting = _by_user(queue)
+    turns = [state.turn(user, jobs[0]) for user, jobs in waiting.items()]
+    heapq.heapify(turns)
+    decisions: list[Decision] = []
+    while turns:
+        user = heapq.heappop(turns)[-1]
+        jobs = waiting[user]
+        job = jobs.popleft()
+        if state.within_limits(job):
+            gpu_ids = state.fit(job)
+            if gpu_ids is not None:
+                decisions.append(state.start(job, gpu_ids))
+            elif state.fits_node(job):
+                _drop_lower(jobs, job.priority)  # head of line: this user's lower priorities wait
+        if jobs:
+            heapq.heappush(turns, state.turn(user, jobs[0]))
     return decisions

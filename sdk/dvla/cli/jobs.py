@@ -41,7 +41,8 @@ Examples:
 The file is checked locally first (as `dvla validate` does): an invalid file exits 2 before any request.""")
 @click.argument("job_file", type=click.Path(path_type=Path))
 @click.option("-f", "--follow", is_flag=True, help="Stream the job's log until it ends; exit with its outcome.")
-@click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first among your queued jobs.")
+@click.option("--priority", type=int, default=0, show_default=True,
+              help="Higher runs first among your queued jobs (-1000..1000); users take turns regardless.")
 @click.option("--idempotency-key", metavar="KEY", help="A retry with the same key returns the job the first made.")
 @json_option
 @connection_options
