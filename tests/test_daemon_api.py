@@ -204,6 +204,29 @@ def test_other_users_cannot_see_logs_or_cancel_root_can(dvlad, users):
     assert events[-1]["reason"] == "cancelled by root before it started"
 
 
+def test_one_users_latest_jobs_are_filtered_by_the_daemon_before_the_limit(dvlad, users):
+    from click.testing import CliRunner
+
+    from dvla.cli.main import cli
+    from dvla.client import Client
+
+    alice, bob = users
+    theirs = {name: [as_user(name, dvlad.socket, "POST", "/v1/jobs", {"spec": {"job": {"name": f"{name}-{i}"}}})
+                     [1]["job"]["id"] for i in range(n)] for name, n in ((alice, 2), (bob, 3))}  # bob's are newer
+    status, listed = dvlad.call("GET", f"/v1/jobs?user={alice}&limit=1")
+    assert status == 200 and [j["id"] for j in listed["jobs"]] == theirs[alice][-1:]
+    with Client(dvlad.socket) as client:
+        assert [j["id"] for j in client.jobs(user=alice, limit=2)] == theirs[alice]
+        assert {j["user"] for j in client.jobs(user=bob, limit=10)} == {bob}
+    shown = CliRunner().invoke(cli, ["jobs", "--user", alice, "--limit", "2", "--json", "--host", dvlad.socket])
+    assert shown.exit_code == 0 and [j["id"] for j in json.loads(shown.output)] == theirs[alice], shown.output
+    status, own = as_user(bob, dvlad.socket, "GET", f"/v1/jobs?user={bob}&limit=2")
+    assert status == 200 and [j["id"] for j in own["jobs"]] == theirs[bob][-2:]
+    status, body = as_user(bob, dvlad.socket, "GET", f"/v1/jobs?user={alice}")
+    assert (status, body["field"]) == (403, "user") and bob in body["reason"]
+    assert dvlad.call("GET", "/v1/jobs?user=")[0] == 400
+
+
 def test_tcp_needs_a_valid_bearer_token():
     import http.client
 

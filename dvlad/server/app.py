@@ -128,12 +128,20 @@ async def submit(request: web.Request) -> web.Response:
 
 
 async def list_jobs(request: web.Request) -> web.Response:
+    """The caller's latest jobs; ``all=1`` everyone's, ``user=NAME`` one user's (others': the same
+    permission as ``all``). The daemon filters before ``limit``: a client filtering the latest N of
+    everyone's could find none of a user's."""
     who = _who(request)
     everyone = _flag(request, "all")
-    if everyone and not (who.admin or request.app[CONFIG].daemon.users_see_all):
-        raise ApiError(403, "forbidden", f"{who.user} may list only their own jobs", field="all")
+    user = request.query.get("user")
+    if user == "":
+        raise ApiError(400, "bad_query", "expected a user name", field="user")
+    others = everyone or (user is not None and user != who.user)
+    if others and not (who.admin or request.app[CONFIG].daemon.users_see_all):
+        raise ApiError(403, "forbidden", f"{who.user} may list only their own jobs", field="user" if user else "all")
     limit = _int_query(request, "limit", 1000, 1, 100_000)
-    jobs = request.app[DAEMON].store.list(uid=None if everyone else who.uid, limit=limit)
+    own = user is None and not everyone
+    jobs = request.app[DAEMON].store.list(uid=who.uid if own else None, user=user, limit=limit)
     return respond(request, {"jobs": [j.public() for j in jobs]})
 
 

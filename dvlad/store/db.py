@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE INDEX IF NOT EXISTS jobs_uid ON jobs (uid, id);  -- a user's latest jobs without a sort
+CREATE INDEX IF NOT EXISTS jobs_user ON jobs (user, id);  -- the same by name (GET /v1/jobs?user=NAME)
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id INTEGER NOT NULL REFERENCES jobs (id),
@@ -171,13 +172,17 @@ class Store:
         row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job(row) if row else None
 
-    def list(self, *, uid: int | None = None, states: frozenset[State] | None = None,
+    def list(self, *, uid: int | None = None, user: str | None = None, states: frozenset[State] | None = None,
              limit: int = 1000) -> list[Job]:
-        """Jobs in submit order, optionally of one user and/or in some states."""
+        """The latest ``limit`` jobs in submit order, optionally of one user (by uid or by name) and/or in
+        some states. Filtered here, before the limit, so a user's latest are found among everyone's."""
         sql, args = "SELECT * FROM jobs WHERE 1=1", []
         if uid is not None:
             sql += " AND uid = ?"
             args.append(uid)
+        if user is not None:
+            sql += " AND user = ?"
+            args.append(user)
         if states is not None:
             sql += f" AND state IN ({','.join('?' * len(states))})"
             args += [s.value for s in states]

@@ -85,7 +85,7 @@ class AsyncClient:
 
     async def jobs(self, all: bool = False, user: str | None = None,
                    limit: int | None = None) -> list[dict[str, Any]]:
-        return api.only_user((await self._call(api.jobs(all or user is not None, limit)))["jobs"], user)
+        return (await self._call(api.jobs(all, user, limit)))["jobs"]
 
     async def job(self, job_id: int) -> dict[str, Any]:
         return await self._call(api.job(job_id))

@@ -126,15 +126,13 @@ def submit(spec: dict[str, Any], priority: int, idempotency_key: str | None) -> 
     return Request("POST", "/v1/jobs", json=body)
 
 
-def jobs(all: bool, limit: int | None) -> Request:
-    params: dict[str, Any] = {"all": "1"} if all else {}
+def jobs(all: bool, user: str | None, limit: int | None) -> Request:
+    """One ``user``'s jobs are filtered by the daemon, before ``limit`` (its latest N, not those of the
+    latest N of everyone's)."""
+    params: dict[str, Any] = {"user": user} if user is not None else {"all": "1"} if all else {}
     if limit is not None:
         params["limit"] = limit
     return Request("GET", "/v1/jobs", params=params)
-
-
-def only_user(rows: list[dict[str, Any]], user: str | None) -> list[dict[str, Any]]:
-    return rows if user is None else [j for j in rows if j["user"] == user]
 
 
 def job(job_id: int) -> Request:

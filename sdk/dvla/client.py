@@ -90,8 +90,9 @@ class Client:
                            idempotency_key=idempotency_key)
 
     def jobs(self, all: bool = False, user: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        """Job records in submit order: yours, or everyone's (``all``, admins), or one ``user``'s."""
-        return api.only_user(self._call(api.jobs(all or user is not None, limit))["jobs"], user)
+        """The latest ``limit`` job records in submit order: yours, or everyone's (``all``), or one
+        ``user``'s (another user's need the permission ``all`` needs: admins, or ``users_see_all``)."""
+        return self._call(api.jobs(all, user, limit))["jobs"]
 
     def job(self, job_id: int) -> dict[str, Any]:
         """One job's record with its resolved ``spec`` and its ``events``."""

@@ -77,10 +77,11 @@ def submit(state: State, job_file: Path, follow: bool, priority: int, idempotenc
 Examples:
   dvla jobs                      # your jobs
   dvla jobs --all                # everyone's (admins, or where the daemon allows it)
+  dvla jobs --user alice --limit 5   # alice's five latest
   dvla jobs --user alice --json | jq '.[] | select(.state == "running") | .id'""")
 @click.option("--all", "all_", is_flag=True, help="Every user's jobs (admins, or with users_see_all).")
-@click.option("--user", metavar="USER", help="Only this user's jobs (implies --all).")
-@click.option("--limit", type=click.IntRange(min=1), help="Only the most recent N jobs.")
+@click.option("--user", metavar="USER", help="Only this user's jobs (another user's: as for --all).")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the most recent N jobs (of --user's, with it).")
 @json_option
 @connection_options
 @pass_state
