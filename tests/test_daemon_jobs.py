@@ -209,3 +209,15 @@ def test_gpu_jobs_are_placed_on_the_recorded_gpu_one_at_a_time_and_failures_say_
     assert failed["state"] == "failed" and "resources.gpus = 1, but torch sees no GPU" in failed["reason"]
     assert d.wait_state(second["id"], {"running", "failed", "succeeded"}, timeout=20)["gpu_ids"] == [0]
     d.wait_state(second["id"], {"failed", "succeeded"}, timeout=60)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="replays a recorded GPU on a machine without one")
+def test_a_two_gpu_job_is_placed_on_an_nvlinked_pair_not_the_lowest_indices(dvlad, tmp_path):
+    from tests.test_topology import _host
+
+    topology = tmp_path / "nvlink-pairs.json"  # NVML's shape: GPUs 0+2 and 1+3 joined by two NVLinks each
+    topology.write_text(json.dumps({"host": "pairs", **_host(4, {0: [2, 2], 2: [0, 0], 1: [3, 3], 3: [1, 1]})}))
+    d = dvlad(env={"DVLAD_FAKE_TOPOLOGY": str(topology)})
+    job = submit(d, {**REACH, "resources": {"gpus": 2}})
+    placed = d.wait_state(job["id"], {"running", "failed", "succeeded"}, timeout=20)
+    assert placed["gpu_ids"] == [0, 2]

@@ -63,3 +63,17 @@ def test_gpus_on_nvswitches_are_one_island_with_their_link_count():
     hgx["devices"][3]["nvlinks"] = []  # a GPU off the switches keeps its PCIe links
     _, matrix = link_matrix(hgx)
     assert islands(hgx) == [[0, 1, 2], [3]] and matrix[0] == ["X", "NV18", "NV18", "SYS"]
+
+
+def test_placement_prefers_nvlink_pairs_then_the_nearest_pcie_path():
+    from dvlad.gpu.links import link_score
+    from dvlad.sched.policy import pick_gpus
+
+    nvlinked = _host(4, {0: [2, 2], 2: [0, 0], 1: [3], 3: [1]})  # NV2 between 0 and 2, NV1 between 1 and 3
+    score = link_score(nvlinked)
+    assert score(0, 2) > score(3, 1) > score(0, 1) == 0.0  # NVLink above any PCIe path, SYS lowest
+    assert pick_gpus(range(4), 2, score) == (0, 2) and pick_gpus([0, 1, 3], 2, score) == (1, 3)
+    pcie = _host(3, {})
+    pcie["pairs"] = [{"a": 0, "b": 1, "common_ancestor": 50}, {"a": 0, "b": 2, "common_ancestor": 10},
+                     {"a": 1, "b": 2, "common_ancestor": {"error": "NotSupported"}}]
+    assert pick_gpus(range(3), 2, link_score(pcie)) == (0, 2)  # PIX beats SYS and an unknown level

@@ -24,8 +24,9 @@ Rules:
 - A job bigger than the whole node (``Cluster.capacity``) holds nobody back: no amount of waiting
   would place it. dvlad refuses such jobs at submit; one can only be queued from before the node
   shrank (fewer CPU slots configured, a GPU NVML no longer sees), and it waits in case that is undone.
-- GPU placement picks, among the free GPUs, the set with the best links (``link_score``: higher is
-  better, from the topology); ties go to the lowest indices.
+- GPU placement picks, among the free GPUs, the set with the best links (``link_score`` summed over
+  its pairs: higher is better; dvlad derives it from the topology, :mod:`dvlad.gpu.links`); ties go
+  to the lowest indices.
 """
 
 from __future__ import annotations

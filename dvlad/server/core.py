@@ -16,6 +16,7 @@ from typing import Any
 from dvla.spec import spec_from_dict, spec_to_dict
 from dvlad.config import Config
 from dvlad.gpu.inventory import Inventory
+from dvlad.gpu.links import link_score
 from dvlad.runtime.supervisor import Supervisor
 from dvlad.sched import Capacity, Cluster, QueuedJob, Usage, schedule
 from dvlad.server.auth import Identity
@@ -42,6 +43,7 @@ class Daemon:
 
     def __init__(self, config: Config, store: Store, inventory: Inventory, state_dir: Path):
         self.config, self.store, self.inventory = config, store, inventory
+        self._link_score = link_score(inventory.topology)  # the topology is read once, at start
         self.supervisor = Supervisor(store, state_dir, config.daemon.cancel_grace_s, self.kick)
         self._wake = asyncio.Event()
         self._pending: list[tuple[Submission, asyncio.Future[tuple[Job, bool]]]] = []
@@ -106,7 +108,8 @@ class Daemon:
         return job
 
     def cluster(self) -> tuple[Cluster, list[Job]]:
-        """Free GPUs and CPU slots, and per-user/group usage, from the active jobs."""
+        """Free GPUs and CPU slots, and per-user/group usage, from the active jobs; the GPUs' links
+        from the topology, so that placement prefers the best-linked set."""
         active = self.store.list(states=ACTIVE, limit=1 << 30)
         users: dict[str, Usage] = defaultdict(Usage)
         groups: dict[str, Usage] = defaultdict(Usage)
@@ -120,7 +123,7 @@ class Daemon:
                 usage.running_jobs += 1
         free = frozenset(set(self.inventory.gpu_indices) - busy)
         return Cluster(free, self.config.cpu_slots - cpus, dict(users), dict(groups),
-                       capacity=self.capacity()), active
+                       link_score=self._link_score, capacity=self.capacity()), active
 
     def schedule_pass(self) -> None:
         queue = [QueuedJob(q["id"], q["user"], tuple(q["groups"]), q["priority"], q["gpus"], q["cpus"])

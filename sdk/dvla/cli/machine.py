@@ -67,8 +67,9 @@ Examples:
 
 \b
 Links as nvidia-smi topo -m names them: X (self), NV# (# bonded NVLinks), PIX, PXB, PHB, NODE,
-SYS (PCIe paths, nearest first). An island is a group of GPUs joined by NVLink; placement and
-weight replication prefer to stay inside one.""")
+SYS (PCIe paths, nearest first). An island is a group of GPUs joined by NVLink. A job of several
+GPUs is placed on the free set whose pairs are best linked: NVLink (more links first) above any
+PCIe path, then the nearest PCIe path; ties to the lowest indices.""")
 @json_option
 @connection_options
 @pass_state
