@@ -75,3 +75,14 @@ def test_tar_stream_round_trips_and_unsafe_members_are_refused(tmp_path):
         with pytest.raises(ValueError, match=repr(name)):
             safe_extract(raw, tmp_path / "refused")
     assert not (tmp_path / "up").exists() and not (tmp_path / "refused").exists()
+
+
+def test_a_policy_name_stays_a_name_beside_a_directory_of_that_name(tmp_path, monkeypatch):
+    from dvla import api
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny-vla").mkdir()  # e.g. a run directory named after the policy
+    assert api.policy_section("tiny-vla") == ({"name": "tiny-vla"}, None)
+    assert api.policy_section("my_pkg.policies:make") == ({"name": "my_pkg.policies:make"}, None)
+    with pytest.raises(sdk.InvalidSpec, match="no such checkpoint file"):
+        api.policy_section("runs/try1")  # a path (it has a slash), and nothing is there

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from dvla import spec as specs
+from dvla.catalog import POLICIES
 from dvla.checkpoint import checkpoint_file, policy_of
 from dvla.config import Endpoint
 from dvla.errors import DaemonUnavailable, DvlaError, InvalidSpec, error_from_reply
@@ -92,10 +93,18 @@ def policy_section(policy: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[
             file = checkpoint_file(section["checkpoint"])
             return {**section, "checkpoint": str(file)}, file
         return section, None
-    if isinstance(policy, os.PathLike) or "/" in policy or Path(policy).exists():
+    if isinstance(policy, os.PathLike) or _names_a_path(policy):
         file = checkpoint_file(policy)
         return policy_of(file), file
     return {"name": policy}, None
+
+
+def _names_a_path(policy: str) -> bool:
+    """A string is a checkpoint path unless it is a policy's name: a built-in one (even where a
+    directory of that name happens to exist) or a ``package.module:factory``."""
+    if policy in POLICIES or ":" in policy:
+        return False
+    return "/" in policy or Path(policy).exists()
 
 
 def train_spec(policy: dict[str, Any], env: str | Mapping[str, Any] | specs.EnvSection, algo: str | Mapping[str, Any],
