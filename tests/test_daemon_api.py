@@ -278,3 +278,26 @@ def test_events_follow_streams_new_transitions(dvlad):
     conn.close()
     assert [(e["job_id"], e["to_state"]) for e in seen] == [(job_id, "queued"), (job_id, "cancelled")]
     assert dvlad.call("GET", "/v1/nodes")[0] == 200  # the dropped stream did not hurt the daemon
+
+
+def test_a_large_body_under_the_limit_is_read_whole_and_one_over_it_is_refused():
+    """Half a MiB arrives in many reads; a chunked body (no Content-Length) over the cap is still cut off."""
+    from tests.dvlad_proc import UnixConnection
+
+    d = Dvlad("[limits.default]\nrunning_jobs = 0\n").start()  # the default 1 MiB limit
+    try:
+        blob = "x" * 500_000
+        status, body = submit(d, {"job": {"name": "big"}, "policy": {"args": {"blob": blob}}})
+        assert status == 201, body
+        assert d.job(body["job"]["id"])["spec"]["policy"]["args"]["blob"] == blob
+        conn = UnixConnection(d.socket)
+        chunks = [b'{"spec": {"policy": {"args": {"blob": "', *[b"x" * 65536] * 20, b'"}}}}']
+        conn.request("POST", "/v1/jobs", body=iter(chunks), headers={"Content-Type": "application/json"},
+                     encode_chunked=True)
+        resp = conn.getresponse()
+        refused = json.loads(resp.read())
+        conn.close()
+        assert (resp.status, refused["code"]) == (413, "too_large"), refused
+        assert d.call("GET", "/v1/nodes")[0] == 200
+    finally:
+        d.close()

@@ -33,11 +33,27 @@ def _depth_ok(value: Any, max_depth: int) -> bool:
     return True
 
 
+async def _read_capped(request: web.Request, cap: int) -> bytes:
+    """The body up to its end or ``cap`` bytes, whichever comes first.
+
+    Why a loop: one ``read(n)`` returns only what has arrived so far, so a large body that comes
+    in several packets would be cut short and fail to decode."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < cap:
+        chunk = await request.content.read(cap - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 async def read_body(request: web.Request, max_bytes: int, max_depth: int) -> Any:
     """The decoded body, or an ApiError (413 too large, 415 unknown type, 400 undecodable/too deep)."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise ApiError(413, "too_large", f"body of {request.content_length} bytes; the limit is {max_bytes}")
-    raw = await request.content.read(max_bytes + 1)
+    raw = await _read_capped(request, max_bytes + 1)
     if len(raw) > max_bytes:
         raise ApiError(413, "too_large", f"body over the limit of {max_bytes} bytes")
     kind = request.content_type
