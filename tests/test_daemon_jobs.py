@@ -193,6 +193,18 @@ def test_a_job_that_ended_while_dvlad_was_down_is_settled_at_restart(dvlad):
     assert settled["reason"] == "its process ended while dvlad was down, leaving no summary"
 
 
+def test_a_job_killed_by_a_real_time_signal_fails_naming_it_and_later_jobs_still_finish(dvlad):
+    d = dvlad()
+    job = submit(d, LONG)
+    pid = d.wait_state(job["id"], {"running"}, timeout=20)["pid"]
+    os.kill(pid, signal.SIGRTMIN + 5)  # Python knows no name for it: this once stopped the supervisor
+    killed = d.wait_state(job["id"], {"failed", "succeeded"}, timeout=30)
+    assert (killed["state"], killed["reason"]) == ("failed", "killed by signal SIGRTMIN+5")
+    later = submit(d, {**LONG, "job": {"name": "later"}, "train": {"total_env_steps": 64, "resume": False}})
+    done = d.wait_state(later["id"], {"succeeded", "failed"}, timeout=120)
+    assert done["state"] == "succeeded", done["reason"]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="replays a recorded GPU on a machine without one")
 def test_gpu_jobs_are_placed_on_the_recorded_gpu_one_at_a_time_and_failures_say_why(dvlad):
     from tests.test_daemon_api import FIXTURE

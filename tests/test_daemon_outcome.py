@@ -1,15 +1,34 @@
-"""How an ended job's state and reason are decided: exit status, summary.json, the log's last line."""
+"""How an ended job's state and reason are decided: exit status, summary.json, the log's last line; and
+that one job which cannot be settled stops neither the others nor the daemon's notice of it."""
 
 from __future__ import annotations
 
-from dvlad.runtime.supervisor import last_log_line, outcome
-from dvlad.store import State, Store, Submission
+import asyncio
+import subprocess
+import sys
+
+import pytest
+
+from dvlad.config import Config
+from dvlad.gpu.inventory import Inventory
+from dvlad.runtime import supervisor
+from dvlad.runtime.supervisor import Supervisor, Tracked, last_log_line, outcome
+from dvlad.server.core import Daemon
+from dvlad.store import Job, State, Store, Submission
+
+
+def submitted(store: Store, name: str = "j") -> Job:
+    return store.submit(Submission(uid=0, gid=0, user="root", groups=[], idempotency_key=None, name=name,
+                                   priority=0, gpus=0, cpus=2, spec={}))[0][0]
+
+
+def running(store: Store, name: str) -> Job:
+    return store.transition(store.transition(submitted(store, name).id, State.PLACING, "p").id, State.RUNNING, "r")
 
 
 def test_outcome_reasons(tmp_path):
     store = Store(tmp_path / "db")
-    job = store.submit(Submission(uid=0, gid=0, user="root", groups=[], idempotency_key=None, name="j",
-                                  priority=0, gpus=0, cpus=2, spec={}))[0][0]
+    job = submitted(store)
     log = tmp_path / "job.log"
     log.write_text("Traceback (most recent call last):\n  ...\nModuleNotFoundError: No module named 'x'\n\n")
     tail = last_log_line(log)
@@ -20,7 +39,43 @@ def test_outcome_reasons(tmp_path):
     assert outcome(job, -9, {}) == (State.FAILED, "killed by signal SIGKILL")
     assert outcome(job, 1, {"status": "failed", "reason": "boom"}) == (State.FAILED, "job failed: boom")
     assert outcome(job, 0, {"status": "stopped"})[1] == "stopped by a SIGTERM that did not come from dvlad"
-    cancelling = store.transition(store.transition(store.transition(job.id, State.PLACING, "p").id,
-                                                   State.RUNNING, "r").id, State.CANCELLING, "cancelled by root")
+    assert outcome(job, -39, {}) == (State.FAILED, "killed by signal SIGRTMIN+5")  # no name in signal.Signals
+    assert outcome(job, -32, {}) == (State.FAILED, "killed by signal signal 32")  # glibc's own, below SIGRTMIN
+    cancelling = store.transition(running(store, "c").id, State.CANCELLING, "cancelled by root")
     assert outcome(cancelling, 0, {"status": "stopped"}) == (State.CANCELLED, "cancelled by root")
     assert outcome(cancelling, -9, {}) == (State.CANCELLED, "cancelled by root")
+
+
+def test_a_job_that_cannot_be_settled_is_failed_with_the_error_and_the_others_settle(tmp_path, monkeypatch):
+    store = Store(tmp_path / "db")
+    broken, fine = running(store, "broken"), running(store, "fine")
+    real_outcome = supervisor.outcome
+
+    def outcome_failing_for_broken(job: Job, *args):
+        if job.id == broken.id:
+            raise RuntimeError("cannot work it out")
+        return real_outcome(job, *args)
+
+    monkeypatch.setattr(supervisor, "outcome", outcome_failing_for_broken)
+    watcher = Supervisor(store, tmp_path, grace_s=1.0, on_change=lambda: None)
+    for job in (broken, fine):
+        popen = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"], start_new_session=True)
+        popen.wait()
+        watcher.tracked[job.id] = Tracked(job.id, popen.pid, 0.0, popen)
+    watcher.poll()
+    assert not watcher.tracked
+    assert (store.get(broken.id).state, store.get(broken.id).reason) == (
+        State.FAILED, "ended, but dvlad could not tell how: cannot work it out")
+    assert (store.get(fine.id).state, store.get(fine.id).reason) == (
+        State.FAILED, "exited with status 3: nothing in the log")
+
+
+def test_the_daemon_stops_when_its_supervisor_does(tmp_path, monkeypatch):
+    async def supervisor_dies(self: Supervisor) -> None:
+        raise OSError("supervisor gone")
+
+    monkeypatch.setattr(Supervisor, "run", supervisor_dies)
+    daemon_loop = Daemon(Config(), Store(tmp_path / "db"), Inventory("none", {"devices": []}), tmp_path)
+    with pytest.raises(RuntimeError, match="supervisor stopped") as stopped:
+        asyncio.run(asyncio.wait_for(daemon_loop.run(), 10))
+    assert isinstance(stopped.value.__cause__, OSError)

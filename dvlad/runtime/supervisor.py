@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from dvlad.runtime.launch import log_path, process_start, recorded_pid, run_dir,
 from dvlad.server.jobfiles import open_job_file, read_job_file
 from dvlad.store import IllegalTransition, Job, State, Store
 
+log = logging.getLogger("dvlad")
 POLL_S = 0.2
 SUMMARY_MAX = 1 << 20
 """Bytes of a job's summary.json read at most (it is a few hundred; the user could make it endless)."""
@@ -54,6 +56,19 @@ def last_log_line(path: Path) -> str:
     return lines[-1][:300] if lines else ""
 
 
+def signal_name(number: int) -> str:
+    """``SIGKILL``, ``SIGRTMIN+5`` or ``signal 70``: any number a process can die of, without raising.
+
+    Why not ``signal.Signals(n).name`` alone: it knows no real-time signal but SIGRTMIN and SIGRTMAX,
+    and the ValueError it raised once stopped the supervisor, so no job ever finished again."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        if signal.SIGRTMIN < number < signal.SIGRTMAX:
+            return f"SIGRTMIN+{number - signal.SIGRTMIN}"
+        return f"signal {number}"
+
+
 def outcome(job: Job, exit_code: int | None, summary: dict, log_tail: str = "") -> tuple[State, str]:
     """The final state and reason of a job whose process ended (exit_code None: unknown, adopted);
     ``log_tail``, the log's last line, is the reason when nothing better says why."""
@@ -64,7 +79,7 @@ def outcome(job: Job, exit_code: int | None, summary: dict, log_tail: str = "") 
     if job.state is State.CANCELLING:
         return State.CANCELLED, job.reason
     if exit_code is not None and exit_code < 0:
-        return State.FAILED, f"killed by signal {signal.Signals(-exit_code).name}"
+        return State.FAILED, f"killed by signal {signal_name(-exit_code)}"
     if exit_code == 2:
         return State.FAILED, f"the job runner refused the spec (exit 2): {log_tail}"
     if status == "failed":
@@ -134,25 +149,49 @@ class Supervisor:
         with contextlib.suppress(IllegalTransition):  # already settled elsewhere: nothing to record
             self.store.transition(job.id, state, reason, exit_code=exit_code)
 
+    def _settle(self, job_id: int, exit_code: int | None) -> None:
+        """Record how an ended job ended; if working that out raises, fail it with the error.
+
+        Why the fallback: a job left ``running`` in the store holds its GPUs and CPU slots forever."""
+        job = self.store.get(job_id)
+        if job is None:
+            return
+        try:
+            self._finish(job, exit_code)
+        except Exception as exc:
+            log.exception("could not settle an ended job; failing it", extra={"job": job_id})
+            with contextlib.suppress(IllegalTransition):
+                self.store.transition(job_id, State.FAILED, f"ended, but dvlad could not tell how: {exc}",
+                                      exit_code=exit_code)
+
+    def _poll_one(self, t: Tracked) -> bool:
+        """Settle ``t`` if its process ended (True), else escalate its cancel if overdue (False)."""
+        if t.popen is not None:
+            code = t.popen.poll()
+            ended = code is not None
+        else:
+            code, ended = None, process_start(t.pid) != t.create_time
+        if ended:
+            _signal_group(t.pid, signal.SIGKILL)  # leftover env workers of its group
+            del self.tracked[t.job_id]
+            self._settle(t.job_id, code)
+            return True
+        if t.term_sent_at is not None and not t.killed and time.monotonic() - t.term_sent_at > self.grace_s:
+            _signal_group(t.pid, signal.SIGKILL)
+            t.killed = True
+        return False
+
     def poll(self) -> None:
-        """One round: settle ended jobs, escalate overdue cancels."""
+        """One round: settle ended jobs, escalate overdue cancels.
+
+        Why each job in its own ``try``: one job that cannot be handled is logged (and tried again next
+        round); it must not stop the round, or every other job would stay running in the store."""
         changed = False
         for t in list(self.tracked.values()):
-            if t.popen is not None:
-                code = t.popen.poll()
-                ended = code is not None
-            else:
-                code, ended = None, process_start(t.pid) != t.create_time
-            if ended:
-                _signal_group(t.pid, signal.SIGKILL)  # leftover env workers of its group
-                del self.tracked[t.job_id]
-                job = self.store.get(t.job_id)
-                if job is not None:
-                    self._finish(job, code)
-                changed = True
-            elif t.term_sent_at is not None and not t.killed and time.monotonic() - t.term_sent_at > self.grace_s:
-                _signal_group(t.pid, signal.SIGKILL)
-                t.killed = True
+            try:
+                changed |= self._poll_one(t)
+            except Exception:
+                log.exception("could not supervise a job; the others go on", extra={"job": t.job_id})
         if changed:
             self.on_change()
 

@@ -139,14 +139,19 @@ class Daemon:
             log.info("placed", extra={"job": job.id, "gpus": gpu_ids, "state": job.state.value, "pid": job.pid})
 
     async def run(self) -> None:
-        """Recover, then schedule whenever kicked (and every second, as a safety net).
+        """Recover, then schedule whenever kicked (and every second, as a safety net); raise if the
+        supervisor stops.
 
         Passes are at least ``PASS_INTERVAL_S`` apart: a pass reads the whole queue, and a burst of
-        submits must not turn into one pass each."""
+        submits must not turn into one pass each. Why raise: a daemon whose supervisor died would
+        never see a job end nor free its GPUs; ending ``run`` makes dvlad exit non-zero, and systemd
+        restarts it (``Restart=on-failure``), re-adopting the running jobs."""
         self.supervisor.recover()
         supervise = asyncio.create_task(self.supervisor.run())
         try:
             while True:
+                if supervise.done():
+                    raise RuntimeError("the job supervisor stopped") from supervise.exception()
                 self._wake.clear()
                 self.schedule_pass()
                 await asyncio.sleep(PASS_INTERVAL_S)

@@ -73,7 +73,8 @@ def _unlink_stale_socket(path: Path) -> None:
         path.unlink()
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config) -> int:
+    """Serve until SIGTERM/SIGINT (0) or until a daemon task dies (1, logged: systemd restarts dvlad)."""
     from aiohttp import web
 
     from dvlad.gpu.inventory import discover
@@ -136,9 +137,10 @@ async def serve(config: Config) -> None:
     await runner.cleanup()
     store.close()
     os.close(lock)
-    for task in done:
-        if task is not stop_wait and task.exception():
-            raise task.exception()
+    died = [task for task in done if task is not stop_wait]
+    for task in died:
+        log.critical("a daemon task ended; exiting to be restarted", exc_info=task.exception())
+    return 1 if died else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,8 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     import uvloop
 
-    uvloop.run(serve(config))
-    return 0
+    return uvloop.run(serve(config))
 
 
 if __name__ == "__main__":
