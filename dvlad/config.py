@@ -133,11 +133,10 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 
 def load_config(path: Path | None) -> Config:
-    """``path`` (None: the default file if it exists, else all defaults)."""
+    """``path``, or all defaults for None (which file, if any, is the caller's choice: ``dvlad --user``
+    must not read the system's)."""
     if path is None:
-        if not DEFAULT_CONFIG.exists():
-            return Config()
-        path = DEFAULT_CONFIG
+        return Config()
     try:
         data = tomllib.loads(path.read_text())
     except OSError as exc:

@@ -90,3 +90,20 @@ def test_tokens_file_must_be_private(tmp_path):
     assert out.returncode == 1 and "mode 0600" in out.stderr
     tokens.chmod(0o600)
     assert run_check("--config", str(config)).returncode == 0
+
+
+def test_a_personal_daemon_reads_the_system_config_only_when_given_it(tmp_path, monkeypatch):
+    from dvlad.sched import Limit
+    from dvlad.server.main import _parser, resolve
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    system = tmp_path / "dvlad.toml"
+    system.write_text('[daemon]\ntcp = "0.0.0.0:7447"\n[limits.default]\ngpus = 1\n')
+    machine = resolve(_parser().parse_args([]), system)  # the system daemon: the file, found by default
+    assert machine.daemon.tcp == "0.0.0.0:7447" and machine.limits.default_user == Limit(gpus=1)
+    personal = resolve(_parser().parse_args(["--user"]), system)
+    assert personal.daemon.tcp == "" and personal.limits.default_user == Limit()
+    assert personal.daemon.socket == str(tmp_path / "run" / "dvlad.sock")
+    chosen = resolve(_parser().parse_args(["--user", "--config", str(system)]), system)
+    assert chosen.daemon.tcp == "0.0.0.0:7447" and chosen.daemon.socket == personal.daemon.socket
+    assert resolve(_parser().parse_args([]), tmp_path / "absent.toml").daemon.tcp == ""  # no file: defaults

@@ -18,7 +18,7 @@ import stat
 import sys
 from pathlib import Path
 
-from dvlad.config import Config, ConfigError, load_config
+from dvlad.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 
 log = logging.getLogger("dvlad")
 
@@ -26,7 +26,8 @@ log = logging.getLogger("dvlad")
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dvlad", description="The D-VLA daemon: queues jobs and runs them on this "
                                 "machine's GPUs as the users who submitted them.")
-    p.add_argument("--config", type=Path, help="config file (default /etc/dvlad/dvlad.toml if it exists)")
+    p.add_argument("--config", type=Path, help=f"config file (default {DEFAULT_CONFIG} if it exists; with "
+                   "--user, none: built-in defaults)")
     p.add_argument("--user", action="store_true", help="a personal daemon: socket $XDG_RUNTIME_DIR/dvlad.sock, "
                    "state ~/.local/state/dvlad, no socket group")
     p.add_argument("--state-dir", type=Path, help="overrides daemon.state_dir")
@@ -36,8 +37,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve(args: argparse.Namespace) -> Config:
-    config = load_config(args.config)
+def config_path(args: argparse.Namespace, system: Path = DEFAULT_CONFIG) -> Path | None:
+    """The config file to read: ``--config``; else none for ``--user``; else ``system`` if it exists.
+
+    Why a personal daemon skips the system file: it would take the machine's TCP listener, tokens
+    and limits, which are the system daemon's."""
+    if args.config:
+        return args.config
+    if args.user or not system.exists():
+        return None
+    return system
+
+
+def resolve(args: argparse.Namespace, system: Path = DEFAULT_CONFIG) -> Config:
+    """The config chosen by :func:`config_path`, with the command line's overrides applied."""
+    config = load_config(config_path(args, system))
     d = config.daemon
     if args.user:
         runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/dvlad-{os.getuid()}"
