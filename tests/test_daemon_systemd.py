@@ -107,3 +107,22 @@ def test_a_personal_daemon_reads_the_system_config_only_when_given_it(tmp_path, 
     chosen = resolve(_parser().parse_args(["--user", "--config", str(system)]), system)
     assert chosen.daemon.tcp == "0.0.0.0:7447" and chosen.daemon.socket == personal.daemon.socket
     assert resolve(_parser().parse_args([]), tmp_path / "absent.toml").daemon.tcp == ""  # no file: defaults
+
+
+def test_a_bad_tokens_file_is_one_line_with_file_and_line_when_serving_too(tmp_path):
+    tokens = tmp_path / "tokens"
+    config = tmp_path / "c.toml"
+    config.write_text(f'[daemon]\ntcp = "127.0.0.1:0"\ntokens_file = "{tokens}"\nsocket_group = ""\n')
+    serve = [str(PYTHON.parent / "dvlad"), "--config", str(config), "--state-dir", str(tmp_path / "state"),
+             "--socket", str(tmp_path / "dvlad.sock")]
+    for text, mode, message in (
+            (None, 0, "cannot read the tokens file: No such file or directory"),
+            ("s3cret root\n", 0o644, "must be owned by root and mode 0600 (is 0o644)"),
+            ("# TOKEN USER\n\ns3cret root extra\n", 0o600, "expected TOKEN USER, got 3 field(s)")):
+        if text is not None:
+            tokens.write_text(text)
+            tokens.chmod(mode)
+        where = f"{tokens}:3" if "field" in message else str(tokens)
+        for check in ([], ["--check-config"]):  # dvlad itself says what --check-config says, and exits
+            out = subprocess.run([*serve, *check], capture_output=True, text=True, timeout=60)
+            assert (out.returncode, out.stderr) == (1, f"dvlad: config: {where}: {message}\n"), out.stderr

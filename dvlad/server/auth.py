@@ -20,6 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from dvlad.config import ConfigError
 from dvlad.server.errors import ApiError
 
 _UCRED = struct.Struct("3i")  # pid, uid, gid
@@ -68,15 +69,25 @@ def _lookup(uid: int, gid: int | None, admin_group: str) -> Identity:
 
 
 def load_tokens(path: Path) -> dict[str, str]:
-    """``TOKEN USER`` lines; refuses a file that group or others can read, or that root does not own."""
-    st = path.stat()
+    """``TOKEN USER`` lines; refuses a file that group or others can read, or that root does not own.
+
+    Every problem is a :class:`ConfigError` of one line naming the file (and the line): dvlad prints
+    it and exits, as ``--check-config`` does, instead of dying in a traceback."""
+    try:
+        st = path.stat()
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError("", f"{path}: cannot read the tokens file: {exc.strerror or exc}") from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO) or st.st_uid not in (0, os.geteuid()):
-        raise PermissionError(f"{path} must be owned by root and mode 0600 (is {oct(st.st_mode & 0o777)})")
+        raise ConfigError("", f"{path}: must be owned by root and mode 0600 (is {oct(st.st_mode & 0o777)})")
     tokens = {}
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            token, user = line.split()
-            tokens[token] = user
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        if len(fields) != 2:
+            raise ConfigError("", f"{path}:{number}: expected TOKEN USER, got {len(fields)} field(s)")
+        tokens[fields[0]] = fields[1]
     return tokens
 
 

@@ -87,13 +87,12 @@ def _unlink_stale_socket(path: Path) -> None:
         path.unlink()
 
 
-async def serve(config: Config) -> int:
+async def serve(config: Config, tokens: dict[str, str]) -> int:
     """Serve until SIGTERM/SIGINT (0) or until a daemon task dies (1, logged: systemd restarts dvlad)."""
     from aiohttp import web
 
     from dvlad.gpu.inventory import discover
     from dvlad.server.app import make_app
-    from dvlad.server.auth import load_tokens
     from dvlad.server.core import Daemon
     from dvlad.server.notify import sd_notify, watchdog, watchdog_interval
     from dvlad.store import Store
@@ -110,7 +109,6 @@ async def serve(config: Config) -> int:
     except (OSError, ValueError) as exc:  # a recorded topology that cannot be read: say which
         raise SystemExit(f"dvlad: cannot read the recorded topology: {exc}") from None
     daemon = Daemon(config, store, inventory, state_dir)
-    tokens = load_tokens(Path(d.tokens_file)) if d.tcp else {}
     # a short shutdown: open log/event streams must not hold a restart for aiohttp's default minute
     runner = web.AppRunner(make_app(daemon, config, state_dir, tokens), access_log=None, handle_signals=False,
                            shutdown_timeout=2.0)
@@ -159,16 +157,15 @@ async def serve(config: Config) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from dvlad.server.auth import load_tokens
     from dvlad.server.logs import setup
 
     setup(args.log_level)
     try:
         config = resolve(args)
+        # checked before serving too: a bad tokens file is a one-line config error, not a traceback
+        tokens = load_tokens(Path(config.daemon.tokens_file)) if config.daemon.tcp else {}
         if args.check_config:
-            if config.daemon.tcp:
-                from dvlad.server.auth import load_tokens
-
-                load_tokens(Path(config.daemon.tokens_file))
             print(f"config ok: state_dir {config.daemon.state_dir}, socket {config.daemon.socket}, "
                   f"{config.cpu_slots} CPU slots, tcp {config.daemon.tcp or 'off'}")
             return 0
@@ -177,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     import uvloop
 
-    return uvloop.run(serve(config))
+    return uvloop.run(serve(config, tokens))
 
 
 if __name__ == "__main__":
