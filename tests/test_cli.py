@@ -143,3 +143,15 @@ def test_an_unreachable_daemon_exits_3_with_where_it_looked(tmp_path):
         assert sock in result.stderr and "dvlad --user" in result.stderr and "Traceback" not in result.stderr
     tcp = dvla("--host", f"127.0.0.1:{free_port()}", "--token", "t", "jobs")  # the option wins over $DVLA_HOST
     assert tcp.returncode == 3 and "127.0.0.1" in tcp.stderr
+
+
+@pytest.mark.parametrize("address,why", [
+    ("http://[::1", "Invalid IPv6 URL"), ("ftp://x", "unknown scheme 'ftp'"),
+    ("gpu1.lab:99999", "Port out of range 0-65535"), ("http://gpu1.lab:7447/v1", "nothing may follow host:port"),
+    ("unix://dvlad.sock", "a Unix socket's path must be absolute")])
+def test_a_bad_host_is_a_usage_error_that_names_it_and_where_it_came_from(address, why):
+    for result, origin in ((dvla("--host", address, "jobs"), "the host argument"),
+                           (dvla("jobs", host=address), "$DVLA_HOST")):
+        assert result.returncode == 2, result.stderr
+        line, = result.stderr.splitlines()  # one line, no traceback
+        assert line.startswith(f"dvla: bad daemon address {address!r} (from {origin}): {why}"), line

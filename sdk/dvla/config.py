@@ -16,6 +16,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dvla.errors import DvlaError
 
@@ -71,14 +72,43 @@ def _read_file(path: Path) -> dict[str, str]:
     return data
 
 
+ADDRESS_FORMS = "/path/dvlad.sock, unix:///path/dvlad.sock, http://host:port, https://host:port or host:port"
+
+
+def _bad_address(host: str, origin: str, why: str) -> DvlaError:
+    return DvlaError(f"bad daemon address {host!r} (from {origin}): {why}; expected {ADDRESS_FORMS}",
+                     code="bad_config")
+
+
+def _tcp_url(host: str, origin: str) -> str:
+    """``host`` as an http(s) base URL, checked here so that a typo is one clear line, not a traceback
+    from the HTTP library or a connection error that blames an address nobody meant."""
+    try:
+        parts = urlsplit(host if "://" in host else f"http://{host}")
+        port = "" if parts.port is None else f":{parts.port}"  # raises unless a number in 0-65535
+    except ValueError as exc:
+        raise _bad_address(host, origin, str(exc)) from None
+    if parts.scheme not in ("http", "https"):
+        raise _bad_address(host, origin, f"unknown scheme {parts.scheme!r}")
+    if not parts.hostname:
+        raise _bad_address(host, origin, "no host name")
+    if parts.username is not None:
+        raise _bad_address(host, origin, "dvlad takes a token (--token, $DVLA_TOKEN), not user:password@")
+    if parts.path.strip("/") or parts.query or parts.fragment:
+        raise _bad_address(host, origin, "nothing may follow host:port")
+    name = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # IPv6 keeps its brackets
+    return f"{parts.scheme}://{name}{port}"
+
+
 def parse_host(host: str, token: str | None, origin: str) -> Endpoint:
-    """One address string (see the module doc) as an :class:`Endpoint`."""
+    """One address string (see the module doc) as an :class:`Endpoint`; a bad one is a DvlaError
+    (``bad_config``: the CLI exits 2) that names it and where it came from."""
+    path = host[len("unix://"):] if host.startswith("unix://") else host
+    if path.startswith("/"):
+        return Endpoint("http://dvlad", path, None, origin)
     if host.startswith("unix://"):
-        return Endpoint("http://dvlad", host[len("unix://"):], None, origin)
-    if host.startswith("/"):
-        return Endpoint("http://dvlad", host, None, origin)
-    url = host if host.startswith(("http://", "https://")) else f"http://{host}"
-    return Endpoint(url.rstrip("/"), None, token, origin)
+        raise _bad_address(host, origin, "a Unix socket's path must be absolute")
+    return Endpoint(_tcp_url(host, origin), None, token, origin)
 
 
 def resolve(host: str | None = None, token: str | None = None, env: Mapping[str, str] | None = None) -> Endpoint:

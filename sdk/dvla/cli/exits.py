@@ -13,8 +13,8 @@ FAILED = 1
 """The job failed or was cancelled (``--follow``), or the daemon refused the request (no such job, not
 yours, the job's state forbids it, the job is bigger than the whole node); the reason is on stderr."""
 USAGE = 2
-"""Bad arguments (click's usage errors), an invalid job file, ``dvla validate`` found problems, or a bad
-``~/.config/dvla/config.toml``."""
+"""Bad arguments (click's usage errors), an invalid job file, ``dvla validate`` found problems, a bad
+``~/.config/dvla/config.toml`` or a bad daemon address."""
 UNAVAILABLE = 3
 """No daemon answered where the client looked."""
 INTERRUPTED = 130
@@ -26,7 +26,8 @@ Exit status:
   {FAILED}    the job failed or was cancelled (--follow), or the daemon refused
        (no such job, not your job, the job already ended, the job is bigger
        than the node); reason on stderr
-  {USAGE}    usage error: bad arguments, an invalid job file, validate found problems
+  {USAGE}    usage error: bad arguments or daemon address, an invalid job file, validate
+       found problems
   {UNAVAILABLE}    the daemon is unreachable
   {INTERRUPTED}  interrupted (Ctrl-C); a followed job keeps running"""
 """The table every ``--help`` of the top level shows (``\\b``: click keeps its line breaks)."""
