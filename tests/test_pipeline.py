@@ -134,6 +134,23 @@ def test_cli_runs_a_job(small_spec, tmp_path):
     assert summary["status"] == "succeeded"
 
 
+def test_cli_failure_is_one_line_and_a_failed_summary(small_spec, tmp_path):
+    import tomli_w
+
+    from dvla.spec import spec_to_dict
+
+    job = tmp_path / "job.toml"
+    job.write_text(tomli_w.dumps(spec_to_dict(small_spec("sync", env__name="nosuchenv"))))
+    proc = subprocess.run([sys.executable, "-m", "dvlad.runtime.job", str(job), "--output-dir",
+                           str(tmp_path / "out"), "--quiet"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 1
+    line, = proc.stderr.splitlines()  # an env worker's failure: no traceback, of the worker or of the job
+    assert line.startswith("job failed: EnvWorkerError: env worker 0 failed: ValueError: unknown env 'nosuchenv'")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert (summary["status"], summary["reason"]) == ("failed", line.removeprefix("job failed: "))
+    assert "make_env" in summary["traceback"]  # the details are kept, off the terminal
+
+
 def test_grpo_trains_on_whole_episodes_grouped_by_start(small_spec, tmp_path):
     spec = small_spec("async", algo__name="grpo", algo__group_size=2, pipeline__segment_steps=10,
                       train__total_env_steps=800)

@@ -1,16 +1,19 @@
 """Run one job without the daemon: ``python -m dvlad.runtime.job JOB.toml``.
 
 This is exactly what ``dvlad`` launches for a job. Exit codes: 0 succeeded, 1 the job
-failed (the reason is printed), 2 the job file is invalid.
+failed (one line with the reason is printed; ``summary.json`` keeps it with the traceback), 2 the job
+file is invalid.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
 import time
+import traceback
 from dataclasses import asdict
 from pathlib import Path
 
@@ -65,6 +68,31 @@ def run_job(spec: JobSpec, output_dir: Path, quiet: bool = False) -> dict[str, f
     return summary
 
 
+def failure_reason(err: Exception) -> str:
+    """``err`` as the one line a failed job prints and records as its reason.
+
+    Why cut and prefixed: a failure in an env worker or the learner carries that process's traceback
+    in its message, whose last line names the error; and an unexpected exception's message alone
+    (``'obs'`` for a KeyError) says nothing without its type. JobFailed and ValueError are written
+    for people and stay as they are."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [""]
+    reason = lines[0] if len(lines) == 1 else f"{lines[0].rstrip(':')}: {lines[-1]}"
+    if isinstance(err, JobFailed | ValueError) and reason:
+        return reason
+    return f"{type(err).__name__}: {reason}" if reason else type(err).__name__
+
+
+def record_failure(out: Path, err: Exception) -> None:
+    """Say why the job failed in one line and in ``summary.json`` (with the traceback, which the
+    terminal and the daemon's job log are spared). A directory that cannot be written is skipped:
+    the line still tells why."""
+    reason = failure_reason(err)
+    print(f"job failed: {reason}", file=sys.stderr)
+    summary = {"status": "failed", "reason": reason, "traceback": traceback.format_exc()}
+    with contextlib.suppress(OSError):
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m dvlad.runtime.job",
@@ -83,12 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     out = output_dir_of(spec, args.output_dir)
     try:
         summary = run_job(spec, out, quiet=args.quiet)
-    except (JobFailed, ValueError) as err:
-        print(f"job failed: {err}", file=sys.stderr)
-        (out / "summary.json").write_text(json.dumps({"status": "failed", "reason": str(err)}, indent=2))
-        return 1
     except KeyboardInterrupt:
         print("job interrupted", file=sys.stderr)
+        return 1
+    except Exception as err:  # every failure: one line and a summary, never a traceback on the terminal
+        record_failure(out, err)
         return 1
     print(f"done: {int(summary.get('env_steps', 0))} env steps, success rate "
           f"{summary.get('success_rate', float('nan')):.2f}; metrics and checkpoint in {out}")
