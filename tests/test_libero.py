@@ -243,3 +243,25 @@ def test_tiny_vla_trains_on_a_libero_task_and_is_evaluated(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["suite"] == "libero_goal" and [t["task"] for t in report["tasks"]] == [4]
     assert report["tasks"][0]["episodes"] == 1
+
+
+def test_evaluate_refuses_what_is_not_a_d_vla_checkpoint_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    import torch
+
+    from dvlad.policies.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "bare.safetensors", {"policy.flat": torch.zeros(3)}, {"version": "1"})
+    (tmp_path / "text.safetensors").write_text("not a checkpoint")
+    (tmp_path / "empty-run").mkdir()
+    for given, reason in ((tmp_path / "missing", "no such checkpoint file"),
+                          (tmp_path / "empty-run", "no such checkpoint file in the directory"),
+                          (tmp_path / "text.safetensors", "not a safetensors file"),
+                          (tmp_path / "bare.safetensors", "has no D-VLA job spec in its metadata")):
+        out = subprocess.run([sys.executable, "-m", "dvlad.runtime.evaluate", str(given)], capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 2, out.stderr
+        line, = out.stderr.splitlines()
+        assert reason in line and str(given) in line, line

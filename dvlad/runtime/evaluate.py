@@ -22,10 +22,11 @@ import numpy as np
 import torch
 
 from dvla.catalog import DEFAULT_LIBERO_SUITE
-from dvla.spec import spec_from_dict
+from dvla.checkpoint import checkpoint_file, spec_dict
+from dvla.errors import InvalidSpec
+from dvla.spec import JobSpec, SpecError, spec_from_dict
 from dvlad.envs.base import Observation
 from dvlad.envs.libero import Act, EvalResult, LiberoEnv, evaluate
-from dvlad.lanes.learner import CHECKPOINT_NAME
 from dvlad.policies import ObsBatch, Policy, flatten_parameters, make_policy
 from dvlad.policies.checkpoint import load_checkpoint
 
@@ -46,6 +47,16 @@ def load_policy(path: Path, env: LiberoEnv, action_chunk: int, policy_name: str,
                          f"env has {flat.numel()} (different cameras, image size or policy arguments?)")
     flat.copy_(weights)
     return policy.eval()
+
+
+def checkpoint_spec(given: str) -> tuple[Path, JobSpec]:
+    """The checkpoint ``given`` names (a run directory or the file) and the spec it was trained with.
+
+    Raises InvalidSpec (no such file, not safetensors, no D-VLA job spec in it: the SDK's checks) or
+    SpecError (a spec this version no longer loads), so that the command says why in one line where
+    reading the file with safetensors ended in its traceback or a KeyError."""
+    file = checkpoint_file(given)
+    return file, spec_from_dict(spec_dict(file))
 
 
 def greedy_act(policy: Policy) -> Act:
@@ -81,9 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
     args = parser.parse_args(argv)
 
-    path = Path(args.checkpoint)
-    path = path / CHECKPOINT_NAME if path.is_dir() else path
-    spec = spec_from_dict(json.loads(load_checkpoint(path)[1]["spec"]))
+    try:
+        path, spec = checkpoint_spec(args.checkpoint)
+    except InvalidSpec as err:
+        print(err.reason, file=sys.stderr)
+        return 2
+    except SpecError as err:
+        print(f"{args.checkpoint}: its job spec does not load: {err.issues[0]}", file=sys.stderr)
+        return 2
     if spec.env.name != "libero":
         print(f"{path} was trained on env {spec.env.name!r}; this evaluates LIBERO policies", file=sys.stderr)
         return 2

@@ -56,12 +56,19 @@ def metadata(file: Path) -> dict[str, str]:
     return dict(header.get("__metadata__") or {})
 
 
+def spec_dict(file: Path) -> dict[str, Any]:
+    """The job spec (a dict of sections) that the D-VLA job which wrote ``file`` stored in its metadata."""
+    try:
+        spec = json.loads(metadata(file)["spec"])
+    except (KeyError, ValueError):
+        spec = None
+    if not isinstance(spec, dict) or not isinstance(spec.get("policy"), dict):
+        raise _refuse(f"{file}: has no D-VLA job spec in its metadata (not written by a D-VLA job)")
+    return spec
+
+
 def policy_of(file: Path) -> dict[str, Any]:
     """The ``[policy]`` section of the job that wrote ``file``, pointing at it (``checkpoint`` set)."""
-    meta = metadata(file)
-    try:
-        policy = json.loads(meta["spec"])["policy"]
-    except (KeyError, ValueError, TypeError):
-        raise _refuse(f"{file}: has no D-VLA job spec in its metadata (not written by a D-VLA job)") from None
+    policy = spec_dict(file)["policy"]
     return {"name": policy["name"], "action_chunk": policy["action_chunk"], "args": policy["args"],
             "checkpoint": str(file)}
