@@ -19,6 +19,8 @@ from typing import Any
 
 FAKE_ENV = "DVLAD_FAKE_TOPOLOGY"
 SAMPLE_TTL_S = 0.5
+LIVE_FIELDS = ("utilization", "memory_used", "memory_total", "temperature", "power_draw", "power_limit")
+"""What :meth:`Inventory.sample` reports per GPU besides its index (None where unknown)."""
 
 
 @dataclass
@@ -38,7 +40,8 @@ class Inventory:
         """Live stats per GPU (only real NVML has them), at most one NVML pass per ``SAMPLE_TTL_S``.
 
         Why cached: every ``dvla top`` asks twice a second, and ten of them must cost NVML no more
-        than one. A field the GPU does not support is None, never an exception."""
+        than one. A field the GPU does not support is None, never an exception; a GPU NVML cannot
+        reach at all (fallen off the bus) has every field None and ``error`` saying why."""
         if self.source != "nvml":
             return []
         now = time.monotonic()
@@ -60,7 +63,10 @@ def _nvml_field(query: Callable[[], Any]) -> Any:
 def _nvml_sample(index: int) -> dict[str, Any]:
     import pynvml
 
-    h = pynvml.nvmlDeviceGetHandleByIndex(index)
+    try:
+        h = pynvml.nvmlDeviceGetHandleByIndex(index)
+    except pynvml.NVMLError as exc:  # lost or gone: one GPU's stats, not the whole answer, say so
+        return {"index": index, **dict.fromkeys(LIVE_FIELDS), "error": f"{type(exc).__name__}: {exc}"}
     util = _nvml_field(lambda: pynvml.nvmlDeviceGetUtilizationRates(h).gpu)
     mem = _nvml_field(lambda: pynvml.nvmlDeviceGetMemoryInfo(h))
     power = _nvml_field(lambda: pynvml.nvmlDeviceGetPowerUsage(h))

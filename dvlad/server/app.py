@@ -15,6 +15,7 @@ from aiohttp import web
 
 from dvla.spec import SpecError
 from dvlad.config import Config
+from dvlad.gpu.inventory import LIVE_FIELDS
 from dvlad.runtime.launch import log_path, run_dir
 from dvlad.server import prom, transfer
 from dvlad.server.auth import Identity, authenticate
@@ -250,7 +251,7 @@ async def gpus(request: web.Request) -> web.Response:
     inventory = daemon.inventory
     holders = {index: _holder(request, job) for job in daemon.cluster()[1] for index in job.gpu_ids}
     live = {s["index"]: s for s in inventory.sample()}
-    blank = dict.fromkeys(("utilization", "memory_used", "temperature", "power_draw", "power_limit"))
+    blank = dict.fromkeys(LIVE_FIELDS)
     out = []
     for device in inventory.topology.get("devices", []):
         index = device["index"]

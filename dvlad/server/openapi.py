@@ -92,7 +92,8 @@ OPENAPI: dict[str, Any] = {
                                  "responses": _ok({"type": "object", "required": ["source", "devices", "pairs"]})}},
         "/v1/gpus": {"get": {
             "summary": "Live per-GPU stats (NVML, sampled at most every 0.5 s) and the job holding each GPU; "
-                       "live fields are null where the node has no NVML (source fixture or none)",
+                       "live fields are null where the node has no NVML (source fixture or none), and null "
+                       "with `error` (NVML's error) for a GPU NVML cannot reach",
             "responses": _ok(_obj(source={"type": "string"}, host={"type": "string"}, gpus={
                 "type": "array", "items": {"type": "object", "required": [
                     "index", "name", "uuid", "utilization", "memory_used", "memory_total", "temperature",
