@@ -67,6 +67,11 @@ def run_check(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(PYTHON.parent / "dvlad"), *args, "--check-config"], capture_output=True, text=True)
 
 
+def test_log_level_has_help():
+    out = subprocess.run([str(PYTHON.parent / "dvlad"), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "the least severe level logged" in out.stdout, out.stdout
+
+
 def test_check_config_accepts_the_example_and_refuses_mistakes(tmp_path):
     ok = run_check("--config", str(ROOT / "systemd" / "dvlad.toml"))
     assert ok.returncode == 0 and "config ok" in ok.stdout, ok.stderr

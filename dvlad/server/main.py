@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", type=Path, help="overrides daemon.state_dir")
     p.add_argument("--socket", type=Path, help="overrides daemon.socket")
     p.add_argument("--check-config", action="store_true", help="check the config (and tokens file) and exit")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="the least severe level logged (default info); logs are one JSON object per line on stderr")
     return p
 
 
