@@ -155,3 +155,14 @@ def test_a_bad_host_is_a_usage_error_that_names_it_and_where_it_came_from(addres
         assert result.returncode == 2, result.stderr
         line, = result.stderr.splitlines()  # one line, no traceback
         assert line.startswith(f"dvla: bad daemon address {address!r} (from {origin}): {why}"), line
+
+
+def test_numbers_have_named_values_bounds_and_plain_errors(tmp_path):
+    assert "--limit N " in dvla("jobs", "--help").stdout
+    helped = dvla("submit", "--help").stdout
+    assert "--priority N " in helped and "-1000<=x<=1000" in helped  # the daemon's bounds, shown
+    assert "INTEGER RANGE" not in helped + dvla("jobs", "--help").stdout
+    word = dvla("status", "abc")  # refused before any daemon is looked for: 2, not 3
+    assert word.returncode == 2 and "'abc' is not a valid integer." in word.stderr, word.stderr
+    over = dvla("submit", job_file(tmp_path, QUICK), "--priority", "1001")
+    assert over.returncode == 2 and "1001 is not in the range -1000<=x<=1000" in over.stderr, over.stderr

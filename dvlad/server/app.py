@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from dvla.api import PRIORITIES
 from dvla.spec import SpecError
 from dvlad.config import Config
 from dvlad.gpu.inventory import LIVE_FIELDS
@@ -113,8 +114,9 @@ async def submit(request: web.Request) -> web.Response:
         raise ApiError(400, "bad_field", "expected 1-128 characters of letters, digits, . _ : -",
                        field="idempotency_key")
     priority = body.get("priority", 0)
-    if not isinstance(priority, int) or isinstance(priority, bool) or not -1000 <= priority <= 1000:
-        raise ApiError(400, "bad_field", "expected an integer in [-1000, 1000]", field="priority")
+    lo, hi = PRIORITIES
+    if not isinstance(priority, int) or isinstance(priority, bool) or not lo <= priority <= hi:
+        raise ApiError(400, "bad_field", f"expected an integer in [{lo}, {hi}]", field="priority")
     spec = body.get("spec", {})
     if not isinstance(spec, dict):
         raise ApiError(400, "bad_field", f"expected a table of sections, got {type(spec).__name__}", field="spec")

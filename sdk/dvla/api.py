@@ -28,6 +28,8 @@ TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 STREAM_TIMEOUT = httpx.Timeout(30.0, connect=5.0, read=None)
 """Follows wait as long as the job runs: no read timeout."""
 TAR = "application/x-tar"
+PRIORITIES = (-1000, 1000)
+"""The lowest and highest priority dvlad accepts (it refuses others, 400 ``bad_field``)."""
 SpecLike = Mapping[str, Any] | specs.JobSpec | str | os.PathLike[str]
 """A spec dict, a :class:`~dvla.spec.JobSpec`, or the path of a TOML job file."""
 

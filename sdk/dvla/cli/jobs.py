@@ -11,12 +11,11 @@ from typing import Any
 
 import click
 
+from dvla.api import PRIORITIES
 from dvla.cli import output
-from dvla.cli.main import State, connection_options, json_option, pass_state
+from dvla.cli.main import JOB_ID, Integer, State, connection_options, json_option, pass_state
 from dvla.client import Client, Job
 from dvla.errors import JobFailed
-
-JOB_ID = click.argument("job_id", metavar="ID", type=click.IntRange(min=1))
 
 
 def _follow(client: Client, job: Job, *, to_stderr: bool) -> dict[str, Any]:
@@ -41,8 +40,8 @@ Examples:
 The file is checked locally first (as `dvla validate` does): an invalid file exits 2 before any request.""")
 @click.argument("job_file", type=click.Path(path_type=Path))
 @click.option("-f", "--follow", is_flag=True, help="Stream the job's log until it ends; exit with its outcome.")
-@click.option("--priority", type=int, default=0, show_default=True,
-              help="Higher runs first among your queued jobs (-1000..1000); users take turns regardless.")
+@click.option("--priority", metavar="N", type=Integer(*PRIORITIES), default=0, show_default=True,
+              help="Higher runs first among your queued jobs; users take turns regardless.")
 @click.option("--idempotency-key", metavar="KEY", help="A retry with the same key returns the job the first made.")
 @json_option
 @connection_options
@@ -81,7 +80,7 @@ Examples:
   dvla jobs --user alice --json | jq '.[] | select(.state == "running") | .id'""")
 @click.option("--all", "all_", is_flag=True, help="Every user's jobs (admins, or with users_see_all).")
 @click.option("--user", metavar="USER", help="Only this user's jobs (another user's: as for --all).")
-@click.option("--limit", type=click.IntRange(min=1), help="Only the most recent N jobs (of --user's, with it).")
+@click.option("--limit", metavar="N", type=Integer(min=1), help="Only the most recent N jobs (of --user's, with it).")
 @json_option
 @connection_options
 @pass_state

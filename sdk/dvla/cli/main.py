@@ -54,8 +54,16 @@ def connection_options(f: F) -> F:
                              "(default: $DVLA_HOST, ~/.config/dvla/config.toml, then the local socket).")(f)
 
 
+class Integer(click.IntRange):
+    """An integer within bounds, named "integer" in errors: click's IntRange says "'abc' is not a valid
+    integer range", which reads as if a range were expected."""
+
+    name = "integer"
+
+
 pass_state = click.make_pass_decorator(State, ensure=True)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
+JOB_ID = click.argument("job_id", metavar="ID", type=Integer(min=1))
 
 
 class DvlaGroup(click.Group):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dvla.cli.main import State, connection_options, pass_state
+from dvla.cli.main import JOB_ID, State, connection_options, pass_state
 from dvla.errors import DvlaError
 
 
@@ -18,7 +18,7 @@ Examples:
 \b
 Panels: success rate, episode return, env steps/s, each lane's busy fraction and items/s,
 staleness (mean and max), and GPU busy when the job reports it. Works while the job runs.""")
-@click.argument("job_id", metavar="ID", type=click.IntRange(min=1))
+@JOB_ID
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path),
               help="PNG file to write (default: job-ID.png).")
 @click.option("--x", "x_axis", type=click.Choice(["env_steps", "time_s"]), default="env_steps", show_default=True,
