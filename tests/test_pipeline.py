@@ -117,6 +117,16 @@ def test_cli_refuses_bad_job_file_with_key_and_line(tmp_path):
     assert "env.num_envs" in proc.stderr and ":5:" in proc.stderr
 
 
+def test_cli_usage_names_the_command_it_was_started_as():
+    from tests.dvlad_proc import PYTHON
+
+    script = subprocess.run([str(PYTHON.parent / "dvlad-job"), "--help"], capture_output=True, text=True, timeout=60)
+    module = subprocess.run([sys.executable, "-m", "dvlad.runtime.job", "--help"], capture_output=True, text=True,
+                            cwd=REPO, timeout=60)
+    assert script.stdout.startswith("usage: dvlad-job ") and "example: dvlad-job " in script.stdout
+    assert module.stdout.startswith("usage: python -m dvlad.runtime.job ")
+
+
 def test_cli_runs_a_job(small_spec, tmp_path):
     import tomli_w
 

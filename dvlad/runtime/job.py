@@ -21,6 +21,9 @@ from dvla.spec import JobSpec, SpecError, load_spec
 from dvlad.lanes.pipeline import JobFailed, Pipeline, Progress
 from dvlad.runtime.metrics import MetricsSink
 
+SCRIPT = "dvlad-job"
+"""The console script that runs :func:`main` (pyproject.toml)."""
+
 
 def output_dir_of(spec: JobSpec, override: str | None = None) -> Path:
     return Path(override or spec.job.output_dir.replace("{name}", spec.job.name))
@@ -94,10 +97,10 @@ def record_failure(out: Path, err: Exception) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    prog = SCRIPT if Path(sys.argv[0]).name == SCRIPT else "python -m dvlad.runtime.job"  # as it was started
     parser = argparse.ArgumentParser(
-        prog="python -m dvlad.runtime.job",
-        description="Run a D-VLA job file in this process, without the daemon.",
-        epilog="example: python -m dvlad.runtime.job examples/reach_ppo.toml --output-dir runs/try1")
+        prog=prog, description="Run a D-VLA job file in this process, without the daemon.",
+        epilog=f"example: {prog} examples/reach_ppo.toml --output-dir runs/try1")
     parser.add_argument("job_file", help="the job's TOML file (see docs/jobs.md)")
     parser.add_argument("--output-dir", help="where metrics, checkpoints and TensorBoard logs go "
                                              "(default: [job] output_dir)")
