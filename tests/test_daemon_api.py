@@ -284,7 +284,7 @@ def test_a_large_body_under_the_limit_is_read_whole_and_one_over_it_is_refused()
     """Half a MiB arrives in many reads; a chunked body (no Content-Length) over the cap is still cut off."""
     from tests.dvlad_proc import UnixConnection
 
-    d = Dvlad("[limits.default]\nrunning_jobs = 0\n").start()  # the default 1 MiB limit
+    d = Dvlad("[node]\ncpu_slots = 8\n[limits.default]\nrunning_jobs = 0\n").start()  # the default 1 MiB limit
     try:
         blob = "x" * 500_000
         status, body = submit(d, {"job": {"name": "big"}, "policy": {"args": {"blob": blob}}})
