@@ -40,7 +40,7 @@ def client(local):
         yield c
 
 
-def test_train_wait_metrics_logs_checkpoint_and_train_again_from_it(client, tmp_path):
+def test_train_wait_metrics_logs_checkpoint_and_train_again_from_it(client, local, tmp_path):
     job = client.train({"name": "tiny-vla", "args": TINY_POLICY}, ENV, steps=256, job={"name": "sdk-reach"}, **QUICK)
     lines = list(job.logs(follow=True))  # live, line by line, until the job ends
     assert any(line.startswith("done: ") for line in lines), lines
@@ -49,6 +49,12 @@ def test_train_wait_metrics_logs_checkpoint_and_train_again_from_it(client, tmp_
     rows = job.metrics()
     assert rows and rows[-1]["env_steps"] >= 256 and len(job.metrics(last=1)) == 1
     assert client.logs(job.id).splitlines() == lines == list(job.logs(follow=False))
+    log = local.state_dir / "jobs" / str(job.id) / "job.log"
+    size = log.stat().st_size
+    with log.open("ab") as f:  # a job may print anything, UTF-8 or not
+        f.write(b"caf\xc3\xa9 \xff\n")
+    assert client.log_bytes(job.id, offset=size) == b"caf\xc3\xa9 \xff\n"  # offsets count these bytes
+    assert client.logs(job.id, offset=size) == "café \ufffd\n"
     files = job.checkpoint(tmp_path / "ckpt")
     assert [f.name for f in files] == ["checkpoint.safetensors"]
     assert metadata(files[0])["format"] == "dvla-checkpoint-1"

@@ -46,12 +46,14 @@ class Client:
         self._http.close()
 
     # -- plumbing ------------------------------------------------------------------------------
-    def _call(self, req: api.Request) -> Any:
+    def _send(self, req: api.Request) -> httpx.Response:
         try:
-            response = self._http.request(req.method, req.path, params=req.params, json=req.json)
+            return self._http.request(req.method, req.path, params=req.params, json=req.json)
         except httpx.TransportError as exc:
             raise api.transport_error(self.endpoint, exc) from None
-        return api.decode(response)
+
+    def _call(self, req: api.Request) -> Any:
+        return api.decode(self._send(req))
 
     @contextlib.contextmanager
     def _stream(self, req: api.Request) -> Iterator[httpx.Response]:
@@ -108,7 +110,15 @@ class Client:
 
     def logs(self, job_id: int, *, offset: int = 0) -> str:
         """The job's log (stdout and stderr) so far, from byte ``offset``."""
-        return self._call(api.logs(job_id, offset, follow=False))
+        return self.log_bytes(job_id, offset=offset).decode(errors="replace")
+
+    def log_bytes(self, job_id: int, *, offset: int = 0) -> bytes:
+        """The job's log so far from byte ``offset``, as the bytes the job wrote: what to count the
+        next offset in (a log need not be valid UTF-8, so its decoded text may not re-encode to it)."""
+        response = self._send(api.logs(job_id, offset, follow=False))
+        if response.status_code >= 400:
+            api.decode(response)  # raises the reply's error
+        return response.content
 
     def follow_logs(self, job_id: int, *, offset: int = 0) -> Iterator[str]:
         """The job's log line by line as it is written, ending when the job ends."""

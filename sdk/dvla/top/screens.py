@@ -7,6 +7,7 @@ offset ends the moment the screen closes and costs the daemon one small file rea
 
 from __future__ import annotations
 
+import codecs
 import threading
 from typing import ClassVar
 
@@ -48,24 +49,28 @@ class LogScreen(Screen[None]):
 
     @work(thread=True, exclusive=True)
     def follow(self) -> None:
-        """Fetch what the log grew by since the last request, every refresh, until the screen closes."""
+        """Fetch what the log grew by since the last request, every refresh, until the screen closes.
+
+        Offsets count the log's bytes; the text is decoded incrementally, so a character split
+        between two fetches, or a byte that is not UTF-8, costs neither a byte nor the next line."""
         worker, offset, log = get_current_worker(), 0, self.query_one("#log", Log)
+        text = codecs.getincrementaldecoder("utf-8")(errors="replace")
         down = False
         while not worker.is_cancelled and not self._stop.is_set():
             try:
-                chunk = self.client.logs(self.job_id, offset=offset)
+                chunk = self.client.log_bytes(self.job_id, offset=offset)
             except DaemonUnavailable as exc:
                 if not down:
                     self.app.call_from_thread(log.write, f"[daemon unreachable: {exc.where}; retrying]\n")
-                chunk, down = "", True
+                chunk, down = b"", True
             except DvlaError as exc:
                 self.app.call_from_thread(log.write, f"[{exc}]\n")
                 return
             else:
                 down = False
             if chunk:
-                offset += len(chunk.encode())
-                self.app.call_from_thread(log.write, chunk)
+                offset += len(chunk)
+                self.app.call_from_thread(log.write, text.decode(chunk))
             self._stop.wait(self.refresh_s)
 
 
