@@ -9,6 +9,7 @@ import json
 import os
 import struct
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -147,6 +148,40 @@ def test_async_client_submits_follows_and_cancels(local):
                 await c.cancel(987654)
 
     asyncio.run(flow())
+
+
+def test_following_a_job_rides_out_a_daemon_restart():
+    """dvlad restarts while a job is followed: the job runs on, and the follower resumes at the next
+    line (none lost, none twice) and still gets the job's outcome."""
+    d = Dvlad("[node]\ncpu_slots = 2\n").start()
+    try:
+        with sdk.Client(d.socket) as client:
+            job = client.train({"name": "tiny-vla", "args": TINY_POLICY}, ENV, steps=768, job={"name": "restart"},
+                               **QUICK)
+            lines: list[str] = []
+            outcome: list = []
+
+            def follow() -> None:
+                try:
+                    lines.extend(job.logs(follow=True))
+                    outcome.append(job.wait(timeout=120, poll=0.2)["state"])
+                except Exception as exc:  # reported by the assertion below
+                    outcome.append(exc)
+
+            follower = threading.Thread(target=follow)
+            follower.start()
+            deadline = time.monotonic() + 60
+            while not lines and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert lines and client.job(job.id)["state"] == "running"
+            d.stop()
+            time.sleep(2.0)  # the follower finds nothing listening, and waits
+            d.start()
+            follower.join(180)
+            assert outcome == ["succeeded"]
+            assert lines == client.logs(job.id).splitlines() and any(x.startswith("done: ") for x in lines)
+    finally:
+        d.close()
 
 
 def _fake_checkpoint(path, policy_args) -> None:

@@ -22,7 +22,7 @@ import httpx
 from dvla import api
 from dvla import spec as specs
 from dvla.config import Endpoint, resolve
-from dvla.errors import JobFailed
+from dvla.errors import DvlaError, JobFailed
 from dvla.tarball import safe_extract, tar_chunks
 
 
@@ -100,9 +100,20 @@ class AsyncClient:
         return await self._call(api.logs(job_id, offset, follow=False))
 
     async def follow_logs(self, job_id: int, *, offset: int = 0) -> AsyncIterator[str]:
-        async with self._stream(api.logs(job_id, offset, follow=True)) as response:
-            async for line in response.aiter_lines():
-                yield line
+        cursor, outage = api.LogCursor(offset), api.Outage()
+        while True:
+            try:
+                async with self._stream(api.logs(job_id, cursor.offset, follow=True)) as response:
+                    outage.over()
+                    async for chunk in response.aiter_bytes():
+                        for line in cursor.feed(chunk):
+                            yield line
+                for line in cursor.end():
+                    yield line
+                return
+            except DvlaError as exc:
+                outage.ride_out(exc)
+                await asyncio.sleep(api.RECONNECT_EVERY_S)
 
     async def metrics(self, job_id: int, last: int = 0) -> list[dict[str, Any]]:
         return (await self._call(api.metrics(job_id, last)))["rows"]
@@ -162,8 +173,14 @@ class AsyncJob:
         return (await self.refresh())["state"]
 
     async def wait(self, timeout: float | None = None, poll: float = 0.5) -> dict[str, Any]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while await self.status() not in api.TERMINAL:
+        deadline, outage = None if timeout is None else time.monotonic() + timeout, api.Outage()
+        while True:
+            try:
+                if await self.status() in api.TERMINAL:
+                    break
+                outage.over()
+            except DvlaError as exc:  # a daemon restart: the job runs on
+                outage.ride_out(exc)
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {self.id} still {self.record['state']} after {timeout} s")
             await asyncio.sleep(poll)

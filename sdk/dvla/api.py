@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,54 @@ def decode(response: httpx.Response) -> Any:
     if response.status_code >= 400:
         raise error_from_reply(response.status_code, body)
     return body
+
+
+RECONNECT_S = 60.0
+"""How long following a job (its log, its state) rides out a daemon that went away: a restart of
+dvlad takes seconds and leaves the job running, so a follower should not report it as failed."""
+RECONNECT_EVERY_S = 1.0
+
+
+class Outage:
+    """The daemon became unreachable while a job was being followed: how long ago, and whether to
+    keep trying (:data:`RECONNECT_S`)."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def ride_out(self, error: DvlaError) -> None:
+        """Return if following should try again; re-raise ``error`` if it is not the daemon going away
+        (an error reply) or it has been away too long."""
+        if not (isinstance(error, DaemonUnavailable) or error.code == "transport"):
+            raise error
+        now = time.monotonic()
+        self.since = self.since or now
+        if now - self.since > RECONNECT_S:
+            raise error
+
+    def over(self) -> None:
+        self.since = None
+
+
+class LogCursor:
+    """A followed log's bytes cut into lines, counting the bytes of the lines handed out, so a stream
+    that drops resumes from exactly the next line: none lost, none twice."""
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> list[str]:
+        """The lines ``chunk`` completes."""
+        *whole, self._pending = (self._pending + chunk).split(b"\n")
+        self.offset += sum(len(line) + 1 for line in whole)
+        return [text for line in whole for text in line.decode(errors="replace").splitlines() or [""]]
+
+    def end(self) -> list[str]:
+        """At the stream's end (the job ended): its last line, if it had no newline."""
+        rest, self._pending = self._pending, b""
+        self.offset += len(rest)
+        return rest.decode(errors="replace").splitlines()
 
 
 def transport_error(endpoint: Endpoint, exc: httpx.TransportError) -> DvlaError:

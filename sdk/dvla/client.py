@@ -22,7 +22,7 @@ import httpx
 from dvla import api
 from dvla import spec as specs
 from dvla.config import Endpoint, resolve
-from dvla.errors import JobFailed
+from dvla.errors import DvlaError, JobFailed
 from dvla.tarball import safe_extract, tar_chunks
 
 
@@ -121,9 +121,20 @@ class Client:
         return response.content
 
     def follow_logs(self, job_id: int, *, offset: int = 0) -> Iterator[str]:
-        """The job's log line by line as it is written, ending when the job ends."""
-        with self._stream(api.logs(job_id, offset, follow=True)) as response:
-            yield from response.iter_lines()
+        """The job's log line by line as it is written, ending when the job ends. A daemon restart
+        meanwhile is ridden out (:data:`dvla.api.RECONNECT_S`): the stream resumes at the next line."""
+        cursor, outage = api.LogCursor(offset), api.Outage()
+        while True:
+            try:
+                with self._stream(api.logs(job_id, cursor.offset, follow=True)) as response:
+                    outage.over()
+                    for chunk in response.iter_bytes():
+                        yield from cursor.feed(chunk)
+                yield from cursor.end()
+                return
+            except DvlaError as exc:
+                outage.ride_out(exc)
+                time.sleep(api.RECONNECT_EVERY_S)
 
     def metrics(self, job_id: int, last: int = 0) -> list[dict[str, Any]]:
         """The job's metric rows (one per update; ``last``: only the last N)."""
@@ -197,8 +208,14 @@ class Job:
     def wait(self, timeout: float | None = None, poll: float = 0.5) -> dict[str, Any]:
         """Block until the job ends; return its final record. ``JobFailed`` (with the daemon's reason)
         if it failed or was cancelled, ``TimeoutError`` after ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.status() not in api.TERMINAL:
+        deadline, outage = None if timeout is None else time.monotonic() + timeout, api.Outage()
+        while True:
+            try:
+                if self.status() in api.TERMINAL:
+                    break
+                outage.over()
+            except DvlaError as exc:  # a daemon restart: the job runs on
+                outage.ride_out(exc)
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {self.id} still {self.record['state']} after {timeout} s")
             time.sleep(poll)

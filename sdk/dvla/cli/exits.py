@@ -35,7 +35,7 @@ Exit status:
 
 def exit_code(error: DvlaError) -> int:
     """The status for an SDK error (see the module constants)."""
-    if isinstance(error, DaemonUnavailable):
+    if isinstance(error, DaemonUnavailable) or error.code == "transport":  # gone, or went away mid-request
         return UNAVAILABLE
     if isinstance(error, InvalidSpec) or error.code == "bad_config":
         return USAGE
