@@ -59,6 +59,19 @@ def build_policy(spec: JobSpec, env_spec: EnvSpec, device: torch.device | str = 
     return policy, flatten_parameters(policy)
 
 
+def load_weights(flat: torch.Tensor, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Copy the weights of the checkpoint ``path`` names (:func:`dvla.checkpoint.named_checkpoint`)
+    into a policy's flat buffer; returns all its tensors and its metadata. ValueError if the
+    checkpoint was written by a policy of another size (other arguments, cameras or image size)."""
+    tensors, meta = load_checkpoint(named_checkpoint(path))
+    weights = tensors["policy.flat"]
+    if weights.numel() != flat.numel():
+        raise ValueError(f"checkpoint {path} holds {weights.numel()} weights; the policy built here has "
+                         f"{flat.numel()} (other policy arguments, cameras or image size?)")
+    flat.copy_(weights)
+    return tensors, meta
+
+
 def _batch_from_segments(segments: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
     """Copy segments (shared-memory views) out, stacked along a new segment axis [S, ...]."""
     return {k: torch.from_numpy(np.stack([s[k] for s in segments])) for k in segments[0]}
@@ -89,7 +102,7 @@ class Learner:
         self.trained_env_steps = 0
         self.checkpoint_path = Path(cfg.output_dir) / CHECKPOINT_NAME
         if cfg.spec.policy.checkpoint:
-            self._load_weights(Path(cfg.spec.policy.checkpoint))
+            load_weights(self.flat, Path(cfg.spec.policy.checkpoint))
         if cfg.spec.train.resume and self.checkpoint_path.exists():
             self.restore(self.checkpoint_path)
 
@@ -232,19 +245,9 @@ class Learner:
         save_checkpoint(path, tensors, meta)
         return path
 
-    def _load_weights(self, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        """Copy a checkpoint's weights into the flat buffer; returns all its tensors and metadata."""
-        tensors, meta = load_checkpoint(named_checkpoint(path))
-        weights = tensors["policy.flat"]
-        if weights.numel() != self.flat.numel():
-            raise ValueError(f"checkpoint {path} holds {weights.numel()} weights; "
-                             f"the policy has {self.flat.numel()} (a different architecture)")
-        self.flat.copy_(weights)
-        return tensors, meta
-
     def restore(self, path: Path) -> None:
         """Resume weights, optimizer state and counters from a checkpoint."""
-        tensors, meta = self._load_weights(path)
+        tensors, meta = load_weights(self.flat, path)
         state = self.optimizer.state_dict()
         for key, value in tensors.items():
             if key.startswith("optim."):
@@ -324,4 +327,4 @@ def _take(traj: TrajectoryQueue, count: int, stop) -> list[int] | None:
     return slots
 
 
-__all__ = ["CHECKPOINT_NAME", "Learner", "LearnerConfig", "build_policy", "learner_main"]
+__all__ = ["CHECKPOINT_NAME", "Learner", "LearnerConfig", "build_policy", "learner_main", "load_weights"]

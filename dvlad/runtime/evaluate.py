@@ -27,25 +27,16 @@ from dvla.errors import InvalidSpec
 from dvla.spec import JobSpec, SpecError, spec_from_dict
 from dvlad.envs.base import Observation
 from dvlad.envs.libero import Act, EvalResult, LiberoEnv, evaluate
-from dvlad.policies import ObsBatch, Policy, flatten_parameters, make_policy
-from dvlad.policies.checkpoint import load_checkpoint
+from dvlad.lanes.learner import build_policy, load_weights
+from dvlad.policies import ObsBatch, Policy
 
 
-def load_policy(path: Path, env: LiberoEnv, action_chunk: int, policy_name: str,
-                policy_args: dict, seed: int) -> Policy:
-    """Build the checkpoint's policy for ``env`` and load its weights.
-
-    Seeded with the job's seed, as the job's processes built it: a checkpoint holds the published
-    parameters only, so a frozen part (a LoRA trunk built from a config) must come out the same.
-    """
-    torch.manual_seed(seed)
-    policy = make_policy(policy_name, env.spec, action_chunk=action_chunk, **policy_args)
-    flat = flatten_parameters(policy)
-    weights = load_checkpoint(path)[0]["policy.flat"]
-    if weights.numel() != flat.numel():
-        raise ValueError(f"checkpoint {path} holds {weights.numel()} weights; the policy built for this "
-                         f"env has {flat.numel()} (different cameras, image size or policy arguments?)")
-    flat.copy_(weights)
+def load_policy(path: Path, spec: JobSpec, env: LiberoEnv) -> Policy:
+    """The checkpoint's policy, built for ``env`` as the job built it (:func:`build_policy`: the
+    job's seed, so a frozen part the checkpoint does not hold, e.g. a LoRA trunk made from a config,
+    comes out the same), with the checkpoint's weights."""
+    policy, flat = build_policy(spec, env.spec)
+    load_weights(flat, path)
     return policy.eval()
 
 
@@ -117,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     env_args["max_episode_steps"] = args.max_episode_steps or None
     env = LiberoEnv(suite, task=tasks[0] if tasks else 0, **env_args)
     try:
-        policy = load_policy(path, env, spec.policy.action_chunk, spec.policy.name, spec.policy.args,
-                             spec.job.seed)
+        policy = load_policy(path, spec, env)
         result = evaluate(greedy_act(policy), env, tasks, args.episodes)
     finally:
         env.close()
