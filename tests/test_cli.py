@@ -88,6 +88,8 @@ def test_a_job_bigger_than_the_node_is_refused_in_one_line_with_exit_1(daemon, t
 def test_usage_errors_and_invalid_files_exit_2_before_any_request(daemon, tmp_path):
     bad = dvla("submit", job_file(tmp_path, {"env": {"num_envs": 3}}), host=daemon.socket)
     assert bad.returncode == 2 and "env.num_envs" in bad.stderr and "job.toml:" in bad.stderr
+    nowhere = dvla("submit", job_file(tmp_path, {"env": {"num_envs": 3}}), host=str(tmp_path / "no.sock"))
+    assert nowhere.stderr == bad.stderr  # refused here, before looking for a daemon (none there: that is exit 3)
     assert dvla("submit", str(tmp_path / "missing.toml")).returncode == 2  # checked before the daemon is looked for
     assert dvla("status", "twelve", host=daemon.socket).returncode == 2
     assert dvla("jobs", "--no-such-flag", host=daemon.socket).returncode == 2
