@@ -150,12 +150,14 @@ def test_cli_failure_is_one_line_and_a_failed_summary(small_spec, tmp_path):
     from dvla.spec import spec_to_dict
 
     job = tmp_path / "job.toml"
-    job.write_text(tomli_w.dumps(spec_to_dict(small_spec("sync", env__name="nosuchenv"))))
+    # a factory the spec cannot know is missing (an unknown built-in name it refuses itself)
+    job.write_text(tomli_w.dumps(spec_to_dict(small_spec("sync", env__name="nosuchpkg.envs:make"))))
     proc = subprocess.run([sys.executable, "-m", "dvlad.runtime.job", str(job), "--output-dir",
                            str(tmp_path / "out"), "--quiet"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 1
     line, = proc.stderr.splitlines()  # an env worker's failure: no traceback, of the worker or of the job
-    assert line.startswith("job failed: EnvWorkerError: env worker 0 failed: ValueError: unknown env 'nosuchenv'")
+    assert line.startswith("job failed: EnvWorkerError: env worker 0 failed: "
+                           "ModuleNotFoundError: No module named 'nosuchpkg'")
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert (summary["status"], summary["reason"]) == ("failed", line.removeprefix("job failed: "))
     assert "make_env" in summary["traceback"]  # the details are kept, off the terminal
