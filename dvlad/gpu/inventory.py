@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger("dvlad")
 FAKE_ENV = "DVLAD_FAKE_TOPOLOGY"
 SAMPLE_TTL_S = 0.5
 LIVE_FIELDS = ("utilization", "memory_used", "memory_total", "temperature", "power_draw", "power_limit")
@@ -102,17 +104,28 @@ def _nvml_topology() -> dict[str, Any] | None:
         pynvml.nvmlInit()
     except Exception:  # no library or no driver: this node has no NVIDIA GPU we can use
         return None
-    devices = []
-    for index in range(pynvml.nvmlDeviceGetCount()):
-        h = pynvml.nvmlDeviceGetHandleByIndex(index)
-        devices.append({"index": index, "name": pynvml.nvmlDeviceGetName(h), "uuid": pynvml.nvmlDeviceGetUUID(h),
-                        "pci_bus_id": pynvml.nvmlDeviceGetPciInfo(h).busId,
-                        "memory_total": pynvml.nvmlDeviceGetMemoryInfo(h).total, "nvlinks": _nvlinks(h)})
+    devices = [d for d in map(_nvml_device, range(pynvml.nvmlDeviceGetCount())) if d is not None]
     pairs = []
-    for a, b in itertools.combinations(range(len(devices)), 2):
-        ha, hb = pynvml.nvmlDeviceGetHandleByIndex(a), pynvml.nvmlDeviceGetHandleByIndex(b)
-        pairs.append({"a": a, "b": b, "common_ancestor": pynvml.nvmlDeviceGetTopologyCommonAncestor(ha, hb)})
+    for a, b in itertools.combinations([d["index"] for d in devices], 2):
+        level = _nvml_field(lambda a=a, b=b: pynvml.nvmlDeviceGetTopologyCommonAncestor(
+            pynvml.nvmlDeviceGetHandleByIndex(a), pynvml.nvmlDeviceGetHandleByIndex(b)))
+        pairs.append({"a": a, "b": b, "common_ancestor": level if isinstance(level, int) else None})
     return {"host": os.uname().nodename, "devices": devices, "pairs": pairs}
+
+
+def _nvml_device(index: int) -> dict[str, Any] | None:
+    """GPU ``index``'s static record, or None when NVML cannot reach it (fallen off the bus, a driver
+    error): that GPU is left out of placement and logged, instead of a daemon that cannot start."""
+    import pynvml
+
+    try:
+        h = pynvml.nvmlDeviceGetHandleByIndex(index)
+        return {"index": index, "name": pynvml.nvmlDeviceGetName(h), "uuid": pynvml.nvmlDeviceGetUUID(h),
+                "pci_bus_id": pynvml.nvmlDeviceGetPciInfo(h).busId,
+                "memory_total": pynvml.nvmlDeviceGetMemoryInfo(h).total, "nvlinks": _nvlinks(h)}
+    except pynvml.NVMLError as exc:
+        log.warning("GPU %d left out of placement: NVML cannot reach it (%s)", index, exc)
+        return None
 
 
 def discover(fake_topology: str = "") -> Inventory:
