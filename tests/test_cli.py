@@ -92,6 +92,8 @@ def test_usage_errors_and_invalid_files_exit_2_before_any_request(daemon, tmp_pa
     assert nowhere.stderr == bad.stderr  # refused here, before looking for a daemon (none there: that is exit 3)
     assert dvla("submit", str(tmp_path / "missing.toml")).returncode == 2  # checked before the daemon is looked for
     assert dvla("status", "twelve", host=daemon.socket).returncode == 2
+    slow = dvla("top", "--refresh", "abc", host=daemon.socket)
+    assert slow.returncode == 2 and "'abc' is not a valid number" in slow.stderr
     assert dvla("jobs", "--no-such-flag", host=daemon.socket).returncode == 2
     assert dvla("frobnicate").returncode == 2
 

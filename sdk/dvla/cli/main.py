@@ -61,6 +61,13 @@ class Integer(click.IntRange):
     name = "integer"
 
 
+class Number(click.FloatRange):
+    """A number within bounds, named "number" in errors (click's FloatRange says "not a valid float
+    range", as :class:`Integer` explains)."""
+
+    name = "number"
+
+
 pass_state = click.make_pass_decorator(State, ensure=True)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
 JOB_ID = click.argument("job_id", metavar="ID", type=Integer(min=1))

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import click
 
-from dvla.cli.main import State, connection_options, pass_state
+from dvla.cli.main import Number, State, connection_options, pass_state
+from dvla.top.poller import MIN_REFRESH_S
 
 
 @click.command(epilog="""\b
 Examples:
   dvla top
   dvla top --refresh 1 --host gpu1.lab:7447""")
-@click.option("--refresh", metavar="SECONDS", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
-              help="Seconds between screen refreshes.")
+@click.option("--refresh", metavar="SECONDS", type=Number(min=MIN_REFRESH_S), default=0.5, show_default=True,
+              help=f"Seconds between screen refreshes (at least {MIN_REFRESH_S}).")
 @connection_options
 @pass_state
 def top(state: State, refresh: float) -> None:

@@ -13,6 +13,7 @@ import sys
 from dvla.client import Client
 from dvla.errors import DvlaError
 from dvla.top.app import run_top
+from dvla.top.poller import MIN_REFRESH_S
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", help="token for a daemon reached over TCP")
     parser.add_argument("--refresh", type=float, default=0.5, help="seconds between polls (default 0.5)")
     args = parser.parse_args(argv)
-    if args.refresh <= 0:
-        parser.error("--refresh must be positive")
+    if not args.refresh >= MIN_REFRESH_S:  # also refuses nan
+        parser.error(f"--refresh must be at least {MIN_REFRESH_S} seconds")
     try:
         client = Client(args.host, args.token)
     except DvlaError as exc:

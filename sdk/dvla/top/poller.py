@@ -18,6 +18,10 @@ from dvla.client import Client
 from dvla.errors import DaemonUnavailable, DvlaError, PermissionDenied
 from dvla.top.snapshot import Snapshot, build, pick_selected
 
+MIN_REFRESH_S = 0.05
+"""The shortest refresh either entry point (``dvla top``, ``python -m dvla.top``) takes: faster would
+only load the daemon, which samples NVML every 0.5 s anyway."""
+
 JOB_LIMIT = 200
 """The queue shows the newest 200 jobs: enough for a shared server, bounded work for the daemon."""
 METRICS_LAST = 60
