@@ -18,14 +18,15 @@ import numpy as np
 import torch
 
 from dvla.spec import JobSpec
-from dvlad.envs.vector import CMD_STEP, EnvWorkerPool
 from dvlad.lanes.actor import Actor, ActorConfig
 from dvlad.lanes.device import Placement
 from dvlad.lanes.distribute import Distributor
-from dvlad.lanes.learner import Learner, LearnerConfig, build_policy
+from dvlad.lanes.env_workers import CMD_STEP, EnvWorkerPool
+from dvlad.lanes.learner import Learner, LearnerConfig
 from dvlad.lanes.timeline import LaneTimeline
 from dvlad.lanes.trajectory import SegmentShape, TrajectoryQueue
 from dvlad.lanes.weights import WeightPlane
+from dvlad.policies import build_policy
 
 
 @contextlib.contextmanager

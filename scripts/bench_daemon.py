@@ -27,7 +27,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.dvlad_proc import Dvlad
+from dvlad.testing import Dvlad
 
 SPEC = {"job": {"name": "bench"}, "env": {"name": "reach", "num_envs": 4, "groups": 2, "workers": 1}}
 

@@ -1,6 +1,6 @@
 """Env steps/s per worker, through the real worker path, for 1 … all cores' worth of workers.
 
-Each env runs in an :class:`~dvlad.envs.vector.EnvWorkerPool` of ``w`` workers holding one env
+Each env runs in an :class:`~dvlad.lanes.env_workers.EnvWorkerPool` of ``w`` workers holding one env
 each (one env group), stepped with uniform random actions for ``--seconds`` after a short warm-up;
 episodes end and auto-reset as in training (a LIBERO reset includes its 10 settle steps). Printed
 per env and worker count: total steps/s, steps/s per worker, and CPU milliseconds per step (the
@@ -26,7 +26,7 @@ import numpy as np
 import psutil
 
 from dvlad.envs.gl import configure_mujoco_gl
-from dvlad.envs.vector import CMD_STEP, EnvWorkerPool
+from dvlad.lanes.env_workers import CMD_STEP, EnvWorkerPool
 
 ENVS: dict[str, tuple[str, dict]] = {
     "libero": ("libero", {"suite": "libero_spatial"}),

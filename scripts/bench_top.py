@@ -27,9 +27,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.dvlad_proc import PYTHON, ROOT, Dvlad
-from tests.test_daemon_api import FIXTURE
-from tests.test_daemon_jobs import LONG
+from dvlad.testing import FIXTURE, LONG, PYTHON, ROOT, Dvlad
 
 RATE = re.compile(r"\(([\d.]+) Hz\)")
 

@@ -22,11 +22,11 @@ import time
 import numpy as np
 import torch
 
-from dvlad.envs.base import EnvSpec
 from dvlad.envs.gl import configure_mujoco_gl
 from dvlad.policies import make_policy
 from dvlad.policies.base import ObsBatch
 from dvlad.policies.tiny_vla import expected_xy
+from dvlad.spaces import EnvSpec
 
 FRAMES_PER_EPISODE = 8
 EPISODES_PER_BATCH = 16

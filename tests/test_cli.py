@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from tests.dvlad_proc import Dvlad, free_port
-from tests.test_daemon_api import FIXTURE
-from tests.test_daemon_jobs import LONG, TINY_POLICY
+from dvlad.testing import FIXTURE, LONG, TINY_POLICY, Dvlad, free_port
 
 QUICK = {"job": {"name": "cli-quick"}, "policy": {"args": TINY_POLICY},
          "env": {"name": "synthetic", "num_envs": 4, "groups": 2, "workers": 1,

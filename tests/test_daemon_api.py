@@ -15,15 +15,14 @@ from pathlib import Path
 import msgpack
 import pytest
 
+from dvlad import testing
 from dvlad.server.app import ROUTES
-from tests.dvlad_proc import Dvlad, request
+from dvlad.testing import FIXTURE, Dvlad, request
 
 ROOMY = "[node]\ncpu_slots = 8\n"
 """Room for the default spec's 3 CPU slots (env.workers + 1) on any machine: a bigger job is refused."""
 QUEUED_ONLY = "max_body_bytes = 4096\n" + ROOMY + "[limits.default]\nrunning_jobs = 0\n"
 TEST_USERS = ("dvlatest1", "dvlatest2")
-FIXTURE = next((p for p in (Path(__file__).resolve().parents[1] / "shared", Path(__file__).resolve().parents[2] /
-                            "shared") if p.is_dir()), Path("/work/shared")) / "fixtures/gpu/h100-x1/topology.json"
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +52,7 @@ def users():
 def as_user(user: str, sock: str, method: str, path: str, body=None) -> tuple[int, dict]:
     """A request made by a process running as ``user``: SO_PEERCRED gives the daemon that uid."""
     python = shutil.which("python3", path="/usr/bin:/bin") or "python3"  # the venv's lives under /root (0700)
-    script = Path(__file__).with_name("dvlad_proc.py")
+    script = Path(testing.__file__)
     out = subprocess.run([python, str(script), sock, method, path, *([json.dumps(body)] if body is not None else [])],
                          user=user, capture_output=True, text=True, check=True, cwd="/")
     reply = json.loads(out.stdout)
@@ -78,7 +77,7 @@ def test_msgpack_in_and_out(dvlad):
     body = msgpack.packb({"spec": {"job": {"name": "packed"}}, "priority": 3})
     conn_status, reply = dvlad.call("POST", "/v1/jobs", raw=body, content_type="application/msgpack")
     assert conn_status == 201 and reply["job"]["priority"] == 3
-    from tests.dvlad_proc import UnixConnection
+    from dvlad.testing import UnixConnection
 
     conn = UnixConnection(dvlad.socket)
     conn.request("GET", f"/v1/jobs/{reply['job']['id']}", headers={"Accept": "application/msgpack"})
@@ -259,7 +258,7 @@ def test_user_mode_uses_the_runtime_dir_and_home():
 
 
 def test_events_follow_streams_new_transitions(dvlad):
-    from tests.dvlad_proc import UnixConnection
+    from dvlad.testing import UnixConnection
 
     _, before = dvlad.call("GET", "/v1/events")
     after = before["events"][-1]["id"] if before["events"] else 0
@@ -282,7 +281,7 @@ def test_events_follow_streams_new_transitions(dvlad):
 
 def test_a_large_body_under_the_limit_is_read_whole_and_one_over_it_is_refused():
     """Half a MiB arrives in many reads; a chunked body (no Content-Length) over the cap is still cut off."""
-    from tests.dvlad_proc import UnixConnection
+    from dvlad.testing import UnixConnection
 
     d = Dvlad("[node]\ncpu_slots = 8\n[limits.default]\nrunning_jobs = 0\n").start()  # the default 1 MiB limit
     try:

@@ -13,16 +13,11 @@ import psutil
 import pytest
 import torch
 
-from tests.dvlad_proc import Dvlad
+from dvlad.testing import LONG, TINY_POLICY, Dvlad
 
-TINY_POLICY = {"d_model": 16, "layers": 1, "heads": 2, "patch_grid": 2}
 REACH = {"job": {"name": "reach-tiny"}, "env": {"name": "reach", "num_envs": 4, "groups": 2, "workers": 1},
          "policy": {"args": TINY_POLICY}, "algo": {"update_epochs": 1, "minibatches": 2},
          "pipeline": {"segment_steps": 8}, "train": {"total_env_steps": 256, "resume": False}}
-LONG = {"job": {"name": "long"}, "policy": {"args": TINY_POLICY}, "algo": {"update_epochs": 1, "minibatches": 2},
-        "env": {"name": "synthetic", "num_envs": 4, "groups": 2, "workers": 1,
-                "args": {"step_ms": 2.0, "image_size": 16, "cameras": ["image"], "max_episode_steps": 24}},
-        "pipeline": {"segment_steps": 8}, "train": {"total_env_steps": 10**9, "resume": False}}
 WAITS = {"job": {"name": "waits"}, "env": {"workers": 1}}
 """Fits the node (2 CPU slots) but not while LONG holds them: stays queued, so only the API is exercised."""
 
@@ -207,7 +202,7 @@ def test_a_job_killed_by_a_real_time_signal_fails_naming_it_and_later_jobs_still
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="replays a recorded GPU on a machine without one")
 def test_gpu_jobs_are_placed_on_the_recorded_gpu_one_at_a_time_and_failures_say_why(dvlad):
-    from tests.test_daemon_api import FIXTURE
+    from dvlad.testing import FIXTURE
 
     if not FIXTURE.exists():
         pytest.skip(f"the recorded topology {FIXTURE} is not in this checkout")

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.dvlad_proc import PYTHON, ROOT, Dvlad
+from dvlad.testing import PYTHON, ROOT, Dvlad
 
 UNIT = ROOT / "systemd" / "dvlad.service"
 

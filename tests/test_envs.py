@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from dvlad.envs import ENV_FACTORIES, make_env
-from dvlad.envs.base import ACTION_DIM, Env, Observation, StepResult
+from dvlad.envs.base import Env, Observation, StepResult
 from dvlad.envs.gl import NVIDIA_DEVICE, configure_mujoco_gl
 from dvlad.envs.synthetic import SyntheticEnv, target_action
+from dvlad.spaces import ACTION_DIM
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pynvml
 
 from dvlad.gpu.inventory import LIVE_FIELDS, Inventory, discover
-from tests.test_daemon_api import FIXTURE
+from dvlad.testing import FIXTURE
 
 
 def test_a_lost_gpu_is_reported_with_its_error_and_the_others_still_sampled(monkeypatch):

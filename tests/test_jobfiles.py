@@ -8,8 +8,8 @@ import os
 
 import pytest
 
+from dvlad.runtime.jobfiles import metrics_rows, open_job_file, read_job_file
 from dvlad.runtime.supervisor import last_log_line
-from dvlad.server.jobfiles import metrics_rows, open_job_file, read_job_file
 from dvlad.server.transfer import checkpoint_files
 
 

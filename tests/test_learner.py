@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from dvla.checkpoint import CHECKPOINT_NAME
 from dvla.spec import JobSpec
-from dvlad.envs.base import EnvSpec
-from dvlad.lanes.learner import CHECKPOINT_NAME, Learner, LearnerConfig
+from dvlad.lanes.learner import Learner, LearnerConfig
 from dvlad.lanes.trajectory import SegmentShape, segment_layout
+from dvlad.spaces import EnvSpec
 
 ENV = EnvSpec(cameras={"image": (16, 16)}, proprio_dim=4, max_episode_steps=10)
 

@@ -16,10 +16,11 @@ import pytest
 
 from dvla.spec import JobSpec
 from dvlad.envs import make_env
-from dvlad.envs.base import MAX_INSTRUCTION_BYTES, Env
+from dvlad.envs.base import Env
 from dvlad.envs.libero import CAMERAS, MAX_EPISODE_STEPS, NOOP, evaluate, resolve_task, served_task, suite_tasks
 from dvlad.envs.libero_config import LiberoSetupError, data_root, prepare_libero
-from dvlad.envs.vector import CMD_STEP, EnvWorkerPool, decode_instruction
+from dvlad.lanes.env_workers import CMD_STEP, EnvWorkerPool, decode_instruction
+from dvlad.spaces import MAX_INSTRUCTION_BYTES
 
 BUILDS = {  # suite -> (task, env args): every suite once, each option somewhere
     "libero_spatial": (0, {}),  # defaults: 128², both cameras, the suite's limit

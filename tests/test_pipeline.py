@@ -118,7 +118,7 @@ def test_cli_refuses_bad_job_file_with_key_and_line(tmp_path):
 
 
 def test_cli_usage_names_the_command_it_was_started_as():
-    from tests.dvlad_proc import PYTHON
+    from dvlad.testing import PYTHON
 
     script = subprocess.run([str(PYTHON.parent / "dvlad-job"), "--help"], capture_output=True, text=True, timeout=60)
     module = subprocess.run([sys.executable, "-m", "dvlad.runtime.job", "--help"], capture_output=True, text=True,

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from dvlad.envs.base import ACTION_DIM, EnvSpec
 from dvlad.policies import ObsBatch, Policy, flatten_parameters, make_policy
 from dvlad.policies import checkpoint as ckpt
 from dvlad.policies.action_tokens import ActionTokenizer
 from dvlad.policies.checkpoint import load_checkpoint, save_checkpoint
 from dvlad.policies.text import WordTokenizer
 from dvlad.policies.tiny_vla import TinyVLA
+from dvlad.spaces import ACTION_DIM, EnvSpec
 
 SPEC = EnvSpec(cameras={"agentview": (32, 32), "wrist.cam": (24, 40)}, proprio_dim=5, max_episode_steps=10)
 SMALL = {"d_model": 32, "layers": 1, "heads": 2, "patch_grid": 4, "bins": 32}

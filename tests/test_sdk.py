@@ -18,9 +18,8 @@ import pytest
 
 from dvla import sdk
 from dvla.checkpoint import metadata
-from tests.dvlad_proc import Dvlad, free_port
-from tests.test_daemon_api import FIXTURE, ROOMY
-from tests.test_daemon_jobs import LONG, TINY_POLICY
+from dvlad.testing import FIXTURE, LONG, TINY_POLICY, Dvlad, free_port
+from tests.test_daemon_api import ROOMY
 
 ENV = {"name": "reach", "num_envs": 4, "groups": 2, "workers": 1}
 QUICK = {"algo": {"name": "ppo", "update_epochs": 1, "minibatches": 2}, "pipeline": {"segment_steps": 8},

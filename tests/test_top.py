@@ -23,10 +23,8 @@ from dvla import sdk
 from dvla.top.poller import Poller, RateMeter
 from dvla.top.render import gpu_table
 from dvla.top.snapshot import build, job_row, pick_selected
-from dvlad.server.jobfiles import metrics_rows
-from tests.dvlad_proc import PYTHON, ROOT, Dvlad
-from tests.test_daemon_api import FIXTURE
-from tests.test_daemon_jobs import LONG
+from dvlad.runtime.jobfiles import metrics_rows
+from dvlad.testing import FIXTURE, LONG, PYTHON, ROOT, Dvlad
 
 H100 = "NVIDIA H100 80GB HBM3"
 GIB = 1 << 30

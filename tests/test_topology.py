@@ -8,7 +8,7 @@ import json
 import pytest
 
 from dvla.topology import islands, link_matrix, nvlink_counts
-from tests.test_daemon_api import FIXTURE
+from dvlad.testing import FIXTURE
 
 RECORDED = sorted(FIXTURE.parent.parent.glob("*/topology.json"))
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dvlad.envs.base import ACTION_DIM, EnvSpec
 from dvlad.policies import ObsBatch, Policy, flatten_parameters, make_policy
 from dvlad.policies.checkpoint import load_checkpoint
 from dvlad.policies.transformer_vla import TransformerVLA
 from dvlad.runtime.job import run_job
+from dvlad.spaces import ACTION_DIM, EnvSpec
 
 REACH = EnvSpec(cameras={"image": (64, 64)}, proprio_dim=4, max_episode_steps=40, aux_dim=2)
 """reach's shapes (dvlad/envs/reach.py), without starting MuJoCo."""

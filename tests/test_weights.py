@@ -6,11 +6,11 @@ import multiprocessing as mp
 
 import torch
 
-from dvlad.envs.base import EnvSpec
 from dvlad.lanes.distribute import Distributor
 from dvlad.lanes.weights import WeightPlane
 from dvlad.policies import make_policy
 from dvlad.policies.base import ObsBatch, flatten_parameters
+from dvlad.spaces import EnvSpec
 
 SPEC = EnvSpec(cameras={"image": (16, 16)}, proprio_dim=4, max_episode_steps=10)
 

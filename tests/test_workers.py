@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from dvlad.envs.vector import CMD_HOLD, CMD_RESET, CMD_STEP, EnvWorkerPool, decode_instruction
 from dvlad.lanes.actor import Actor, ActorConfig, SlotTornError
+from dvlad.lanes.env_workers import CMD_HOLD, CMD_RESET, CMD_STEP, EnvWorkerPool, decode_instruction
 from dvlad.lanes.timeline import LaneTimeline
 from dvlad.policies import make_policy
 from dvlad.policies.base import flatten_parameters

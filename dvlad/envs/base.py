@@ -1,10 +1,9 @@
 """The one environment protocol every simulator speaks.
 
 Why one protocol: the vectorised workers, the shared-memory slots and the policy
-head are all sized from an :class:`EnvSpec`, so a new simulator (reach, synthetic,
-LIBERO) plugs in without touching the lanes. Actions are always 7 floats in
-[-1, 1] (delta position, delta rotation, gripper), as LIBERO uses, so one policy
-head fits every env.
+head are all sized from an :class:`~dvlad.spaces.EnvSpec`, so a new simulator (reach,
+synthetic, LIBERO) plugs in without touching the lanes. The shapes themselves are the
+env/policy contract in :mod:`dvlad.spaces`.
 """
 
 from __future__ import annotations
@@ -14,25 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-ACTION_DIM = 7
-"""delta x, y, z, delta roll, pitch, yaw, gripper (−1 open … +1 closed)."""
-
-MAX_INSTRUCTION_BYTES = 96
-"""Instructions travel through shared memory as zero-padded UTF-8 of this many bytes."""
-
-
-@dataclass(frozen=True)
-class EnvSpec:
-    """Static shape of an env: what the workers allocate and the policy is built for."""
-
-    cameras: dict[str, tuple[int, int]]
-    """camera name -> (height, width); images are uint8 H×W×3."""
-    proprio_dim: int
-    max_episode_steps: int
-    num_init_states: int = 0
-    """Fixed start states the env can reset to by index (0: seeds only)."""
-    aux_dim: int = 0
-    """Length of :attr:`Observation.aux` (0: the env offers no auxiliary labels)."""
+from dvlad.spaces import EnvSpec
 
 
 @dataclass

@@ -49,8 +49,9 @@ from typing import Any
 import numpy as np
 
 from dvla.catalog import DEFAULT_LIBERO_SUITE, LIBERO_SUITES
-from dvlad.envs.base import ACTION_DIM, EnvSpec, Observation, StepResult, start_rng
+from dvlad.envs.base import Observation, StepResult, start_rng
 from dvlad.envs.libero_config import prepare_libero
+from dvlad.spaces import ACTION_DIM, EnvSpec
 
 MAX_EPISODE_STEPS: dict[str, int] = LIBERO_SUITES
 """The suites and their customary episode limits (policy steps, settle steps not counted); defined

@@ -32,8 +32,9 @@ from __future__ import annotations
 import numpy as np
 
 from dvla.catalog import EPISODE_LIMITS
-from dvlad.envs.base import ACTION_DIM, EnvSpec, Observation, StepResult, start_rng
+from dvlad.envs.base import Observation, StepResult, start_rng
 from dvlad.envs.gl import configure_mujoco_gl
+from dvlad.spaces import ACTION_DIM, EnvSpec
 
 configure_mujoco_gl()  # must precede the first ``import mujoco`` in the process
 

@@ -31,7 +31,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from dvla.catalog import EPISODE_LIMITS
-from dvlad.envs.base import ACTION_DIM, EnvSpec, Observation, StepResult, start_rng
+from dvlad.envs.base import Observation, StepResult, start_rng
+from dvlad.spaces import ACTION_DIM, EnvSpec
 
 NUM_TASKS = 8
 NUM_INIT_STATES = 50

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dvlad.envs.vector import CMD_HOLD, CMD_RESET, CMD_STEP, EnvWorkerPool, GroupResult, decode_instruction
 from dvlad.lanes.device import CPU, Placement
+from dvlad.lanes.env_workers import CMD_HOLD, CMD_RESET, CMD_STEP, EnvWorkerPool, GroupResult, decode_instruction
 from dvlad.lanes.timeline import LaneTimeline
 from dvlad.lanes.trajectory import TrajectoryQueue
 from dvlad.lanes.weights import WeightPlane

@@ -11,30 +11,29 @@ Update ``r`` therefore trains on rollout ``r``, and the staleness of a sample is
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import signal
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dvla.checkpoint import CHECKPOINT_NAME, named_checkpoint
+from dvla.checkpoint import CHECKPOINT_NAME
 from dvla.spec import JobSpec
-from dvlad.envs.base import EnvSpec
 from dvlad.lanes.device import CPU, LEARNER_PRIORITY, Placement, placement_for
 from dvlad.lanes.distribute import Distributor
 from dvlad.lanes.trajectory import TrajectoryQueue, TrajectoryQueueHandle
 from dvlad.lanes.vram import LEARNER_PEAK, LEARNER_WEIGHTS, peak_allocated, tensor_bytes
 from dvlad.lanes.weights import WeightPlane, WeightPlaneHandle
-from dvlad.policies import make_policy
-from dvlad.policies.base import ObsBatch, Policy, flatten_parameters
-from dvlad.policies.checkpoint import load_checkpoint, save_checkpoint
+from dvlad.policies import build_policy
+from dvlad.policies.base import ObsBatch
+from dvlad.policies.checkpoint import load_weights, optimizer_state, save_training_checkpoint
 from dvlad.rl import gae, group_relative_advantages, grpo_loss, normalize_advantages, ppo_loss
+from dvlad.spaces import EnvSpec
 
 
 @dataclass(frozen=True)
@@ -42,34 +41,6 @@ class LearnerConfig:
     spec: JobSpec
     env_spec: EnvSpec
     output_dir: str
-
-
-def build_policy(spec: JobSpec, env_spec: EnvSpec, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> tuple[Policy, torch.Tensor]:
-    """The job's policy on ``device`` in ``dtype``, its weights in one flat buffer.
-
-    Initialised on ``device`` itself from the job's seed (a 1B model initialises in seconds
-    on a GPU, in tens of seconds on one CPU thread), so every process of the job (learner,
-    actors) starts from the same weights; then cast to ``dtype``."""
-    torch.manual_seed(spec.job.seed)
-    with torch.device(device):
-        policy = make_policy(spec.policy.name, env_spec, action_chunk=spec.policy.action_chunk,
-                             **spec.policy.args)
-    policy.to(device=device, dtype=dtype)
-    return policy, flatten_parameters(policy)
-
-
-def load_weights(flat: torch.Tensor, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Copy the weights of the checkpoint ``path`` names (:func:`dvla.checkpoint.named_checkpoint`)
-    into a policy's flat buffer; returns all its tensors and its metadata. ValueError if the
-    checkpoint was written by a policy of another size (other arguments, cameras or image size)."""
-    tensors, meta = load_checkpoint(named_checkpoint(path))
-    weights = tensors["policy.flat"]
-    if weights.numel() != flat.numel():
-        raise ValueError(f"checkpoint {path} holds {weights.numel()} weights; the policy built here has "
-                         f"{flat.numel()} (other policy arguments, cameras or image size?)")
-    flat.copy_(weights)
-    return tensors, meta
 
 
 def _batch_from_segments(segments: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
@@ -234,26 +205,14 @@ class Learner:
     def save(self, path: Path | None = None) -> Path:
         """Weights, optimizer state and counters in one safetensors file, written atomically."""
         path = path or self.checkpoint_path
-        tensors = {"policy.flat": self.flat.detach().cpu()}
-        state = self.optimizer.state_dict()
-        for i, st in state["state"].items():
-            for name, value in st.items():
-                tensors[f"optim.{i}.{name}"] = torch.as_tensor(value).cpu()
-        meta = {"format": "dvla-checkpoint-1", "version": str(self.version),
-                "trained_env_steps": str(self.trained_env_steps), "policy": self.cfg.spec.policy.name,
-                "numel": str(self.flat.numel()), "spec": json.dumps(asdict(self.cfg.spec))}
-        save_checkpoint(path, tensors, meta)
+        save_training_checkpoint(path, self.flat, self.optimizer.state_dict(), version=self.version,
+                                 trained_env_steps=self.trained_env_steps, spec=self.cfg.spec)
         return path
 
     def restore(self, path: Path) -> None:
         """Resume weights, optimizer state and counters from a checkpoint."""
         tensors, meta = load_weights(self.flat, path)
-        state = self.optimizer.state_dict()
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, i, name = key.split(".", 2)
-                state["state"].setdefault(int(i), {})[name] = value
-        self.optimizer.load_state_dict(state)
+        self.optimizer.load_state_dict(optimizer_state(tensors, self.optimizer.state_dict()))
         self.version = int(meta["version"])
         self.trained_env_steps = int(meta["trained_env_steps"])
 
@@ -325,6 +284,3 @@ def _take(traj: TrajectoryQueue, count: int, stop) -> list[int] | None:
                     traj.release(s)
                 return None
     return slots
-
-
-__all__ = ["CHECKPOINT_NAME", "Learner", "LearnerConfig", "build_policy", "learner_main", "load_weights"]

@@ -27,14 +27,15 @@ import numpy as np
 import torch
 
 from dvla.spec import JobSpec
-from dvlad.envs.vector import EnvWorkerPool
 from dvlad.lanes.actor import Actor, ActorConfig
 from dvlad.lanes.device import ACTOR_PRIORITY, placement_for
-from dvlad.lanes.learner import LearnerConfig, build_policy, learner_main
+from dvlad.lanes.env_workers import EnvWorkerPool
+from dvlad.lanes.learner import LearnerConfig, learner_main
 from dvlad.lanes.timeline import GPU_LANES, LaneTimeline, covered_seconds
 from dvlad.lanes.trajectory import SegmentShape, TrajectoryQueue
 from dvlad.lanes.vram import LEARNER_PEAK, LEARNER_WEIGHTS, job_pools, peak_allocated, tensor_bytes
 from dvlad.lanes.weights import WeightPlane
+from dvlad.policies import build_policy
 
 
 class JobFailed(RuntimeError):

@@ -12,8 +12,8 @@ import multiprocessing as mp
 import queue
 from dataclasses import dataclass
 
-from dvlad.envs.base import ACTION_DIM, EnvSpec
 from dvlad.shm import ArraySpec, SharedArrays, SharedArraysHandle
+from dvlad.spaces import ACTION_DIM, EnvSpec
 
 
 @dataclass(frozen=True)

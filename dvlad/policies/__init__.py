@@ -11,8 +11,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from dvlad.envs.base import EnvSpec
+import torch
+
+from dvla.spec import JobSpec
 from dvlad.policies.base import ActOutput, EvalOutput, ObsBatch, Policy, flatten_parameters
+from dvlad.spaces import EnvSpec
 
 __all__ = [
     "BUILTIN_POLICIES",
@@ -20,6 +23,7 @@ __all__ = [
     "EvalOutput",
     "ObsBatch",
     "Policy",
+    "build_policy",
     "flatten_parameters",
     "make_policy",
 ]
@@ -65,3 +69,18 @@ def make_policy(name: str, env_spec: EnvSpec, action_chunk: int = 1, **args: Any
     if not isinstance(policy, Policy):
         raise TypeError(f"policy factory {target!r} returned {type(policy).__name__}, not a Policy")
     return policy
+
+
+def build_policy(spec: JobSpec, env_spec: EnvSpec, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> tuple[Policy, torch.Tensor]:
+    """The job's policy on ``device`` in ``dtype``, its weights in one flat buffer.
+
+    Initialised on ``device`` itself from the job's seed (a 1B model initialises in seconds
+    on a GPU, in tens of seconds on one CPU thread), so every process of the job (learner,
+    actors) starts from the same weights; then cast to ``dtype``."""
+    torch.manual_seed(spec.job.seed)
+    with torch.device(device):
+        policy = make_policy(spec.policy.name, env_spec, action_chunk=spec.policy.action_chunk,
+                             **spec.policy.args)
+    policy.to(device=device, dtype=dtype)
+    return policy, flatten_parameters(policy)

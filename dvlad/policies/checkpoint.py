@@ -7,19 +7,31 @@ atomic), are fsynced, renamed over the target with ``os.replace``, and the direc
 fsynced so the rename itself survives a crash.
 
 Why safetensors: no pickle (loading cannot run code), memory-mapped loads, and string
-metadata in the header. Generic on purpose: the runtime stores the policy's flat
-buffer, optimizer state tensors and JSON-encoded metadata through it.
+metadata in the header.
+
+The training checkpoint format (``dvla-checkpoint-1``) is defined here once: the policy's flat
+buffer as ``policy.flat``, each optimizer state tensor as ``optim.PARAM.NAME``, and string
+metadata with the version, the env steps trained on and the whole job spec as JSON (the SDK reads
+the spec back without torch: ``dvla.checkpoint``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from dvla.checkpoint import named_checkpoint
+from dvla.spec import JobSpec
+
+CHECKPOINT_FORMAT = "dvla-checkpoint-1"
 
 
 def save_checkpoint(
@@ -60,6 +72,41 @@ def load_checkpoint(
         metadata = dict(f.metadata() or {})
         tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
     return tensors, metadata
+
+
+def save_training_checkpoint(path: Path, flat: torch.Tensor, optimizer: dict[str, Any], *, version: int,
+                             trained_env_steps: int, spec: JobSpec) -> None:
+    """A learner's state in the training checkpoint format: weights, optimizer state, counters, spec."""
+    tensors = {"policy.flat": flat.detach().cpu()}
+    for i, st in optimizer["state"].items():
+        for name, value in st.items():
+            tensors[f"optim.{i}.{name}"] = torch.as_tensor(value).cpu()
+    meta = {"format": CHECKPOINT_FORMAT, "version": str(version), "trained_env_steps": str(trained_env_steps),
+            "policy": spec.policy.name, "numel": str(flat.numel()), "spec": json.dumps(asdict(spec))}
+    save_checkpoint(path, tensors, meta)
+
+
+def load_weights(flat: torch.Tensor, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Copy the weights of the checkpoint ``path`` names (:func:`dvla.checkpoint.named_checkpoint`)
+    into a policy's flat buffer; returns all its tensors and its metadata. ValueError if the
+    checkpoint was written by a policy of another size (other arguments, cameras or image size)."""
+    tensors, meta = load_checkpoint(named_checkpoint(path))
+    weights = tensors["policy.flat"]
+    if weights.numel() != flat.numel():
+        raise ValueError(f"checkpoint {path} holds {weights.numel()} weights; the policy built here has "
+                         f"{flat.numel()} (other policy arguments, cameras or image size?)")
+    flat.copy_(weights)
+    return tensors, meta
+
+
+def optimizer_state(tensors: dict[str, torch.Tensor], template: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer ``state_dict`` like ``template`` (the optimizer's own, for its param groups) with
+    the state tensors a training checkpoint holds."""
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, i, name = key.split(".", 2)
+            template["state"].setdefault(int(i), {})[name] = value
+    return template
 
 
 def _fsync_dir(directory: Path) -> None:

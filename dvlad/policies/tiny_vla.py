@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dvlad.envs.base import ACTION_DIM, EnvSpec
 from dvlad.policies.action_tokens import ActionTokenizer, sample_tokens
 from dvlad.policies.base import ActOutput, EvalOutput, ObsBatch, Policy
 from dvlad.policies.text import WordTokenizer
+from dvlad.spaces import ACTION_DIM, EnvSpec
 
 
 class _ImageEncoder(nn.Module):

@@ -33,11 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dvlad.envs.base import ACTION_DIM, EnvSpec
 from dvlad.policies.action_tokens import ActionTokenizer, sample_tokens
 from dvlad.policies.base import ActOutput, EvalOutput, ObsBatch, Policy
 from dvlad.policies.text import WordTokenizer
 from dvlad.policies.trunk import DTYPES, apply_lora, build_trunk, load_trunk, trunk_config
+from dvlad.spaces import ACTION_DIM, EnvSpec
 
 
 class PatchEncoder(nn.Module):

@@ -27,8 +27,8 @@ from dvla.errors import InvalidSpec
 from dvla.spec import JobSpec, SpecError, spec_from_dict
 from dvlad.envs.base import Observation
 from dvlad.envs.libero import Act, EvalResult, LiberoEnv, evaluate
-from dvlad.lanes.learner import build_policy, load_weights
-from dvlad.policies import ObsBatch, Policy
+from dvlad.policies import ObsBatch, Policy, build_policy
+from dvlad.policies.checkpoint import load_weights
 
 
 def load_policy(path: Path, spec: JobSpec, env: LiberoEnv) -> Policy:

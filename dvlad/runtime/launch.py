@@ -77,7 +77,7 @@ def spawn(job: Job, gpu_ids: list[int], state_dir: Path) -> Started:
     in their place would turn a root write or read into one of any file). The user owns
     ``spec.toml`` and ``job.log`` (mode 0600: readable by them, by nobody else) and ``run/`` (0750),
     the job's working directory and the only place it writes; the daemon reads what is in there
-    only through :func:`dvlad.server.jobfiles.open_job_file`."""
+    only through :func:`dvlad.runtime.jobfiles.open_job_file`."""
     home = job_dir(state_dir, job.id)
     run = run_dir(state_dir, job.id)
     if home.exists():  # left by an earlier database of this state dir: kept, out of the way

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from dvlad.runtime.jobfiles import open_job_file, read_job_file
 from dvlad.runtime.launch import log_path, process_start, recorded_pid, run_dir, spawn
-from dvlad.server.jobfiles import open_job_file, read_job_file
 from dvlad.store import IllegalTransition, Job, State, Store
 
 log = logging.getLogger("dvlad")

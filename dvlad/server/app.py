@@ -17,13 +17,13 @@ from dvla.api import PRIORITIES
 from dvla.spec import SpecError
 from dvlad.config import Config
 from dvlad.gpu.inventory import LIVE_FIELDS
+from dvlad.runtime.jobfiles import metrics_rows, read_job_file
 from dvlad.runtime.launch import log_path, run_dir
 from dvlad.server import prom, transfer
 from dvlad.server.auth import Identity, authenticate
 from dvlad.server.codec import read_body, respond
 from dvlad.server.core import Daemon, NeverFits
 from dvlad.server.errors import HTTP_CODES, ApiError
-from dvlad.server.jobfiles import metrics_rows, read_job_file
 from dvlad.server.openapi import OPENAPI
 from dvlad.store import TERMINAL, Job, State
 

@@ -15,9 +15,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from dvla.metric_names import LANES
+from dvlad.runtime.jobfiles import metrics_rows
 from dvlad.runtime.launch import run_dir
 from dvlad.server.core import Daemon
-from dvlad.server.jobfiles import metrics_rows
 from dvlad.store import State
 
 REGISTRY = web.AppKey("prometheus_registry", CollectorRegistry)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dvla.tarball import safe_extract, tar_chunks
-from dvlad.server.jobfiles import open_job_file
+from dvlad.runtime.jobfiles import open_job_file
 
 CHUNK = 1 << 20
 
@@ -32,7 +32,7 @@ class TooLarge(ValueError):
 
 def checkpoint_files(run: Path) -> list[tuple[str, Path]]:
     """The checkpoint files of a run directory (``*.safetensors``; temporaries end in ``.tmp``):
-    regular files only, not symlinks (the job's user owns ``run/``; see :mod:`dvlad.server.jobfiles`)."""
+    regular files only, not symlinks (the job's user owns ``run/``; see :mod:`dvlad.runtime.jobfiles`)."""
     return sorted((p.name, p) for p in run.glob("*.safetensors") if _is_regular(p))
 
 

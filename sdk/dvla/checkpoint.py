@@ -3,7 +3,7 @@
 Why the SDK reads the header itself: ``train(policy="runs/try1")`` must build a spec whose policy (name,
 action chunk, arguments) matches the weights, and a laptop has no torch to ask. A safetensors file
 starts with an 8-byte little-endian length and that many bytes of JSON whose ``__metadata__`` holds
-the engine's ``spec`` (see ``dvlad/lanes/learner.py``), so the standard library suffices.
+the engine's ``spec`` (see ``dvlad/policies/checkpoint.py``), so the standard library suffices.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""A real ``dvlad`` process on a real Unix socket, and a small HTTP client for it (tests and bench).
+"""A real ``dvlad`` process on a real Unix socket, and a small HTTP client for it.
+
+Why in the package (as ``aiohttp.test_utils`` is in aiohttp's): the tests and the benchmark scripts
+both start real daemons, and scripts never import tests. Standard library only at import time.
 
 Run as a script, it makes one request and prints ``{"status", "body"}``: the tests run it as
 another Unix user, because the daemon takes the caller's identity from the socket's peer credentials.
@@ -21,6 +24,16 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = ROOT / ".venv" / "bin" / "python"
+FIXTURE = next((p for p in (ROOT / "shared", ROOT.parent / "shared") if p.is_dir()),
+               Path("/work/shared")) / "fixtures/gpu/h100-x1/topology.json"
+"""The recorded topology of a real one-GPU H100 (``../shared/fixtures``), replayed where NVML is absent."""
+TINY_POLICY = {"d_model": 16, "layers": 1, "heads": 2, "patch_grid": 2}
+"""tiny-vla's arguments for a model that builds and steps in milliseconds on one core."""
+LONG = {"job": {"name": "long"}, "policy": {"args": TINY_POLICY}, "algo": {"update_epochs": 1, "minibatches": 2},
+        "env": {"name": "synthetic", "num_envs": 4, "groups": 2, "workers": 1,
+                "args": {"step_ms": 2.0, "image_size": 16, "cameras": ["image"], "max_episode_steps": 24}},
+        "pipeline": {"segment_steps": 8}, "train": {"total_env_steps": 10**9, "resume": False}}
+"""A small job that runs until cancelled (its env-step budget is out of reach)."""
 
 
 class UnixConnection(http.client.HTTPConnection):

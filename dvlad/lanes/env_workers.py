@@ -25,8 +25,9 @@ from multiprocessing.connection import Connection, wait
 
 import numpy as np
 
-from dvlad.envs.base import ACTION_DIM, MAX_INSTRUCTION_BYTES, EnvSpec, Observation
+from dvlad.envs.base import Observation
 from dvlad.shm import ArraySpec, SharedArrays
+from dvlad.spaces import ACTION_DIM, MAX_INSTRUCTION_BYTES, EnvSpec
 
 CMD_STEP, CMD_RESET, CMD_HOLD = 0, 1, 2
 """Per-env command the actor writes beside the action: step it, reset it to ``seed``, or
