@@ -8,7 +8,9 @@ rotation, gripper), as LIBERO uses, so one policy head fits every env.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 ACTION_DIM = 7
 """delta x, y, z, delta roll, pitch, yaw, gripper (−1 open … +1 closed)."""
@@ -29,3 +31,20 @@ class EnvSpec:
     """Fixed start states the env can reset to by index (0: seeds only)."""
     aux_dim: int = 0
     """Length of :attr:`Observation.aux` (0: the env offers no auxiliary labels)."""
+
+
+IMAGE_PREFIX = "image/"
+"""Arrays of camera images are named ``image/CAMERA`` wherever observations travel as named arrays
+(env slots, trajectory segments, a learner's batch), beside ``proprio``, ``instruction`` and ``aux``."""
+
+T = TypeVar("T")
+
+
+def image_key(camera: str) -> str:
+    """The array name of ``camera``'s images."""
+    return IMAGE_PREFIX + camera
+
+
+def camera_images(arrays: Mapping[str, T]) -> dict[str, T]:
+    """camera -> its images, out of a table of named arrays."""
+    return {name[len(IMAGE_PREFIX):]: value for name, value in arrays.items() if name.startswith(IMAGE_PREFIX)}

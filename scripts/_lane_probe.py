@@ -21,12 +21,13 @@ from dvla.spec import JobSpec
 from dvlad.lanes.actor import Actor, ActorConfig
 from dvlad.lanes.device import Placement
 from dvlad.lanes.distribute import Distributor
-from dvlad.lanes.env_workers import CMD_STEP, EnvWorkerPool
+from dvlad.lanes.env_workers import EnvWorkerPool
 from dvlad.lanes.learner import Learner, LearnerConfig
 from dvlad.lanes.timeline import LaneTimeline
 from dvlad.lanes.trajectory import SegmentShape, TrajectoryQueue
 from dvlad.lanes.weights import WeightPlane
 from dvlad.policies import build_policy
+from dvlad.spaces import ACTION_DIM, image_key
 
 
 @contextlib.contextmanager
@@ -42,15 +43,12 @@ def open_pool(spec: JobSpec, workers: int | None = None, num_envs: int | None = 
 
 def sample_seconds_per_step(pool: EnvWorkerPool, seconds: float) -> float:
     """Wall seconds per env step with every group stepping at once and no inference."""
-    slots = pool.slots
-    assert slots is not None
     rng = np.random.default_rng(0)
+    actions = (pool.envs_per_group, pool.action_chunk, ACTION_DIM)
     steps, t0 = 0, time.monotonic()
     while time.monotonic() - t0 < seconds or not steps:
-        slots["action"][:] = rng.uniform(-1, 1, slots["action"].shape)
-        slots["command"][:] = CMD_STEP
         for g in range(pool.groups):
-            pool.send(g)
+            pool.step(g, rng.uniform(-1, 1, actions))
         steps += sum(pool.wait(g).env_steps for g in range(pool.groups))
     return (time.monotonic() - t0) / steps
 
@@ -100,17 +98,17 @@ def lane_costs(spec: JobSpec, placement: Placement, seconds: float) -> dict[str,
         try:
             actor_cfg = ActorConfig(shape.steps, 0, True, compile=spec.pipeline.compile_actor)
             actor = Actor(pool, policy, flat, plane, traj, actor_cfg, LaneTimeline(), placement=placement)
-            obs, _ = actor._read_obs(pool.group_slice(0))
-            infer = _time(lambda: actor.act(obs), 20, placement.device) / pool.envs_per_group
+            obs = pool.read(0)
+            batch = actor.observation_batch(obs)
+            infer = _time(lambda: actor.act(batch), 20, placement.device) / pool.envs_per_group
 
             segments = []
             for g in range(pool.groups):  # real observations, every row valid
                 seg = {k: v.copy() for k, v in traj.view(g).items()}
-                for k in seg:
-                    if k.startswith("image/") or k in ("proprio", "instruction"):
-                        name = k.split("/", 1)[-1]
-                        row = obs.images[name] if k.startswith("image/") else getattr(obs, k)
-                        seg[k][:] = row.numpy()
+                for cam, images in obs.images.items():
+                    seg[image_key(cam)][:] = images
+                seg["proprio"][:] = obs.proprio
+                seg["instruction"][:] = batch.instruction.numpy()
                 seg["valid"][:] = True
                 seg["env_steps"][:] = spec.policy.action_chunk
                 segments.append(seg)

@@ -26,7 +26,8 @@ import numpy as np
 import psutil
 
 from dvlad.envs.gl import configure_mujoco_gl
-from dvlad.lanes.env_workers import CMD_STEP, EnvWorkerPool
+from dvlad.lanes.env_workers import EnvWorkerPool
+from dvlad.spaces import ACTION_DIM
 
 ENVS: dict[str, tuple[str, dict]] = {
     "libero": ("libero", {"suite": "libero_spatial"}),
@@ -48,16 +49,12 @@ def measure(name: str, args: dict, workers: int, seconds: float) -> dict[str, fl
                          step_timeout_s=120.0)
     build_s = time.monotonic() - t0
     try:
-        slots = pool.slots
-        assert slots is not None
         rng = np.random.default_rng(0)
 
         def run(duration: float) -> int:
             steps, start = 0, time.monotonic()
             while time.monotonic() - start < duration:
-                slots["action"][:] = rng.uniform(-1, 1, slots["action"].shape)
-                slots["command"][:] = CMD_STEP
-                pool.send(0)
+                pool.step(0, rng.uniform(-1, 1, (workers, 1, ACTION_DIM)))
                 steps += pool.wait(0).env_steps
             return steps
 

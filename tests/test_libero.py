@@ -19,7 +19,7 @@ from dvlad.envs import make_env
 from dvlad.envs.base import Env
 from dvlad.envs.libero import CAMERAS, MAX_EPISODE_STEPS, NOOP, evaluate, resolve_task, served_task, suite_tasks
 from dvlad.envs.libero_config import LiberoSetupError, data_root, prepare_libero
-from dvlad.lanes.env_workers import CMD_STEP, EnvWorkerPool, decode_instruction
+from dvlad.lanes.env_workers import EnvWorkerPool, decode_instruction
 from dvlad.spaces import MAX_INSTRUCTION_BYTES
 
 BUILDS = {  # suite -> (task, env args): every suite once, each option somewhere
@@ -196,24 +196,21 @@ def test_killed_worker_is_replaced_and_the_batch_goes_on():
     args = {"suite": "libero_spatial", "tasks": [0, 1], "image_size": 32}
     pool = EnvWorkerPool("libero", args, num_envs=2, groups=1, workers=2, action_chunk=1, seed=0, step_timeout_s=60)
     try:
-        s = pool.slots
         assert pool.spec.max_episode_steps == 220  # the suite's limit by default
         tasks = suite_tasks("libero_spatial")
-        assert [decode_instruction(s["instruction"][i]) for i in range(2)] == [tasks[0].instruction,
-                                                                              tasks[1].instruction]
-        s["action"][:] = NOOP
-        s["command"][:] = CMD_STEP
-        pool.send(0)
+        assert [decode_instruction(row) for row in pool.read(0).instruction] == [tasks[0].instruction,
+                                                                                tasks[1].instruction]
+        noop = np.broadcast_to(NOOP, (2, 1, len(NOOP)))
+        pool.step(0, noop)
         assert pool.wait(0).env_steps == 2
         victim = pool.workers[1].process.pid
         os.kill(victim, signal.SIGKILL)
-        pool.send(0)
+        pool.step(0, noop)
         result = pool.wait(0)
         assert result.dropped_envs == [1] and pool.replaced_workers == 1 and victim not in pool.pids()
-        assert decode_instruction(s["instruction"][1]) == tasks[1].instruction  # rebuilt for the same task
+        assert decode_instruction(pool.read(0).instruction[1]) == tasks[1].instruction  # rebuilt, same task
         for _ in range(2):
-            s["command"][:] = CMD_STEP
-            pool.send(0)
+            pool.step(0, noop)
             assert pool.wait(0).env_steps == 2
     finally:
         pool.close()

@@ -22,19 +22,16 @@ import numpy as np
 import torch
 
 from dvlad.lanes.device import CPU, Placement
-from dvlad.lanes.env_workers import CMD_HOLD, CMD_RESET, CMD_STEP, EnvWorkerPool, GroupResult, decode_instruction
+from dvlad.lanes.env_workers import EnvWorkerPool, GroupObs, GroupResult, decode_instruction
 from dvlad.lanes.timeline import LaneTimeline
 from dvlad.lanes.trajectory import TrajectoryQueue
 from dvlad.lanes.weights import WeightPlane
 from dvlad.policies.base import ActOutput, ObsBatch, Policy
+from dvlad.spaces import image_key
 
 
 class _Stopped(Exception):
     """Raised inside the loop when the job asked to stop while the actor was blocked."""
-
-
-class SlotTornError(RuntimeError):
-    """A shared-memory slot was read while a worker was writing it (a protocol bug)."""
 
 
 @dataclass
@@ -158,16 +155,13 @@ class Actor:
 
     def _serve(self, g: int) -> None:
         """Group ``g``'s observations are ready: reset it, or act on it."""
-        st, envs = self.groups[g], self.pool.group_slice(g)
-        slots = self.pool.slots
-        assert slots is not None
+        st = self.groups[g]
         if st.needs_reset:  # episodic: all envs of the group restart, blocks sharing a seed
             seeds = self._rng.integers(0, 2**31 - 1, size=-(-len(st.alive) // self.cfg.group_size))
-            slots["seed"][envs] = np.repeat(seeds, self.cfg.group_size)[: len(st.alive)]
-            slots["command"][envs] = CMD_RESET
+            self.pool.reset(g, np.repeat(seeds, self.cfg.group_size)[: len(st.alive)])
+            self._in_flight.add(g)
             st.needs_reset = False
             st.alive[:] = True
-            self._send(g)
             return
         self._gate(st.rollout)
         if st.slot is None:
@@ -176,21 +170,21 @@ class Actor:
             seg["valid"][:] = False
             self.queue.arrays["rollout"][st.slot] = st.rollout
             self.queue.arrays["group"][st.slot] = g
-        obs, aux = self._read_obs(envs)
+        obs = self.pool.read(g)
+        batch = self.observation_batch(obs)
         t0 = time.monotonic()
-        out = self.act(obs)
+        out = self.act(batch)
         t1 = time.monotonic()
         self.timeline.add("infer", t0, t1, len(st.alive))
         seg = self.queue.view(st.slot)
-        self._write_obs_row(seg, st.t, obs, aux)
+        self._write_obs_row(seg, st.t, obs, batch.instruction)
         seg["tokens"][st.t] = out.tokens.numpy()
         seg["logprob"][st.t] = out.logprob.numpy()
         seg["value"][st.t] = out.value.numpy()
         seg["version"][st.t] = self.version
         seg["valid"][st.t] = st.alive
-        slots["action"][envs] = out.actions.numpy()
-        slots["command"][envs] = np.where(st.alive, CMD_STEP, CMD_HOLD)
-        self._send(g)
+        self.pool.step(g, out.actions.numpy(), st.alive)
+        self._in_flight.add(g)
 
     def act(self, obs: ObsBatch) -> ActOutput:
         """The policy's action chunk for a batch: host tensors in, host tensors out (on a GPU,
@@ -201,34 +195,27 @@ class Actor:
         return ActOutput(tokens=out.tokens.cpu(), actions=out.actions.float().cpu(),
                          logprob=out.logprob.float().cpu(), value=out.value.float().cpu())
 
-    def _send(self, g: int) -> None:
-        self.pool.send(g)
-        self._in_flight.add(g)
-
     def _arrive(self, result: GroupResult) -> None:
         """Record what a group's step produced; close its segment when full."""
         g = result.group
         self._in_flight.discard(g)
-        st, envs = self.groups[g], self.pool.group_slice(g)
-        slots = self.pool.slots
-        assert slots is not None
+        st = self.groups[g]
         self.env_steps += result.env_steps
         for start, end in result.intervals:
             self.timeline.add("sample", start, end, result.env_steps // max(len(result.intervals), 1))
         if st.slot is None:  # a reset round trip: nothing to record
             return
-        seg = self.queue.view(st.slot)
+        seg, outcome = self.queue.view(st.slot), result.outcome
         # a time-limit truncation ends the episode for GAE too (CleanRL's convention): the
         # auto-reset has replaced the final observation, so there is no value to bootstrap from
-        done = slots["terminated"][envs] | slots["truncated"][envs]
-        success = slots["success"][envs]
-        seg["reward"][st.t] = slots["reward"][envs]
+        done = result.done
+        seg["reward"][st.t] = outcome["reward"]
         seg["done"][st.t] = done
-        seg["success"][st.t] = success
-        seg["env_steps"][st.t] = slots["env_steps"][envs]
+        seg["success"][st.t] = outcome["success"]
+        seg["env_steps"][st.t] = outcome["env_steps"]
         for j in np.flatnonzero(done & st.alive):
-            i = envs.start + j
-            episode = float(slots["episode_return"][i]), bool(success[j]), int(slots["episode_length"][i])
+            episode = (float(outcome["episode_return"][j]), bool(outcome["success"][j]),
+                       int(outcome["episode_length"][j]))
             if self.cfg.episodic:
                 st.ended[int(j)] = episode
             else:
@@ -238,7 +225,8 @@ class Actor:
         self._drop(result.dropped_envs)
         st.t += 1
         if st.t == self.cfg.segment_steps:
-            self._write_obs_row(seg, st.t, *self._read_obs(envs))
+            obs = self.pool.read(g)
+            self._write_obs_row(seg, st.t, obs, self._tokenize(obs.instruction))
             self.queue.publish(st.slot)
             self.episodes.add_rollout(st.ended)
             st.ended = {}
@@ -291,21 +279,10 @@ class Actor:
         return got
 
     # -- observations ---------------------------------------------------------------------
-    def _read_obs(self, envs: slice) -> tuple[ObsBatch, np.ndarray | None]:
-        """Copy a group's slots into tensors (and its aux labels, kept apart from the policy's
-        input), refusing a slot caught mid-write."""
-        slots = self.pool.slots
-        assert slots is not None
-        begin = slots["seq_begin"][envs].copy()
-        images = {k.split("/", 1)[1]: torch.from_numpy(v[envs].copy())
-                  for k, v in slots.arrays.items() if k.startswith("image/")}
-        proprio = torch.from_numpy(slots["proprio"][envs].copy())
-        instruction = self._tokenize(slots["instruction"][envs])
-        aux = slots["aux"][envs].copy() if "aux" in slots.arrays else None
-        if not np.array_equal(begin, slots["seq_end"][envs]) or not np.array_equal(
-                begin, slots["seq_begin"][envs]):
-            raise SlotTornError(f"env slots {envs} changed while being read")
-        return ObsBatch(images=images, proprio=proprio, instruction=instruction), aux
+    def observation_batch(self, obs: GroupObs) -> ObsBatch:
+        """The policy's input for a group's observations (the aux labels stay out of it)."""
+        return ObsBatch(images={cam: torch.from_numpy(v) for cam, v in obs.images.items()},
+                        proprio=torch.from_numpy(obs.proprio), instruction=self._tokenize(obs.instruction))
 
     def _tokenize(self, rows: np.ndarray) -> torch.Tensor:
         out = []
@@ -319,10 +296,10 @@ class Actor:
         return torch.stack(out)
 
     @staticmethod
-    def _write_obs_row(seg: dict, t: int, obs: ObsBatch, aux: np.ndarray | None) -> None:
+    def _write_obs_row(seg: dict, t: int, obs: GroupObs, instruction: torch.Tensor) -> None:
         for cam, img in obs.images.items():
-            seg[f"image/{cam}"][t] = img.numpy()
-        seg["proprio"][t] = obs.proprio.numpy()
-        seg["instruction"][t] = obs.instruction.numpy()
-        if aux is not None:
-            seg["aux"][t] = aux
+            seg[image_key(cam)][t] = img
+        seg["proprio"][t] = obs.proprio
+        seg["instruction"][t] = instruction.numpy()
+        if obs.aux is not None:
+            seg["aux"][t] = obs.aux

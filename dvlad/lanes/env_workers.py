@@ -3,7 +3,9 @@
 Why this shape (after Sample Factory's rollout workers):
 - env construction is slow, so workers build their envs once and keep them;
 - observations and actions live in preallocated shared-memory slots, one per env; a
-  step request and its reply are tiny messages (``("step", group)``), never pickled data;
+  step request and its reply are tiny messages (:mod:`dvlad.lanes.messages`), never pickled data;
+- the pool owns the protocol: the actor calls :meth:`EnvWorkerPool.reset`, :meth:`~EnvWorkerPool.step`,
+  :meth:`~EnvWorkerPool.read` and :meth:`~EnvWorkerPool.wait`, and never writes a slot or a command;
 - envs are split into **env groups** and every worker holds a slice of every group, so
   while the actor infers one group all workers step another (double buffering);
 - a slot is written between two sequence counters (``seq_begin``/``seq_end``): a reader
@@ -26,18 +28,19 @@ from multiprocessing.connection import Connection, wait
 import numpy as np
 
 from dvlad.envs.base import Observation
+from dvlad.lanes.messages import GroupStepped, Shutdown, StepGroup, WorkerBuilt, WorkerFailed, WorkerReady
 from dvlad.shm import ArraySpec, SharedArrays
-from dvlad.spaces import ACTION_DIM, MAX_INSTRUCTION_BYTES, EnvSpec
+from dvlad.spaces import ACTION_DIM, MAX_INSTRUCTION_BYTES, EnvSpec, camera_images, image_key
 
 CMD_STEP, CMD_RESET, CMD_HOLD = 0, 1, 2
-"""Per-env command the actor writes beside the action: step it, reset it to ``seed``, or
+"""Per-env command the pool writes beside the action: step it, reset it to ``seed``, or
 leave it untouched (an env whose episode ended and must wait, as GRPO's do)."""
 
 
 def slot_layout(spec: EnvSpec, num_envs: int, action_chunk: int) -> dict[str, ArraySpec]:
     """The shared arrays of ``num_envs`` env slots for envs of shape ``spec``."""
     n = num_envs
-    layout = {f"image/{cam}": ArraySpec((n, h, w, 3), "uint8") for cam, (h, w) in spec.cameras.items()}
+    layout = {image_key(cam): ArraySpec((n, h, w, 3), "uint8") for cam, (h, w) in spec.cameras.items()}
     if spec.aux_dim:
         layout["aux"] = ArraySpec((n, spec.aux_dim), "float32")
     layout.update(
@@ -91,7 +94,7 @@ class _EnvSlots:
 
     def __init__(self, cfg: WorkerConfig, arrays: SharedArrays, envs: dict) -> None:
         self.cfg, self.a, self.envs = cfg, arrays, envs
-        self.cams = [k.split("/", 1)[1] for k in arrays.arrays if k.startswith("image/")]
+        self.images = camera_images(arrays.arrays)
         self.episodes = dict.fromkeys(envs, 0)
         self.returns = dict.fromkeys(envs, 0.0)
         self.lengths = dict.fromkeys(envs, 0)
@@ -99,8 +102,8 @@ class _EnvSlots:
     def _write_obs(self, i: int, obs: Observation) -> None:
         """Images, proprio and aux labels; the instruction is written at reset only (it names the
         episode's task)."""
-        for cam in self.cams:
-            self.a[f"image/{cam}"][i] = obs.images[cam]
+        for cam, images in self.images.items():
+            images[i] = obs.images[cam]
         self.a["proprio"][i] = obs.proprio
         if obs.aux is not None and "aux" in self.a.arrays:
             self.a["aux"][i] = obs.aux
@@ -167,24 +170,19 @@ def worker_main(cfg: WorkerConfig, conn: Connection, handle_conn: Connection) ->
     try:
         envs = {i: make_env(cfg.env_name, env_index=i // cfg.envs_per_index, **cfg.env_args)
                 for ids in cfg.env_ids for i in ids}
-        spec = next(iter(envs.values())).spec
-        conn.send(("spec", spec))
+        conn.send(WorkerBuilt(next(iter(envs.values())).spec))
         arrays = SharedArrays.attach(handle_conn.recv())
         slots = _EnvSlots(cfg, arrays, envs)
         slots.start()
-        conn.send(("ready", os.getpid()))
-        while True:
-            msg = conn.recv()
-            if msg is None:
-                break
-            _, group = msg
+        conn.send(WorkerReady(os.getpid()))
+        while not isinstance(msg := conn.recv(), Shutdown):
             t_start = time.monotonic()
-            steps = sum(slots.step(i) for i in cfg.env_ids[group])
-            conn.send(("done", group, t_start, time.monotonic(), steps))
+            steps = sum(slots.step(i) for i in cfg.env_ids[msg.group])
+            conn.send(GroupStepped(msg.group, t_start, time.monotonic(), steps))
     except (EOFError, KeyboardInterrupt, BrokenPipeError):
         pass
     except Exception:
-        conn.send(("error", traceback.format_exc()))
+        conn.send(WorkerFailed(traceback.format_exc()))
     finally:
         if arrays is not None:
             arrays.close()
@@ -194,16 +192,46 @@ class EnvWorkerError(RuntimeError):
     """An env failed to build or raised while stepping (a bug, not a crash to recover from)."""
 
 
+class SlotTornError(RuntimeError):
+    """A shared-memory slot was read while a worker was writing it (a protocol bug)."""
+
+
+OUTCOME_FIELDS = ("reward", "terminated", "truncated", "success", "env_steps", "episode_return", "episode_length")
+"""What a step leaves in each slot besides the next observation (see :func:`slot_layout`)."""
+
+
+@dataclass
+class GroupObs:
+    """A copy of an env group's observations, taken between two whole writes of every slot."""
+
+    images: dict[str, np.ndarray]
+    """camera -> uint8 [E, H, W, 3]."""
+    proprio: np.ndarray
+    instruction: np.ndarray
+    """uint8 [E, MAX_INSTRUCTION_BYTES]: zero-padded UTF-8 (:func:`decode_instruction`)."""
+    aux: np.ndarray | None
+    """float32 [E, aux_dim] privileged labels, or None where the env has none."""
+
+
 @dataclass
 class GroupResult:
-    """What one step of an env group produced, besides the slots themselves."""
+    """What one step of an env group produced: per env of the group (copies, in slot order), the
+    outcome of its step, and how the workers spent the step."""
 
     group: int
     env_steps: int
+    outcome: dict[str, np.ndarray] = field(default_factory=dict)
+    """:data:`OUTCOME_FIELDS` -> [E] array. ``episode_return`` and ``episode_length`` are those of
+    the episode that ended on this step, valid where ``terminated | truncated``."""
     intervals: list[tuple[float, float]] = field(default_factory=list)
     """(start, end) monotonic times each worker spent stepping this group."""
     dropped_envs: list[int] = field(default_factory=list)
     """Env slots whose worker was replaced: their episodes were dropped and reset."""
+
+    @property
+    def done(self) -> np.ndarray:
+        """Where an episode ended on this step, by the task or by its time limit."""
+        return self.outcome["terminated"] | self.outcome["truncated"]
 
 
 class _Worker:
@@ -218,12 +246,12 @@ class _Worker:
         handle_child.close()
         self.pending: set[int] = set()
 
-    def recv(self, timeout: float) -> tuple:
+    def recv(self, timeout: float) -> WorkerBuilt | WorkerReady | GroupStepped:
         if not self.conn.poll(timeout):
             raise TimeoutError(f"env worker {self.cfg.worker_id} gave no answer in {timeout:.0f} s")
         msg = self.conn.recv()
-        if msg[0] == "error":
-            raise EnvWorkerError(f"env worker {self.cfg.worker_id} failed:\n{msg[1]}")
+        if isinstance(msg, WorkerFailed):
+            raise EnvWorkerError(f"env worker {self.cfg.worker_id} failed:\n{msg.traceback}")
         return msg
 
     def kill(self) -> None:
@@ -267,8 +295,9 @@ class EnvWorkerPool:
         self.workers = [_Worker(self._ctx, c) for c in self._configs]
         self.slots: SharedArrays | None = None
         try:
-            specs = [w.recv(build_timeout_s) for w in self.workers]
-            self.spec: EnvSpec = specs[0][1]
+            built = [w.recv(build_timeout_s) for w in self.workers]
+            assert isinstance(built[0], WorkerBuilt), built[0]
+            self.spec: EnvSpec = built[0].spec
             self.slots = SharedArrays(slot_layout(self.spec, num_envs, action_chunk))
             for w in self.workers:
                 self._start_serving(w)
@@ -280,17 +309,50 @@ class EnvWorkerPool:
         assert self.slots is not None
         worker.handle_conn.send(self.slots.handle)
         msg = worker.recv(self.build_timeout_s)
-        assert msg[0] == "ready", msg
+        assert isinstance(msg, WorkerReady), msg
 
     def group_slice(self, group: int) -> slice:
         return slice(group * self.envs_per_group, (group + 1) * self.envs_per_group)
 
-    def send(self, group: int) -> None:
-        """Ask every worker to run the commands of its slots in ``group`` (non-blocking)."""
+    def reset(self, group: int, seeds: np.ndarray) -> None:
+        """Start fresh episodes in every env of ``group``, env ``j`` from ``seeds[j]`` (non-blocking;
+        :meth:`wait` for it)."""
+        envs = self.group_slice(group)
+        self._slots["seed"][envs] = seeds
+        self._slots["command"][envs] = CMD_RESET
+        self._send(group)
+
+    def step(self, group: int, actions: np.ndarray, active: np.ndarray | None = None) -> None:
+        """Step every env of ``group`` with its action chunk, ``actions[j]`` [chunk, ACTION_DIM]; envs
+        where ``active`` is False hold still (non-blocking; :meth:`wait` for it)."""
+        envs = self.group_slice(group)
+        self._slots["action"][envs] = actions
+        self._slots["command"][envs] = CMD_STEP if active is None else np.where(active, CMD_STEP, CMD_HOLD)
+        self._send(group)
+
+    def read(self, group: int) -> GroupObs:
+        """A copy of ``group``'s observations. Raises :class:`SlotTornError` if a worker wrote a slot
+        meanwhile: the group must not be in flight (sent and not yet waited for)."""
+        envs, a = self.group_slice(group), self._slots
+        begin = a["seq_begin"][envs].copy()
+        obs = GroupObs(images={cam: v[envs].copy() for cam, v in camera_images(a.arrays).items()},
+                       proprio=a["proprio"][envs].copy(), instruction=a["instruction"][envs].copy(),
+                       aux=a["aux"][envs].copy() if "aux" in a.arrays else None)
+        if not np.array_equal(begin, a["seq_end"][envs]) or not np.array_equal(begin, a["seq_begin"][envs]):
+            raise SlotTornError(f"env slots {envs} changed while being read")
+        return obs
+
+    @property
+    def _slots(self) -> SharedArrays:
+        assert self.slots is not None, "the pool is closed"
+        return self.slots
+
+    def _send(self, group: int) -> None:
+        """Ask every worker to run the commands of its slots in ``group``."""
         for w in self.workers:
             w.pending.add(group)
             with contextlib.suppress(BrokenPipeError, OSError):  # found dead in wait() and replaced
-                w.conn.send(("step", group))
+                w.conn.send(StepGroup(group))
 
     def wait(self, group: int) -> GroupResult:
         """Block until every worker has stepped ``group``; replace any that died or hung."""
@@ -311,12 +373,14 @@ class EnvWorkerPool:
                     self._replace(w, result)
                     del waiting[conn]
                     continue
-                _, g, t0, t1, steps = msg
-                w.pending.discard(g)
-                if g == group:
-                    result.env_steps += steps
-                    result.intervals.append((t0, t1))
+                assert isinstance(msg, GroupStepped), msg
+                w.pending.discard(msg.group)
+                if msg.group == group:
+                    result.env_steps += msg.env_steps
+                    result.intervals.append((msg.start, msg.end))
                     del waiting[conn]
+        envs = self.group_slice(group)
+        result.outcome = {name: self._slots[name][envs].copy() for name in OUTCOME_FIELDS}
         return result
 
     def _replace(self, worker: _Worker, result: GroupResult) -> None:
@@ -337,7 +401,7 @@ class EnvWorkerPool:
     def close(self) -> None:
         for w in self.workers:
             with contextlib.suppress(BrokenPipeError, OSError):
-                w.conn.send(None)
+                w.conn.send(Shutdown())
         for w in self.workers:
             w.process.join(timeout=5)
             w.kill()

@@ -13,7 +13,7 @@ import queue
 from dataclasses import dataclass
 
 from dvlad.shm import ArraySpec, SharedArrays, SharedArraysHandle
-from dvlad.spaces import ACTION_DIM, EnvSpec
+from dvlad.spaces import ACTION_DIM, EnvSpec, image_key
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ def segment_layout(spec: EnvSpec, shape: SegmentShape, capacity: int) -> dict[st
     """Arrays for ``capacity`` segments. Observations keep T+1 rows: the last one lets the
     learner bootstrap the value of the state the segment stopped in."""
     c, t, e = capacity, shape.steps, shape.envs
-    layout = {f"image/{cam}": ArraySpec((c, t + 1, e, h, w, 3), "uint8")
+    layout = {image_key(cam): ArraySpec((c, t + 1, e, h, w, 3), "uint8")
               for cam, (h, w) in spec.cameras.items()}
     if spec.aux_dim:
         layout["aux"] = ArraySpec((c, t + 1, e, spec.aux_dim), "float32")
