@@ -94,10 +94,11 @@ def lane_costs(spec: JobSpec, placement: Placement, seconds: float) -> dict[str,
         shape = SegmentShape(spec.pipeline.segment_steps, pool.envs_per_group, spec.policy.action_chunk,
                              policy.max_instruction_tokens)
         traj = TrajectoryQueue.create(ctx, pool.spec, shape, pool.groups)
-        plane = WeightPlane.create(ctx, flat.numel(), device=placement.device, dtype=placement.actor_dtype)
+        plane = WeightPlane.create(ctx, flat.numel(), [placement.device], dtype=placement.actor_dtype)
         try:
             actor_cfg = ActorConfig(shape.steps, 0, True, compile=spec.pipeline.compile_actor)
-            actor = Actor(pool, policy, flat, plane, traj, actor_cfg, LaneTimeline(), placement=placement)
+            actor = Actor(pool, policy, flat, plane, [traj] * pool.groups, actor_cfg, LaneTimeline(),
+                          placement=placement)
             obs = pool.read(0)
             batch = actor.observation_batch(obs)
             infer = _time(lambda: actor.act(batch), 20, placement.device) / pool.envs_per_group
@@ -115,7 +116,7 @@ def lane_costs(spec: JobSpec, placement: Placement, seconds: float) -> dict[str,
             rollout_steps = shape.steps * spec.env.num_envs * spec.policy.action_chunk
             learn = _time(lambda: learner.update(segments), 2, placement.device) / rollout_steps
 
-            dist = Distributor(plane)
+            dist = Distributor(plane, placement.device)
             version = iter(range(1, 1 << 30))
             publish_s = _time(lambda: (dist.publish(learner.flat, next(version)), dist.flush()), 10,
                               placement.device)

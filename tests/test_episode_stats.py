@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dvlad.lanes.actor import EpisodeStats
+from dvlad.lanes.episodes import EpisodeStats
 
 
 def test_a_grpo_rollout_is_counted_whole_whatever_order_its_episodes_ended_in():

@@ -23,7 +23,7 @@ def _publish_from_another_process(handle: WeightPlaneHandle, numel: int, seed: i
     """A learner: fp32 master weights on the GPU, published through the plane's CUDA IPC staging."""
     plane = WeightPlane.attach(handle)
     master = torch.randn(numel, device="cuda", generator=torch.Generator("cuda").manual_seed(seed))
-    dist = Distributor(plane)
+    dist = Distributor(plane, "cuda")
     dist.publish(master, 7)
     dist.close()
     done.set()
@@ -33,7 +33,7 @@ def _publish_from_another_process(handle: WeightPlaneHandle, numel: int, seed: i
 def test_a_version_travels_device_to_device_between_processes_in_bf16():
     ctx = mp.get_context("spawn")
     numel = 1 << 20
-    plane = WeightPlane.create(ctx, numel, device="cuda", dtype=torch.bfloat16)
+    plane = WeightPlane.create(ctx, numel, ["cuda"], dtype=torch.bfloat16)
     try:
         done = ctx.Event()
         proc = ctx.Process(target=_publish_from_another_process, args=(plane.handle, numel, 3, done))

@@ -7,7 +7,7 @@ import multiprocessing as mp
 import torch
 
 from dvlad.lanes.distribute import Distributor
-from dvlad.lanes.weights import WeightPlane
+from dvlad.lanes.weights import Route, WeightPlane
 from dvlad.policies import make_policy
 from dvlad.policies.base import ObsBatch, flatten_parameters
 from dvlad.spaces import EnvSpec
@@ -31,7 +31,7 @@ def test_published_version_reaches_actor_and_changes_actions():
     ctx = mp.get_context("spawn")
     _learner, learner_flat = _policy()
     actor, actor_flat = _policy()
-    plane = WeightPlane.create(ctx, learner_flat.numel(), replicas=2)
+    plane = WeightPlane.create(ctx, learner_flat.numel(), ["cpu", "cpu"])
     try:
         obs = _obs(actor)
         with torch.no_grad():
@@ -64,5 +64,22 @@ def test_versions_alternate_staging_buffers_so_a_reader_never_sees_a_mix():
             assert plane.swap_into(got, v - 1) == v
             assert (got == v).all()
         assert set(plane.arrays["slot_version"][0].tolist()) == {4, 5}  # the two newest, one per buffer
+    finally:
+        plane.close()
+
+
+def test_a_version_follows_its_routes_through_the_replicas_that_got_it_first():
+    """A tree: the publisher feeds replica 0 only, which feeds 1 and 2, and 1 feeds 3 (a plan's routes)."""
+    ctx = mp.get_context("spawn")
+    plane = WeightPlane.create(ctx, 1000, ["cpu"] * 4)
+    routes = [Route(None, 0), Route(0, 1), Route(0, 2), Route(1, 3)]
+    try:
+        for v in (1, 2, 3):
+            published = plane.publish(torch.full((1000,), float(v)), v, routes)
+            assert sorted(published.replica_seconds) == [0, 1, 2, 3]
+            assert published.seconds >= max(published.replica_seconds.values()) >= 0
+            for r in range(4):
+                got = torch.empty(1000)
+                assert plane.swap_into(got, v - 1, replica=r) == v and (got == v).all()
     finally:
         plane.close()

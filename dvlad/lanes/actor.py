@@ -14,8 +14,7 @@ If the actor has none that new, sampling pauses until the learner publishes one.
 from __future__ import annotations
 
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 
 from dvlad.lanes.device import CPU, Placement
 from dvlad.lanes.env_workers import EnvWorkerPool, GroupObs, GroupResult, decode_instruction
+from dvlad.lanes.episodes import EpisodeStats
 from dvlad.lanes.timeline import LaneTimeline
 from dvlad.lanes.trajectory import TrajectoryQueue
 from dvlad.lanes.weights import WeightPlane
@@ -47,43 +47,10 @@ class ActorConfig:
     seed: int = 0
     compile: bool = False
     """Act through :func:`compile_act` (``pipeline.compile_actor``)."""
+    replica: int = 0
+    """Which actor replica of the job this is: the weight plane's staging it swaps from."""
     block_timeout_s: float = 600.0
     """Longest the actor waits for new weights or a free queue slot before failing the job."""
-
-
-class EpisodeStats:
-    """Finished episodes, kept for the rolling success rate, return and length.
-
-    Why whole rollouts in episodic (GRPO) mode: every episode of a rollout starts together, and
-    the successful ones end first. Recorded as they end, a window smaller than a rollout holds
-    only its last, timed-out episodes (128 envs per group read 0% success where 7% succeeded).
-    :meth:`add_rollout` records a rollout in env order once all of it has ended, and the window
-    is at least one rollout long.
-    """
-
-    def __init__(self, window: int = 100) -> None:
-        self.returns: deque[float] = deque(maxlen=window)
-        self.successes: deque[float] = deque(maxlen=window)
-        self.lengths: deque[int] = deque(maxlen=window)
-        self.total = 0
-
-    def add(self, ret: float, success: bool, length: int) -> None:
-        self.returns.append(ret)
-        self.successes.append(float(success))
-        self.lengths.append(length)
-        self.total += 1
-
-    def add_rollout(self, ended: dict[int, tuple[float, bool, int]]) -> None:
-        """A rollout's episodes, ``{env: (return, success, length)}``, in env order."""
-        for env in sorted(ended):
-            self.add(*ended[env])
-
-    def summary(self) -> dict[str, float]:
-        if not self.returns:
-            return {"episodes": self.total}
-        return {"episodes": self.total, "success_rate": float(np.mean(self.successes)),
-                "episode_return": float(np.mean(self.returns)),
-                "episode_length": float(np.mean(self.lengths))}
 
 
 def compile_act(policy: Policy, placement: Placement) -> Callable[..., ActOutput]:
@@ -101,7 +68,8 @@ def compile_act(policy: Policy, placement: Placement) -> Callable[..., ActOutput
 
 
 class _GroupState:
-    def __init__(self, envs: int) -> None:
+    def __init__(self, envs: int, queue: TrajectoryQueue) -> None:
+        self.queue = queue  # where this group's segments go: its learner rank's queue
         self.slot: int | None = None  # trajectory-queue slot being filled
         self.t = 0  # row of the segment the next transition goes to
         self.rollout = 0
@@ -111,21 +79,27 @@ class _GroupState:
 
 
 class Actor:
+    """One actor replica: drives its env worker pool, acts, fills segments into the queues of the
+    learner ranks its env groups feed (``queues[g]`` for group ``g``), swaps in new versions."""
+
     def __init__(self, pool: EnvWorkerPool, policy: Policy, flat: torch.Tensor, plane: WeightPlane,
-                 queue: TrajectoryQueue, cfg: ActorConfig, timeline: LaneTimeline,
-                 start_rollout: int = 0, placement: Placement = CPU) -> None:
-        self.pool, self.policy, self.flat, self.plane, self.queue = pool, policy, flat, plane, queue
+                 queues: Sequence[TrajectoryQueue], cfg: ActorConfig, timeline: LaneTimeline,
+                 start_rollout: int = 0, placement: Placement = CPU, episodes: EpisodeStats | None = None) -> None:
+        if len(queues) != pool.groups:
+            raise ValueError(f"one trajectory queue per env group: {pool.groups} groups, {len(queues)} queues")
+        self.pool, self.policy, self.flat, self.plane = pool, policy, flat, plane
+        self.queues = list(dict.fromkeys(queues))  # distinct, in group order
         self.placement = placement
         self._act = compile_act(policy, placement) if cfg.compile else policy.act
         self.cfg, self.timeline = cfg, timeline
         self.version = -1
         self.env_steps = 0
-        self.episodes = EpisodeStats(window=max(100, pool.envs_per_group) if cfg.episodic else 100)
+        self.episodes = episodes or EpisodeStats(window=max(100, pool.envs_per_group) if cfg.episodic else 100)
         self.dropped_episodes = 0
         self.weight_wait_s = 0.0
         self._tokens_cache: dict[bytes, torch.Tensor] = {}
-        self._rng = np.random.default_rng(cfg.seed)
-        self.groups = [_GroupState(pool.envs_per_group) for _ in range(pool.groups)]
+        self._rng = np.random.default_rng(cfg.seed if cfg.replica == 0 else [cfg.seed, cfg.replica])
+        self.groups = [_GroupState(pool.envs_per_group, q) for q in queues]
         for st in self.groups:
             st.rollout = start_rollout
             st.needs_reset = cfg.episodic
@@ -165,18 +139,18 @@ class Actor:
             return
         self._gate(st.rollout)
         if st.slot is None:
-            st.slot = self._blocking(lambda: self.queue.try_acquire(timeout=0.2), "a free trajectory-queue slot")
-            seg = self.queue.view(st.slot)
+            st.slot = self._blocking(lambda: st.queue.try_acquire(timeout=0.2), "a free trajectory-queue slot")
+            seg = st.queue.view(st.slot)
             seg["valid"][:] = False
-            self.queue.arrays["rollout"][st.slot] = st.rollout
-            self.queue.arrays["group"][st.slot] = g
+            seg["rollout"][...] = st.rollout
+            seg["group"][...] = g
         obs = self.pool.read(g)
         batch = self.observation_batch(obs)
         t0 = time.monotonic()
         out = self.act(batch)
         t1 = time.monotonic()
         self.timeline.add("infer", t0, t1, len(st.alive))
-        seg = self.queue.view(st.slot)
+        seg = st.queue.view(st.slot)
         self._write_obs_row(seg, st.t, obs, batch.instruction)
         seg["tokens"][st.t] = out.tokens.numpy()
         seg["logprob"][st.t] = out.logprob.numpy()
@@ -205,7 +179,7 @@ class Actor:
             self.timeline.add("sample", start, end, result.env_steps // max(len(result.intervals), 1))
         if st.slot is None:  # a reset round trip: nothing to record
             return
-        seg, outcome = self.queue.view(st.slot), result.outcome
+        seg, outcome = st.queue.view(st.slot), result.outcome
         # a time-limit truncation ends the episode for GAE too (CleanRL's convention): the
         # auto-reset has replaced the final observation, so there is no value to bootstrap from
         done = result.done
@@ -227,7 +201,7 @@ class Actor:
         if st.t == self.cfg.segment_steps:
             obs = self.pool.read(g)
             self._write_obs_row(seg, st.t, obs, self._tokenize(obs.instruction))
-            self.queue.publish(st.slot)
+            st.queue.publish(st.slot)
             self.episodes.add_rollout(st.ended)
             st.ended = {}
             st.slot, st.t = None, 0
@@ -244,7 +218,7 @@ class Actor:
             self.dropped_episodes += 1
             if st.slot is None:
                 continue
-            seg = self.queue.view(st.slot)
+            seg = st.queue.view(st.slot)
             seg["valid"][: st.t + 1, j] = False
             seg["done"][min(st.t, self.cfg.segment_steps - 1), j] = True
             if self.cfg.episodic:
@@ -254,15 +228,15 @@ class Actor:
     def _gate(self, rollout: int) -> None:
         """Swap to the newest weights; pause if they are too old for ``rollout``."""
         required = max(rollout - self.cfg.max_staleness, 0)  # never act before version 0
-        self.version = self.plane.swap_into(self.flat, self.version)
+        self.version = self.plane.swap_into(self.flat, self.version, self.cfg.replica)
         if self.version >= required:
             return
         self._drain()  # let in-flight groups close their segments, or the learner may starve
         t0 = time.monotonic()
 
         def newer() -> int | None:
-            self.plane.wait_for(required, timeout=0.2)
-            self.version = self.plane.swap_into(self.flat, self.version)
+            self.plane.wait_for(required, timeout=0.2, replica=self.cfg.replica)
+            self.version = self.plane.swap_into(self.flat, self.version, self.cfg.replica)
             return self.version if self.version >= required else None
 
         self._blocking(newer, f"weights of version ≥ {required}")

@@ -4,6 +4,7 @@ It runs beside the learner, in a thread of the learner process (on a GPU also on
 CUDA stream), so the learner goes on while a version travels. A version is copied straight
 from the learner's flat buffer into the staging buffers (on a GPU: fp32 master weights cast
 to the actors' bf16 on the way, device to device, one pass), with no intermediate snapshot.
+With several replicas the copies follow the job's replication plan (:class:`~dvlad.lanes.weights.Route`).
 The price is one rule for the learner: it must not write its weights until :meth:`flush`
 returns. The learner flushes before each update, after waiting for the next rollout, so
 the copy (milliseconds) is long finished by then and the learner never actually waits.
@@ -13,17 +14,23 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Sequence
 
 import torch
 
-from dvlad.lanes.weights import WeightPlane
+from dvlad.lanes.weights import Published, Route, WeightPlane
 
 
 class Distributor:
-    def __init__(self, plane: WeightPlane, on_published=None) -> None:
-        self.plane = plane
-        on_gpu = plane.device.type == "cuda"
-        self._stream = torch.cuda.Stream(plane.device) if on_gpu else None
+    """Publishes the learner's weights on ``device`` along ``routes`` (default: straight to every
+    replica); ``on_published(version, start, published)`` hears of each publication."""
+
+    def __init__(self, plane: WeightPlane, device: torch.device | str = "cpu", routes: Sequence[Route] | None = None,
+                 on_published: Callable[[int, float, Published], None] | None = None) -> None:
+        self.plane, self.routes = plane, routes
+        device = torch.device(device)
+        on_gpu = device.type == "cuda"
+        self._stream = torch.cuda.Stream(device) if on_gpu else None
         self._weights_ready = torch.cuda.Event() if on_gpu else None
         self._source: torch.Tensor | None = None
         self._version = -1
@@ -69,9 +76,9 @@ class Distributor:
                 if self._weights_ready is not None:
                     self._stream.wait_event(self._weights_ready)  # a wait on the GPU, not here
                 t0 = time.monotonic()
-                seconds = self.plane.publish(self._source, self._version)
+                published = self.plane.publish(self._source, self._version, self.routes)
                 if self._on_published is not None:
-                    self._on_published(self._version, t0, t0 + seconds)
+                    self._on_published(self._version, t0, published)
             except BaseException as exc:  # surfaced on the learner's next publish or flush
                 self._error = exc
             finally:

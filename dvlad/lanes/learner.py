@@ -28,7 +28,7 @@ from dvlad.lanes.device import CPU, LEARNER_PRIORITY, Placement, placement_for
 from dvlad.lanes.distribute import Distributor
 from dvlad.lanes.trajectory import TrajectoryQueue, TrajectoryQueueHandle
 from dvlad.lanes.vram import LEARNER_PEAK, LEARNER_WEIGHTS, peak_allocated, tensor_bytes
-from dvlad.lanes.weights import WeightPlane, WeightPlaneHandle
+from dvlad.lanes.weights import Published, WeightPlane, WeightPlaneHandle
 from dvlad.policies import build_policy
 from dvlad.policies.base import ObsBatch
 from dvlad.policies.checkpoint import load_weights, optimizer_state, save_training_checkpoint
@@ -236,10 +236,10 @@ def _learn(cfg: LearnerConfig, placement: Placement, queue_handle: TrajectoryQue
         learner = Learner(cfg, placement)
         traj, plane = TrajectoryQueue.attach(queue_handle), WeightPlane.attach(plane_handle)
 
-        def published(version: int, t0: float, t1: float) -> None:
-            messages.put(("interval", "distribute", t0, t1, 1))
+        def published(version: int, t0: float, published: Published) -> None:
+            messages.put(("interval", "distribute", t0, t0 + published.seconds, 1))
 
-        distributor = Distributor(plane, on_published=published)
+        distributor = Distributor(plane, placement.device, on_published=published)
         distributor.publish(learner.flat, learner.version)
         messages.put(("ready", learner.version, learner.trained_env_steps, os.getpid()))
         every = cfg.spec.train.checkpoint_every

@@ -103,7 +103,7 @@ class Pipeline:
             shape = SegmentShape(spec.pipeline.segment_steps, pool.envs_per_group, spec.policy.action_chunk,
                                  policy.max_instruction_tokens)
             traj = TrajectoryQueue.create(ctx, pool.spec, shape, capacity)
-            plane = WeightPlane.create(ctx, flat.numel(), device=placement.device, dtype=placement.actor_dtype)
+            plane = WeightPlane.create(ctx, flat.numel(), [placement.device], dtype=placement.actor_dtype)
             parts += [traj, plane]
             messages, stop = ctx.Queue(), ctx.Event()
             cfg = LearnerConfig(spec, pool.spec, str(self.output_dir))
@@ -112,7 +112,7 @@ class Pipeline:
                            name="dvla-learner", daemon=True)
             learner.start()
             start_version, start_steps = self._await_ready(messages, learner)
-            actor = Actor(pool, policy, flat, plane, traj,
+            actor = Actor(pool, policy, flat, plane, [traj] * pool.groups,
                           ActorConfig(spec.pipeline.segment_steps, max_staleness, pipelined, episodic=episodic,
                                       group_size=spec.algo.group_size, seed=spec.job.seed,
                                       compile=spec.pipeline.compile_actor),
@@ -228,7 +228,8 @@ class _Reporter(threading.Thread):
         update stats, taken out of them here)."""
         actor = self.actor
         learner = {k: stats.pop(k) for k in (LEARNER_WEIGHTS, LEARNER_PEAK) if k in stats}
-        weights = tensor_bytes([*actor.policy.parameters(), *actor.policy.buffers(), actor.plane.staging])
+        staging = actor.plane.staging[actor.cfg.replica]
+        weights = tensor_bytes([*actor.policy.parameters(), *actor.policy.buffers(), staging])
         return job_pools(weights, peak_allocated(actor.placement.device), learner)
 
     def _row(self, version: int, stats: dict) -> None:
@@ -250,7 +251,7 @@ class _Reporter(threading.Thread):
             "dropped_episodes": float(actor.dropped_episodes),
             "replaced_workers": float(self.pool.replaced_workers),
             "weight_wait_s": actor.weight_wait_s,
-            "queue_depth": float(actor.queue.depth()),
+            "queue_depth": float(sum(q.depth() for q in actor.queues)),
             "acting_version": float(actor.version),
             **actor.episodes.summary(),
             **{k: float(v) for k, v in stats.items()},

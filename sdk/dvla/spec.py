@@ -4,8 +4,8 @@ Why here: `dvla validate` must work on a laptop without torch, and the daemon an
 the job runner import this same module, so a spec the client accepts is exactly a
 spec the engine runs.
 
-A job is a TOML file with up to seven sections, ``[job]``, ``[resources]``, ``[policy]``,
-``[env]``, ``[algo]``, ``[pipeline]`` and ``[train]``; every key has a default, so any
+A job is a TOML file with up to eight sections, ``[job]``, ``[resources]``, ``[placement]``,
+``[policy]``, ``[env]``, ``[algo]``, ``[pipeline]`` and ``[train]``; every key has a default, so any
 section, or the whole file, may be left out (an empty file is a valid job: all defaults).
 ``docs/jobs.md`` is the reference.
 
@@ -38,7 +38,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dvla import catalog
+from dvla import catalog, layouts
 
 # --------------------------------------------------------------------------------------------
 # The schema. Attribute docstrings are the reference text of docs/jobs.md.
@@ -63,13 +63,31 @@ class ResourcesSection:
     """auto: CUDA when a GPU is visible, else CPU. cuda: needs gpus ≥ 1 (under dvlad a job with
     gpus = 0 sees no GPU)."""
     gpus: int = 0
-    """GPUs the job asks for (must be 0 with device "cpu"). The lanes run on the first; the others
-    stay reserved for the job."""
+    """GPUs the job asks for (must be 0 with device "cpu"). ``[placement]`` says which of them run
+    learner ranks and which actor replicas."""
     torch_threads: int = 1
     """Intra-op threads per torch process (learner, actor); env workers take the other cores."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """auto: bf16 on a GPU (bf16 actor replica, bf16 autocast in the learner), fp32 on a CPU.
     fp32 on a GPU: the actor's behaviour log-probs are exactly the learner's, at twice the bytes."""
+
+
+@dataclass
+class PlacementSection:
+    layout: Literal["auto", "decoupled", "colocated"] = "auto"
+    """decoupled: learner devices and actor devices are disjoint (the inference plane never shares a
+    GPU with the training plane); colocated: every device runs an actor replica and a learner rank;
+    auto: colocated on one device, decoupled on more. docs/planes.md draws both."""
+    learner_gpus: int = 0
+    """decoupled: how many of the job's devices run data-parallel learner ranks; 0: as many as the
+    lane costs predict fastest (``scripts/plan_job.py`` shows the choice)."""
+    cpu_devices: int = 0
+    """Run the layout on this many CPU devices instead of GPUs (each device its own processes, the
+    learner ranks joined by Gloo): the multi-device code without a GPU. 0: the job's GPUs, or one
+    device."""
+    replication_fanout: int = 2
+    """How many copies of a new version one device sends at most when it passes it on (≥ 1): 2 is a
+    binary tree, 1 a pipelined chain (see dvlad/gpu/replication.py)."""
 
 
 @dataclass
@@ -177,6 +195,7 @@ class TrainSection:
 class JobSpec:
     job: JobSection = field(default_factory=JobSection)
     resources: ResourcesSection = field(default_factory=ResourcesSection)
+    placement: PlacementSection = field(default_factory=PlacementSection)
     policy: PolicySection = field(default_factory=PolicySection)
     env: EnvSection = field(default_factory=EnvSection)
     algo: AlgoSection = field(default_factory=AlgoSection)
@@ -564,6 +583,33 @@ def _check_values(spec: JobSpec, check: _Checker) -> None:
 
     if algo.name == "grpo" and check.ok("algo.name"):
         _check_grpo(spec, check, envs_split)
+    _check_placement(spec, check)
+
+
+def _check_placement(spec: JobSpec, check: _Checker) -> None:
+    """The devices split into learner ranks and actor replicas the way ``dvla.layouts`` allows."""
+    placement, resources = spec.placement, spec.resources
+    for key in ("placement.learner_gpus", "placement.cpu_devices"):
+        if check.ok(key) and _get(spec, key) < 0:
+            check.add(key, f"must be at least 0, got {_get(spec, key)}")
+    if check.ok("placement.replication_fanout") and placement.replication_fanout < 1:
+        check.add("placement.replication_fanout", f"must be at least 1, got {placement.replication_fanout}")
+    keys = ("placement.layout", "placement.learner_gpus", "placement.cpu_devices", "resources.gpus",
+            "resources.device", "env.workers", "env.groups")
+    if not check.ok(*keys) or min(placement.learner_gpus, placement.cpu_devices, resources.gpus) < 0 \
+            or min(spec.env.workers, spec.env.groups) < 1:
+        return
+    if placement.cpu_devices and (resources.gpus or resources.device == "cuda"):
+        check.add(check.blame("placement.cpu_devices", "resources.gpus", "resources.device"),
+                  f"cpu_devices = {placement.cpu_devices} stands in for GPUs: the job must ask for none "
+                  '(resources.gpus = 0, resources.device "auto" or "cpu")')
+        return
+    devices = placement.cpu_devices or max(resources.gpus, 1)
+    problem = layouts.split_problem(placement.layout, devices, placement.learner_gpus, spec.env.workers,
+                                    spec.env.groups)
+    if problem:
+        check.add(check.blame("placement.learner_gpus", "placement.layout", "env.workers", "placement.cpu_devices",
+                              "resources.gpus"), problem)
 
 
 def _check_grpo(spec: JobSpec, check: _Checker, envs_split: bool) -> None:
