@@ -23,7 +23,7 @@ import torch
 from dvlad.lanes.device import CPU, Placement
 from dvlad.lanes.env_workers import EnvWorkerPool, GroupObs, GroupResult, decode_instruction
 from dvlad.lanes.episodes import EpisodeStats
-from dvlad.lanes.timeline import LaneTimeline
+from dvlad.lanes.timeline import LaneRecorder
 from dvlad.lanes.trajectory import TrajectoryQueue
 from dvlad.lanes.weights import WeightPlane
 from dvlad.policies.base import ActOutput, ObsBatch, Policy
@@ -83,7 +83,7 @@ class Actor:
     learner ranks its env groups feed (``queues[g]`` for group ``g``), swaps in new versions."""
 
     def __init__(self, pool: EnvWorkerPool, policy: Policy, flat: torch.Tensor, plane: WeightPlane,
-                 queues: Sequence[TrajectoryQueue], cfg: ActorConfig, timeline: LaneTimeline,
+                 queues: Sequence[TrajectoryQueue], cfg: ActorConfig, timeline: LaneRecorder,
                  start_rollout: int = 0, placement: Placement = CPU, episodes: EpisodeStats | None = None) -> None:
         if len(queues) != pool.groups:
             raise ValueError(f"one trajectory queue per env group: {pool.groups} groups, {len(queues)} queues")

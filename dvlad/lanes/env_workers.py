@@ -87,6 +87,11 @@ class WorkerConfig:
     base_seed: int
     envs_per_index: int = 1
     """Consecutive slots that share one ``env_index`` (see :class:`EnvWorkerPool`)."""
+    first_env: int = 0
+    """The job-wide number of this pool's slot 0 (each actor replica has a pool of its own): seeds
+    and env indices follow the job-wide number, so no two replicas replay the same episodes."""
+    cpus: tuple[int, ...] = ()
+    """CPU cores the worker runs on (the ones near its replica's GPU); empty: wherever the OS says."""
 
 
 class _EnvSlots:
@@ -110,7 +115,7 @@ class _EnvSlots:
 
     def _next_seed(self, i: int) -> int:
         """Distinct, reproducible seed per (job seed, env slot, episode)."""
-        ss = np.random.SeedSequence([self.cfg.base_seed, i, self.episodes[i]])
+        ss = np.random.SeedSequence([self.cfg.base_seed, self.cfg.first_env + i, self.episodes[i]])
         return int(ss.generate_state(1, dtype=np.uint32)[0])
 
     def start(self) -> None:
@@ -164,11 +169,13 @@ class _EnvSlots:
 def worker_main(cfg: WorkerConfig, conn: Connection, handle_conn: Connection) -> None:
     """Entry point of a worker process: build envs, report the spec, then serve steps."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
+    if cfg.cpus:
+        os.sched_setaffinity(0, cfg.cpus)
     from dvlad.envs import make_env
 
     arrays = None
     try:
-        envs = {i: make_env(cfg.env_name, env_index=i // cfg.envs_per_index, **cfg.env_args)
+        envs = {i: make_env(cfg.env_name, env_index=(cfg.first_env + i) // cfg.envs_per_index, **cfg.env_args)
                 for ids in cfg.env_ids for i in ids}
         conn.send(WorkerBuilt(next(iter(envs.values())).spec))
         arrays = SharedArrays.attach(handle_conn.recv())
@@ -268,15 +275,16 @@ class EnvWorkerPool:
     Env slot ``i`` belongs to group ``i // envs_per_group``; inside a group the slots are
     dealt to workers in contiguous slices, so every worker holds a slice of every group.
 
-    Slot ``i`` is built with ``env_index = i // envs_per_index`` (for factories that take one,
-    e.g. LIBERO's, which serves task ``tasks[env_index % len(tasks)]``). GRPO passes its
+    Slot ``i`` is built with ``env_index = (first_env + i) // envs_per_index`` (for factories that
+    take one, e.g. LIBERO's, which serves task ``tasks[env_index % len(tasks)]``). GRPO passes its
     ``group_size``: a GRPO group replays one start in consecutive slots, so they must
     simulate the same task.
     """
 
     def __init__(self, env_name: str, env_args: dict, *, num_envs: int, groups: int, workers: int,
                  action_chunk: int, auto_reset: bool = True, seed: int = 0,
-                 step_timeout_s: float = 30.0, build_timeout_s: float = 300.0, envs_per_index: int = 1) -> None:
+                 step_timeout_s: float = 30.0, build_timeout_s: float = 300.0, envs_per_index: int = 1,
+                 first_env: int = 0, cpus: tuple[int, ...] = ()) -> None:
         if num_envs % (groups * workers):
             raise ValueError(f"num_envs={num_envs} must divide into groups×workers={groups * workers}")
         self.num_envs, self.groups, self.action_chunk = num_envs, groups, action_chunk
@@ -289,7 +297,7 @@ class EnvWorkerPool:
             WorkerConfig(w, env_name, dict(env_args), tuple(
                 tuple(range(g * self.envs_per_group + w * per_worker,
                             g * self.envs_per_group + (w + 1) * per_worker)) for g in range(groups)),
-                auto_reset, seed, envs_per_index)
+                auto_reset, seed, envs_per_index, first_env, cpus)
             for w in range(workers)
         ]
         self.workers = [_Worker(self._ctx, c) for c in self._configs]

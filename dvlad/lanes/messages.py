@@ -58,3 +58,32 @@ class WorkerFailed:
 @dataclass(frozen=True)
 class Shutdown:
     """Stop serving and exit."""
+
+
+# -- actor replicas in processes of their own -> the job's main process ----------------------
+
+
+@dataclass(frozen=True)
+class ReplicaProgress:
+    """What a replica did since its last report: the job's main process sums env steps over the
+    replicas (the budget), keeps one episode window for all of them and one lane timeline."""
+
+    replica: int
+    env_steps: int
+    """The replica's env steps since the job (re)started, in total."""
+    episodes: list[tuple[float, bool, int]]
+    """Episodes that ended since the last report: (return, success, length)."""
+    intervals: list[tuple[str, float, float, int]]
+    """Lane intervals since the last report: (lane, start, end, items)."""
+    dropped_episodes: int
+    replaced_workers: int
+    weight_wait_s: float
+    acting_version: int
+
+
+@dataclass(frozen=True)
+class ReplicaFailed:
+    """A replica's set-up or loop raised: the job fails with this."""
+
+    replica: int
+    traceback: str

@@ -10,11 +10,18 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 from dvla.metric_names import LANES
 
 GPU_LANES = ("infer", "learn", "distribute")
 """The lanes that run on the GPU when the job has one (simulation stays on the CPU)."""
+
+
+class LaneRecorder(Protocol):
+    """Where a lane reports a busy interval: the job's timeline, or a replica process's outbox."""
+
+    def add(self, lane: str, start: float, end: float, items: int = 0) -> None: ...
 
 
 @dataclass(frozen=True)
