@@ -1,4 +1,5 @@
-"""The /v1 routes: HTTP in, :class:`~dvlad.server.core.Daemon` calls, one error shape out."""
+"""The /v1 routes: HTTP in, :class:`~dvlad.server.core.Daemon` calls, one error shape out; and
+:func:`make_app`, the app factory."""
 
 from __future__ import annotations
 
@@ -19,19 +20,17 @@ from dvlad.config import Config
 from dvlad.gpu.inventory import LIVE_FIELDS
 from dvlad.runtime.jobfiles import metrics_rows, read_job_file
 from dvlad.runtime.launch import log_path, run_dir
-from dvlad.server import prom, transfer
+from dvlad.server import lifetime, prom, transfer
 from dvlad.server.auth import Identity, authenticate
 from dvlad.server.codec import read_body, respond
-from dvlad.server.core import Daemon, NeverFits
+from dvlad.server.core import NeverFits
 from dvlad.server.errors import HTTP_CODES, ApiError
+from dvlad.server.lifetime import CONFIG, DAEMON, STATE_DIR
 from dvlad.server.openapi import OPENAPI
 from dvlad.store import TERMINAL, Job, State
 
 log = logging.getLogger("dvlad")
 
-DAEMON = web.AppKey("daemon", Daemon)
-CONFIG = web.AppKey("config", Config)
-STATE_DIR = web.AppKey("state_dir", Path)
 TOKENS = web.AppKey("tokens", dict)
 IDENTITY = "dvlad.identity"
 FOLLOW_POLL_S = 0.2
@@ -329,10 +328,12 @@ ROUTES = [
 ]
 
 
-def make_app(daemon: Daemon, config: Config, state_dir: Path, tokens: dict[str, str]) -> web.Application:
+def make_app(config: Config, tokens: dict[str, str]) -> web.Application:
+    """The daemon's app: the routes, and what they use (the store, the daemon) opened by its cleanup
+    contexts when a runner sets it up (:mod:`dvlad.server.lifetime`)."""
     # aiohttp's own body cap sits above ours, so an oversized body gets our 413 object, not its text page
     app = web.Application(middlewares=[errors_and_identity], client_max_size=config.daemon.max_body_bytes * 2)
-    app[DAEMON], app[CONFIG], app[STATE_DIR], app[TOKENS] = daemon, config, state_dir, tokens
-    app[prom.REGISTRY] = prom.registry_for(daemon, state_dir)
+    app[CONFIG], app[STATE_DIR], app[TOKENS] = config, Path(config.daemon.state_dir), tokens
+    app.cleanup_ctx.extend(lifetime.CONTEXTS)
     app.add_routes(ROUTES)
     return app
