@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from dvlad.testing import FIXTURE, LONG, TINY_POLICY, Dvlad, free_port
+from dvlad.testing import FIXTURE, LONG, TINY_POLICY, free_port
 
 QUICK = {"job": {"name": "cli-quick"}, "policy": {"args": TINY_POLICY},
          "env": {"name": "synthetic", "num_envs": 4, "groups": 2, "workers": 1,
@@ -38,10 +38,8 @@ def job_file(tmp_path: Path, spec: dict, name: str = "job.toml") -> str:
 
 
 @pytest.fixture(scope="module")
-def daemon():
-    d = Dvlad("[node]\ncpu_slots = 2\n", env={"DVLAD_FAKE_TOPOLOGY": str(FIXTURE)} if FIXTURE.exists() else {})
-    yield d.start()
-    d.close()
+def daemon(module_dvlads):
+    return module_dvlads("[node]\ncpu_slots = 2\n", recorded_gpu=True)
 
 
 def test_submit_status_jobs_logs_cancel_and_their_exit_codes(daemon, tmp_path):
