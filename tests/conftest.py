@@ -1,5 +1,5 @@
 """Shared fixtures: real dvlads on real sockets, small real jobs on the synthetic env (real processes,
-real torch)."""
+real torch); and the test tiers (``slow``, ``gpu``)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,17 @@ from dvlad.testing import FIXTURE, Dvlad
 
 configure_mujoco_gl()  # before any test module imports mujoco: it fixes its GL backend on import
 
+DAEMON_FIXTURES = {"dvlads", "module_dvlads"}
+
 
 def pytest_collection_modifyitems(config, items):
-    """GPU tests run where torch sees a GPU (the lent machine) and are skipped, saying so, elsewhere."""
+    """A test that starts a real dvlad must be marked ``slow`` (the fast loop, ``-m "not slow"``, is only
+    fast if none slips in); GPU tests run where torch sees a GPU (the lent machine) and are skipped,
+    saying so, elsewhere."""
+    unmarked = [item.nodeid for item in items
+                if DAEMON_FIXTURES & set(item.fixturenames) and "slow" not in item.keywords]
+    if unmarked:
+        raise pytest.UsageError(f"these tests start a real dvlad but are not marked slow: {', '.join(unmarked)}")
     import torch
 
     if torch.cuda.is_available():

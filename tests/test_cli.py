@@ -42,6 +42,7 @@ def daemon(module_dvlads):
     return module_dvlads("[node]\ncpu_slots = 2\n", recorded_gpu=True)
 
 
+@pytest.mark.slow
 def test_submit_status_jobs_logs_cancel_and_their_exit_codes(daemon, tmp_path):
     sock = daemon.socket
     submitted = dvla("submit", job_file(tmp_path, LONG), "--priority", "3", host=sock)
@@ -72,6 +73,7 @@ def test_submit_status_jobs_logs_cancel_and_their_exit_codes(daemon, tmp_path):
     assert ended["reason"] == "cancelled by root" or os.geteuid() != 0
 
 
+@pytest.mark.slow
 def test_a_job_bigger_than_the_node_is_refused_in_one_line_with_exit_1(daemon, tmp_path):
     too_big = {**LONG, "job": {"name": "too-big"}, "env": {**LONG["env"], "workers": 2}}  # 3 CPU slots of 2
     refused = dvla("submit", job_file(tmp_path, too_big), host=daemon.socket)
@@ -81,6 +83,7 @@ def test_a_job_bigger_than_the_node_is_refused_in_one_line_with_exit_1(daemon, t
     assert len(refused.stderr.splitlines()) == 1 and "too-big" not in dvla("jobs", host=daemon.socket).stdout
 
 
+@pytest.mark.slow
 def test_usage_errors_and_invalid_files_exit_2_before_any_request(daemon, tmp_path):
     bad = dvla("submit", job_file(tmp_path, {"env": {"num_envs": 3}}), host=daemon.socket)
     assert bad.returncode == 2 and "env.num_envs" in bad.stderr and "job.toml:" in bad.stderr
@@ -94,6 +97,7 @@ def test_usage_errors_and_invalid_files_exit_2_before_any_request(daemon, tmp_pa
     assert dvla("frobnicate").returncode == 2
 
 
+@pytest.mark.slow
 def test_follow_exits_with_the_jobs_outcome_and_report_draws_its_metrics(daemon, tmp_path):
     ok = dvla("submit", job_file(tmp_path, QUICK), "--follow", host=daemon.socket)
     assert ok.returncode == 0, ok.stderr
@@ -119,6 +123,7 @@ def test_follow_exits_with_the_jobs_outcome_and_report_draws_its_metrics(daemon,
     assert empty.returncode == 1 and "no metric rows" in empty.stderr and not (tmp_path / "none.png").exists()
 
 
+@pytest.mark.slow
 def test_machine_commands_print_tables_and_json(daemon):
     sock = daemon.socket
     nodes = json.loads(dvla("nodes", "--json", host=sock).stdout)

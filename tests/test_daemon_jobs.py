@@ -15,6 +15,8 @@ import torch
 
 from dvlad.testing import LONG, TINY_POLICY, Dvlad
 
+pytestmark = pytest.mark.slow  # real jobs through a real dvlad
+
 REACH = {"job": {"name": "reach-tiny"}, "env": {"name": "reach", "num_envs": 4, "groups": 2, "workers": 1},
          "policy": {"args": TINY_POLICY}, "algo": {"update_epochs": 1, "minibatches": 2},
          "pipeline": {"segment_steps": 8}, "train": {"total_env_steps": 256, "resume": False}}

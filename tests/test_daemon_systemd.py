@@ -16,6 +16,7 @@ from dvlad.testing import PYTHON, ROOT
 UNIT = ROOT / "systemd" / "dvlad.service"
 
 
+@pytest.mark.slow
 def test_ready_after_listening_then_watchdog_pings(tmp_path, dvlads):
     address = str(tmp_path / "notify")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:

@@ -21,6 +21,8 @@ from dvla.checkpoint import metadata
 from dvlad.testing import FIXTURE, LONG, TINY_POLICY, free_port
 from tests.test_daemon_api import ROOMY
 
+pytestmark = pytest.mark.slow  # every test talks to a real dvlad
+
 ENV = {"name": "reach", "num_envs": 4, "groups": 2, "workers": 1}
 QUICK = {"algo": {"name": "ppo", "update_epochs": 1, "minibatches": 2}, "pipeline": {"segment_steps": 8},
          "train": {"resume": False}}

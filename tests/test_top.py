@@ -188,6 +188,7 @@ def daemon(module_dvlads):
     return module_dvlads("[node]\ncpu_slots = 4\n", recorded_gpu=True)
 
 
+@pytest.mark.slow
 @needs_tmux
 @pytest.mark.skipif(not FIXTURE.exists(), reason=f"the recorded topology {FIXTURE} is not in this checkout")
 def test_top_shows_gpus_queue_lanes_and_answers_keys(daemon, tmp_path):
@@ -248,6 +249,7 @@ def test_top_shows_gpus_queue_lanes_and_answers_keys(daemon, tmp_path):
         client.close()
 
 
+@pytest.mark.slow
 @needs_tmux
 def test_top_over_tcp_on_a_node_without_gpus_survives_its_daemon_going_away(tmp_path, dvlads):
     empty = tmp_path / "no-gpus.json"  # a recorded node without GPUs: the same on a GPU machine
