@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
+from dvla.api import RECONNECT_S
 from dvlad.testing import FIXTURE, LONG, TINY_POLICY, free_port
 
 QUICK = {"job": {"name": "cli-quick"}, "policy": {"args": TINY_POLICY},
@@ -141,9 +142,13 @@ def test_machine_commands_print_tables_and_json(daemon):
 
 
 def test_an_unreachable_daemon_exits_3_with_where_it_looked(tmp_path):
+    """At once, following too: a daemon never reached is not restarting, so nothing is waited for (a
+    timeout here, well inside the reconnect window, fails the test)."""
     sock = str(tmp_path / "no.sock")
-    for args in (("jobs",), ("status", "1"), ("nodes",), ("logs", "1", "-f"), ("submit", job_file(tmp_path, QUICK))):
-        result = dvla(*args, host=sock)
+    quick = job_file(tmp_path, QUICK)
+    for args in (("jobs",), ("status", "1"), ("nodes",), ("logs", "1", "-f"), ("submit", quick),
+                 ("submit", quick, "--follow")):
+        result = dvla(*args, host=sock, timeout=RECONNECT_S / 3)
         assert result.returncode == 3, (args, result.stderr)
         assert sock in result.stderr and "dvlad --user" in result.stderr and "Traceback" not in result.stderr
     tcp = dvla("--host", f"127.0.0.1:{free_port()}", "--token", "t", "jobs")  # the option wins over $DVLA_HOST
