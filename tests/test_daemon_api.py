@@ -203,6 +203,21 @@ def test_other_users_cannot_see_logs_or_cancel_root_can(dvlad, users):
     assert events[-1]["reason"] == "cancelled by root before it started"
 
 
+def test_with_users_see_all_everyone_reads_every_job_but_cancels_only_their_own(dvlads, users):
+    alice, bob = users
+    d = dvlads("users_see_all = true\n" + QUEUED_ONLY)
+    job_id = as_user(alice, d.socket, "POST", "/v1/jobs", {"spec": {"job": {"name": "alices"}}})[1]["job"]["id"]
+    for path in (f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/logs", f"/v1/jobs/{job_id}/metrics"):
+        assert as_user(bob, d.socket, "GET", path)[0] == 200, path
+    for path in ("/v1/jobs?all=1", f"/v1/jobs?user={alice}"):
+        status, listed = as_user(bob, d.socket, "GET", path)
+        assert status == 200 and [j["id"] for j in listed["jobs"]] == [job_id], path
+    status, seen = as_user(bob, d.socket, "GET", "/v1/events")
+    assert status == 200 and {e["job_id"] for e in seen["events"]} == {job_id}
+    status, body = as_user(bob, d.socket, "POST", f"/v1/jobs/{job_id}/cancel")
+    assert (status, body["reason"]) == (403, f"job {job_id} belongs to {alice}; {bob} may not cancel it")
+    assert as_user(alice, d.socket, "POST", f"/v1/jobs/{job_id}/cancel")[1]["state"] == "cancelled"
+
 def test_one_users_latest_jobs_are_filtered_by_the_daemon_before_the_limit(dvlad, users):
     from click.testing import CliRunner
 
