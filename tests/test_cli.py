@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from dvlad.testing import FIXTURE, LONG, TINY_POLICY, Dvlad, free_port
+from dvla.api import RECONNECT_S
+from dvlad.testing import FIXTURE, LONG, TINY_POLICY, free_port
 
 QUICK = {"job": {"name": "cli-quick"}, "policy": {"args": TINY_POLICY},
          "env": {"name": "synthetic", "num_envs": 4, "groups": 2, "workers": 1,
@@ -38,12 +39,11 @@ def job_file(tmp_path: Path, spec: dict, name: str = "job.toml") -> str:
 
 
 @pytest.fixture(scope="module")
-def daemon():
-    d = Dvlad("[node]\ncpu_slots = 2\n", env={"DVLAD_FAKE_TOPOLOGY": str(FIXTURE)} if FIXTURE.exists() else {})
-    yield d.start()
-    d.close()
+def daemon(module_dvlads):
+    return module_dvlads("[node]\ncpu_slots = 2\n", recorded_gpu=True)
 
 
+@pytest.mark.slow
 def test_submit_status_jobs_logs_cancel_and_their_exit_codes(daemon, tmp_path):
     sock = daemon.socket
     submitted = dvla("submit", job_file(tmp_path, LONG), "--priority", "3", host=sock)
@@ -74,6 +74,7 @@ def test_submit_status_jobs_logs_cancel_and_their_exit_codes(daemon, tmp_path):
     assert ended["reason"] == "cancelled by root" or os.geteuid() != 0
 
 
+@pytest.mark.slow
 def test_a_job_bigger_than_the_node_is_refused_in_one_line_with_exit_1(daemon, tmp_path):
     too_big = {**LONG, "job": {"name": "too-big"}, "env": {**LONG["env"], "workers": 2}}  # 3 CPU slots of 2
     refused = dvla("submit", job_file(tmp_path, too_big), host=daemon.socket)
@@ -83,6 +84,7 @@ def test_a_job_bigger_than_the_node_is_refused_in_one_line_with_exit_1(daemon, t
     assert len(refused.stderr.splitlines()) == 1 and "too-big" not in dvla("jobs", host=daemon.socket).stdout
 
 
+@pytest.mark.slow
 def test_usage_errors_and_invalid_files_exit_2_before_any_request(daemon, tmp_path):
     bad = dvla("submit", job_file(tmp_path, {"env": {"num_envs": 3}}), host=daemon.socket)
     assert bad.returncode == 2 and "env.num_envs" in bad.stderr and "job.toml:" in bad.stderr
@@ -96,6 +98,7 @@ def test_usage_errors_and_invalid_files_exit_2_before_any_request(daemon, tmp_pa
     assert dvla("frobnicate").returncode == 2
 
 
+@pytest.mark.slow
 def test_follow_exits_with_the_jobs_outcome_and_report_draws_its_metrics(daemon, tmp_path):
     ok = dvla("submit", job_file(tmp_path, QUICK), "--follow", host=daemon.socket)
     assert ok.returncode == 0, ok.stderr
@@ -121,6 +124,7 @@ def test_follow_exits_with_the_jobs_outcome_and_report_draws_its_metrics(daemon,
     assert empty.returncode == 1 and "no metric rows" in empty.stderr and not (tmp_path / "none.png").exists()
 
 
+@pytest.mark.slow
 def test_machine_commands_print_tables_and_json(daemon):
     sock = daemon.socket
     nodes = json.loads(dvla("nodes", "--json", host=sock).stdout)
@@ -138,9 +142,13 @@ def test_machine_commands_print_tables_and_json(daemon):
 
 
 def test_an_unreachable_daemon_exits_3_with_where_it_looked(tmp_path):
+    """At once, following too: a daemon never reached is not restarting, so nothing is waited for (a
+    timeout here, well inside the reconnect window, fails the test)."""
     sock = str(tmp_path / "no.sock")
-    for args in (("jobs",), ("status", "1"), ("nodes",), ("logs", "1", "-f"), ("submit", job_file(tmp_path, QUICK))):
-        result = dvla(*args, host=sock)
+    quick = job_file(tmp_path, QUICK)
+    for args in (("jobs",), ("status", "1"), ("nodes",), ("logs", "1", "-f"), ("submit", quick),
+                 ("submit", quick, "--follow")):
+        result = dvla(*args, host=sock, timeout=RECONNECT_S / 3)
         assert result.returncode == 3, (args, result.stderr)
         assert sock in result.stderr and "dvlad --user" in result.stderr and "Traceback" not in result.stderr
     tcp = dvla("--host", f"127.0.0.1:{free_port()}", "--token", "t", "jobs")  # the option wins over $DVLA_HOST

@@ -91,6 +91,7 @@ def test_a_checkpoint_of_another_architecture_is_refused(tmp_path):
         Learner(LearnerConfig(spec, ENV, str(tmp_path / "b")))
 
 
+@pytest.mark.slow  # 81 learner updates to see the loss fall: half a minute on 2 cores
 def test_aux_loss_trains_on_the_env_labels_only_when_asked(tmp_path):
     env = EnvSpec(cameras={"image": (16, 16)}, proprio_dim=4, max_episode_steps=10, aux_dim=2)
     layout = segment_layout(env, SegmentShape(4, 3, 1, 16), 1)

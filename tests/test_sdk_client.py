@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import subprocess
 import sys
 import tarfile
+import time
 
 import pytest
 
-from dvla import sdk
+from dvla import api, sdk
 from dvla.config import SYSTEM_SOCKET, resolve
 from dvla.errors import error_from_reply
 from dvla.tarball import safe_extract, tar_chunks
@@ -44,6 +46,28 @@ def test_where_to_connect_arguments_then_env_then_file_then_sockets(tmp_path):
     with pytest.raises(sdk.DvlaError) as bad:
         resolve(env=env)
     assert bad.value.field == "hots" and "unknown key" in bad.value.reason
+
+
+def test_following_a_daemon_never_reached_fails_at_once_saying_where_it_looked(tmp_path):
+    """No daemon has ever answered this client: following a job's log or waiting for it raises at once,
+    not after the minute of retries that rides out a restart (a daemon that did answer: test_sdk)."""
+    nowhere = str(tmp_path / "no.sock")
+
+    async def follow_and_wait_async() -> None:
+        async with sdk.AsyncClient(nowhere) as client:
+            with pytest.raises(sdk.DaemonUnavailable, match=nowhere):
+                [line async for line in client.follow_logs(1)]
+            with pytest.raises(sdk.DaemonUnavailable, match=nowhere):
+                await sdk.AsyncJob(client, 1).wait()
+
+    started = time.monotonic()
+    with sdk.Client(nowhere) as client:
+        with pytest.raises(sdk.DaemonUnavailable, match=nowhere):
+            list(client.follow_logs(1))
+        with pytest.raises(sdk.DaemonUnavailable, match=nowhere):
+            sdk.Job(client, 1).wait()
+    asyncio.run(follow_and_wait_async())
+    assert time.monotonic() - started < api.RECONNECT_EVERY_S  # not one retry
 
 
 def test_error_replies_become_typed_exceptions():

@@ -37,9 +37,11 @@ class AsyncClient:
 
     def __init__(self, host: str | None = None, token: str | None = None):
         self.endpoint: Endpoint = resolve(host, token)
+        self.reached = False
+        """As :attr:`dvla.client.Client.reached`."""
         transport = httpx.AsyncHTTPTransport(uds=self.endpoint.uds) if self.endpoint.uds else None
         self._http = httpx.AsyncClient(base_url=self.endpoint.url, transport=transport, timeout=api.TIMEOUT,
-                                       headers=api.headers(self.endpoint))
+                                       headers=api.headers(self.endpoint), event_hooks={"response": [self._answered]})
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -49,6 +51,9 @@ class AsyncClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    async def _answered(self, response: httpx.Response) -> None:
+        self.reached = True
 
     async def _call(self, req: api.Request) -> Any:
         try:
@@ -100,7 +105,7 @@ class AsyncClient:
         return await self._call(api.logs(job_id, offset, follow=False))
 
     async def follow_logs(self, job_id: int, *, offset: int = 0) -> AsyncIterator[str]:
-        cursor, outage = api.LogCursor(offset), api.Outage()
+        cursor, outage = api.LogCursor(offset), api.Outage(self.reached)
         while True:
             try:
                 async with self._stream(api.logs(job_id, cursor.offset, follow=True)) as response:
@@ -173,7 +178,7 @@ class AsyncJob:
         return (await self.refresh())["state"]
 
     async def wait(self, timeout: float | None = None, poll: float = 0.5) -> dict[str, Any]:
-        deadline, outage = None if timeout is None else time.monotonic() + timeout, api.Outage()
+        deadline, outage = None if timeout is None else time.monotonic() + timeout, api.Outage(self.client.reached)
         while True:
             try:
                 if await self.status() in api.TERMINAL:

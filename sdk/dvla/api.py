@@ -65,15 +65,20 @@ RECONNECT_EVERY_S = 1.0
 
 class Outage:
     """The daemon became unreachable while a job was being followed: how long ago, and whether to
-    keep trying (:data:`RECONNECT_S`)."""
+    keep trying (:data:`RECONNECT_S`).
 
-    def __init__(self) -> None:
+    Only a daemon that has answered (``reached``: this client's earlier calls, or this follow itself)
+    is waited for. One never reached is not restarting: nothing is there, or the address is wrong, and
+    the follower says so at once, with where it looked, instead of after a minute of retries."""
+
+    def __init__(self, reached: bool) -> None:
+        self.reached = reached
         self.since: float | None = None
 
     def ride_out(self, error: DvlaError) -> None:
         """Return if following should try again; re-raise ``error`` if it is not the daemon going away
-        (an error reply) or it has been away too long."""
-        if not (isinstance(error, DaemonUnavailable) or error.code == "transport"):
+        (an error reply), the daemon was never reached, or it has been away too long."""
+        if not self.reached or not (isinstance(error, DaemonUnavailable) or error.code == "transport"):
             raise error
         now = time.monotonic()
         self.since = self.since or now
@@ -81,7 +86,8 @@ class Outage:
             raise error
 
     def over(self) -> None:
-        self.since = None
+        """The daemon answered."""
+        self.reached, self.since = True, None
 
 
 class LogCursor:

@@ -32,9 +32,12 @@ class Client:
 
     def __init__(self, host: str | None = None, token: str | None = None):
         self.endpoint: Endpoint = resolve(host, token)
+        self.reached = False
+        """Whether dvlad has answered this client yet: following a job rides out a daemon that went away
+        (a restart), not one that was never there (:class:`dvla.api.Outage`)."""
         transport = httpx.HTTPTransport(uds=self.endpoint.uds) if self.endpoint.uds else None
         self._http = httpx.Client(base_url=self.endpoint.url, transport=transport, timeout=api.TIMEOUT,
-                                  headers=api.headers(self.endpoint))
+                                  headers=api.headers(self.endpoint), event_hooks={"response": [self._answered]})
 
     def __enter__(self) -> Client:
         return self
@@ -46,6 +49,9 @@ class Client:
         self._http.close()
 
     # -- plumbing ------------------------------------------------------------------------------
+    def _answered(self, response: httpx.Response) -> None:
+        self.reached = True
+
     def _send(self, req: api.Request) -> httpx.Response:
         try:
             return self._http.request(req.method, req.path, params=req.params, json=req.json)
@@ -122,8 +128,9 @@ class Client:
 
     def follow_logs(self, job_id: int, *, offset: int = 0) -> Iterator[str]:
         """The job's log line by line as it is written, ending when the job ends. A daemon restart
-        meanwhile is ridden out (:data:`dvla.api.RECONNECT_S`): the stream resumes at the next line."""
-        cursor, outage = api.LogCursor(offset), api.Outage()
+        meanwhile is ridden out (:data:`dvla.api.RECONNECT_S`): the stream resumes at the next line. A
+        daemon this client never reached raises :class:`~dvla.errors.DaemonUnavailable` at once."""
+        cursor, outage = api.LogCursor(offset), api.Outage(self.reached)
         while True:
             try:
                 with self._stream(api.logs(job_id, cursor.offset, follow=True)) as response:
@@ -208,7 +215,7 @@ class Job:
     def wait(self, timeout: float | None = None, poll: float = 0.5) -> dict[str, Any]:
         """Block until the job ends; return its final record. ``JobFailed`` (with the daemon's reason)
         if it failed or was cancelled, ``TimeoutError`` after ``timeout`` seconds."""
-        deadline, outage = None if timeout is None else time.monotonic() + timeout, api.Outage()
+        deadline, outage = None if timeout is None else time.monotonic() + timeout, api.Outage(self.client.reached)
         while True:
             try:
                 if self.status() in api.TERMINAL:
