@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import torch
 
-from dvla.metric_names import ACTIVATION_KEY, WEIGHT_KEY
+from dvla import metric_names as m
 
 LEARNER_WEIGHTS, LEARNER_PEAK = "gpu_learner_weight_bytes", "gpu_learner_peak_bytes"
 """The learner's update-stat keys the job's reporter turns into the two pools."""
@@ -47,4 +47,5 @@ def job_pools(actor_weights: int, actor_peak: int, learner_stats: dict) -> dict[
         activation = (actor_peak - actor_weights) + (int(learner_stats[LEARNER_PEAK]) - learner_weights)
     else:
         activation = actor_peak - actor_weights - learner_weights
-    return {WEIGHT_KEY: float(actor_weights + learner_weights), ACTIVATION_KEY: float(max(activation, 0))}
+    return {m.GPU_WEIGHT_BYTES: float(actor_weights + learner_weights),
+            m.GPU_ACTIVATION_BYTES: float(max(activation, 0))}
