@@ -135,7 +135,7 @@ class AlgoSection:
     minibatches: int = 4
     """Minibatches per pass."""
     norm_adv: bool = True
-    """Normalise advantages per minibatch."""
+    """PPO: normalise advantages per minibatch (GRPO's are standardised within each group already)."""
     group_size: int = 8
     """GRPO: episodes that share one start; advantages are relative within the group."""
 
