@@ -19,7 +19,8 @@ from pathlib import Path
 
 from dvla import metric_names as m
 from dvla.spec import JobSpec, SpecError, load_spec
-from dvlad.lanes.pipeline import JobFailed, Pipeline, Progress
+from dvlad.lanes.pipeline import JobFailed, Pipeline
+from dvlad.lanes.reporter import Progress
 from dvlad.runtime.metrics import MetricsSink
 
 SCRIPT = "dvlad-job"
