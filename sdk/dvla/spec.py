@@ -109,7 +109,7 @@ class AlgoSection:
     name: Literal["ppo", "grpo"] = "ppo"
     """ppo: clipped policy gradient with a value head and GAE; grpo: group-relative advantages."""
     learning_rate: float = 3e-4
-    """AdamW learning rate (> 0)."""
+    """Adam learning rate (> 0); no weight decay."""
     gamma: float = 0.99
     """Discount factor, in [0, 1]."""
     gae_lambda: float = 0.95
