@@ -76,11 +76,12 @@ def test_submit_status_jobs_logs_cancel_and_their_exit_codes(daemon, tmp_path):
 
 @pytest.mark.slow
 def test_a_job_bigger_than_the_node_is_refused_in_one_line_with_exit_1(daemon, tmp_path):
-    too_big = {**LONG, "job": {"name": "too-big"}, "env": {**LONG["env"], "workers": 2}}  # 3 CPU slots of 2
+    too_big = {**LONG, "job": {"name": "too-big"}, "env": {**LONG["env"], "num_envs": 8, "workers": 4}}  # 4 of 2
     refused = dvla("submit", job_file(tmp_path, too_big), host=daemon.socket)
     assert refused.returncode == 1 and refused.stdout == "", refused.stderr
     assert refused.stderr.startswith("dvla: spec.env.workers: this node has ")
-    assert refused.stderr.rstrip().endswith("; the job asks for 0 GPUs and 3 CPU slots (env.workers + 1)")
+    assert "; the job asks for 0 GPUs and 4 CPU slots (one per env worker): lower env.workers to 2 or fewer" \
+        in refused.stderr and "node.cpu_slots" in refused.stderr
     assert len(refused.stderr.splitlines()) == 1 and "too-big" not in dvla("jobs", host=daemon.socket).stdout
 
 

@@ -22,7 +22,7 @@ from dvlad.testing import FIXTURE, Dvlad, request
 pytestmark = pytest.mark.slow  # every test talks to a real dvlad
 
 ROOMY = "[node]\ncpu_slots = 8\n"
-"""Room for the default spec's 3 CPU slots (env.workers + 1) on any machine: a bigger job is refused."""
+"""Room for the default spec's 2 CPU slots (one per env worker) on any machine: a bigger job is refused."""
 QUEUED_ONLY = "max_body_bytes = 4096\n" + ROOMY + "[limits.default]\nrunning_jobs = 0\n"
 TEST_USERS = ("dvlatest1", "dvlatest2")
 

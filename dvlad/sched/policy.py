@@ -82,7 +82,7 @@ class Capacity:
 
     gpus: int
     cpus: int
-    """CPU slots (a job takes ``env.workers + 1``)."""
+    """CPU slots (a job takes one per env worker)."""
 
     def holds(self, gpus: int, cpus: int) -> bool:
         """Whether a job of ``gpus`` and ``cpus`` fits this node once it is idle: if not, waiting

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dvla.spec import spec_from_dict, spec_to_dict
-from dvlad.config import Config
+from dvlad.config import Config, job_cpu_slots
 from dvlad.gpu.inventory import Inventory
 from dvlad.gpu.links import link_score
 from dvlad.runtime.supervisor import Supervisor
@@ -60,7 +60,7 @@ class Daemon:
         Submits that arrive while a commit is on its way to disk wait for the next one and share
         its fsync (group commit); each reply still comes only after its own job is on disk."""
         resolved = spec_from_dict(spec)
-        gpus, cpus = resolved.resources.gpus, resolved.env.workers + 1
+        gpus, cpus = resolved.resources.gpus, job_cpu_slots(resolved.env.workers)
         self._refuse_if_never_fits(gpus, cpus)
         future: asyncio.Future[tuple[Job, bool]] = asyncio.get_running_loop().create_future()
         self._pending.append((Submission(
@@ -75,15 +75,23 @@ class Daemon:
         return Capacity(len(self.inventory.gpu_indices), self.config.cpu_slots)
 
     def _refuse_if_never_fits(self, gpus: int, cpus: int) -> None:
-        """Raise :class:`NeverFits` for a job bigger than the node. Why at submit: the scheduler
-        would keep it queued for ever, and its user would wait without learning why."""
+        """Raise :class:`NeverFits` for a job bigger than the node, saying what to change: the job's
+        key or the daemon's setting. Why at submit: the scheduler would keep it queued for ever, and
+        its user would wait without learning why."""
         node = self.capacity()
         if node.holds(gpus, cpus):
             return
+        fixes = []
+        if gpus > node.gpus:
+            fixes.append(f"lower resources.gpus to {node.gpus}" + (" (the job then runs on the CPU)" if not node.gpus
+                                                                   else " or fewer") + " or use a node with more GPUs")
+        if cpus > node.cpus:
+            fixes.append(f"lower env.workers to {node.cpus} or fewer (keeping num_envs divisible by groups × workers), "
+                         "or raise node.cpu_slots or node.cpu_oversubscribe in dvlad's config")
         field = "spec.resources.gpus" if gpus > node.gpus else "spec.env.workers"
-        raise NeverFits(field, f"this node has {_count(node.gpus, 'GPU')} and {_count(node.cpus, 'CPU slot')}; "
-                               f"the job asks for {_count(gpus, 'GPU')} and {_count(cpus, 'CPU slot')} "
-                               "(env.workers + 1)")
+        raise NeverFits(field, f"this node has {_count(node.gpus, 'GPU')} and {_count(node.cpus, 'CPU slot')} "
+                               f"({self.config.cpu_slots_origin}); the job asks for {_count(gpus, 'GPU')} and "
+                               f"{_count(cpus, 'CPU slot')} (one per env worker): {'; '.join(fixes)}")
 
     def _commit_pending(self) -> None:
         batch, self._pending = self._pending, []
