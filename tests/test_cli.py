@@ -3,10 +3,15 @@ checking output and the documented exit statuses (0 ok, 1 job failed or refused,
 
 from __future__ import annotations
 
+import csv
+import io
+import itertools
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +35,13 @@ def dvla(*args: str, host: str | None = None, timeout: float = 120) -> subproces
     env = {**os.environ, "COLUMNS": "200", "DVLA_HOST": host or "/nonexistent/dvlad.sock"}
     return subprocess.run([sys.executable, "-m", "dvla.cli", *args], capture_output=True, text=True, env=env,
                           timeout=timeout)
+
+
+def dvla_popen(*args: str, host: str) -> subprocess.Popen[str]:
+    """``dvla ARGS`` running in the background (a follower), as :func:`dvla` runs it."""
+    env = {**os.environ, "COLUMNS": "200", "DVLA_HOST": host}
+    return subprocess.Popen([sys.executable, "-m", "dvla.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
 
 
 def job_file(tmp_path: Path, spec: dict, name: str = "job.toml") -> str:
@@ -177,3 +189,88 @@ def test_numbers_have_named_values_bounds_and_plain_errors(tmp_path):
     assert word.returncode == 2 and "'abc' is not a valid integer." in word.stderr, word.stderr
     over = dvla("submit", job_file(tmp_path, QUICK), "--priority", "1001")
     assert over.returncode == 2 and "1001 is not in the range -1000<=x<=1000" in over.stderr, over.stderr
+
+
+def _until(predicate, timeout: float = 60.0, what: str = ""):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+    return value
+
+
+@pytest.mark.slow
+def test_a_queued_job_says_why_it_waits_in_its_record_status_jobs_and_submit_follow(dvlads, tmp_path):
+    """As squeue's REASON: first the resources it waits for; then, once a higher-priority job of the
+    same user heads the line, that job. submit --follow prints each change while the job is queued."""
+    d = dvlads("[node]\ncpu_slots = 2\n")
+    sock = d.socket
+    hog = {**LONG, "job": {"name": "hog"}, "env": {**LONG["env"], "workers": 2}}  # both CPU slots, until cancelled
+    hog_id = int(dvla("submit", job_file(tmp_path, hog, "hog.toml"), host=sock).stdout)
+    d.wait_state(hog_id, {"running"}, timeout=30)
+    follower = dvla_popen("submit", job_file(tmp_path, QUICK), "--follow", host=sock)  # 1 slot, 0 free
+    queued = _until(lambda: [j for j in d.call("GET", "/v1/jobs")[1]["jobs"]
+                             if j["name"] == "cli-quick" and j["pending_reason"]], what="no reason for cli-quick")
+    job_id, user = queued[0]["id"], queued[0]["user"]
+    resources = "resources: waits for 1 CPU slot (0 free)"
+    assert d.job(job_id)["pending_reason"] == resources
+    shown = dvla("status", str(job_id), host=sock)
+    assert shown.returncode == 0 and re.search(rf"^waiting +{re.escape(resources)}", shown.stdout, re.M), shown.stdout
+    assert json.loads(dvla("status", str(job_id), "--json", host=sock).stdout)["pending_reason"] == resources
+    row, = [line for line in dvla("jobs", host=sock).stdout.splitlines() if line.startswith(f"{job_id} ")]
+    assert row.rstrip().endswith(f"waiting: {resources}"), row
+    assert json.loads(dvla("jobs", "--json", host=sock).stdout)[-1]["pending_reason"] == resources
+
+    urgent = {**QUICK, "job": {"name": "urgent"}, "env": {**QUICK["env"], "workers": 2}}
+    urgent_id = int(dvla("submit", job_file(tmp_path, urgent, "urgent.toml"), "--priority", "5", host=sock).stdout)
+    behind = (f"priority: behind job {urgent_id} of {user} (priority 5), which waits for 2 CPU slots (0 free)")
+    _until(lambda: d.job(job_id)["pending_reason"] == behind, what=d.job(job_id)["pending_reason"])
+    assert d.job(hog_id)["pending_reason"] is None  # running: nothing to wait for
+    dvla("cancel", str(hog_id), host=sock)  # urgent runs, then cli-quick
+    out, err = follower.communicate(timeout=240)
+    assert follower.returncode == 0, err
+    notes = [line for line in err.splitlines() if " queued: " in line]
+    assert notes[:2] == [f"dvla: job {job_id} queued: {resources}", f"dvla: job {job_id} queued: {behind}"], err
+    assert all(a != b for a, b in itertools.pairwise(notes))  # printed when it changes, not every poll
+    assert out.splitlines()[0] == str(job_id) and f"job {job_id} succeeded" in err
+    assert d.job(urgent_id)["state"] == "succeeded"
+
+
+@pytest.mark.slow
+def test_status_shows_the_run_directory_and_metrics_and_checkpoint_fetch_what_it_holds(daemon, tmp_path):
+    sock = daemon.socket
+    done = dvla("submit", job_file(tmp_path, {**QUICK, "job": {"name": "cli-outputs"}}), "--follow", host=sock)
+    assert done.returncode == 0, done.stderr
+    job_id = int(done.stdout.splitlines()[0])
+    run = daemon.state_dir / "jobs" / str(job_id) / "run"
+    record = json.loads(dvla("status", str(job_id), "--json", host=sock).stdout)
+    assert record["run_dir"] == str(run) and record["pending_reason"] is None
+    assert re.search(rf"^run dir +{re.escape(str(run))}$", dvla("status", str(job_id), host=sock).stdout, re.M)
+
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    table = dvla("metrics", str(job_id), host=sock)
+    assert table.returncode == 0, table.stderr
+    parsed = list(csv.DictReader(io.StringIO(table.stdout)))
+    assert [float(r["env_steps"]) for r in parsed] == [r["env_steps"] for r in rows] and len(rows) >= 2
+    assert json.loads(parsed[-1]["staleness_hist"]) == rows[-1]["staleness_hist"]  # a list cell: JSON
+    lines = dvla("metrics", str(job_id), "--last", "2", "--json", host=sock).stdout.splitlines()
+    assert [json.loads(line) for line in lines] == rows[-2:]
+
+    dest = tmp_path / "ckpt"
+    got = dvla("checkpoint", str(job_id), "-o", str(dest), host=sock)
+    assert got.returncode == 0, got.stderr
+    written = sorted(run.glob("*.safetensors"))
+    assert got.stdout.splitlines() == [str(dest / p.name) for p in written] and written
+    assert all((dest / p.name).read_bytes() == p.read_bytes() for p in written)
+    again = json.loads(dvla("checkpoint", str(job_id), "-o", str(tmp_path / "again"), "--json", host=sock).stdout)
+    assert again == {"job_id": job_id, "files": [str(tmp_path / "again" / p.name) for p in written]}
+    default = subprocess.run([sys.executable, "-m", "dvla.cli", "checkpoint", str(job_id)], cwd=tmp_path,
+                             env={**os.environ, "DVLA_HOST": sock}, capture_output=True, text=True, timeout=60)
+    assert default.returncode == 0 and (tmp_path / f"job-{job_id}" / written[0].name).is_file(), default.stderr
+
+    failed = dvla("submit", job_file(tmp_path, BROKEN, "broken.toml"), "--follow", host=sock)
+    broken_id = int(failed.stdout.splitlines()[0])
+    none = dvla("checkpoint", str(broken_id), "-o", str(tmp_path / "none"), host=sock)
+    assert none.returncode == 1 and "no checkpoint" in none.stderr, none.stderr
+    empty = dvla("metrics", str(broken_id), host=sock)
+    assert empty.returncode == 1 and "no metric rows" in empty.stderr and empty.stdout == ""

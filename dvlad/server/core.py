@@ -18,7 +18,7 @@ from dvlad.config import Config, job_cpu_slots
 from dvlad.gpu.inventory import Inventory
 from dvlad.gpu.links import link_score
 from dvlad.runtime.supervisor import Supervisor
-from dvlad.sched import Capacity, Cluster, QueuedJob, Usage, schedule
+from dvlad.sched import Capacity, Cluster, QueuedJob, Usage, plan
 from dvlad.server.auth import Identity
 from dvlad.store import ACTIVE, Job, State, Store, Submission
 
@@ -47,6 +47,9 @@ class Daemon:
         self.supervisor = Supervisor(store, state_dir, config.daemon.cancel_grace_s, self.kick)
         self._wake = asyncio.Event()
         self._pending: list[tuple[Submission, asyncio.Future[tuple[Job, bool]]]] = []
+        self.waiting: dict[int, str] = {}
+        """Each queued job's pending reason from the last scheduling pass (kept in memory: it changes
+        with every pass, and the first pass after a restart gives it again)."""
 
     def kick(self) -> None:
         """Ask for a scheduling pass soon (after a submit, a cancel or an exit)."""
@@ -133,13 +136,24 @@ class Daemon:
         return Cluster(free, self.config.cpu_slots - cpus, dict(users), dict(groups),
                        link_score=self._link_score, capacity=self.capacity()), active
 
+    def public(self, job: Job) -> dict[str, Any]:
+        """A job's record as the API shows it: the store's, with a queued job's pending reason (why
+        it waits, as ``squeue`` shows it) from the last scheduling pass; None for a job no pass has
+        seen yet (it was submitted within the last second) and for one that left the queue."""
+        record = job.public()
+        record["pending_reason"] = self.waiting.get(job.id) if job.state is State.QUEUED else None
+        return record
+
     def schedule_pass(self) -> None:
         queue = [QueuedJob(q["id"], q["user"], tuple(q["groups"]), q["priority"], q["gpus"], q["cpus"])
                  for q in self.store.queue()]
         if not queue:
+            self.waiting = {}
             return
         cluster, _ = self.cluster()
-        for decision in schedule(queue, cluster, self.config.limits):
+        decided = plan(queue, cluster, self.config.limits)
+        self.waiting = decided.waiting
+        for decision in decided.starts:
             gpu_ids = list(decision.gpu_ids)
             job = self.store.transition(decision.job_id, State.PLACING, "resources free; starting",
                                         gpu_ids=gpu_ids)

@@ -193,6 +193,25 @@ class AsyncJob:
             raise JobFailed(self.record)
         return self.record
 
+    async def pending(self, poll: float = 0.5) -> AsyncIterator[str]:
+        """While the job is queued, why it waits, each time that changes (see :meth:`dvla.client.Job.pending`)."""
+        last, outage = None, api.Outage(self.client.reached)
+        while True:
+            try:
+                record = await self.refresh()
+                outage.over()
+            except DvlaError as exc:
+                outage.ride_out(exc)
+                await asyncio.sleep(poll)
+                continue
+            if record["state"] != "queued":
+                return
+            reason = record.get("pending_reason")  # None: no scheduling pass has seen it yet
+            if reason and reason != last:
+                last = reason
+                yield reason
+            await asyncio.sleep(poll)
+
     def logs(self) -> AsyncIterator[str]:
         """The log's lines as they are written, until the job ends."""
         return self.client.follow_logs(self.id)

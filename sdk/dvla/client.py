@@ -230,6 +230,27 @@ class Job:
             raise JobFailed(self.record)
         return self.record
 
+    def pending(self, poll: float = 0.5) -> Iterator[str]:
+        """While the job is queued, why it waits (its ``pending_reason``: resources, priority, a user's or
+        group's limit), each time that changes; ends once the job has left the queue (started, or
+        cancelled before it could). A daemon restart meanwhile is ridden out, as :meth:`wait` does."""
+        last, outage = None, api.Outage(self.client.reached)
+        while True:
+            try:
+                record = self.refresh()
+                outage.over()
+            except DvlaError as exc:
+                outage.ride_out(exc)
+                time.sleep(poll)
+                continue
+            if record["state"] != "queued":
+                return
+            reason = record.get("pending_reason")  # None: no scheduling pass has seen it yet
+            if reason and reason != last:
+                last = reason
+                yield reason
+            time.sleep(poll)
+
     def logs(self, follow: bool = True) -> Iterator[str]:
         """The log's lines: as they come until the job ends (``follow``), or those written so far."""
         if follow:

@@ -94,6 +94,7 @@ Examples:
   dvla jobs --all
   dvla --host gpu1.lab:7447 --token "$TOKEN" status 12
   dvla report 12 -o reach.png
+  dvla checkpoint 12 -o ckpt/; dvla metrics 12 > metrics.csv
 
 \b
 Shell completion (bash; zsh and fish: _DVLA_COMPLETE=zsh_source / fish_source):
@@ -111,9 +112,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from dvla.cli import jobs, machine, monitor, report, validate
+    from dvla.cli import jobs, machine, monitor, outputs, report, validate
 
-    for module in (jobs, machine, validate, report, monitor):
+    for module in (jobs, machine, validate, outputs, report, monitor):
         for command in module.COMMANDS:
             cli.add_command(command)
 
