@@ -4,6 +4,7 @@ checking output and the documented exit statuses (0 ok, 1 job failed or refused,
 from __future__ import annotations
 
 import csv
+import getpass
 import io
 import itertools
 import json
@@ -274,3 +275,43 @@ def test_status_shows_the_run_directory_and_metrics_and_checkpoint_fetch_what_it
     assert none.returncode == 1 and "no checkpoint" in none.stderr, none.stderr
     empty = dvla("metrics", str(broken_id), host=sock)
     assert empty.returncode == 1 and "no metric rows" in empty.stderr and empty.stdout == ""
+
+
+@pytest.mark.slow
+def test_a_relative_checkpoint_in_a_job_file_is_the_files_referenced_locally_and_uploaded_remotely(dvlads, tmp_path):
+    """Before, "runs/mine" reached dvlad as it was and the job, in its run directory, failed after queueing."""
+    d = dvlads("[node]\ncpu_slots = 2\n", start=False)
+    port = d.serve_tcp(f"cli-token {getpass.getuser()}\n")
+    d.start()
+    first = dvla("submit", job_file(tmp_path, QUICK), "--follow", host=d.socket)
+    assert first.returncode == 0, first.stderr
+    project = tmp_path / "project"
+    mine = project / "runs" / "mine"
+    assert dvla("checkpoint", first.stdout.splitlines()[0], "-o", str(mine), host=d.socket).returncode == 0
+    spec = {**QUICK, "job": {"name": "from-mine"}, "policy": {**QUICK["policy"], "checkpoint": "runs/mine"}}
+    path = job_file(project, spec)
+    assert dvla("validate", path).returncode == 0  # run from elsewhere: the path is the file's, not the cwd's
+    env = {**os.environ, "DVLA_HOST": d.socket}
+    local = subprocess.run([sys.executable, "-m", "dvla.cli", "submit", path, "--follow", "--json"], cwd="/",
+                           env=env, capture_output=True, text=True, timeout=180)
+    assert local.returncode == 0, local.stderr  # the job started from the checkpoint, as the user
+    record = d.job(json.loads(local.stdout)["id"])
+    assert record["spec"]["policy"]["checkpoint"] == str(mine / "checkpoint.safetensors")
+
+    remote = dvla("--host", f"127.0.0.1:{port}", "--token", "cli-token", "submit", path, "--json")
+    assert remote.returncode == 0, remote.stderr
+    uploaded = d.job(json.loads(remote.stdout)["id"])["spec"]["policy"]["checkpoint"]
+    assert uploaded.startswith(f"{d.state_dir / 'uploads'}/") and uploaded.endswith("/checkpoint.safetensors")
+    assert Path(uploaded).read_bytes() == (mine / "checkpoint.safetensors").read_bytes()
+    dvla("cancel", str(json.loads(remote.stdout)["id"]), host=d.socket)
+
+    missing = job_file(project, {**spec, "policy": {**spec["policy"], "checkpoint": "runs/nope"}}, "missing.toml")
+    for args in (("validate", missing), ("submit", missing)):
+        refused = dvla(*args, host=d.socket)
+        said = refused.stdout + refused.stderr  # validate lists the issues on stdout, submit's error is on stderr
+        assert refused.returncode == 2, said
+        assert f"missing.toml:5:1: policy.checkpoint: {project}/runs/nope: no such checkpoint file" in said
+        assert f"(the relative 'runs/nope' is taken from the job file's folder, {project})" in said
+    status, body = d.call("POST", "/v1/jobs", {"spec": {"policy": {"checkpoint": "runs/mine"}}})  # curl: no file
+    assert (status, body["code"], body["field"]) == (400, "invalid_spec", "spec.policy.checkpoint"), body
+    assert "a relative path ('runs/mine') would be looked up in the job's run directory" in body["reason"]

@@ -45,6 +45,9 @@ ENV_ARGS: dict[str, tuple[str, ...]] = {
 }
 """The ``[env.args]`` each built-in env takes: its constructor's keyword arguments but ``env_index``, which
 the engine passes to each env itself."""
+PATH_ARGS: dict[str, tuple[str, ...]] = {"transformer-vla": ("pretrained",), "libero": ("libero_root",)}
+"""The arguments of a built-in policy or env (above) that name a file or directory: like
+``policy.checkpoint``, a relative one is the job file's and is resolved before the spec is sent."""
 
 
 def episode_limit(env: str, args: Mapping[str, Any]) -> int | None:

@@ -16,6 +16,7 @@ Public API::
     spec_from_dict(data, source="<job>") -> JobSpec  # a decoded dict (JSON / msgpack body)
     spec_to_dict(spec) -> dict                     # the resolved spec, every key filled in
     dump_toml(spec) -> str                         # needs tomli_w (not a client dependency)
+    key_position(text, key) -> (line, column)      # where a dotted key is written
 
 Every failure is a :class:`SpecError` listing every problem found, each a :class:`SpecIssue`
 with the dotted key, the reason and, for TOML text, the line and column.
@@ -283,6 +284,12 @@ def dump_toml(spec: JobSpec) -> str:
     import tomli_w  # lazily: only writers of TOML need it
 
     return tomli_w.dumps(spec_to_dict(spec))
+
+
+def key_position(text: str, key: str) -> tuple[int | None, int | None]:
+    """Line and column (1-based) where dotted ``key`` is written in the TOML ``text`` (else where its
+    nearest written parent is), for issues found outside this module; ``(None, None)`` if nowhere."""
+    return _KeyLocator(text).find(tuple(key.split(".")) if key else ())
 
 
 # --------------------------------------------------------------------------------------------
