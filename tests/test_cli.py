@@ -79,11 +79,16 @@ def test_submit_status_jobs_logs_cancel_and_their_exit_codes(daemon, tmp_path):
     followed = dvla("logs", str(job_id), "--follow", host=sock)  # an ended job's stream ends
     assert followed.returncode == 0 and followed.stdout == dvla("logs", str(job_id), host=sock).stdout
     again = dvla("cancel", str(job_id), "--json", host=sock)
-    assert again.returncode == 1 and again.stdout == ""
+    assert again.returncode == 1 and json.loads(again.stdout) == {  # --json: the daemon's error object on stdout
+        "code": "conflict", "field": "job_id", "reason": f"job {job_id} is already cancelled"}
     assert again.stderr.startswith("dvla: ") and "already cancelled" in again.stderr
     assert len(again.stderr.splitlines()) == 1  # one line, no traceback
     missing = dvla("status", "987654", host=sock)
     assert missing.returncode == 1 and "987654" in missing.stderr and "Traceback" not in missing.stderr
+    for args in (("status", "987654"), ("metrics", "987654"), ("checkpoint", "987654", "-o", "/nonexistent/x")):
+        failed = dvla(*args, "--json", host=sock)
+        assert failed.returncode == 1 and json.loads(failed.stdout) == {
+            "code": "not_found", "field": "job_id", "reason": "no job 987654"}, (args, failed.stdout)
     assert ended["reason"] == "cancelled by root" or os.geteuid() != 0
 
 
@@ -92,6 +97,8 @@ def test_a_job_bigger_than_the_node_is_refused_in_one_line_with_exit_1(daemon, t
     too_big = {**LONG, "job": {"name": "too-big"}, "env": {**LONG["env"], "num_envs": 8, "workers": 4}}  # 4 of 2
     refused = dvla("submit", job_file(tmp_path, too_big), host=daemon.socket)
     assert refused.returncode == 1 and refused.stdout == "", refused.stderr
+    as_json = dvla("submit", job_file(tmp_path, too_big), "--json", host=daemon.socket)
+    assert as_json.returncode == 1 and json.loads(as_json.stdout)["code"] == "exceeds_node"
     assert refused.stderr.startswith("dvla: spec.env.workers: this node has ")
     assert "; the job asks for 0 GPUs and 4 CPU slots (one per env worker): lower env.workers to 2 or fewer" \
         in refused.stderr and "node.cpu_slots" in refused.stderr
@@ -315,3 +322,34 @@ def test_a_relative_checkpoint_in_a_job_file_is_the_files_referenced_locally_and
     status, body = d.call("POST", "/v1/jobs", {"spec": {"policy": {"checkpoint": "runs/mine"}}})  # curl: no file
     assert (status, body["code"], body["field"]) == (400, "invalid_spec", "spec.policy.checkpoint"), body
     assert "a relative path ('runs/mine') would be looked up in the job's run directory" in body["reason"]
+
+
+COMMANDS_WITH_JSON = [("submit", "{job}"), ("jobs",), ("status", "1"), ("cancel", "1"), ("nodes",), ("topo",),
+                      ("gpus",), ("metrics", "1"), ("checkpoint", "1", "-o", "{tmp}/ckpt")]
+"""One of each command that takes --json (validate prints its own JSON: its issues), in each family."""
+
+
+@pytest.mark.parametrize("args", COMMANDS_WITH_JSON, ids=[c[0] for c in COMMANDS_WITH_JSON])
+def test_json_failures_print_the_error_object_on_stdout(tmp_path, args):
+    """docs/cli.md: a script reading --json learns why from stdout, as the daemon's {code, field, reason}."""
+    args = tuple(a.format(job=job_file(tmp_path, QUICK), tmp=tmp_path) for a in args)
+    sock = str(tmp_path / "no.sock")
+    unreachable = dvla(*args, "--json", host=sock)
+    assert unreachable.returncode == 3, unreachable.stderr
+    body = json.loads(unreachable.stdout)
+    assert body["code"] == "unavailable" and body["field"] == "" and sock in body["reason"]
+    assert unreachable.stderr.startswith("dvla: cannot reach dvlad")  # the line for people stays
+    bad_host = dvla(*args, "--json", host="ftp://x")
+    assert bad_host.returncode == 2 and json.loads(bad_host.stdout)["code"] == "bad_config"
+    usage = dvla(*args, "--json", "--no-such-flag", host=sock)
+    assert usage.returncode == 2 and json.loads(usage.stdout)["code"] == "usage", usage.stdout
+
+
+def test_json_failure_of_an_invalid_job_file_lists_its_issues(tmp_path):
+    bad = dvla("submit", job_file(tmp_path, {"env": {"num_envs": 3}}), "--json")
+    assert bad.returncode == 2, bad.stderr
+    body = json.loads(bad.stdout)
+    assert body["code"] == "invalid_spec" and body["field"] == "spec.env.num_envs"
+    assert [i["field"] for i in body["issues"]] == ["spec.env.num_envs"]
+    listed = dvla("validate", job_file(tmp_path, {"env": {"num_envs": 3}}), "--json")  # validate: its own JSON
+    assert listed.returncode == 2 and json.loads(listed.stdout)[0]["issues"][0]["key"] == "env.num_envs"
