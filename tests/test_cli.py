@@ -38,6 +38,13 @@ def dvla(*args: str, host: str | None = None, timeout: float = 120) -> subproces
                           timeout=timeout)
 
 
+def dvla_in(cwd: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``dvla ARGS`` run from ``cwd``, with no $DVLA_HOST: the address is the arguments' alone."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DVLA_")}
+    return subprocess.run([sys.executable, "-m", "dvla.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**env, "COLUMNS": "200", "XDG_RUNTIME_DIR": str(cwd)}, timeout=timeout)
+
+
 def dvla_popen(*args: str, host: str) -> subprocess.Popen[str]:
     """``dvla ARGS`` running in the background (a follower), as :func:`dvla` runs it."""
     env = {**os.environ, "COLUMNS": "200", "DVLA_HOST": host}
@@ -179,7 +186,10 @@ def test_an_unreachable_daemon_exits_3_with_where_it_looked(tmp_path):
 @pytest.mark.parametrize("address,why", [
     ("http://[::1", "Invalid IPv6 URL"), ("ftp://x", "unknown scheme 'ftp'"),
     ("gpu1.lab:99999", "Port out of range 0-65535"), ("http://gpu1.lab:7447/v1", "nothing may follow host:port"),
-    ("unix://dvlad.sock", "a Unix socket's path must be absolute")])
+    ("unix://dvlad.sock", "a Unix socket's path must be absolute"),
+    ("localhost", "no port: write host:port with the port of the daemon's daemon.tcp setting"),
+    ("gpu1.lab", "no port: write host:port"), ("[::1]", "no port: write host:port"),
+    ("gpu1.lab:7447/v1", "nothing may follow host:port")])
 def test_a_bad_host_is_a_usage_error_that_names_it_and_where_it_came_from(address, why):
     for result, origin in ((dvla("--host", address, "jobs"), "the host argument"),
                            (dvla("jobs", host=address), "$DVLA_HOST")):
@@ -353,3 +363,23 @@ def test_json_failure_of_an_invalid_job_file_lists_its_issues(tmp_path):
     assert [i["field"] for i in body["issues"]] == ["spec.env.num_envs"]
     listed = dvla("validate", job_file(tmp_path, {"env": {"num_envs": 3}}), "--json")  # validate: its own JSON
     assert listed.returncode == 2 and json.loads(listed.stdout)[0]["issues"][0]["key"] == "env.num_envs"
+
+
+@pytest.mark.parametrize("address,socket", [("dvlad.sock", "dvlad.sock"), ("./dvlad.sock", "dvlad.sock"),
+                                            ("run/dvlad.sock", "run/dvlad.sock"), ("../x/d.sock", "../x/d.sock")])
+def test_a_host_that_names_a_path_is_a_unix_socket_taken_from_the_current_directory(tmp_path, address, socket):
+    """Before, dvlad.sock was taken for a TCP host (port 80) and ./dvlad.sock refused with a TCP reason."""
+    (tmp_path / "here").mkdir()
+    where = os.path.normpath(tmp_path / "here" / socket)
+    result = dvla_in(tmp_path / "here", "--host", address, "jobs")
+    assert result.returncode == 3, result.stderr  # nothing listens there: unreachable, saying where it looked
+    assert result.stderr.startswith(f"dvla: cannot reach dvlad at unix://{where} (from the host argument)"), \
+        result.stderr
+
+
+@pytest.mark.slow
+def test_a_relative_socket_path_reaches_the_daemon(daemon):
+    here = Path(daemon.socket).parent
+    for address in ("dvlad.sock", "./dvlad.sock", f"../{here.name}/dvlad.sock"):
+        listed = dvla_in(here, "--host", address, "jobs", "--json")
+        assert listed.returncode == 0 and isinstance(json.loads(listed.stdout), list), (address, listed.stderr)

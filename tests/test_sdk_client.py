@@ -141,3 +141,20 @@ def test_a_job_files_relative_paths_are_its_folders_and_the_daemon_refuses_any_l
 def _rewrite(path, old, new):
     path.write_text(path.read_text().replace(old, new))
     return path
+
+
+def test_an_address_that_names_a_path_is_a_socket_and_a_bare_host_needs_its_port(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # what ~ expands to
+    env = {"HOME": str(tmp_path / "home")}
+    for address, uds in (("dvlad.sock", tmp_path / "dvlad.sock"), ("./run/dvlad.sock", tmp_path / "run/dvlad.sock"),
+                         ("~/dvlad.sock", tmp_path / "home/dvlad.sock"), ("run/d", tmp_path / "run/d")):
+        assert resolve(address, env=env).uds == str(uds), address
+    assert resolve("https://dvla.lab", env=env).url == "https://dvla.lab"  # a scheme's own port: a TLS proxy
+    assert resolve("gpu1.lab:7447", env=env).url == "http://gpu1.lab:7447"
+    for address in ("localhost", "gpu1.lab", "10.0.0.7", "[::1]", "gpu1.lab:"):
+        with pytest.raises(sdk.DvlaError, match=r"no port: write host:port .*; expected .*host:port") as bad:
+            resolve(address, env=env)
+        assert bad.value.code == "bad_config", address
+    with pytest.raises(sdk.DvlaError, match="nothing may follow host:port"):
+        resolve("gpu1.lab:7447/v1", env=env)  # host:port, then a path: TCP, not a file named so

@@ -52,7 +52,8 @@ def connection_options(f: F) -> F:
     f = click.option("--token", metavar="TOKEN", expose_value=False, callback=_set("token"),
                      help="Bearer token for a TCP daemon (default: $DVLA_TOKEN, then the config file).")(f)
     return click.option("--host", metavar="ADDRESS", expose_value=False, callback=_set("host"),
-                        help="Daemon address: /path/dvlad.sock, unix:///path, http://host:port or host:port "
+                        help="Daemon address: a socket's path (/path/dvlad.sock, ./dvlad.sock, dvlad.sock), "
+                             "unix:///path, host:port, http://host:port or https://host[:port] "
                              "(default: $DVLA_HOST, ~/.config/dvla/config.toml, then the local socket).")(f)
 
 
