@@ -40,9 +40,10 @@ class Dvlads:
     def __init__(self) -> None:
         self.made: list[Dvlad] = []
 
-    def __call__(self, config: str = "", *, env: dict[str, str] | None = None, recorded_gpu: bool = False,
+    def __call__(self, config: str | None = "", *, env: dict[str, str] | None = None, recorded_gpu: bool = False,
                  user_mode: bool = False, start: bool = True) -> Dvlad:
-        """A dvlad with ``config`` (TOML that goes on in its ``[daemon]`` table) and ``env``.
+        """A dvlad with ``config`` (TOML that goes on in its ``[daemon]`` table; None: no config file at
+        all, as ``dvlad --user`` is started by hand) and ``env``.
         ``recorded_gpu``: replaying the recorded H100 (where the checkout has the recording), as a GPU
         machine's NVML would answer; ``start=False``: the test sets it up (``serve_tcp``) and starts it."""
         if recorded_gpu and FIXTURE.exists():

@@ -126,7 +126,7 @@ async def submit(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_spec", str(err), field=issues[0]["field"], issues=issues) from None
     except NeverFits as err:
         raise ApiError(409, "exceeds_node", err.reason, field=err.field) from None
-    return respond(request, {"job": job.public(), "created": created}, 201 if created else 200)
+    return respond(request, {"job": request.app[DAEMON].public(job), "created": created}, 201 if created else 200)
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -143,13 +143,15 @@ async def list_jobs(request: web.Request) -> web.Response:
         raise ApiError(403, "forbidden", f"{who.user} may list only their own jobs", field="user" if user else "all")
     limit = _int_query(request, "limit", 1000, 1, 100_000)
     own = user is None and not everyone
-    jobs = request.app[DAEMON].store.list(uid=who.uid if own else None, user=user, limit=limit)
-    return respond(request, {"jobs": [j.public() for j in jobs]})
+    daemon = request.app[DAEMON]
+    jobs = daemon.store.list(uid=who.uid if own else None, user=user, limit=limit)
+    return respond(request, {"jobs": [daemon.public(j) for j in jobs]})
 
 
 async def get_job(request: web.Request) -> web.Response:
     job = _job(request, reading=True)
-    body = job.public()
+    body = request.app[DAEMON].public(job)
+    body["run_dir"] = str(run_dir(request.app[STATE_DIR], job.id))
     body["spec"] = job.spec
     body["events"] = request.app[DAEMON].store.events(job_id=job.id)
     return respond(request, body)
@@ -159,7 +161,8 @@ async def cancel_job(request: web.Request) -> web.Response:
     job = _job(request, reading=False)
     if job.state in TERMINAL or job.state is State.CANCELLING:
         raise ApiError(409, "conflict", f"job {job.id} is already {job.state}", field="job_id")
-    return respond(request, request.app[DAEMON].cancel(job, _who(request)).public())
+    daemon = request.app[DAEMON]
+    return respond(request, daemon.public(daemon.cancel(job, _who(request))))
 
 
 def _gone(request: web.Request) -> bool:

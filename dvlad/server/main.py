@@ -20,7 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from dvlad.config import DEFAULT_CONFIG, Config, ConfigError, DaemonSection, load_config
+from dvlad.config import DEFAULT_CONFIG, PERSONAL_OVERSUBSCRIBE, Config, ConfigError, DaemonSection, load_config
 
 log = logging.getLogger("dvlad")
 
@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help=f"config file (default {DEFAULT_CONFIG} if it exists; with "
                    "--user, none: built-in defaults)")
     p.add_argument("--user", action="store_true", help="a personal daemon: socket $XDG_RUNTIME_DIR/dvlad.sock, "
-                   "state ~/.local/state/dvlad, no socket group")
+                   "state ~/.local/state/dvlad, no socket group, "
+                   f"{PERSONAL_OVERSUBSCRIBE} CPU slots per core unless node.cpu_oversubscribe says otherwise")
     p.add_argument("--state-dir", type=Path, help="overrides daemon.state_dir")
     p.add_argument("--socket", type=Path, help="overrides daemon.socket")
     p.add_argument("--check-config", action="store_true", help="check the config (and tokens file) and exit")
@@ -61,6 +62,7 @@ def resolve(args: argparse.Namespace, system: Path = DEFAULT_CONFIG) -> Config:
         d.socket = str(Path(runtime) / "dvlad.sock")
         d.state_dir = str(Path.home() / ".local/state/dvlad")
         d.socket_group = ""
+        config.node.cpu_oversubscribe = config.node.cpu_oversubscribe or PERSONAL_OVERSUBSCRIBE
     if args.state_dir:
         d.state_dir = str(args.state_dir)
     if args.socket:
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         tokens = load_tokens(Path(config.daemon.tokens_file)) if config.daemon.tcp else {}
         if args.check_config:
             print(f"config ok: state_dir {config.daemon.state_dir}, socket {config.daemon.socket}, "
-                  f"{config.cpu_slots} CPU slots, tcp {config.daemon.tcp or 'off'}")
+                  f"{config.cpu_slots} CPU slots ({config.cpu_slots_origin}), tcp {config.daemon.tcp or 'off'}")
             return 0
     except (ConfigError, OSError, ValueError) as err:
         print(f"dvlad: config: {err}", file=sys.stderr)

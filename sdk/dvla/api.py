@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from dvla import paths
 from dvla import spec as specs
 from dvla.catalog import POLICIES
 from dvla.checkpoint import checkpoint_file, policy_of
@@ -121,7 +122,7 @@ def transport_error(endpoint: Endpoint, exc: httpx.TransportError) -> DvlaError:
 # -- specs -------------------------------------------------------------------------------------
 
 
-def _checked(build: Any, *args: Any) -> specs.JobSpec:
+def _checked(build: Any, *args: Any) -> Any:
     try:
         return build(*args)
     except specs.SpecError as err:
@@ -129,13 +130,24 @@ def _checked(build: Any, *args: Any) -> specs.JobSpec:
         raise InvalidSpec(str(err), issues=issues, field=issues[0]["field"], status=None) from None
 
 
-def spec_dict(spec: SpecLike) -> dict[str, Any]:
-    """The spec as the daemon takes it, checked here first (so a bad file fails before any network)."""
-    if isinstance(spec, specs.JobSpec):
-        return specs.spec_to_dict(_checked(specs.spec_from_dict, specs.spec_to_dict(spec)))
+def prepared(spec: SpecLike) -> tuple[dict[str, Any], Path | None]:
+    """The spec as the daemon takes it, checked here first (so a bad file fails before any network),
+    with its relative paths resolved (:mod:`dvla.paths`: a file's against its folder, a dict's against
+    the current directory), and its local checkpoint file if it names one (to upload to a remote daemon)."""
     if isinstance(spec, str | os.PathLike):
-        return specs.spec_to_dict(_checked(specs.load_spec, spec))
-    return specs.spec_to_dict(_checked(specs.spec_from_dict, dict(spec)))
+        file = Path(spec)
+        data = specs.spec_to_dict(_checked(specs.load_spec, spec))
+        text = file.read_text(encoding="utf-8-sig")  # load_spec has read it: its key positions, for messages
+        return _checked(lambda: paths.resolve(data, file.absolute().parent, base_name="the job file's folder",
+                                              source=str(spec), text=text))
+    raw = specs.spec_to_dict(spec) if isinstance(spec, specs.JobSpec) else dict(spec)
+    data = specs.spec_to_dict(_checked(specs.spec_from_dict, raw))
+    return _checked(lambda: paths.resolve(data, Path.cwd(), base_name="the current directory"))
+
+
+def spec_dict(spec: SpecLike) -> dict[str, Any]:
+    """:func:`prepared`'s spec alone."""
+    return prepared(spec)[0]
 
 
 def policy_section(policy: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[dict[str, Any], Path | None]:

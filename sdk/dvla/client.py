@@ -74,8 +74,15 @@ class Client:
 
     # -- jobs ----------------------------------------------------------------------------------
     def submit(self, spec: api.SpecLike, *, priority: int = 0, idempotency_key: str | None = None) -> Job:
-        """Check ``spec`` here (``InvalidSpec`` with every issue), then submit it; returns its handle."""
-        reply = self._call(api.submit(api.spec_dict(spec), priority, idempotency_key))
+        """Check ``spec`` here (``InvalidSpec`` with every issue), then submit it; returns its handle.
+
+        Relative paths (``policy.checkpoint``, ...) are a job file's, resolved against its folder (a
+        dict's against the current directory); a local checkpoint is referenced by path on a local
+        daemon and uploaded to a remote one, as :meth:`train` does (:mod:`dvla.paths`)."""
+        data, local = api.prepared(spec)
+        if local is not None and not self.endpoint.is_local:
+            data["policy"]["checkpoint"] = self.upload(local)
+        reply = self._call(api.submit(data, priority, idempotency_key))
         return Job(self, reply["job"]["id"], reply["job"])
 
     def train(self, policy: str | os.PathLike[str] | Mapping[str, Any],
@@ -91,9 +98,7 @@ class Client:
         ``[env]`` dict or an ``EnvSection``. ``algo``: ``"ppo"``/``"grpo"`` or an ``[algo]`` dict.
         ``sections``: the other sections' keys, e.g. ``job={"name": "try1"}, train={"max_minutes": 5}``.
         The spec is checked here first: ``InvalidSpec`` lists every problem before anything is sent."""
-        section, local = api.policy_section(policy)
-        if local is not None and not self.endpoint.is_local:
-            section["checkpoint"] = self.upload(local)
+        section, _ = api.policy_section(policy)  # a local checkpoint: submit uploads it to a remote daemon
         return self.submit(api.train_spec(section, env, algo, steps, gpus, sections), priority=priority,
                            idempotency_key=idempotency_key)
 
@@ -229,6 +234,27 @@ class Job:
         if self.record["state"] != "succeeded":
             raise JobFailed(self.record)
         return self.record
+
+    def pending(self, poll: float = 0.5) -> Iterator[str]:
+        """While the job is queued, why it waits (its ``pending_reason``: resources, priority, a user's or
+        group's limit), each time that changes; ends once the job has left the queue (started, or
+        cancelled before it could). A daemon restart meanwhile is ridden out, as :meth:`wait` does."""
+        last, outage = None, api.Outage(self.client.reached)
+        while True:
+            try:
+                record = self.refresh()
+                outage.over()
+            except DvlaError as exc:
+                outage.ride_out(exc)
+                time.sleep(poll)
+                continue
+            if record["state"] != "queued":
+                return
+            reason = record.get("pending_reason")  # None: no scheduling pass has seen it yet
+            if reason and reason != last:
+                last = reason
+                yield reason
+            time.sleep(poll)
 
     def logs(self, follow: bool = True) -> Iterator[str]:
         """The log's lines: as they come until the job ends (``follow``), or those written so far."""
