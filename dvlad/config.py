@@ -17,6 +17,15 @@ from typing import Any
 from dvlad.sched import Limit, Limits
 
 DEFAULT_CONFIG = Path("/etc/dvlad/dvlad.toml")
+PERSONAL_OVERSUBSCRIBE = 4
+"""CPU slots per core of a personal daemon (``dvlad --user``) unless its config says otherwise.
+
+Why more than one: a slot is a share of a core, not a core. An env worker keeps one busy; a job's
+actor and learner mostly wait on the workers and on each other through queues, so they are not
+counted (see :func:`job_cpu_slots`). On a shared server, one slot per core keeps users' jobs from
+slowing each other; a personal daemon's jobs slow only their own owner, so it admits what a
+laptop can run slowly: four slots per core take the examples' 8-worker LIBERO job on 2 cores (or
+several small jobs at once) and still refuse a mistyped ``env.workers = 64``."""
 
 
 class ConfigError(ValueError):
@@ -54,7 +63,10 @@ class DaemonSection:
 @dataclass
 class NodeSection:
     cpu_slots: int = 0
-    """CPU slots for jobs (a job takes env.workers + 1); 0: the machine's core count."""
+    """CPU slots for jobs (a job takes one per env worker); 0: the core count × cpu_oversubscribe."""
+    cpu_oversubscribe: int = 0
+    """CPU slots per core when cpu_slots is 0; 0: 1 for a system daemon, PERSONAL_OVERSUBSCRIBE for
+    ``dvlad --user``."""
     fake_topology: str = ""
     """A recorded topology.json replayed instead of NVML (machines without GPUs; tests)."""
 
@@ -67,7 +79,30 @@ class Config:
 
     @property
     def cpu_slots(self) -> int:
-        return self.node.cpu_slots or os.cpu_count() or 1
+        """The node's CPU slots: ``node.cpu_slots``, else its cores × ``node.cpu_oversubscribe``."""
+        return self.node.cpu_slots or _cores() * (self.node.cpu_oversubscribe or 1)
+
+    @property
+    def cpu_slots_origin(self) -> str:
+        """Where :attr:`cpu_slots` comes from, in the words of the settings that change it (for the
+        refusal of a job bigger than the node, and ``dvlad --check-config``)."""
+        if self.node.cpu_slots:
+            return "node.cpu_slots"
+        return f"{_count(_cores(), 'core')} × node.cpu_oversubscribe = {self.node.cpu_oversubscribe or 1}"
+
+
+def _cores() -> int:
+    return os.cpu_count() or 1
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def job_cpu_slots(workers: int) -> int:
+    """The CPU slots a job of ``workers`` env workers takes: one per worker (see
+    :data:`PERSONAL_OVERSUBSCRIBE` for why the actor and learner are not counted)."""
+    return workers
 
 
 def _section(cls: Any, table: Any, prefix: str) -> Any:
@@ -129,6 +164,8 @@ def config_from_dict(data: dict[str, Any]) -> Config:
         raise ConfigError("daemon.max_upload_bytes", "must be ≥ 0")
     if config.node.cpu_slots < 0:
         raise ConfigError("node.cpu_slots", "must be ≥ 0")
+    if config.node.cpu_oversubscribe < 0:
+        raise ConfigError("node.cpu_oversubscribe", "must be ≥ 0")
     return config
 
 

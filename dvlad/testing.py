@@ -72,13 +72,18 @@ def free_port() -> int:
 
 
 class Dvlad:
-    """``dvlad --config C --state-dir S --socket P`` in a short /tmp directory (socket paths are short)."""
+    """``dvlad --config C --state-dir S --socket P`` in a short /tmp directory (socket paths are short).
 
-    def __init__(self, config: str = "", env: dict[str, str] | None = None, user_mode: bool = False):
+    ``config=None`` passes no ``--config`` at all: with ``user_mode``, ``dvlad --user`` exactly as a
+    user starts it, on built-in defaults."""
+
+    def __init__(self, config: str | None = "", env: dict[str, str] | None = None, user_mode: bool = False):
         self.home = Path(tempfile.mkdtemp(prefix="dvlad-"))
         os.chmod(self.home, 0o755)  # other test users reach the socket through it
         self.config = self.home / "dvlad.toml"
-        self.config.write_text('[daemon]\nsocket_group = ""\ncancel_grace_s = 10.0\n' + config)
+        self.config_args = [] if config is None else ["--config", str(self.config)]
+        if config is not None:
+            self.config.write_text('[daemon]\nsocket_group = ""\ncancel_grace_s = 10.0\n' + config)
         self.env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "osmesa"), **(env or {})}
         if user_mode:  # `dvlad --user`: where things go follows $XDG_RUNTIME_DIR and $HOME
             self.env.update(HOME=str(self.home), XDG_RUNTIME_DIR=str(self.home / "run"))
@@ -106,7 +111,7 @@ class Dvlad:
     def start(self, timeout: float = 20.0) -> Dvlad:
         with self.stderr.open("ab") as err:
             self.proc = subprocess.Popen(
-                [str(PYTHON), "-m", "dvlad.server.main", "--config", str(self.config), *self.args],
+                [str(PYTHON), "-m", "dvlad.server.main", *self.config_args, *self.args],
                 stdout=subprocess.DEVNULL, stderr=err, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

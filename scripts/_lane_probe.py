@@ -89,7 +89,7 @@ def lane_costs(spec: JobSpec, placement: Placement, seconds: float) -> dict[str,
         sample_seconds_per_step(pool, min(1.0, seconds / 4))  # warm-up
         sample = sample_seconds_per_step(pool, seconds)
         with TemporaryDirectory() as tmp:
-            learner = Learner(LearnerConfig(spec, pool.spec, tmp), placement)
+            learner = Learner(LearnerConfig(spec, pool.spec, tmp, placement, pool.groups))
         policy, flat = build_policy(spec, pool.spec, placement.device, placement.actor_dtype)
         shape = SegmentShape(spec.pipeline.segment_steps, pool.envs_per_group, spec.policy.action_chunk,
                              policy.max_instruction_tokens)

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from _lane_probe import lane_costs, open_pool, sample_scaling, sample_seconds_per_step
 
-from dvla.metric_names import LANES
+from dvla import metric_names as m
 from dvla.spec import JobSpec, load_spec
 from dvlad.lanes.device import Placement, placement_for
 from dvlad.lanes.pipeline import Pipeline
@@ -117,27 +117,27 @@ def run_mode(spec: JobSpec, mode: str, steps: int, placement: Placement) -> dict
         pipeline.run()
     steady = rows[1:] if len(rows) > 2 else rows  # the first update includes warm-up
     t0 = pipeline.timeline_origin
-    since, until = t0 + steady[0]["time_s"], t0 + steady[-1]["time_s"]
+    since, until = t0 + steady[0][m.TIME_S], t0 + steady[-1][m.TIME_S]
     span = until - since
     tl = pipeline.timeline
     gpu_intervals = [iv for lane in GPU_LANES for iv in tl.intervals(lane, since)]
-    out = {"steps_per_s": (steady[-1]["env_steps"] - steady[0]["env_steps"]) / max(span, 1e-9),
-           "staleness_mean": float(np.mean([r.get("staleness_mean", 0) for r in steady])),
-           "staleness_max": max(r.get("staleness_max", 0) for r in steady),
+    out = {"steps_per_s": (steady[-1][m.ENV_STEPS] - steady[0][m.ENV_STEPS]) / max(span, 1e-9),
+           "staleness_mean": float(np.mean([r[m.STALENESS_MEAN] for r in steady])),
+           "staleness_max": max(r[m.STALENESS_MAX] for r in steady),
            "staleness_hist": hist, "updates": len(rows),
            "gpu_busy": covered_seconds(gpu_intervals, since, until) / max(span, 1e-9),
            "gpu_util_nvml": nvml.mean(since, until) if nvml is not None else None,
            "timeline": tl, "window": (since, until), "workers": spec.env.workers,
            # the share of the window the actor sat at the staleness gate, waiting for a version
            # (the other wait, for a busy GPU, shows as sample-lane idle time the gate does not hold)
-           "gate_wait": (steady[-1]["weight_wait_s"] - steady[0]["weight_wait_s"]) / max(span, 1e-9)}
+           "gate_wait": (steady[-1][m.WEIGHT_WAIT_S] - steady[0][m.WEIGHT_WAIT_S]) / max(span, 1e-9)}
     summary = tl.summary(since, until, parallel={"sample": spec.env.workers})
-    for lane in LANES:
+    for lane in m.LANES:
         out[f"{lane}_busy"] = summary[lane]["busy"]
     for lane in ("infer", "learn"):  # seconds per inference batch, per learner update
         spans = [iv.end - iv.start for iv in tl.intervals(lane, since) if iv.end <= until]
         out[f"{lane}_s_each"] = float(np.mean(spans)) if spans else None
-    out["publish_ms"] = float(np.mean([r["publish_ms"] for r in steady if "publish_ms" in r] or [0]))
+    out["publish_ms"] = float(np.mean([r[m.PUBLISH_MS] for r in steady if m.PUBLISH_MS in r] or [0]))
     del pipeline
     release_gpu()
     return out
@@ -294,7 +294,7 @@ def measure(spec: JobSpec, placement: Placement, costs: dict[str, float], steps:
         "lane_ms_per_step": {k: 1e3 * costs[k] for k in ("sample", "infer", "learn", "publish")},
         "publish_ms": costs["publish_ms"], "raw_copy_ms": costs["raw_copy_ms"],
         "staleness_mean": asyn["staleness_mean"], "staleness_max": asyn["staleness_max"],
-        "busy": {mode: {lane: r[f"{lane}_busy"] for lane in LANES} for mode, r in results.items()},
+        "busy": {mode: {lane: r[f"{lane}_busy"] for lane in m.LANES} for mode, r in results.items()},
         "gpu_busy": asyn["gpu_busy"] if placement.on_gpu else None,
         "gpu_busy_sync": sync["gpu_busy"] if placement.on_gpu else None,
         "gpu_util_nvml": {mode: r["gpu_util_nvml"] for mode, r in results.items()},
@@ -313,7 +313,7 @@ def measure(spec: JobSpec, placement: Placement, costs: dict[str, float], steps:
     print(f"{'mode':6} {'steps/s':>9} {'ideal':>9} {'effic.':>7}   busy: sample infer  learn  distr    GPU")
     for mode, r, ideal in (("sync", sync, sync_ideal), ("async", asyn, async_ideal)):
         print(f"{mode:6} {r['steps_per_s']:9.1f} {1 / ideal:9.1f} {r['steps_per_s'] * ideal:7.2f}         "
-              + "  ".join(f"{r[f'{lane}_busy']:5.0%}" for lane in LANES) + f"  {_gpu(r, placement):>5}")
+              + "  ".join(f"{r[f'{lane}_busy']:5.0%}" for lane in m.LANES) + f"  {_gpu(r, placement):>5}")
     print(f"async/sync = {ratio:.2f}x   ideal = {ideal_ratio:.2f}x   "
           f"staleness mean {asyn['staleness_mean']:.2f} max {asyn['staleness_max']:.0f}   "
           f"actor at the staleness gate {asyn['gate_wait']:.0%}   "
@@ -338,7 +338,7 @@ def _summary(r: dict, async_ideal: float, sync_steps_per_s: float) -> dict:
     return {"steps_per_s": r["steps_per_s"], "ratio": r["steps_per_s"] / sync_steps_per_s,
             "efficiency": r["steps_per_s"] * async_ideal, "gpu_busy": r["gpu_busy"],
             "staleness_mean": r["staleness_mean"], "staleness_max": r["staleness_max"],
-            "gate_wait": r["gate_wait"], "busy": {lane: r[f"{lane}_busy"] for lane in LANES},
+            "gate_wait": r["gate_wait"], "busy": {lane: r[f"{lane}_busy"] for lane in m.LANES},
             "slowdown_vs_alone": r["slowdown_vs_alone"]}
 
 

@@ -24,6 +24,7 @@ from tempfile import TemporaryDirectory
 
 import numpy as np
 
+from dvla.metric_names import ENV_STEPS, EPISODES, SUCCESS_RATE
 from dvla.spec import load_spec
 from dvlad.runtime.job import run_job
 from dvlad.runtime.metrics import read_jsonl
@@ -40,8 +41,8 @@ def steps_to_reach(rows: list[dict], target: float) -> float | None:
     """Env steps at the first row whose success rate over a full window reaches ``target``
     (None: never)."""
     for r in _warm(rows):
-        if r["success_rate"] >= target:
-            return r["env_steps"]
+        if r[SUCCESS_RATE] >= target:
+            return r[ENV_STEPS]
     return None
 
 
@@ -50,7 +51,7 @@ MeanCurves = tuple[np.ndarray, dict[str, np.ndarray]] | None
 
 
 def _warm(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if r.get("episodes", 0) >= WINDOW and "success_rate" in r]
+    return [r for r in rows if r.get(EPISODES, 0) >= WINDOW and SUCCESS_RATE in r]
 
 
 def mean_curves(runs: dict[tuple[int, str], list[dict]]) -> MeanCurves:
@@ -63,10 +64,10 @@ def mean_curves(runs: dict[tuple[int, str], list[dict]]) -> MeanCurves:
     warm = {key: _warm(rows) for key, rows in runs.items()}
     if not all(warm.values()):
         return None
-    start = max(rows[0]["env_steps"] for rows in warm.values())
-    end = min(rows[-1]["env_steps"] for rows in warm.values())
+    start = max(rows[0][ENV_STEPS] for rows in warm.values())
+    end = min(rows[-1][ENV_STEPS] for rows in warm.values())
     grid = np.arange(start, end, 256.0)
-    curves = {mode: np.mean([np.interp(grid, [r["env_steps"] for r in rows], [r["success_rate"] for r in rows])
+    curves = {mode: np.mean([np.interp(grid, [r[ENV_STEPS] for r in rows], [r[SUCCESS_RATE] for r in rows])
                              for (_, m), rows in warm.items() if m == mode], axis=0) for mode in MODES}
     return grid, curves
 
@@ -118,7 +119,7 @@ def plot(runs: dict[tuple[int, str], list[dict]], means: MeanCurves, out: Path) 
     fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
     for (_, mode), rows in sorted(runs.items()):
         warm = _warm(rows)
-        ax.plot([r["env_steps"] for r in warm], [r["success_rate"] for r in warm], color=colors[mode],
+        ax.plot([r[ENV_STEPS] for r in warm], [r[SUCCESS_RATE] for r in warm], color=colors[mode],
                 alpha=0.25, linewidth=0.8)
     if means is not None:
         seeds = len({s for s, _ in runs})
@@ -148,8 +149,8 @@ def run_one(args: argparse.Namespace, seed: int, mode: str) -> str:
         run_job(spec, Path(run_dir), quiet=True)
         shutil.copy(Path(run_dir) / "metrics.jsonl", metrics)
     last = read_jsonl(metrics)[-1]
-    return (f"seed {seed} {mode:5}: {last['env_steps']:.0f} env steps, "
-            f"final success {last.get('success_rate', float('nan')):.2f}")
+    return (f"seed {seed} {mode:5}: {last[ENV_STEPS]:.0f} env steps, "
+            f"final success {last.get(SUCCESS_RATE, float('nan')):.2f}")
 
 
 def run_all(args: argparse.Namespace, todo: list[tuple[int, str]]) -> None:
@@ -191,14 +192,14 @@ def main() -> None:
               "precision": args.precision or "auto", "seeds": {}}
     for seed in sorted({s for s, _ in runs}):
         sync_rows = runs[seed, "sync"]
-        target = float(np.mean([r.get("success_rate", 0.0) for r in sync_rows[-args.tail:]]))
+        target = float(np.mean([r.get(SUCCESS_RATE, 0.0) for r in sync_rows[-args.tail:]]))
         needed = {mode: steps_to_reach(runs[seed, mode], target) for mode in MODES}
         ratio = (needed["async"] / needed["sync"]) if needed["async"] and needed["sync"] else None
         milestones = {f"{m:.1f}": {mode: steps_to_reach(runs[seed, mode], m) for mode in MODES} for m in (0.8, 0.9)}
         report["seeds"][str(seed)] = {"sync_final_success": target, "steps_to_reach": needed,
                                       "steps_to_success": milestones,
                                       "async_over_sync_steps": ratio,
-                                      "async_final_success": runs[seed, "async"][-1].get("success_rate")}
+                                      "async_final_success": runs[seed, "async"][-1].get(SUCCESS_RATE)}
         print(f"seed {seed}: sync final success {target:.2f}; env steps to reach it: sync {needed['sync']}, "
               f"async {needed['async']}" + (f" ({ratio:.2f}x)" if ratio else ""))
     means = mean_curves(runs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dvla import metric_names as m
 from dvla.report import plot_runs
 from dvlad.runtime.metrics import read_jsonl
 
@@ -19,7 +20,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="run directories holding metrics.jsonl")
     parser.add_argument("--labels", nargs="*", help="one label per run (default: directory names)")
-    parser.add_argument("--x", default="env_steps", choices=("env_steps", "time_s"), help="x axis")
+    parser.add_argument("--x", default=m.ENV_STEPS, choices=(m.ENV_STEPS, m.TIME_S), help="x axis")
     parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
     args = parser.parse_args()
     labels = args.labels or [r.name for r in args.runs]

@@ -1,16 +1,28 @@
-"""Shared fixtures: small real jobs on the synthetic env (real processes, real torch)."""
+"""Shared fixtures: real dvlads on real sockets, small real jobs on the synthetic env (real processes,
+real torch); and the test tiers (``slow``, ``gpu``)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import pytest
 
 from dvlad.envs.gl import configure_mujoco_gl
+from dvlad.testing import FIXTURE, Dvlad
 
 configure_mujoco_gl()  # before any test module imports mujoco: it fixes its GL backend on import
 
+DAEMON_FIXTURES = {"dvlads", "module_dvlads"}
+
 
 def pytest_collection_modifyitems(config, items):
-    """GPU tests run where torch sees a GPU (the lent machine) and are skipped, saying so, elsewhere."""
+    """A test that starts a real dvlad must be marked ``slow`` (the fast loop, ``-m "not slow"``, is only
+    fast if none slips in); GPU tests run where torch sees a GPU (the lent machine) and are skipped,
+    saying so, elsewhere."""
+    unmarked = [item.nodeid for item in items
+                if DAEMON_FIXTURES & set(item.fixturenames) and "slow" not in item.keywords]
+    if unmarked:
+        raise pytest.UsageError(f"these tests start a real dvlad but are not marked slow: {', '.join(unmarked)}")
     import torch
 
     if torch.cuda.is_available():
@@ -19,6 +31,46 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+class Dvlads:
+    """Makes real dvlads (:class:`dvlad.testing.Dvlad`, each in its own /tmp directory) and closes every
+    one it made: the daemon, the jobs it started, its files."""
+
+    def __init__(self) -> None:
+        self.made: list[Dvlad] = []
+
+    def __call__(self, config: str | None = "", *, env: dict[str, str] | None = None, recorded_gpu: bool = False,
+                 user_mode: bool = False, start: bool = True) -> Dvlad:
+        """A dvlad with ``config`` (TOML that goes on in its ``[daemon]`` table; None: no config file at
+        all, as ``dvlad --user`` is started by hand) and ``env``.
+        ``recorded_gpu``: replaying the recorded H100 (where the checkout has the recording), as a GPU
+        machine's NVML would answer; ``start=False``: the test sets it up (``serve_tcp``) and starts it."""
+        if recorded_gpu and FIXTURE.exists():
+            env = {"DVLAD_FAKE_TOPOLOGY": str(FIXTURE), **(env or {})}
+        daemon = Dvlad(config, env=env, user_mode=user_mode)
+        self.made.append(daemon)
+        return daemon.start() if start else daemon
+
+    def close(self) -> None:
+        for daemon in self.made:
+            daemon.close()
+
+
+@pytest.fixture
+def dvlads() -> Iterator[Dvlads]:
+    """Real dvlads for one test: ``dvlads(config, env=...)`` starts one; all are closed after the test."""
+    made = Dvlads()
+    yield made
+    made.close()
+
+
+@pytest.fixture(scope="module")
+def module_dvlads() -> Iterator[Dvlads]:
+    """Real dvlads that a module's tests share (starting one takes seconds), closed after its last test."""
+    made = Dvlads()
+    yield made
+    made.close()
 
 
 @pytest.fixture

@@ -34,8 +34,13 @@ def validate(tmp_path: Path, text: str, *args: str):
     ('[policy]\n  name = "tiny_vla"\n', "policy.name", 2, 3, 'unknown policy "tiny_vla" (did you mean "tiny-vla"?)'),
     ("[algo]\nname = 'grpo'\n", "algo.name", 2, 1, 'at least the episode limit of env "reach" (40)'),
     ('[resources]\ndevice = "cuda"\n', "resources.device", 2, 1, 'device "cuda" needs gpus ≥ 1'),
+    ("[policy.args]\nd_model = 32\n  d_modle = 32\n", "policy.args.d_modle", 3, 3,
+     'unknown argument of policy "tiny-vla" (did you mean "policy.args.d_model"?)'),
+    ('[env]\nname = "libero"\nmax_episode_steps = 220\n[env.args]\nsuite = "libero_spatial"\ncamera = ["wrist"]\n',
+     "env.args.camera", 6, 1, 'unknown argument of env "libero" (did you mean "env.args.cameras"?)'),
 ], ids=["wrong-type", "unknown-key", "unknown-section", "section-not-a-table", "out-of-range", "contradiction",
-        "bool-not-int", "unknown-policy", "grpo-episode-limit", "cuda-without-gpus"])
+        "bool-not-int", "unknown-policy", "grpo-episode-limit", "cuda-without-gpus", "policy-arg-typo",
+        "env-arg-typo"])
 def test_each_broken_file_names_the_key_line_and_column(tmp_path, text, key, line, column, reason):
     result = validate(tmp_path, text)
     assert result.exit_code == 2, result.output

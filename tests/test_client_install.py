@@ -6,9 +6,12 @@ import subprocess
 import venv
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_the_client_installs_and_runs_in_a_fresh_venv_without_torch(tmp_path):
     env_dir = tmp_path / "laptop"
     venv.EnvBuilder(with_pip=True).create(env_dir)

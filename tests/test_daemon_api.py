@@ -19,17 +19,17 @@ from dvlad import testing
 from dvlad.server.app import ROUTES
 from dvlad.testing import FIXTURE, Dvlad, request
 
+pytestmark = pytest.mark.slow  # every test talks to a real dvlad
+
 ROOMY = "[node]\ncpu_slots = 8\n"
-"""Room for the default spec's 3 CPU slots (env.workers + 1) on any machine: a bigger job is refused."""
+"""Room for the default spec's 2 CPU slots (one per env worker) on any machine: a bigger job is refused."""
 QUEUED_ONLY = "max_body_bytes = 4096\n" + ROOMY + "[limits.default]\nrunning_jobs = 0\n"
 TEST_USERS = ("dvlatest1", "dvlatest2")
 
 
 @pytest.fixture(scope="module")
-def dvlad():
-    daemon = Dvlad(QUEUED_ONLY, env={"DVLAD_FAKE_TOPOLOGY": str(FIXTURE)} if FIXTURE.exists() else {}).start()
-    yield daemon
-    daemon.close()
+def dvlad(module_dvlads):
+    return module_dvlads(QUEUED_ONLY, recorded_gpu=True)
 
 
 @pytest.fixture(scope="session")
@@ -203,6 +203,21 @@ def test_other_users_cannot_see_logs_or_cancel_root_can(dvlad, users):
     assert events[-1]["reason"] == "cancelled by root before it started"
 
 
+def test_with_users_see_all_everyone_reads_every_job_but_cancels_only_their_own(dvlads, users):
+    alice, bob = users
+    d = dvlads("users_see_all = true\n" + QUEUED_ONLY)
+    job_id = as_user(alice, d.socket, "POST", "/v1/jobs", {"spec": {"job": {"name": "alices"}}})[1]["job"]["id"]
+    for path in (f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/logs", f"/v1/jobs/{job_id}/metrics"):
+        assert as_user(bob, d.socket, "GET", path)[0] == 200, path
+    for path in ("/v1/jobs?all=1", f"/v1/jobs?user={alice}"):
+        status, listed = as_user(bob, d.socket, "GET", path)
+        assert status == 200 and [j["id"] for j in listed["jobs"]] == [job_id], path
+    status, seen = as_user(bob, d.socket, "GET", "/v1/events")
+    assert status == 200 and {e["job_id"] for e in seen["events"]} == {job_id}
+    status, body = as_user(bob, d.socket, "POST", f"/v1/jobs/{job_id}/cancel")
+    assert (status, body["reason"]) == (403, f"job {job_id} belongs to {alice}; {bob} may not cancel it")
+    assert as_user(alice, d.socket, "POST", f"/v1/jobs/{job_id}/cancel")[1]["state"] == "cancelled"
+
 def test_one_users_latest_jobs_are_filtered_by_the_daemon_before_the_limit(dvlad, users):
     from click.testing import CliRunner
 
@@ -226,35 +241,28 @@ def test_one_users_latest_jobs_are_filtered_by_the_daemon_before_the_limit(dvlad
     assert dvlad.call("GET", "/v1/jobs?user=")[0] == 400
 
 
-def test_tcp_needs_a_valid_bearer_token():
+def test_tcp_needs_a_valid_bearer_token(dvlads):
     import http.client
 
-    d = Dvlad()
+    d = dvlads(start=False)
     port = d.serve_tcp("# token user\ns3cret-token root\n")
-    try:
-        d.start()
-        for header, status in (({}, 401), ({"Authorization": "Bearer wrong"}, 401),
-                               ({"Authorization": "Bearer s3cret-token"}, 200)):
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            conn.request("GET", "/v1/jobs", headers=header)
-            resp = conn.getresponse()
-            body = json.loads(resp.read())
-            assert resp.status == status, body
-            conn.close()
-        assert body == {"jobs": []}
-    finally:
-        d.close()
+    d.start()
+    for header, status in (({}, 401), ({"Authorization": "Bearer wrong"}, 401),
+                           ({"Authorization": "Bearer s3cret-token"}, 200)):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/v1/jobs", headers=header)
+        resp = conn.getresponse()
+        body = json.loads(resp.read())
+        assert resp.status == status, body
+        conn.close()
+    assert body == {"jobs": []}
 
 
-def test_user_mode_uses_the_runtime_dir_and_home():
-    d = Dvlad(ROOMY, user_mode=True)
-    try:
-        d.start()
-        assert (d.state_dir / "dvlad.db").exists()
-        status, body = d.call("POST", "/v1/jobs", {"spec": {}, "idempotency_key": "u1"})
-        assert status == 201 and body["job"]["user"] == pwd.getpwuid(os.geteuid()).pw_name
-    finally:
-        d.close()
+def test_user_mode_uses_the_runtime_dir_and_home(dvlads):
+    d = dvlads(ROOMY, user_mode=True)
+    assert (d.state_dir / "dvlad.db").exists()
+    status, body = d.call("POST", "/v1/jobs", {"spec": {}, "idempotency_key": "u1"})
+    assert status == 201 and body["job"]["user"] == pwd.getpwuid(os.geteuid()).pw_name
 
 
 def test_events_follow_streams_new_transitions(dvlad):
@@ -279,24 +287,22 @@ def test_events_follow_streams_new_transitions(dvlad):
     assert dvlad.call("GET", "/v1/nodes")[0] == 200  # the dropped stream did not hurt the daemon
 
 
-def test_a_large_body_under_the_limit_is_read_whole_and_one_over_it_is_refused():
+def test_a_large_body_under_the_limit_is_read_whole_and_one_over_it_is_refused(dvlads):
     """Half a MiB arrives in many reads; a chunked body (no Content-Length) over the cap is still cut off."""
     from dvlad.testing import UnixConnection
 
-    d = Dvlad("[node]\ncpu_slots = 8\n[limits.default]\nrunning_jobs = 0\n").start()  # the default 1 MiB limit
-    try:
-        blob = "x" * 500_000
-        status, body = submit(d, {"job": {"name": "big"}, "policy": {"args": {"blob": blob}}})
-        assert status == 201, body
-        assert d.job(body["job"]["id"])["spec"]["policy"]["args"]["blob"] == blob
-        conn = UnixConnection(d.socket)
-        chunks = [b'{"spec": {"policy": {"args": {"blob": "', *[b"x" * 65536] * 20, b'"}}}}']
-        conn.request("POST", "/v1/jobs", body=iter(chunks), headers={"Content-Type": "application/json"},
-                     encode_chunked=True)
-        resp = conn.getresponse()
-        refused = json.loads(resp.read())
-        conn.close()
-        assert (resp.status, refused["code"]) == (413, "too_large"), refused
-        assert d.call("GET", "/v1/nodes")[0] == 200
-    finally:
-        d.close()
+    d = dvlads("[node]\ncpu_slots = 8\n[limits.default]\nrunning_jobs = 0\n")  # the default 1 MiB limit
+    blob = "x" * 500_000
+    big = {"job": {"name": "big"}, "policy": {"name": "mine.models:make", "args": {"blob": blob}}}  # free-form args
+    status, body = submit(d, big)
+    assert status == 201, body
+    assert d.job(body["job"]["id"])["spec"]["policy"]["args"]["blob"] == blob
+    conn = UnixConnection(d.socket)
+    chunks = [b'{"spec": {"policy": {"args": {"blob": "', *[b"x" * 65536] * 20, b'"}}}}']
+    conn.request("POST", "/v1/jobs", body=iter(chunks), headers={"Content-Type": "application/json"},
+                 encode_chunked=True)
+    resp = conn.getresponse()
+    refused = json.loads(resp.read())
+    conn.close()
+    assert (resp.status, refused["code"]) == (413, "too_large"), refused
+    assert d.call("GET", "/v1/nodes")[0] == 200

@@ -15,24 +15,15 @@ import torch
 
 from dvlad.testing import LONG, TINY_POLICY, Dvlad
 
+pytestmark = pytest.mark.slow  # real jobs through a real dvlad
+
 REACH = {"job": {"name": "reach-tiny"}, "env": {"name": "reach", "num_envs": 4, "groups": 2, "workers": 1},
          "policy": {"args": TINY_POLICY}, "algo": {"update_epochs": 1, "minibatches": 2},
          "pipeline": {"segment_steps": 8}, "train": {"total_env_steps": 256, "resume": False}}
 WAITS = {"job": {"name": "waits"}, "env": {"workers": 1}}
-"""Fits the node (2 CPU slots) but not while LONG holds them: stays queued, so only the API is exercised."""
-
-
-@pytest.fixture
-def dvlad():
-    daemons: list[Dvlad] = []
-
-    def make(config: str = "", env: dict[str, str] | None = None) -> Dvlad:
-        daemons.append(Dvlad("[node]\ncpu_slots = 2\n" + config, env=env).start())
-        return daemons[-1]
-
-    yield make
-    for d in daemons:
-        d.close()
+"""Fits the node (1 CPU slot) but not while LONG holds it: stays queued, so only the API is exercised."""
+ONE_SLOT = "[node]\ncpu_slots = 1\n"
+"""The node of every daemon here: room for one LONG (or REACH) job at a time (one env worker each)."""
 
 
 def submit(d: Dvlad, spec: dict, **extra) -> dict:
@@ -41,8 +32,8 @@ def submit(d: Dvlad, spec: dict, **extra) -> dict:
     return body["job"]
 
 
-def test_reach_job_runs_to_success_with_status_and_logs_while_it_runs(dvlad):
-    d = dvlad()
+def test_reach_job_runs_to_success_with_status_and_logs_while_it_runs(dvlads):
+    d = dvlads(ONE_SLOT)
     job = submit(d, REACH)
     running = d.wait_state(job["id"], {"running", "succeeded", "failed"}, timeout=30)
     assert running["state"] == "running", running["reason"]
@@ -51,16 +42,16 @@ def test_reach_job_runs_to_success_with_status_and_logs_while_it_runs(dvlad):
     assert status == 200 and "done: " in streamed, streamed[-2000:]
     final = d.wait_state(job["id"], {"succeeded", "failed"}, timeout=10)
     assert final["state"] == "succeeded", final["reason"]
-    assert final["exit_code"] == 0 and final["cpus"] == 2
+    assert final["exit_code"] == 0 and final["cpus"] == 1  # one slot per env worker
     assert [e["to_state"] for e in final["events"]] == ["queued", "placing", "running", "succeeded"]
     status, metrics = d.call("GET", f"/v1/jobs/{job['id']}/metrics")
     assert status == 200 and metrics["rows"] and metrics["rows"][-1]["env_steps"] >= 256
 
 
-def test_the_job_directory_is_the_daemons_and_what_the_user_swaps_in_is_not_read(dvlad):
+def test_the_job_directory_is_the_daemons_and_what_the_user_swaps_in_is_not_read(dvlads):
     """dvlad reads a job's files as root: the directory holding the log, pid and spec is its own,
     and in run/ (the user's) a symlink is never followed. A log of megabytes streams in chunks."""
-    d = dvlad()
+    d = dvlads(ONE_SLOT)
     job_id = submit(d, REACH)["id"]
     assert d.wait_state(job_id, {"succeeded", "failed"}, timeout=120)["state"] == "succeeded"
     home = d.state_dir / "jobs" / str(job_id)
@@ -83,10 +74,10 @@ def test_the_job_directory_is_the_daemons_and_what_the_user_swaps_in_is_not_read
     assert d.call("GET", f"/v1/jobs/{job_id}/metrics") == (200, {"job_id": job_id, "rows": []})
 
 
-def test_cancel_stops_the_job_and_frees_its_slots_for_the_next(dvlad):
-    d = dvlad()
+def test_cancel_stops_the_job_and_frees_its_slots_for_the_next(dvlads):
+    d = dvlads(ONE_SLOT)
     first = submit(d, LONG)
-    second = submit(d, LONG)  # cpu_slots = 2 and each takes 2: waits for the first
+    second = submit(d, LONG)  # cpu_slots = 1 and each takes 1: waits for the first
     d.wait_state(first["id"], {"running"}, timeout=20)
     deadline = time.monotonic() + 60
     while not d.call("GET", f"/v1/jobs/{first['id']}/metrics")[1]["rows"]:  # training, not just starting
@@ -105,8 +96,8 @@ def test_cancel_stops_the_job_and_frees_its_slots_for_the_next(dvlad):
     assert d.wait_state(second["id"], {"cancelled", "failed"}, timeout=30)["state"] == "cancelled"
 
 
-def test_kill_9_during_50_submits_loses_and_duplicates_nothing_and_readopts_the_running_job(dvlad):
-    d = dvlad()
+def test_kill_9_during_50_submits_loses_and_duplicates_nothing_and_readopts_the_running_job(dvlads):
+    d = dvlads(ONE_SLOT)
     runner = submit(d, LONG)
     pid = d.wait_state(runner["id"], {"running"}, timeout=20)["pid"]
     started = psutil.Process(pid).create_time()
@@ -161,21 +152,25 @@ def test_kill_9_during_50_submits_loses_and_duplicates_nothing_and_readopts_the_
 
 
 @pytest.mark.parametrize(("spec", "field", "asks"), [
-    ({"resources": {"gpus": 1}}, "spec.resources.gpus", "1 GPU and 3 CPU slots"),
-    ({"env": {"workers": 2}}, "spec.env.workers", "0 GPUs and 3 CPU slots"),
+    ({"resources": {"gpus": 1}, "env": {"workers": 1}}, "spec.resources.gpus",
+     "1 GPU and 1 CPU slot (one per env worker): lower resources.gpus to 0 (the job then runs on the CPU) "
+     "or use a node with more GPUs"),
+    ({"env": {"workers": 2}}, "spec.env.workers",
+     "0 GPUs and 2 CPU slots (one per env worker): lower env.workers to 1 or fewer (keeping num_envs "
+     "divisible by groups × workers), or raise node.cpu_slots or node.cpu_oversubscribe in dvlad's config"),
 ], ids=["a-gpu-on-a-node-without-one", "more-workers-than-cpu-slots"])
-def test_a_job_bigger_than_the_node_is_refused_at_submit_and_not_recorded(dvlad, tmp_path, spec, field, asks):
+def test_a_job_bigger_than_the_node_is_refused_at_submit_and_not_recorded(dvlads, tmp_path, spec, field, asks):
     no_gpus = tmp_path / "no-gpus.json"  # a node without GPUs, also where the tests run on a GPU machine
     no_gpus.write_text(json.dumps({"host": "cpu-node", "devices": [], "pairs": []}))
-    d = dvlad(env={"DVLAD_FAKE_TOPOLOGY": str(no_gpus)})
+    d = dvlads(ONE_SLOT, env={"DVLAD_FAKE_TOPOLOGY": str(no_gpus)})
     status, body = d.call("POST", "/v1/jobs", {"spec": {"job": {"name": "too-big"}, **spec}})
     assert (status, body["code"], body["field"]) == (409, "exceeds_node", field), body
-    assert body["reason"] == f"this node has 0 GPUs and 2 CPU slots; the job asks for {asks} (env.workers + 1)"
+    assert body["reason"] == f"this node has 0 GPUs and 1 CPU slot (node.cpu_slots); the job asks for {asks}"
     assert d.call("GET", "/v1/jobs?all=1")[1]["jobs"] == []
 
 
-def test_a_job_that_ended_while_dvlad_was_down_is_settled_at_restart(dvlad):
-    d = dvlad()
+def test_a_job_that_ended_while_dvlad_was_down_is_settled_at_restart(dvlads):
+    d = dvlads(ONE_SLOT)
     job = submit(d, LONG)
     pid = d.wait_state(job["id"], {"running"}, timeout=20)["pid"]
     d.kill9()
@@ -188,8 +183,8 @@ def test_a_job_that_ended_while_dvlad_was_down_is_settled_at_restart(dvlad):
     assert settled["reason"] == "its process ended while dvlad was down, leaving no summary"
 
 
-def test_a_job_killed_by_a_real_time_signal_fails_naming_it_and_later_jobs_still_finish(dvlad):
-    d = dvlad()
+def test_a_job_killed_by_a_real_time_signal_fails_naming_it_and_later_jobs_still_finish(dvlads):
+    d = dvlads(ONE_SLOT)
     job = submit(d, LONG)
     pid = d.wait_state(job["id"], {"running"}, timeout=20)["pid"]
     os.kill(pid, signal.SIGRTMIN + 5)  # Python knows no name for it: this once stopped the supervisor
@@ -201,12 +196,12 @@ def test_a_job_killed_by_a_real_time_signal_fails_naming_it_and_later_jobs_still
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="replays a recorded GPU on a machine without one")
-def test_gpu_jobs_are_placed_on_the_recorded_gpu_one_at_a_time_and_failures_say_why(dvlad):
+def test_gpu_jobs_are_placed_on_the_recorded_gpu_one_at_a_time_and_failures_say_why(dvlads):
     from dvlad.testing import FIXTURE
 
     if not FIXTURE.exists():
         pytest.skip(f"the recorded topology {FIXTURE} is not in this checkout")
-    d = dvlad(env={"DVLAD_FAKE_TOPOLOGY": str(FIXTURE)})
+    d = dvlads(ONE_SLOT, recorded_gpu=True)
     gpu_job = {**REACH, "resources": {"gpus": 1}}
     first, second = submit(d, gpu_job), submit(d, gpu_job)  # the recorded node has one GPU
     placed = d.wait_state(first["id"], {"running", "failed"}, timeout=20)
@@ -219,12 +214,12 @@ def test_gpu_jobs_are_placed_on_the_recorded_gpu_one_at_a_time_and_failures_say_
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="replays a recorded GPU on a machine without one")
-def test_a_two_gpu_job_is_placed_on_an_nvlinked_pair_not_the_lowest_indices(dvlad, tmp_path):
+def test_a_two_gpu_job_is_placed_on_an_nvlinked_pair_not_the_lowest_indices(dvlads, tmp_path):
     from tests.test_topology import _host
 
     topology = tmp_path / "nvlink-pairs.json"  # NVML's shape: GPUs 0+2 and 1+3 joined by two NVLinks each
     topology.write_text(json.dumps({"host": "pairs", **_host(4, {0: [2, 2], 2: [0, 0], 1: [3, 3], 3: [1, 1]})}))
-    d = dvlad(env={"DVLAD_FAKE_TOPOLOGY": str(topology)})
+    d = dvlads(ONE_SLOT, env={"DVLAD_FAKE_TOPOLOGY": str(topology)})
     job = submit(d, {**REACH, "resources": {"gpus": 2}})
     placed = d.wait_state(job["id"], {"running", "failed", "succeeded"}, timeout=20)
     assert placed["gpu_ids"] == [0, 2]

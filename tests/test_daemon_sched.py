@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from dvlad.sched import Capacity, Cluster, Decision, Limit, Limits, QueuedJob, Usage, schedule
+from dvlad.sched import Capacity, Cluster, Decision, Limit, Limits, QueuedJob, Usage, plan, schedule
 from dvlad.sched.policy import pick_gpus
 
 
@@ -139,3 +139,41 @@ def test_decisions_never_oversubscribe(n_gpus, cpus):
         mine = [by_id[d.job_id] for d in out if by_id[d.job_id].user == user]
         assert len(mine) <= 2 and sum(j.gpus for j in mine) <= 2
     assert all(len(d.gpu_ids) == by_id[d.job_id].gpus for d in out)
+
+
+def test_every_job_left_queued_says_why_resources_priority_limits_or_size():
+    """The pending reasons squeue would show, produced by the same pass that decides (plan)."""
+    limits = Limits(users={"carol": Limit(running_jobs=1)}, default_user=Limit(gpus=1),
+                    groups={"students": Limit(running_jobs=0)})
+    queue = [job(1, "ann", gpus=1, cpus=2, priority=5), job(2, "ann", cpus=1), job(3, "ann", cpus=1, priority=5),
+             job(4, "bob", gpus=2), job(5, "carol", cpus=1), job(6, "dan", groups=["students"]),
+             job(7, "eve", cpus=9)]
+    state = cluster(gpus=[], cpus=2, user_usage={"carol": Usage(running_jobs=1)}, capacity=Capacity(gpus=1, cpus=8))
+    out = plan(queue, state, limits)
+    assert ids(out.starts) == [3]  # ann's priority-5 job that fits the room left (backfill)
+    assert out.waiting == {
+        1: "resources: waits for 1 GPU (0 free)",
+        2: "priority: behind job 1 of ann (priority 5), which waits for 1 GPU (0 free)",
+        4: "user limit: bob holds 0 GPUs and the job asks for 2 more, at most 1 (limits.default.gpus)",
+        5: "user limit: carol runs 1 job of at most 1 (limits.users.carol.running_jobs)",
+        6: "group limit: group students runs 0 jobs of at most 0 (limits.groups.students.running_jobs)",
+        7: "bigger than the node: asks for 0 GPUs and 9 CPU slots, the node has 1 GPU and 8 CPU slots; "
+           "it waits in case the node grows back",
+    }
+    short_of_both = plan([job(1, gpus=2, cpus=3)], cluster(gpus=[0], cpus=1), Limits())
+    assert short_of_both.waiting == {1: "resources: waits for 2 GPUs (1 free) and 3 CPU slots (1 free)"}
+    assert set(out.waiting) | {d.job_id for d in out.starts} == {j.id for j in queue}  # each job: started or why
+
+
+@pytest.mark.parametrize("n_gpus,cpus", list(itertools.product([0, 1, 2], [0, 3])))
+def test_every_queued_job_either_starts_or_has_a_reason(n_gpus, cpus):
+    queue = [job(i, f"u{i % 3}", gpus=i % 3, cpus=1 + i % 2, priority=i % 2, groups=[f"g{i % 2}"])
+             for i in range(1, 13)]
+    limits = Limits(default_user=Limit(gpus=2, running_jobs=2), groups={"g1": Limit(running_jobs=1)})
+    out = plan(queue, cluster(gpus=range(n_gpus), cpus=cpus, capacity=Capacity(n_gpus, cpus)), limits)
+    started = {d.job_id for d in out.starts}
+    assert started.isdisjoint(out.waiting) and started | set(out.waiting) == {j.id for j in queue}
+    assert all(r.split(": ")[0] in {"resources", "priority", "user limit", "group limit", "bigger than the node"}
+               for r in out.waiting.values())
+    assert out.starts == schedule(queue, cluster(gpus=range(n_gpus), cpus=cpus, capacity=Capacity(n_gpus, cpus)),
+                                  limits)

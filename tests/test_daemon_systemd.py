@@ -11,32 +11,29 @@ import time
 
 import pytest
 
-from dvlad.testing import PYTHON, ROOT, Dvlad
+from dvlad.testing import PYTHON, ROOT
 
 UNIT = ROOT / "systemd" / "dvlad.service"
 
 
-def test_ready_after_listening_then_watchdog_pings(tmp_path):
+@pytest.mark.slow
+def test_ready_after_listening_then_watchdog_pings(tmp_path, dvlads):
     address = str(tmp_path / "notify")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(address)
         sock.settimeout(20)
-        d = Dvlad(env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"})
-        try:
-            d.start()
-            messages = []
-            deadline = time.monotonic() + 20
-            while "WATCHDOG=1" not in messages or "READY=1" not in messages:
-                assert time.monotonic() < deadline, messages
-                messages += sock.recv(4096).decode().split("\n")
-            assert os.path.exists(d.socket)  # READY came after the socket was listening
-            ready = messages.index("READY=1")
-            assert messages[ready + 1:].count("WATCHDOG=1") >= 1 or messages.count("WATCHDOG=1") >= 2
-            d.stop()
-            while "STOPPING=1" not in messages:
-                messages += sock.recv(4096).decode().split("\n")
-        finally:
-            d.close()
+        d = dvlads(env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"})
+        messages = []
+        deadline = time.monotonic() + 20
+        while "WATCHDOG=1" not in messages or "READY=1" not in messages:
+            assert time.monotonic() < deadline, messages
+            messages += sock.recv(4096).decode().split("\n")
+        assert os.path.exists(d.socket)  # READY came after the socket was listening
+        ready = messages.index("READY=1")
+        assert messages[ready + 1:].count("WATCHDOG=1") >= 1 or messages.count("WATCHDOG=1") >= 2
+        d.stop()
+        while "STOPPING=1" not in messages:
+            messages += sock.recv(4096).decode().split("\n")
 
 
 def test_unit_file_keys():

@@ -94,6 +94,7 @@ def test_config_is_written_before_libero_is_imported(tmp_path):
         data_root(tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suite", list(BUILDS))
 def test_each_suite_builds_resets_to_an_init_state_and_steps(envs, suite):
     env, (task, args) = envs[suite], BUILDS[suite]
@@ -115,6 +116,7 @@ def test_each_suite_builds_resets_to_an_init_state_and_steps(envs, suite):
     assert result.obs.proprio[0] != obs.proprio[0]  # the end effector moved along x
 
 
+@pytest.mark.slow
 def test_images_are_rendered_frames_turned_by_180_degrees(envs):
     env = envs["libero_spatial"]
     first = env.reset(init_state=0)
@@ -130,6 +132,7 @@ def test_images_are_rendered_frames_turned_by_180_degrees(envs):
         np.testing.assert_array_equal(obs.images[name], first.images[name])
 
 
+@pytest.mark.slow
 def test_a_start_replays_exactly(envs):
     env = envs["libero_spatial"]
     first = env.reset(init_state=3)
@@ -150,6 +153,7 @@ def test_a_start_replays_exactly(envs):
     assert not np.array_equal(env.libero.get_sim_state(), state)
 
 
+@pytest.mark.slow
 def test_noop_episode_ends_unsuccessful_at_the_limit(envs):
     env = envs["libero_object"]  # limit 6 configured, for speed; the suite's own is 280
     env.reset(seed=0)
@@ -158,6 +162,7 @@ def test_noop_episode_ends_unsuccessful_at_the_limit(envs):
     assert not any(r.success or r.terminated or r.reward for r in results)
 
 
+@pytest.mark.slow
 def test_success_comes_from_libero_predicate(envs):
     """Put the bowl on the plate by setting the simulator state: LIBERO says success, through D-VLA."""
     env = envs["libero_spatial"]
@@ -178,6 +183,7 @@ def test_success_comes_from_libero_predicate(envs):
     assert env.libero.check_success()
 
 
+@pytest.mark.slow
 def test_evaluate_reports_per_task_and_mean_success(envs):
     env = envs["libero_90"]  # physics only
     chunks = []
@@ -192,6 +198,7 @@ def test_evaluate_reports_per_task_and_mean_success(envs):
     assert result.mean_success == 0.0 and json.loads(json.dumps(result.as_dict()))["tasks"][0]["task"] == 5
 
 
+@pytest.mark.slow
 def test_killed_worker_is_replaced_and_the_batch_goes_on():
     args = {"suite": "libero_spatial", "tasks": [0, 1], "image_size": 32}
     pool = EnvWorkerPool("libero", args, num_envs=2, groups=1, workers=2, action_chunk=1, seed=0, step_timeout_s=60)
@@ -216,6 +223,7 @@ def test_killed_worker_is_replaced_and_the_batch_goes_on():
         pool.close()
 
 
+@pytest.mark.slow
 def test_tiny_vla_trains_on_a_libero_task_and_is_evaluated(tmp_path, capsys):
     """The plumbing a pretrained VLA would use: async lanes on LIBERO, metrics, checkpoint, evaluation."""
     from dvlad.runtime.evaluate import main as evaluate_main

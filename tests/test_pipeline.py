@@ -32,6 +32,7 @@ def _run(spec, tmp_path: Path) -> tuple[Pipeline, list]:
     return pipeline, rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("learner", ["process", "thread"])
 def test_async_lanes_overlap(small_spec, tmp_path, learner):
     pipeline, rows = _run(small_spec("async", pipeline__max_staleness=1, pipeline__learner=learner), tmp_path)
@@ -44,6 +45,7 @@ def test_async_lanes_overlap(small_spec, tmp_path, learner):
     assert rows and all(len(tl.intervals(lane)) > 0 for lane in LANES)
 
 
+@pytest.mark.slow
 def test_sync_lanes_never_overlap(small_spec, tmp_path):
     pipeline, rows = _run(small_spec("sync"), tmp_path)
     tl = pipeline.timeline
@@ -53,6 +55,7 @@ def test_sync_lanes_never_overlap(small_spec, tmp_path):
     assert max(r.values["staleness_max"] for r in rows) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_staleness", [1, 2])
 def test_staleness_is_bounded_and_reached(small_spec, tmp_path, max_staleness):
     spec = small_spec("async", pipeline__max_staleness=max_staleness, train__total_env_steps=960)
@@ -64,6 +67,7 @@ def test_staleness_is_bounded_and_reached(small_spec, tmp_path, max_staleness):
         assert sum(r.staleness_hist[max_staleness + 1:]) == 0
 
 
+@pytest.mark.slow
 def test_published_versions_reach_the_actor(small_spec, tmp_path):
     _, rows = _run(small_spec("async"), tmp_path)
     acting = [r.values["acting_version"] for r in rows]
@@ -71,6 +75,7 @@ def test_published_versions_reach_the_actor(small_spec, tmp_path):
     assert acting == sorted(acting)
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_episode_is_replaced_and_job_continues(small_spec, tmp_path):
     spec = small_spec("async", train__total_env_steps=1600, env__step_timeout_s=20.0)
     pipeline = Pipeline(spec, tmp_path)
@@ -91,6 +96,7 @@ def test_worker_killed_mid_episode_is_replaced_and_job_continues(small_spec, tmp
     assert last["env_steps"] >= spec.train.total_env_steps
 
 
+@pytest.mark.slow
 def test_job_writes_metrics_checkpoint_and_resumes(small_spec, tmp_path):
     spec = small_spec("async", train__resume=True)
     first = run_job(spec, tmp_path, quiet=True)
@@ -127,6 +133,7 @@ def test_cli_usage_names_the_command_it_was_started_as():
     assert module.stdout.startswith("usage: python -m dvlad.runtime.job ")
 
 
+@pytest.mark.slow
 def test_cli_runs_a_job(small_spec, tmp_path):
     import tomli_w
 
@@ -144,6 +151,7 @@ def test_cli_runs_a_job(small_spec, tmp_path):
     assert summary["status"] == "succeeded"
 
 
+@pytest.mark.slow
 def test_cli_failure_is_one_line_and_a_failed_summary(small_spec, tmp_path):
     import tomli_w
 
@@ -163,6 +171,7 @@ def test_cli_failure_is_one_line_and_a_failed_summary(small_spec, tmp_path):
     assert "make_env" in summary["traceback"]  # the details are kept, off the terminal
 
 
+@pytest.mark.slow
 def test_grpo_trains_on_whole_episodes_grouped_by_start(small_spec, tmp_path):
     spec = small_spec("async", algo__name="grpo", algo__group_size=2, pipeline__segment_steps=10,
                       train__total_env_steps=800)
@@ -175,6 +184,7 @@ def test_grpo_trains_on_whole_episodes_grouped_by_start(small_spec, tmp_path):
     assert max(r.values["staleness_max"] for r in rows) <= spec.pipeline.max_staleness
 
 
+@pytest.mark.slow
 def test_a_compiled_actor_runs_the_job_and_acts_as_the_eager_policy_scores(small_spec, tmp_path, actor_obs):
     """``pipeline.compile_actor``: the job learns every update, and the compiled forward's
     log-probs and values for the tokens it drew are the eager policy's for the same tokens."""
@@ -193,6 +203,7 @@ def test_a_compiled_actor_runs_the_job_and_acts_as_the_eager_policy_scores(small
     torch.testing.assert_close(out.value, eager.value, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_row_every_few_updates_covers_all_of_them(small_spec, tmp_path):
     """``train.log_every = 2``: one row per two updates, and its rate and histogram span both."""
     _pipeline, rows = _run(small_spec("async", train__log_every=2, train__total_env_steps=1024), tmp_path)
@@ -216,6 +227,7 @@ def test_the_learn_lane_is_a_process_unless_the_job_asks_for_a_thread(small_spec
     assert placement_for(small_spec("async", pipeline__learner="thread")).learner_thread
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("learner", ["process", "thread"])
 def test_a_crashing_learner_fails_the_job_with_its_reason(small_spec, tmp_path, learner):
     spec = small_spec("async", policy__name="failing_policy:make", train__total_env_steps=100_000,
@@ -226,6 +238,7 @@ def test_a_crashing_learner_fails_the_job_with_its_reason(small_spec, tmp_path, 
     assert time.monotonic() - t0 < 90  # promptly, not after a timeout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("learner", ["process", "thread"])
 def test_sigterm_checkpoints_and_stops_cleanly(small_spec, tmp_path, learner):
     import tomli_w
@@ -268,6 +281,7 @@ def test_bf16_on_a_cpu_is_refused_and_fp32_is_what_a_cpu_runs(small_spec):
         assert placement.actor_dtype == torch.float32 and placement.autocast_dtype is None
 
 
+@pytest.mark.slow
 def test_reach_aux_labels_travel_from_the_workers_to_the_learner(small_spec, tmp_path):
     """With ``aux_coef`` set, reach's labels go through the slots and segments to the learner,
     whose every update reports the auxiliary loss (a cross-entropy over tiny-vla's 32×32

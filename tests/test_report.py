@@ -16,7 +16,7 @@ def _rows(n: int, gpu: bool) -> list[dict]:
         for lane in ("sample", "infer", "learn", "distribute"):
             row[f"{lane}_busy"], row[f"{lane}_items_per_s"] = 0.1 * (i % 5), 10.0 * i
         if gpu:
-            row["gpu0_busy"] = 0.9
+            row["gpu_busy"] = 0.9
         rows.append(row)
     return rows
 
@@ -28,5 +28,5 @@ def test_gpu_panel_only_with_gpu_rows_and_several_runs_share_the_axes(tmp_path):
     assert with_gpu.shape[0] > plain.shape[0] and with_gpu.shape[1] == plain.shape[1]  # a fourth row of panels
     assert plain.std() > 0.05 and with_gpu.std() > 0.05
     assert [p.title for p in PANELS if p.optional] == ["GPU busy"]
-    lanes = next(p for p in PANELS if p.title == "lane busy fraction").keys(_rows(1, gpu=True))
-    assert lanes == ["sample_busy", "infer_busy", "learn_busy", "distribute_busy"]  # pipeline order, no GPU key
+    lanes = next(p for p in PANELS if p.title == "lane busy fraction").keys
+    assert lanes == ("sample_busy", "infer_busy", "learn_busy", "distribute_busy")  # pipeline order, no GPU key

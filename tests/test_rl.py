@@ -10,6 +10,7 @@ from torch.testing import assert_close
 
 from dvlad.rl import (
     clipped_surrogate,
+    explained_variance,
     gae,
     group_relative_advantages,
     grpo_loss,
@@ -221,6 +222,16 @@ def test_ppo_loss_masked_samples_change_nothing() -> None:
     assert lp_grad[0].item() == pytest.approx(-1.1)
 
 
+def test_ppo_loss_without_a_mask_counts_every_sample_exactly_as_an_all_ones_mask() -> None:
+    batch = _ppo_batch()
+    batch["proximal_logprob"] = t(0.1, -0.2, 0.3)
+    ones_loss, ones_stats = ppo_loss(**{**batch, "mask": torch.ones(3)}, **COEFS)
+    loss, stats = ppo_loss(**{**batch, "mask": None}, **COEFS)
+    assert torch.equal(loss, ones_loss) and stats == ones_stats
+    adv = batch["advantages"]
+    assert torch.equal(normalize_advantages(adv), normalize_advantages(adv, torch.ones(3)))
+
+
 def test_ppo_loss_empty_mask_is_zero() -> None:
     batch = _ppo_batch()
     batch["mask"] = torch.zeros(3, dtype=torch.bool)
@@ -309,3 +320,14 @@ def test_normalize_advantages_masked() -> None:
 def test_normalize_advantages_single_sample_is_finite() -> None:
     adv = normalize_advantages(t(5.0, 9.0), torch.tensor([True, False]))
     assert_close(adv, t(0.0, 0.0))
+
+
+# ------------------------------------------------------------------------------ explained variance
+
+
+def test_explained_variance_as_cleanrl_computes_it() -> None:
+    # var(returns) = 2/3; returns - values = (0, 1, -1), var 2/3: no better than the mean
+    assert explained_variance(t(1.0, 2.0, 3.0), t(1.0, 3.0, 2.0)) == pytest.approx(0.0)
+    assert explained_variance(t(1.0, 3.0, 2.0), t(1.0, 3.0, 2.0)) == 1.0
+    assert explained_variance(t(1.0, 2.0, 3.0), t(2.0, 2.0, 2.0)) is None  # CleanRL's NaN: returns constant
+    assert explained_variance(t(), t()) is None

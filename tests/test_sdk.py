@@ -18,8 +18,10 @@ import pytest
 
 from dvla import sdk
 from dvla.checkpoint import metadata
-from dvlad.testing import FIXTURE, LONG, TINY_POLICY, Dvlad, free_port
+from dvlad.testing import FIXTURE, LONG, TINY_POLICY, free_port
 from tests.test_daemon_api import ROOMY
+
+pytestmark = pytest.mark.slow  # every test talks to a real dvlad
 
 ENV = {"name": "reach", "num_envs": 4, "groups": 2, "workers": 1}
 QUICK = {"algo": {"name": "ppo", "update_epochs": 1, "minibatches": 2}, "pipeline": {"segment_steps": 8},
@@ -27,11 +29,8 @@ QUICK = {"algo": {"name": "ppo", "update_epochs": 1, "minibatches": 2}, "pipelin
 
 
 @pytest.fixture(scope="module")
-def local():
-    daemon = Dvlad("[node]\ncpu_slots = 2\n",
-                   env={"DVLAD_FAKE_TOPOLOGY": str(FIXTURE)} if FIXTURE.exists() else {}).start()
-    yield daemon
-    daemon.close()
+def local(module_dvlads):
+    return module_dvlads("[node]\ncpu_slots = 2\n", recorded_gpu=True)
 
 
 @pytest.fixture
@@ -149,38 +148,35 @@ def test_async_client_submits_follows_and_cancels(local):
     asyncio.run(flow())
 
 
-def test_following_a_job_rides_out_a_daemon_restart():
+def test_following_a_job_rides_out_a_daemon_restart(dvlads):
     """dvlad restarts while a job is followed: the job runs on, and the follower resumes at the next
     line (none lost, none twice) and still gets the job's outcome."""
-    d = Dvlad("[node]\ncpu_slots = 2\n").start()
-    try:
-        with sdk.Client(d.socket) as client:
-            job = client.train({"name": "tiny-vla", "args": TINY_POLICY}, ENV, steps=768, job={"name": "restart"},
-                               **QUICK)
-            lines: list[str] = []
-            outcome: list = []
+    d = dvlads("[node]\ncpu_slots = 2\n")
+    with sdk.Client(d.socket) as client:
+        job = client.train({"name": "tiny-vla", "args": TINY_POLICY}, ENV, steps=768, job={"name": "restart"},
+                           **QUICK)
+        lines: list[str] = []
+        outcome: list = []
 
-            def follow() -> None:
-                try:
-                    lines.extend(job.logs(follow=True))
-                    outcome.append(job.wait(timeout=120, poll=0.2)["state"])
-                except Exception as exc:  # reported by the assertion below
-                    outcome.append(exc)
+        def follow() -> None:
+            try:
+                lines.extend(job.logs(follow=True))
+                outcome.append(job.wait(timeout=120, poll=0.2)["state"])
+            except Exception as exc:  # reported by the assertion below
+                outcome.append(exc)
 
-            follower = threading.Thread(target=follow)
-            follower.start()
-            deadline = time.monotonic() + 60
-            while not lines and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert lines and client.job(job.id)["state"] == "running"
-            d.stop()
-            time.sleep(2.0)  # the follower finds nothing listening, and waits
-            d.start()
-            follower.join(180)
-            assert outcome == ["succeeded"]
-            assert lines == client.logs(job.id).splitlines() and any(x.startswith("done: ") for x in lines)
-    finally:
-        d.close()
+        follower = threading.Thread(target=follow)
+        follower.start()
+        deadline = time.monotonic() + 60
+        while not lines and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert lines and client.job(job.id)["state"] == "running"
+        d.stop()
+        time.sleep(2.0)  # the follower finds nothing listening, and waits
+        d.start()
+        follower.join(180)
+        assert outcome == ["succeeded"]
+        assert lines == client.logs(job.id).splitlines() and any(x.startswith("done: ") for x in lines)
 
 
 def _fake_checkpoint(path, policy_args) -> None:
@@ -200,44 +196,41 @@ def _tar(*members: tarfile.TarInfo) -> bytes:
     return out.getvalue()
 
 
-def test_remote_client_uploads_its_checkpoint_and_may_not_see_others_jobs(tmp_path):
+def test_remote_client_uploads_its_checkpoint_and_may_not_see_others_jobs(tmp_path, dvlads):
     if os.geteuid() != 0:
         pytest.skip("a token for another user needs a root dvlad (CI runs as root)")
-    d = Dvlad("max_upload_bytes = 16384\n" + ROOMY + "[limits.default]\nrunning_jobs = 0\n")
+    d = dvlads("max_upload_bytes = 16384\n" + ROOMY + "[limits.default]\nrunning_jobs = 0\n", start=False)
     port = d.serve_tcp("nobody-token nobody\n")
-    try:
-        d.start()
-        roots = d.call("POST", "/v1/jobs", {"spec": {"job": {"name": "roots"}}})[1]["job"]["id"]
-        with sdk.Client(f"http://127.0.0.1:{port}", token="nobody-token") as remote:
-            with pytest.raises(sdk.PermissionDenied, match="belongs to root; nobody may not see it"):
-                remote.job(roots)
-            _fake_checkpoint(tmp_path / "run", TINY_POLICY)
-            job = remote.train(tmp_path / "run", "reach", steps=64)  # remote: the checkpoint is uploaded
-            checkpoint = remote.job(job.id)["spec"]["policy"]["checkpoint"]
-            home = d.state_dir / "uploads" / "65534"
-            assert checkpoint.startswith(f"{home}/") and checkpoint.endswith("/checkpoint.safetensors")
-            assert os.stat(checkpoint).st_uid == 65534 and os.stat(home).st_mode & 0o777 == 0o700
-            assert Path(checkpoint).read_bytes() == (tmp_path / "run" / "checkpoint.safetensors").read_bytes()
-            victim = d.state_dir / "dvlad.db"  # the user may put links in their upload home: never followed
-            (home / "link").symlink_to(victim)
-            assert remote.upload(tmp_path / "run" / "checkpoint.safetensors") == checkpoint  # same content, same path
-            assert victim.stat().st_uid == 0
-            (home / "link").unlink()
-        with pytest.raises(sdk.PermissionDenied):
-            sdk.Client(f"127.0.0.1:{port}", token="wrong").jobs()
-        escape = tarfile.TarInfo("../../escaped")
-        escape.size = 1
-        link = tarfile.TarInfo("innocent")
-        link.type, link.linkname = tarfile.SYMTYPE, "/etc/shadow"
-        big = tarfile.TarInfo("big")
-        big.size = 20000
-        for body, status, code in ((_tar(escape), 400, "bad_upload"), (_tar(link), 400, "bad_upload"),
-                                   (b"not a tar" * 100, 400, "bad_upload"), (_tar(big), 413, "too_large")):
-            reply = httpx.post(f"http://127.0.0.1:{port}/v1/uploads", content=body, timeout=10,
-                               headers={"Authorization": "Bearer nobody-token", "Content-Type": "application/x-tar"})
-            assert (reply.status_code, reply.json()["code"]) == (status, code), reply.text
-        assert not (d.state_dir / "escaped").exists() and not (d.state_dir / "uploads" / "escaped").exists()
-        assert sorted(p.name for p in home.iterdir()) == [checkpoint.split("/")[-2]]  # no leftovers
-        assert not any((d.state_dir / "uploads" / ".staging").iterdir())
-    finally:
-        d.close()
+    d.start()
+    roots = d.call("POST", "/v1/jobs", {"spec": {"job": {"name": "roots"}}})[1]["job"]["id"]
+    with sdk.Client(f"http://127.0.0.1:{port}", token="nobody-token") as remote:
+        with pytest.raises(sdk.PermissionDenied, match="belongs to root; nobody may not see it"):
+            remote.job(roots)
+        _fake_checkpoint(tmp_path / "run", TINY_POLICY)
+        job = remote.train(tmp_path / "run", "reach", steps=64)  # remote: the checkpoint is uploaded
+        checkpoint = remote.job(job.id)["spec"]["policy"]["checkpoint"]
+        home = d.state_dir / "uploads" / "65534"
+        assert checkpoint.startswith(f"{home}/") and checkpoint.endswith("/checkpoint.safetensors")
+        assert os.stat(checkpoint).st_uid == 65534 and os.stat(home).st_mode & 0o777 == 0o700
+        assert Path(checkpoint).read_bytes() == (tmp_path / "run" / "checkpoint.safetensors").read_bytes()
+        victim = d.state_dir / "dvlad.db"  # the user may put links in their upload home: never followed
+        (home / "link").symlink_to(victim)
+        assert remote.upload(tmp_path / "run" / "checkpoint.safetensors") == checkpoint  # same content, same path
+        assert victim.stat().st_uid == 0
+        (home / "link").unlink()
+    with pytest.raises(sdk.PermissionDenied):
+        sdk.Client(f"127.0.0.1:{port}", token="wrong").jobs()
+    escape = tarfile.TarInfo("../../escaped")
+    escape.size = 1
+    link = tarfile.TarInfo("innocent")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/shadow"
+    big = tarfile.TarInfo("big")
+    big.size = 20000
+    for body, status, code in ((_tar(escape), 400, "bad_upload"), (_tar(link), 400, "bad_upload"),
+                               (b"not a tar" * 100, 400, "bad_upload"), (_tar(big), 413, "too_large")):
+        reply = httpx.post(f"http://127.0.0.1:{port}/v1/uploads", content=body, timeout=10,
+                           headers={"Authorization": "Bearer nobody-token", "Content-Type": "application/x-tar"})
+        assert (reply.status_code, reply.json()["code"]) == (status, code), reply.text
+    assert not (d.state_dir / "escaped").exists() and not (d.state_dir / "uploads" / "escaped").exists()
+    assert sorted(p.name for p in home.iterdir()) == [checkpoint.split("/")[-2]]  # no leftovers
+    assert not any((d.state_dir / "uploads" / ".staging").iterdir())

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import subprocess
 import sys
 import tarfile
+import time
 
 import pytest
 
-from dvla import sdk
+from dvla import api, sdk
 from dvla.config import SYSTEM_SOCKET, resolve
 from dvla.errors import error_from_reply
 from dvla.tarball import safe_extract, tar_chunks
@@ -44,6 +46,29 @@ def test_where_to_connect_arguments_then_env_then_file_then_sockets(tmp_path):
     with pytest.raises(sdk.DvlaError) as bad:
         resolve(env=env)
     assert bad.value.field == "hots" and "unknown key" in bad.value.reason
+
+
+def test_following_a_daemon_never_reached_fails_at_once_saying_where_it_looked(tmp_path, monkeypatch):
+    """No daemon has ever answered this client: following a job's log or waiting for it raises at once,
+    not after the minute of retries that rides out a restart (a daemon that did answer: test_sdk)."""
+    nowhere = str(tmp_path / "no.sock")
+    monkeypatch.setattr(api, "RECONNECT_EVERY_S", 60.0)  # one retry would take a minute, on any machine
+
+    async def follow_and_wait_async() -> None:
+        async with sdk.AsyncClient(nowhere) as client:
+            with pytest.raises(sdk.DaemonUnavailable, match=nowhere):
+                [line async for line in client.follow_logs(1)]
+            with pytest.raises(sdk.DaemonUnavailable, match=nowhere):
+                await sdk.AsyncJob(client, 1).wait()
+
+    started = time.monotonic()
+    with sdk.Client(nowhere) as client:
+        with pytest.raises(sdk.DaemonUnavailable, match=nowhere):
+            list(client.follow_logs(1))
+        with pytest.raises(sdk.DaemonUnavailable, match=nowhere):
+            sdk.Job(client, 1).wait()
+    asyncio.run(follow_and_wait_async())
+    assert time.monotonic() - started < 30  # not one retry
 
 
 def test_error_replies_become_typed_exceptions():
@@ -86,3 +111,50 @@ def test_a_policy_name_stays_a_name_beside_a_directory_of_that_name(tmp_path, mo
     assert api.policy_section("my_pkg.policies:make") == ({"name": "my_pkg.policies:make"}, None)
     with pytest.raises(sdk.InvalidSpec, match="no such checkpoint file"):
         api.policy_section("runs/try1")  # a path (it has a slash), and nothing is there
+
+
+def test_a_job_files_relative_paths_are_its_folders_and_the_daemon_refuses_any_left_relative(tmp_path, monkeypatch):
+    from dvla.paths import relative_paths
+    from dvla.spec import load_spec
+
+    project = tmp_path / "project"
+    (project / "runs" / "mine").mkdir(parents=True)
+    (project / "runs" / "mine" / "checkpoint.safetensors").write_bytes(b"weights")
+    job = project / "job.toml"
+    job.write_text('[policy]\nname = "transformer-vla"\ncheckpoint = "runs/mine"\n[policy.args]\npretrained = "hf/m"\n'
+                   '[env]\nname = "libero"\nmax_episode_steps = 220\n[env.args]\nlibero_root = "assets"\n')
+    monkeypatch.chdir(tmp_path)  # elsewhere: the paths are still the file's
+    data, local = api.prepared(job)
+    assert local == project / "runs" / "mine" / "checkpoint.safetensors"
+    assert (data["policy"]["checkpoint"], data["policy"]["args"]["pretrained"], data["env"]["args"]["libero_root"]) \
+        == (str(local), str(project / "hf/m"), str(project / "assets"))
+    assert {i.key for i in relative_paths(load_spec(job))} == {"policy.checkpoint", "policy.args.pretrained",
+                                                                "env.args.libero_root"}
+    with pytest.raises(sdk.InvalidSpec, match=r"job.toml:3:1: policy.checkpoint: .*runs/nope: no such checkpoint"):
+        api.prepared(_rewrite(job, "runs/mine", "runs/nope"))
+    monkeypatch.chdir(project)  # a dict's relative paths: the current directory's, as train() has always taken them
+    assert api.prepared({"policy": {"checkpoint": "runs/mine"}})[1] == local
+    assert api.prepared({"policy": {"checkpoint": "/elsewhere/on/the/daemon"}}) == (
+        api.spec_dict({"policy": {"checkpoint": "/elsewhere/on/the/daemon"}}), None)  # not here: the daemon's path
+
+
+def _rewrite(path, old, new):
+    path.write_text(path.read_text().replace(old, new))
+    return path
+
+
+def test_an_address_that_names_a_path_is_a_socket_and_a_bare_host_needs_its_port(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # what ~ expands to
+    env = {"HOME": str(tmp_path / "home")}
+    for address, uds in (("dvlad.sock", tmp_path / "dvlad.sock"), ("./run/dvlad.sock", tmp_path / "run/dvlad.sock"),
+                         ("~/dvlad.sock", tmp_path / "home/dvlad.sock"), ("run/d", tmp_path / "run/d")):
+        assert resolve(address, env=env).uds == str(uds), address
+    assert resolve("https://dvla.lab", env=env).url == "https://dvla.lab"  # a scheme's own port: a TLS proxy
+    assert resolve("gpu1.lab:7447", env=env).url == "http://gpu1.lab:7447"
+    for address in ("localhost", "gpu1.lab", "10.0.0.7", "[::1]", "gpu1.lab:"):
+        with pytest.raises(sdk.DvlaError, match=r"no port: write host:port .*; expected .*host:port") as bad:
+            resolve(address, env=env)
+        assert bad.value.code == "bad_config", address
+    with pytest.raises(sdk.DvlaError, match="nothing may follow host:port"):
+        resolve("gpu1.lab:7447/v1", env=env)  # host:port, then a path: TCP, not a file named so

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import dvla
+from dvla import catalog
 from dvla.spec import (
     JobSpec,
     SpecError,
@@ -92,18 +93,21 @@ def test_args_accept_any_table_but_no_dates():
     spec = parse_spec(
         textwrap.dedent(
             """\
+            [env]
+            name = "mine.envs:make"        # a user's factory takes what it takes
             [env.args]
             step_ms = 5
             nested = { a = [1, 2.5, "x"], b = { c = true } }
             [policy]
+            name = "mine.models:make"
             args = { hidden = 64 }
             """
         )
     )
     assert spec.env.args == {"step_ms": 5, "nested": {"a": [1, 2.5, "x"], "b": {"c": True}}}
     assert spec.policy.args == {"hidden": 64}
-    issue = only("[env.args]\nx = 1\nwhen = 1979-05-27\n")
-    assert (issue.key, issue.line) == ("env.args.when", 3)
+    issue = only("[env]\nname = 'mine.envs:make'\n[env.args]\nx = 1\nwhen = 1979-05-27\n")
+    assert (issue.key, issue.line) == ("env.args.when", 5)
 
 
 # ---- unknown keys and sections -------------------------------------------------------------
@@ -193,6 +197,8 @@ def test_inline_table_keys_are_located():
 def test_multiline_strings_and_arrays_do_not_confuse_the_locator():
     issue = only(
         '''\
+        [policy]
+        name = "mine.models:make"
         [policy.args]
         prompt = """
         [env]
@@ -206,7 +212,7 @@ def test_multiline_strings_and_arrays_do_not_confuse_the_locator():
         num_envs = "x"
         '''
     )
-    assert (issue.key, issue.line) == ("env.num_envs", 11)
+    assert (issue.key, issue.line) == ("env.num_envs", 13)
 
 
 @pytest.mark.parametrize(
@@ -296,7 +302,6 @@ def test_grpo_segments_hold_the_env_s_own_episode_limit_when_max_episode_steps_i
 
 def test_the_spec_knows_the_engines_built_in_names_and_episode_limits():
     """dvla.catalog is what the spec checks against; the engine's registries must say the same."""
-    from dvla import catalog
     from dvlad.envs import ENV_FACTORIES, make_env
     from dvlad.envs.libero import MAX_EPISODE_STEPS
     from dvlad.policies import BUILTIN_POLICIES
@@ -309,6 +314,47 @@ def test_the_spec_knows_the_engines_built_in_names_and_episode_limits():
             assert env.spec.max_episode_steps == catalog.episode_limit(name, args), (name, args)
         finally:
             env.close()
+
+
+def test_the_catalog_lists_exactly_the_arguments_of_each_built_ins_constructor():
+    """[policy.args] and [env.args] are checked against dvla.catalog on a laptop without torch; the
+    catalog must name what the engine's constructors really take, so the two cannot drift apart."""
+    import inspect
+
+    from dvla import catalog
+    from dvlad.envs.libero import LiberoEnv
+    from dvlad.envs.reach import ReachEnv
+    from dvlad.envs.synthetic import SyntheticEnv
+    from dvlad.policies import BUILTIN_POLICIES, _import_factory
+
+    def arguments(cls, engine_given):
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]  # past self
+        assert all(p.kind is p.POSITIONAL_OR_KEYWORD or p.kind is p.KEYWORD_ONLY for p in params), cls  # no **kw
+        return [p.name for p in params if p.name not in engine_given]
+
+    for name, target in BUILTIN_POLICIES.items():
+        assert tuple(arguments(_import_factory(target), {"env_spec", "action_chunk"})) == catalog.POLICY_ARGS[name]
+    envs = {"reach": ReachEnv, "synthetic": SyntheticEnv, "libero": LiberoEnv}
+    assert set(envs) == set(catalog.ENVS) == set(catalog.ENV_ARGS)
+    for name, cls in envs.items():
+        assert tuple(arguments(cls, {"env_index"})) == catalog.ENV_ARGS[name], name
+
+
+def test_a_misspelt_argument_of_a_built_in_is_refused_with_did_you_mean():
+    issues = refuse('[policy]\nname = "transformer-vla"\n[policy.args]\npreset = "tiny"\npatchsize = 8\n'
+                    '[env]\nname = "synthetic"\nargs = { step_msec = 2.0, cameras = ["image"] }\n')
+    assert [(i.key, i.line, i.reason) for i in issues] == [
+        ("policy.args.patchsize", 5, 'unknown argument of policy "transformer-vla" (did you mean '
+                                     '"policy.args.patch_size"?)'),
+        ("env.args.step_msec", 8, 'unknown argument of env "synthetic" (did you mean "env.args.step_ms"?)')]
+    chunk, = refuse("[policy.args]\naction_chunk = 2\n")  # the engine passes it: a key of [policy]
+    assert chunk.reason == ('unknown argument of policy "tiny-vla" (did you mean "policy.action_chunk", '
+                            "a key of [policy]?)")
+    other, = refuse("[env.args]\nzzz = 1\n")
+    assert other.reason.endswith("; it takes: " + ", ".join(catalog.ENV_ARGS["reach"]))
+    parse_spec('[policy]\nname = "mine.models:make"\n[policy.args]\nanything = 1\n')  # a user's: its own business
+    spec_from_dict({"env": {"name": "libero", "args": {"suite": "libero_10", "task": 3}},
+                    "policy": {"args": {"d_model": 32, "patch_grid": 4}}})
 
 
 def test_every_issue_is_collected_in_file_order():

@@ -24,7 +24,7 @@ from dvla.top.poller import Poller, RateMeter
 from dvla.top.render import gpu_table
 from dvla.top.snapshot import build, job_row, pick_selected
 from dvlad.runtime.jobfiles import metrics_rows
-from dvlad.testing import FIXTURE, LONG, PYTHON, ROOT, Dvlad
+from dvlad.testing import FIXTURE, LONG, PYTHON, ROOT
 
 H100 = "NVIDIA H100 80GB HBM3"
 GIB = 1 << 30
@@ -184,12 +184,11 @@ def selected_job(screen: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def daemon():
-    d = Dvlad("[node]\ncpu_slots = 4\n", env={"DVLAD_FAKE_TOPOLOGY": str(FIXTURE)} if FIXTURE.exists() else {})
-    yield d.start()
-    d.close()
+def daemon(module_dvlads):
+    return module_dvlads("[node]\ncpu_slots = 4\n", recorded_gpu=True)
 
 
+@pytest.mark.slow
 @needs_tmux
 @pytest.mark.skipif(not FIXTURE.exists(), reason=f"the recorded topology {FIXTURE} is not in this checkout")
 def test_top_shows_gpus_queue_lanes_and_answers_keys(daemon, tmp_path):
@@ -250,19 +249,17 @@ def test_top_shows_gpus_queue_lanes_and_answers_keys(daemon, tmp_path):
         client.close()
 
 
+@pytest.mark.slow
 @needs_tmux
-def test_top_over_tcp_on_a_node_without_gpus_survives_its_daemon_going_away(tmp_path):
+def test_top_over_tcp_on_a_node_without_gpus_survives_its_daemon_going_away(tmp_path, dvlads):
     empty = tmp_path / "no-gpus.json"  # a recorded node without GPUs: the same on a GPU machine
     empty.write_text(json.dumps({"host": "cpu-node", "devices": [], "pairs": []}))
-    lone = Dvlad(env={"DVLAD_FAKE_TOPOLOGY": str(empty)})
+    lone = dvlads(env={"DVLAD_FAKE_TOPOLOGY": str(empty)}, start=False)
     port = lone.serve_tcp(f"top-token {getpass.getuser()}\n")
     lone.start()
-    try:
-        with pane(f"--host 127.0.0.1:{port} --token top-token", tmp_path) as top:
-            top.wait("the no-GPU note", lambda s: "no GPUs on cpu-node" in s and "0 jobs" in s)
-            lone.stop()
-            top.wait("the unreachable daemon", lambda s: f"daemon unreachable: http://127.0.0.1:{port}" in s)
-            lone.start()
-            top.wait("the daemon back", lambda s: "unreachable" not in s and "no GPUs on cpu-node" in s)
-    finally:
-        lone.close()
+    with pane(f"--host 127.0.0.1:{port} --token top-token", tmp_path) as top:
+        top.wait("the no-GPU note", lambda s: "no GPUs on cpu-node" in s and "0 jobs" in s)
+        lone.stop()
+        top.wait("the unreachable daemon", lambda s: f"daemon unreachable: http://127.0.0.1:{port}" in s)
+        lone.start()
+        top.wait("the daemon back", lambda s: "unreachable" not in s and "no GPUs on cpu-node" in s)

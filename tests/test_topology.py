@@ -53,6 +53,9 @@ def test_a_chain_of_links_is_one_island_and_a_pcie_box_has_none():
     assert set(link_matrix(pcie)[1][0][1:]) == {"PXB"}
     refused = {"devices": [{"index": 0}, {"index": 1}], "pairs": [{"a": 0, "b": 1, "common_ancestor": {"error": "x"}}]}
     assert link_matrix(refused)[1] == [["X", "?"], ["?", "X"]] and islands({"devices": [], "pairs": []}) == []
+    unanswered = _host(2, {0: [1]})  # NVML answered neither GPU 1's bus id nor the far end of GPU 0's link
+    unanswered["devices"][1]["pci_bus_id"] = unanswered["devices"][0]["nvlinks"][0]["remote_pci_bus_id"] = None
+    assert islands(unanswered) == [[0], [1]] and nvlink_counts(unanswered) == {}
 
 
 def test_gpus_on_nvswitches_are_one_island_with_their_link_count():

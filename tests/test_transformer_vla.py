@@ -152,6 +152,7 @@ def test_preset_sizes(preset: str, low: float, high: float) -> None:
     assert low <= sum(p.numel() for p in policy.parameters()) <= high
 
 
+@pytest.mark.slow
 def test_job_trains_on_reach_through_the_lanes(small_spec, tmp_path: Path) -> None:
     spec = small_spec(env__name="reach", env__args={"image_size": 32}, policy__name="transformer-vla",
                       policy__args={"preset": "tiny", "lora": LORA}, policy__action_chunk=2, algo__aux_coef=1.0)

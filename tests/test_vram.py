@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dvla.metric_names import ACTIVATION_KEY, WEIGHT_KEY
-from dvlad.lanes.vram import LEARNER_PEAK, LEARNER_WEIGHTS, job_pools, tensor_bytes
+from dvla.metric_names import GPU_ACTIVATION_BYTES, GPU_WEIGHT_BYTES
+from dvlad.lanes.vram import job_pools, tensor_bytes
 from dvlad.policies.base import flatten_parameters
 
 
@@ -20,8 +20,8 @@ def test_views_of_one_flat_buffer_count_once_and_distinct_tensors_add_up():
 
 def test_a_learner_process_brings_its_own_peak_and_a_learner_thread_shares_the_actors():
     actor_weights, actor_peak = 100, 160  # 60 bytes of the actor's activations at its peak
-    process = job_pools(actor_weights, actor_peak, {LEARNER_WEIGHTS: 400, LEARNER_PEAK: 1000})
-    assert process == {WEIGHT_KEY: 500.0, ACTIVATION_KEY: 60.0 + 600.0}
-    thread = job_pools(actor_weights, 1200, {LEARNER_WEIGHTS: 400})  # one allocator holds both
-    assert thread == {WEIGHT_KEY: 500.0, ACTIVATION_KEY: 700.0}
-    assert job_pools(100, 50, {LEARNER_WEIGHTS: 400})[ACTIVATION_KEY] == 0.0  # never negative
+    process = job_pools(actor_weights, actor_peak, learner_weights=400, learner_peak=1000)
+    assert process == {GPU_WEIGHT_BYTES: 500.0, GPU_ACTIVATION_BYTES: 60.0 + 600.0}
+    thread = job_pools(actor_weights, 1200, learner_weights=400, learner_peak=None)  # one allocator holds both
+    assert thread == {GPU_WEIGHT_BYTES: 500.0, GPU_ACTIVATION_BYTES: 700.0}
+    assert job_pools(100, 50, 400, None)[GPU_ACTIVATION_BYTES] == 0.0  # never negative

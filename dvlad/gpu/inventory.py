@@ -31,7 +31,8 @@ class Inventory:
     """"nvml", "fixture:<path>" or "none" (no driver, no fixture: a CPU-only node)."""
     topology: dict[str, Any]
     """NVML's view: ``devices`` (index, name, uuid, pci_bus_id, memory_total, nvlinks: each active link's
-    ``link``, ``remote_pci_bus_id`` and ``remote_type`` gpu/switch) and ``pairs``."""
+    ``link``, ``remote_pci_bus_id`` and ``remote_type`` gpu/switch; a field NVML did not answer is None)
+    and ``pairs``."""
     _sampled: tuple[float, list[dict[str, Any]]] | None = field(default=None, repr=False)
 
     @property
@@ -53,7 +54,11 @@ class Inventory:
 
 
 def _nvml_field(query: Callable[[], Any]) -> Any:
-    """``query()``, or None where this GPU or driver does not support it (as nvitop does)."""
+    """``query()``, or None where this GPU or driver does not answer it (as nvitop's ``nvmlQuery``).
+
+    Every field of a GPU, static or live, is read through here: a GPU or driver that lacks one (NVLink
+    on a PCIe card, memory info on some virtual GPUs) gives that field None, never a failed start nor a
+    failed sample."""
     import pynvml
 
     try:
@@ -104,7 +109,7 @@ def _nvml_topology() -> dict[str, Any] | None:
         pynvml.nvmlInit()
     except Exception:  # no library or no driver: this node has no NVIDIA GPU we can use
         return None
-    devices = [d for d in map(_nvml_device, range(pynvml.nvmlDeviceGetCount())) if d is not None]
+    devices = [d for d in map(_nvml_device, range(_nvml_field(pynvml.nvmlDeviceGetCount) or 0)) if d is not None]
     pairs = []
     for a, b in itertools.combinations([d["index"] for d in devices], 2):
         level = _nvml_field(lambda a=a, b=b: pynvml.nvmlDeviceGetTopologyCommonAncestor(
@@ -114,18 +119,20 @@ def _nvml_topology() -> dict[str, Any] | None:
 
 
 def _nvml_device(index: int) -> dict[str, Any] | None:
-    """GPU ``index``'s static record, or None when NVML cannot reach it (fallen off the bus, a driver
-    error): that GPU is left out of placement and logged, instead of a daemon that cannot start."""
+    """GPU ``index``'s static record (a field NVML does not answer is None), or None when NVML cannot
+    reach the GPU at all (fallen off the bus, a driver error): that GPU is left out of placement and
+    logged, instead of a daemon that cannot start."""
     import pynvml
 
     try:
         h = pynvml.nvmlDeviceGetHandleByIndex(index)
-        return {"index": index, "name": pynvml.nvmlDeviceGetName(h), "uuid": pynvml.nvmlDeviceGetUUID(h),
-                "pci_bus_id": pynvml.nvmlDeviceGetPciInfo(h).busId,
-                "memory_total": pynvml.nvmlDeviceGetMemoryInfo(h).total, "nvlinks": _nvlinks(h)}
     except pynvml.NVMLError as exc:
         log.warning("GPU %d left out of placement: NVML cannot reach it (%s)", index, exc)
         return None
+    return {"index": index, "name": _nvml_field(lambda: pynvml.nvmlDeviceGetName(h)),
+            "uuid": _nvml_field(lambda: pynvml.nvmlDeviceGetUUID(h)),
+            "pci_bus_id": _nvml_field(lambda: pynvml.nvmlDeviceGetPciInfo(h).busId),
+            "memory_total": _nvml_field(lambda: pynvml.nvmlDeviceGetMemoryInfo(h).total), "nvlinks": _nvlinks(h)}
 
 
 def discover(fake_topology: str = "") -> Inventory:

@@ -7,6 +7,8 @@ from collections import deque
 
 import numpy as np
 
+from dvla import metric_names as m
+
 Episode = tuple[float, bool, int]
 """(return, success, length) of one finished episode."""
 
@@ -52,7 +54,7 @@ class EpisodeStats:
     def summary(self) -> dict[str, float]:
         with self._lock:
             if not self.returns:
-                return {"episodes": self.total}
-            return {"episodes": self.total, "success_rate": float(np.mean(self.successes)),
-                    "episode_return": float(np.mean(self.returns)),
-                    "episode_length": float(np.mean(self.lengths))}
+                return {m.EPISODES: self.total}
+            return {m.EPISODES: self.total, m.SUCCESS_RATE: float(np.mean(self.successes)),
+                    m.EPISODE_RETURN: float(np.mean(self.returns)),
+                    m.EPISODE_LENGTH: float(np.mean(self.lengths))}

@@ -4,7 +4,12 @@ Why dataclasses and not tuples: a message is matched by its type and read by fie
 field added or moved breaks loudly where it is used, not silently where a tuple is unpacked by
 position. Big data never travels here: observations, actions and trajectories stay in shared
 memory (the data plane) and weights in the weight plane; a message carries at most an index, a
-version, a few timings or a traceback.
+version, a few timings or statistics, or a traceback.
+
+From the learn lane to the job's reporter (``reporter.py``): :class:`LearnerReady` once, then per
+update a :class:`LaneBusy` for the learn lane and one for the distribute lane, an
+:class:`UpdateStats`, a :class:`Checkpointed` whenever it wrote a checkpoint; :class:`LearnerFailed`
+if it died.
 """
 
 from __future__ import annotations
@@ -58,6 +63,71 @@ class WorkerFailed:
 @dataclass(frozen=True)
 class Shutdown:
     """Stop serving and exit."""
+
+
+# -- the learn lane -> the job's reporter -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LearnerReady:
+    """The learner has built its policy and published its first version; the actor may start."""
+
+    version: int
+    trained_env_steps: int
+    """Counters to resume from (0 for a fresh job)."""
+    pid: int
+
+
+@dataclass(frozen=True)
+class LaneBusy:
+    """A lane worked on ``items`` items from ``start`` to ``end`` (``time.monotonic()``, comparable
+    across the job's processes): one interval of the job's :class:`~dvlad.lanes.timeline.LaneTimeline`."""
+
+    lane: str
+    start: float
+    end: float
+    items: int
+
+
+@dataclass(frozen=True)
+class UpdateStats:
+    """The learner finished update ``version``: what the job's metric row reports of it."""
+
+    version: int
+    samples: int
+    """Valid env steps trained on."""
+    trained_env_steps: int
+    """Env steps trained on since the job began."""
+    staleness_mean: float
+    staleness_max: float
+    staleness_hist: tuple[int, ...]
+    """Trained samples per staleness 0, 1, ... (learner version − acting version)."""
+    losses: dict[str, float]
+    """Means over the update's minibatches of the loss terms and optimiser figures, keyed by metric
+    name (``loss``, ``pg_loss``, ``grad_norm``, ...; empty when no sample was valid)."""
+    explained_variance: float | None
+    """How well the critic's values predicted the returns (algorithms with a critic); None otherwise."""
+    learn_s: float | None = None
+    """Seconds the lane spent on the update, from taking the rollout out of the queue (set by the lane)."""
+    learner_weight_bytes: int | None = None
+    """On a GPU: the learner's part of the weight pool (weights and optimizer state)."""
+    learner_peak_bytes: int | None = None
+    """On a GPU, for a learner process of its own: its allocator's peak since the last update."""
+
+
+@dataclass(frozen=True)
+class Checkpointed:
+    """A checkpoint of ``version`` is complete at ``path``."""
+
+    path: str
+    version: int
+
+
+@dataclass(frozen=True)
+class LearnerFailed:
+    """The lane died; ``traceback`` says where and why."""
+
+    traceback: str
 
 
 # -- actor replicas in processes of their own -> the job's main process ----------------------

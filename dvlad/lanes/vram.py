@@ -13,10 +13,7 @@ from collections.abc import Iterable
 
 import torch
 
-from dvla.metric_names import ACTIVATION_KEY, WEIGHT_KEY
-
-LEARNER_WEIGHTS, LEARNER_PEAK = "gpu_learner_weight_bytes", "gpu_learner_peak_bytes"
-"""The learner's update-stat keys the job's reporter turns into the two pools."""
+from dvla import metric_names as m
 
 
 def tensor_bytes(tensors: Iterable[torch.Tensor | None]) -> int:
@@ -37,14 +34,15 @@ def peak_allocated(device: torch.device) -> int:
     return peak
 
 
-def job_pools(actor_weights: int, actor_peak: int, learner_stats: dict) -> dict[str, float]:
-    """The job's two pools from the actor process's side and the learner's update stats.
+def job_pools(actor_weights: int, actor_peak: int, learner_weights: int, learner_peak: int | None) -> dict[str, float]:
+    """The job's two pools, as metric values, from the actor process's side and the learner's
+    update statistics (``UpdateStats.learner_weight_bytes`` and ``learner_peak_bytes``).
 
     A learner process reports its own weights and allocator peak; a learner thread only its
     weights, since the actor's process then holds both in one allocator."""
-    learner_weights = int(learner_stats[LEARNER_WEIGHTS])
-    if LEARNER_PEAK in learner_stats:
-        activation = (actor_peak - actor_weights) + (int(learner_stats[LEARNER_PEAK]) - learner_weights)
+    if learner_peak is not None:
+        activation = (actor_peak - actor_weights) + (learner_peak - learner_weights)
     else:
         activation = actor_peak - actor_weights - learner_weights
-    return {WEIGHT_KEY: float(actor_weights + learner_weights), ACTIVATION_KEY: float(max(activation, 0))}
+    return {m.GPU_WEIGHT_BYTES: float(actor_weights + learner_weights),
+            m.GPU_ACTIVATION_BYTES: float(max(activation, 0))}

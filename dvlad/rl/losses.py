@@ -10,11 +10,13 @@ Two differences from CleanRL, both due to asynchrony:
   sampled, not against a log-prob recomputed at the start of the update. Under the async lanes
   the acting weights may be several versions behind the learner, so the ratio can start far from
   1 before any gradient step; :func:`clipped_surrogate` truncates it with the dual clip.
-* Every per-sample tensor comes with a ``mask`` of valid samples (padding of ragged segments).
+* Per-sample tensors may come with a ``mask`` of valid samples (padding of ragged segments).
   Masked entries are replaced by neutral zeros *before* any arithmetic, so NaN/inf padding can
-  change neither the loss nor the gradient.
+  change neither the loss nor the gradient. Without a mask every sample counts (the learner
+  passes none: it trains on the valid rows only).
 
-All per-sample tensors are [B]. Stats are plain floats, read from the device in one transfer.
+All per-sample tensors are [B]. Stats are plain floats, read from the device in one transfer, keyed
+by their metric names (:mod:`dvla.metric_names`), which are CleanRL's.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from dvla import metric_names as m
 
 
 def clipped_surrogate(ratio: Tensor, advantages: Tensor, clip_coef: float, ratio_cap: float) -> Tensor:
@@ -86,7 +90,7 @@ def ppo_loss(
     old_value: Tensor,
     returns: Tensor,
     entropy: Tensor,
-    mask: Tensor,
+    mask: Tensor | None = None,
     *,
     clip_coef: float,
     ratio_cap: float,
@@ -113,7 +117,8 @@ def ppo_loss(
         old_value: [B] V(s) recorded with the sample (the one GAE used).
         returns: [B] critic targets (advantages + old values).
         entropy: [B] policy entropy at s, differentiable.
-        mask: [B] bool or float, nonzero for valid samples (float values weight them).
+        mask: [B] bool or float, nonzero for valid samples (float values weight them); None: all
+            B samples are valid (B >= 1).
         clip_coef: PPO epsilon for both the ratio and the value clip.
         ratio_cap: dual-clip cap on the importance weight for negative advantages, > 1.
         vf_coef: weight of the value loss.
@@ -133,7 +138,7 @@ def ppo_loss(
     # Policy loss
     pg_loss, entropy_loss, stats = _policy_loss(
         new_logprob, behaviour_logprob, advantages, entropy, weight, clip_coef, ratio_cap,
-        _masked(mask, proximal_logprob),
+        proximal_logprob,
     )
 
     # Value loss
@@ -147,7 +152,7 @@ def ppo_loss(
         v_loss = 0.5 * _masked_mean(v_loss_unclipped, weight)
 
     loss = pg_loss - ent_coef * entropy_loss + v_loss * vf_coef
-    return loss, _to_floats({"loss": loss, **stats, "v_loss": v_loss})
+    return loss, _to_floats({m.LOSS: loss, **stats, m.V_LOSS: v_loss})
 
 
 def grpo_loss(
@@ -155,7 +160,7 @@ def grpo_loss(
     behaviour_logprob: Tensor,
     advantages: Tensor,
     entropy: Tensor,
-    mask: Tensor,
+    mask: Tensor | None = None,
     *,
     clip_coef: float,
     ratio_cap: float,
@@ -174,7 +179,7 @@ def grpo_loss(
         advantages: [B] group-relative advantages, one per sample (a rollout's advantage broadcast
             to each of its steps/tokens by the caller).
         entropy: [B] policy entropy, differentiable.
-        mask: [B] bool or float, nonzero for valid samples.
+        mask: [B] bool or float, nonzero for valid samples; None: all are (B >= 1).
         clip_coef: PPO epsilon.
         ratio_cap: dual-clip cap, > 1.
         ent_coef: weight of the entropy bonus.
@@ -189,13 +194,13 @@ def grpo_loss(
     )
     pg_loss, entropy_loss, stats = _policy_loss(
         new_logprob, behaviour_logprob, advantages, entropy, weight, clip_coef, ratio_cap,
-        _masked(mask, proximal_logprob),
+        proximal_logprob,
     )
     loss = pg_loss - ent_coef * entropy_loss
-    return loss, _to_floats({"loss": loss, **stats})
+    return loss, _to_floats({m.LOSS: loss, **stats})
 
 
-def normalize_advantages(adv: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+def normalize_advantages(adv: Tensor, mask: Tensor | None = None, eps: float = 1e-8) -> Tensor:
     """Standardise advantages over the valid samples: ``(adv - mean) / (std + eps)``.
 
     Mean and std are masked (padding must not shift them) and the std is the population one, so a
@@ -204,7 +209,8 @@ def normalize_advantages(adv: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor
 
     Args:
         adv: [B] advantages.
-        mask: [B] bool or float, nonzero for valid samples (float values weight them).
+        mask: [B] bool or float, nonzero for valid samples (float values weight them); None: all
+            B samples are valid (B >= 1).
         eps: keeps a constant minibatch finite.
 
     Returns:
@@ -214,7 +220,7 @@ def normalize_advantages(adv: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor
     mean = _masked_mean(adv, weight)
     var = _masked_mean((adv - mean) ** 2, weight)
     normalized = (adv - mean) / (var.sqrt() + eps)
-    return torch.where(weight != 0, normalized, torch.zeros_like(normalized))
+    return normalized if weight is None else torch.where(weight != 0, normalized, torch.zeros_like(normalized))
 
 
 def _policy_loss(
@@ -222,7 +228,7 @@ def _policy_loss(
     behaviour_logprob: Tensor,
     advantages: Tensor,
     entropy: Tensor,
-    weight: Tensor,
+    weight: Tensor | None,
     clip_coef: float,
     ratio_cap: float,
     proximal_logprob: Tensor | None = None,
@@ -237,6 +243,8 @@ def _policy_loss(
     weight that corrects for the sample's staleness. Without staleness the weight is 1 and the
     loss is the plain one.
     """
+    if proximal_logprob is not None:
+        proximal_logprob = _masked(weight, proximal_logprob)
     anchor = behaviour_logprob if proximal_logprob is None else proximal_logprob
     logratio = new_logprob - anchor
     ratio = logratio.exp()
@@ -244,56 +252,62 @@ def _policy_loss(
     with torch.no_grad():
         # http://joschu.net/blog/kl-approx.html : unbiased, always >= 0, 0 when the policies agree.
         approx_kl = _masked_mean((ratio - 1) - logratio, weight)
-        clipfrac = _masked_mean(((ratio - 1.0).abs() > clip_coef).to(weight.dtype), weight)
+        clipfrac = _masked_mean(((ratio - 1.0).abs() > clip_coef).to(new_logprob.dtype), weight)
         ratio_mean = _masked_mean(ratio, weight)
         # ratio > 0, so a 0 for masked entries (and a 0 appended for an empty batch) never wins.
-        ratio_max = F.pad(torch.where(weight != 0, ratio, torch.zeros_like(ratio)), (0, 1)).max()
+        ratio_max = F.pad(_masked(weight, ratio), (0, 1)).max()
 
     pg_loss_per_sample, truncated = _dual_clip_surrogate(ratio, advantages, clip_coef, ratio_cap)
     if proximal_logprob is not None:
         behaviour_weight = (proximal_logprob - behaviour_logprob).exp().clamp(max=ratio_cap)
         pg_loss_per_sample = behaviour_weight.detach() * pg_loss_per_sample
     pg_loss = _masked_mean(pg_loss_per_sample, weight)
-    truncated_frac = _masked_mean(truncated.to(weight.dtype), weight)
+    truncated_frac = _masked_mean(truncated.to(new_logprob.dtype), weight)
     entropy_loss = _masked_mean(entropy, weight)
 
     stats = {
-        "pg_loss": pg_loss,
-        "entropy": entropy_loss,
-        "approx_kl": approx_kl,
-        "clipfrac": clipfrac,
-        "ratio_mean": ratio_mean,
-        "ratio_max": ratio_max,
-        "truncated_frac": truncated_frac,
+        m.PG_LOSS: pg_loss,
+        m.ENTROPY: entropy_loss,
+        m.APPROX_KL: approx_kl,
+        m.CLIPFRAC: clipfrac,
+        m.RATIO_MEAN: ratio_mean,
+        m.RATIO_MAX: ratio_max,
+        m.TRUNCATED_FRAC: truncated_frac,
     }
     return pg_loss, entropy_loss, stats
 
 
-def _apply_mask(mask: Tensor, *tensors: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """Check shapes; return the mask as float weights and each tensor with masked entries zeroed.
+def _apply_mask(mask: Tensor | None, *tensors: Tensor) -> tuple[Tensor | None, tuple[Tensor, ...]]:
+    """Check shapes; return the mask as float weights and each tensor with masked entries zeroed
+    (no mask: None and the tensors as they are).
 
     ``torch.where`` (not multiplication) so NaN/inf padding is dropped in the forward pass, and its
     backward sends exactly 0 to the dropped entries, so they cannot poison shared parameters.
     """
+    shape = tensors[0].shape if mask is None else mask.shape
     for t in tensors:
-        if t.dim() != 1 or t.shape != mask.shape:
+        if t.dim() != 1 or t.shape != shape:
             raise ValueError(
                 f"per-sample tensors and mask must all be [B]; got {tuple(t.shape)} "
-                f"and mask {tuple(mask.shape)}"
+                f"and {'no mask' if mask is None else f'mask {tuple(shape)}'}"
             )
+    if mask is None:
+        return None, tensors
     dtype = tensors[0].dtype if tensors[0].is_floating_point() else torch.get_default_dtype()
     weight = mask.to(dtype)
-    valid = weight != 0
-    return weight, tuple(torch.where(valid, t, torch.zeros_like(t)) for t in tensors)
+    return weight, tuple(_masked(weight, t) for t in tensors)
 
 
-def _masked(mask: Tensor, x: Tensor | None) -> Tensor | None:
-    """``x`` with masked entries zeroed (None stays None)."""
-    return None if x is None else _apply_mask(mask, x)[1][0]
+def _masked(weight: Tensor | None, x: Tensor) -> Tensor:
+    """``x`` with the entries of zero weight zeroed (no weights: ``x``)."""
+    return x if weight is None else torch.where(weight != 0, x, torch.zeros_like(x))
 
 
-def _masked_mean(x: Tensor, weight: Tensor) -> Tensor:
-    """``sum(x * w) / max(sum(w), 1)``: a mean over valid samples, 0 when there are none."""
+def _masked_mean(x: Tensor, weight: Tensor | None) -> Tensor:
+    """``sum(x * w) / max(sum(w), 1)``: a mean over valid samples, 0 when there are none (no
+    weights: every sample counts)."""
+    if weight is None:
+        return x.mean()
     return (x * weight).sum() / weight.sum().clamp(min=1.0)
 
 

@@ -17,8 +17,10 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
+from dvla import metric_names as m
 from dvla.spec import JobSpec, SpecError, load_spec
-from dvlad.lanes.pipeline import JobFailed, Pipeline, Progress
+from dvlad.lanes.pipeline import JobFailed, Pipeline
+from dvlad.lanes.reporter import Progress
 from dvlad.runtime.metrics import MetricsSink
 
 SCRIPT = "dvlad-job"
@@ -31,16 +33,15 @@ def output_dir_of(spec: JobSpec, override: str | None = None) -> Path:
 
 def format_progress(values: dict[str, float], total: int) -> str:
     """One human line per update: progress, throughput, learning, lanes."""
-    pct = 100.0 * values["env_steps"] / max(total, 1)
-    success = values.get("success_rate")
+    pct = 100.0 * values[m.ENV_STEPS] / max(total, 1)
+    success = values.get(m.SUCCESS_RATE)
     parts = [
-        f"[{pct:5.1f}%] v{int(values['version']):<4d} {int(values['env_steps']):>8d} steps",
-        f"{values['env_steps_per_s']:7.0f} steps/s",
+        f"[{pct:5.1f}%] v{int(values[m.VERSION]):<4d} {int(values[m.ENV_STEPS]):>8d} steps",
+        f"{values[m.ENV_STEPS_PER_S]:7.0f} steps/s",
         f"success {success:5.2f}" if success is not None else "success   -  ",
-        f"return {values.get('episode_return', float('nan')):6.2f}",
-        f"stale {values.get('staleness_mean', 0.0):.2f}",
-        "busy " + " ".join(f"{lane[:5]} {values.get(f'{lane}_busy', 0.0):4.0%}"
-                           for lane in ("sample", "infer", "learn")),
+        f"return {values.get(m.EPISODE_RETURN, float('nan')):6.2f}",
+        f"stale {values[m.STALENESS_MEAN]:.2f}",
+        "busy " + " ".join(f"{lane[:5]} {values[m.LANE_BUSY[lane]]:4.0%}" for lane in ("sample", "infer", "learn")),
     ]
     return " | ".join(parts)
 
@@ -66,7 +67,7 @@ def run_job(spec: JobSpec, output_dir: Path, quiet: bool = False) -> dict[str, f
         sink.close()
     status = "stopped" if pipeline.stop_requested else "succeeded"  # stopped: asked to, before its budget
     summary = {"status": status, "wall_s": time.monotonic() - t0, "checkpoint": pipeline.checkpoint,
-               **{k: last[k] for k in ("env_steps", "version", "success_rate", "episode_return") if k in last}}
+               **{k: last[k] for k in (m.ENV_STEPS, m.VERSION, m.SUCCESS_RATE, m.EPISODE_RETURN) if k in last}}
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -120,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # every failure: one line and a summary, never a traceback on the terminal
         record_failure(out, err)
         return 1
-    print(f"done: {int(summary.get('env_steps', 0))} env steps, success rate "
-          f"{summary.get('success_rate', float('nan')):.2f}; metrics and checkpoint in {out}")
+    print(f"done: {int(summary.get(m.ENV_STEPS, 0))} env steps, success rate "
+          f"{summary.get(m.SUCCESS_RATE, float('nan')):.2f}; metrics and checkpoint in {out}")
     return 0
 
 

@@ -27,6 +27,11 @@ Rules:
 - GPU placement picks, among the free GPUs, the set with the best links (``link_score`` summed over
   its pairs: higher is better; dvlad derives it from the topology, :mod:`dvlad.gpu.links`); ties go
   to the lowest indices.
+
+Every queued job that does not start gets its **pending reason** in the same pass (:func:`plan`), as
+Slurm's ``squeue`` shows one: the rule above that held it back, with the figures (``resources``:
+which of GPUs and CPU slots are short; ``priority``: behind which of its user's jobs; ``user limit``
+or ``group limit``: which limit and how far it is used; ``bigger than the node``).
 """
 
 from __future__ import annotations
@@ -82,7 +87,7 @@ class Capacity:
 
     gpus: int
     cpus: int
-    """CPU slots (a job takes ``env.workers + 1``)."""
+    """CPU slots (a job takes one per env worker)."""
 
     def holds(self, gpus: int, cpus: int) -> bool:
         """Whether a job of ``gpus`` and ``cpus`` fits this node once it is idle: if not, waiting
@@ -108,10 +113,29 @@ class Decision:
     gpu_ids: tuple[int, ...]
 
 
-def _within(limit: Limit, usage: Usage, job: QueuedJob) -> bool:
+@dataclass(frozen=True)
+class Plan:
+    """One pass's outcome: the jobs that start now, and why each other queued job waits."""
+
+    starts: list[Decision]
+    waiting: dict[int, str]
+    """Job id -> its pending reason, ``"KIND: details"`` with KIND one of ``resources``, ``priority``,
+    ``user limit``, ``group limit``, ``bigger than the node``."""
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _over(limit: Limit, usage: Usage, job: QueuedJob) -> tuple[str, str] | None:
+    """How starting ``job`` would break ``limit`` given ``usage``, and the limit's key; None when it
+    would not."""
     if limit.running_jobs is not None and usage.running_jobs + 1 > limit.running_jobs:
-        return False
-    return limit.gpus is None or usage.gpus + job.gpus <= limit.gpus
+        return f"runs {_count(usage.running_jobs, 'job')} of at most {limit.running_jobs}", "running_jobs"
+    if limit.gpus is not None and usage.gpus + job.gpus > limit.gpus:
+        return (f"holds {_count(usage.gpus, 'GPU')} and the job asks for {job.gpus} more, at most {limit.gpus}",
+                "gpus")
+    return None
 
 
 def pick_gpus(free: Iterable[int], count: int, link_score: LinkScore | None = None) -> tuple[int, ...] | None:
@@ -144,12 +168,35 @@ class _Pass:
         usage = self.users.get(user, Usage())
         return usage.gpus, usage.running_jobs, next_job.id, user
 
-    def within_limits(self, job: QueuedJob) -> bool:
-        """Whether starting ``job`` keeps its user and each of its limited groups within their limits."""
-        if not _within(self.limits.for_user(job.user), self.users.setdefault(job.user, Usage()), job):
-            return False
-        return all(_within(self.limits.groups[g], self.groups.setdefault(g, Usage()), job)
-                   for g in job.groups if g in self.limits.groups)
+    def limit_reason(self, job: QueuedJob) -> str | None:
+        """Why starting ``job`` would break its user's or one of its groups' limits (the pending
+        reason, naming the config key of the limit); None when it keeps within them."""
+        over = _over(self.limits.for_user(job.user), self.users.setdefault(job.user, Usage()), job)
+        if over:
+            table = f"limits.users.{job.user}" if job.user in self.limits.users else "limits.default"
+            return f"user limit: {job.user} {over[0]} ({table}.{over[1]})"
+        for g in job.groups:
+            if g in self.limits.groups:
+                over = _over(self.limits.groups[g], self.groups.setdefault(g, Usage()), job)
+                if over:
+                    return f"group limit: group {g} {over[0]} (limits.groups.{g}.{over[1]})"
+        return None
+
+    def short(self, job: QueuedJob) -> str:
+        """What ``job`` waits for, of what is free now: the pending reason of a job that does not fit."""
+        wants = []
+        if job.gpus > len(self.free_gpus):
+            wants.append(f"{_count(job.gpus, 'GPU')} ({len(self.free_gpus)} free)")
+        if job.cpus > self.free_cpus:
+            wants.append(f"{_count(job.cpus, 'CPU slot')} ({self.free_cpus} free)")
+        return "resources: waits for " + " and ".join(wants)
+
+    def too_big(self, job: QueuedJob) -> str:
+        node = self.cluster.capacity
+        assert node is not None
+        return (f"bigger than the node: asks for {_count(job.gpus, 'GPU')} and {_count(job.cpus, 'CPU slot')}, "
+                f"the node has {_count(node.gpus, 'GPU')} and {_count(node.cpus, 'CPU slot')}; "
+                "it waits in case the node grows back")
 
     def fit(self, job: QueuedJob) -> tuple[int, ...] | None:
         """GPUs for ``job`` from what is free now, or None when it does not fit now."""
@@ -180,30 +227,42 @@ def _by_user(queue: Iterable[QueuedJob]) -> dict[str, deque[QueuedJob]]:
     return waiting
 
 
-def _drop_lower(jobs: deque[QueuedJob], priority: int) -> None:
-    """Remove the jobs below ``priority`` (the tail: ``jobs`` is in priority order)."""
-    while jobs and jobs[-1].priority < priority:
-        jobs.pop()
+def _drop_lower(jobs: deque[QueuedJob], head: QueuedJob, why: str, reasons: dict[int, str]) -> None:
+    """Remove the jobs below ``head``'s priority (the tail: ``jobs`` is in priority order), each
+    with its pending reason: behind ``head``, which waits for ``why``."""
+    while jobs and jobs[-1].priority < head.priority:
+        reasons[jobs.pop().id] = (f"priority: behind job {head.id} of {head.user} (priority {head.priority}), "
+                                  f"which {why.removeprefix('resources: ')}")
 
 
-def schedule(queue: Iterable[QueuedJob], cluster: Cluster, limits: Limits) -> list[Decision]:
+def plan(queue: Iterable[QueuedJob], cluster: Cluster, limits: Limits) -> Plan:
     """Decide which of ``queue`` start now and where, in the order they were decided (fair turns,
-    see the module docstring). ``cluster`` is not modified."""
+    see the module docstring), and why each of the others waits. ``cluster`` is not modified."""
     state = _Pass(cluster, limits)
     waiting = _by_user(queue)
     turns = [state.turn(user, jobs[0]) for user, jobs in waiting.items()]
     heapq.heapify(turns)
     decisions: list[Decision] = []
+    reasons: dict[int, str] = {}
     while turns:
         user = heapq.heappop(turns)[-1]
         jobs = waiting[user]
         job = jobs.popleft()
-        if state.within_limits(job):
-            gpu_ids = state.fit(job)
-            if gpu_ids is not None:
-                decisions.append(state.start(job, gpu_ids))
-            elif state.fits_node(job):
-                _drop_lower(jobs, job.priority)  # head of line: this user's lower priorities wait
+        over = state.limit_reason(job)
+        if over:
+            reasons[job.id] = over
+        elif (gpu_ids := state.fit(job)) is not None:
+            decisions.append(state.start(job, gpu_ids))
+        elif not state.fits_node(job):
+            reasons[job.id] = state.too_big(job)
+        else:
+            reasons[job.id] = state.short(job)
+            _drop_lower(jobs, job, reasons[job.id], reasons)  # head of line: this user's lower priorities wait
         if jobs:
             heapq.heappush(turns, state.turn(user, jobs[0]))
-    return decisions
+    return Plan(decisions, reasons)
+
+
+def schedule(queue: Iterable[QueuedJob], cluster: Cluster, limits: Limits) -> list[Decision]:
+    """The jobs of ``queue`` that start now and where (:func:`plan` without the reasons)."""
+    return plan(queue, cluster, limits).starts

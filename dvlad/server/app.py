@@ -1,4 +1,5 @@
-"""The /v1 routes: HTTP in, :class:`~dvlad.server.core.Daemon` calls, one error shape out."""
+"""The /v1 routes: HTTP in, :class:`~dvlad.server.core.Daemon` calls, one error shape out; and
+:func:`make_app`, the app factory."""
 
 from __future__ import annotations
 
@@ -19,19 +20,17 @@ from dvlad.config import Config
 from dvlad.gpu.inventory import LIVE_FIELDS
 from dvlad.runtime.jobfiles import metrics_rows, read_job_file
 from dvlad.runtime.launch import log_path, run_dir
-from dvlad.server import prom, transfer
-from dvlad.server.auth import Identity, authenticate
+from dvlad.server import lifetime, prom, transfer
+from dvlad.server.auth import Identity, authenticate, may_cancel, may_read
 from dvlad.server.codec import read_body, respond
-from dvlad.server.core import Daemon, NeverFits
+from dvlad.server.core import NeverFits
 from dvlad.server.errors import HTTP_CODES, ApiError
+from dvlad.server.lifetime import CONFIG, DAEMON, STATE_DIR
 from dvlad.server.openapi import OPENAPI
 from dvlad.store import TERMINAL, Job, State
 
 log = logging.getLogger("dvlad")
 
-DAEMON = web.AppKey("daemon", Daemon)
-CONFIG = web.AppKey("config", Config)
-STATE_DIR = web.AppKey("state_dir", Path)
 TOKENS = web.AppKey("tokens", dict)
 IDENTITY = "dvlad.identity"
 FOLLOW_POLL_S = 0.2
@@ -45,7 +44,7 @@ IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 async def errors_and_identity(request: web.Request, handler):
     """Authenticate every request; turn every failure into ``{code, field, reason}``."""
     try:
-        who = authenticate(request, request.app[TOKENS], request.app[CONFIG].daemon.admin_group)
+        who = authenticate(request, request.app[TOKENS], request.app[CONFIG].daemon)
         if os.geteuid() != 0 and who.uid != os.geteuid():
             # a daemon that is not root runs every job as its own user: nobody else may submit
             raise ApiError(403, "forbidden", f"this dvlad runs as uid {os.geteuid()} and serves only that user")
@@ -76,7 +75,7 @@ def _job(request: web.Request, *, reading: bool) -> Job:
     if job is None:
         raise ApiError(404, "not_found", f"no job {raw}", field="job_id")
     who = _who(request)
-    if job.uid == who.uid or who.admin or (reading and request.app[CONFIG].daemon.users_see_all):
+    if (may_read if reading else may_cancel)(who, job):
         return job
     verb = "see" if reading else "cancel"
     raise ApiError(403, "forbidden", f"job {job.id} belongs to {job.user}; {who.user} may not {verb} it",
@@ -127,7 +126,7 @@ async def submit(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_spec", str(err), field=issues[0]["field"], issues=issues) from None
     except NeverFits as err:
         raise ApiError(409, "exceeds_node", err.reason, field=err.field) from None
-    return respond(request, {"job": job.public(), "created": created}, 201 if created else 200)
+    return respond(request, {"job": request.app[DAEMON].public(job), "created": created}, 201 if created else 200)
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -140,17 +139,19 @@ async def list_jobs(request: web.Request) -> web.Response:
     if user == "":
         raise ApiError(400, "bad_query", "expected a user name", field="user")
     others = everyone or (user is not None and user != who.user)
-    if others and not (who.admin or request.app[CONFIG].daemon.users_see_all):
+    if others and not who.sees_all:
         raise ApiError(403, "forbidden", f"{who.user} may list only their own jobs", field="user" if user else "all")
     limit = _int_query(request, "limit", 1000, 1, 100_000)
     own = user is None and not everyone
-    jobs = request.app[DAEMON].store.list(uid=who.uid if own else None, user=user, limit=limit)
-    return respond(request, {"jobs": [j.public() for j in jobs]})
+    daemon = request.app[DAEMON]
+    jobs = daemon.store.list(uid=who.uid if own else None, user=user, limit=limit)
+    return respond(request, {"jobs": [daemon.public(j) for j in jobs]})
 
 
 async def get_job(request: web.Request) -> web.Response:
     job = _job(request, reading=True)
-    body = job.public()
+    body = request.app[DAEMON].public(job)
+    body["run_dir"] = str(run_dir(request.app[STATE_DIR], job.id))
     body["spec"] = job.spec
     body["events"] = request.app[DAEMON].store.events(job_id=job.id)
     return respond(request, body)
@@ -160,7 +161,8 @@ async def cancel_job(request: web.Request) -> web.Response:
     job = _job(request, reading=False)
     if job.state in TERMINAL or job.state is State.CANCELLING:
         raise ApiError(409, "conflict", f"job {job.id} is already {job.state}", field="job_id")
-    return respond(request, request.app[DAEMON].cancel(job, _who(request)).public())
+    daemon = request.app[DAEMON]
+    return respond(request, daemon.public(daemon.cancel(job, _who(request))))
 
 
 def _gone(request: web.Request) -> bool:
@@ -205,7 +207,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     """Transitions with id > ``after``: a list, or with ``follow=1`` newline-delimited JSON as they happen."""
     who = _who(request)
     store = request.app[DAEMON].store
-    uid = None if who.admin or request.app[CONFIG].daemon.users_see_all else who.uid
+    uid = None if who.sees_all else who.uid
     after = _int_query(request, "after", 0, 0, 1 << 62)
     if not _flag(request, "follow"):
         return respond(request, {"events": store.events(after=after, uid=uid)})
@@ -242,9 +244,7 @@ async def topology(request: web.Request) -> web.Response:
 
 def _holder(request: web.Request, job: Job) -> dict[str, Any]:
     """Who holds a GPU: id and user for everyone (as nvidia-smi shows), the name to who may read the job."""
-    who = _who(request)
-    visible = job.uid == who.uid or who.admin or request.app[CONFIG].daemon.users_see_all
-    return {"id": job.id, "user": job.user, **({"name": job.name} if visible else {})}
+    return {"id": job.id, "user": job.user, **({"name": job.name} if may_read(_who(request), job) else {})}
 
 
 async def gpus(request: web.Request) -> web.Response:
@@ -329,10 +329,12 @@ ROUTES = [
 ]
 
 
-def make_app(daemon: Daemon, config: Config, state_dir: Path, tokens: dict[str, str]) -> web.Application:
+def make_app(config: Config, tokens: dict[str, str]) -> web.Application:
+    """The daemon's app: the routes, and what they use (the store, the daemon) opened by its cleanup
+    contexts when a runner sets it up (:mod:`dvlad.server.lifetime`)."""
     # aiohttp's own body cap sits above ours, so an oversized body gets our 413 object, not its text page
     app = web.Application(middlewares=[errors_and_identity], client_max_size=config.daemon.max_body_bytes * 2)
-    app[DAEMON], app[CONFIG], app[STATE_DIR], app[TOKENS] = daemon, config, state_dir, tokens
-    app[prom.REGISTRY] = prom.registry_for(daemon, state_dir)
+    app[CONFIG], app[STATE_DIR], app[TOKENS] = config, Path(config.daemon.state_dir), tokens
+    app.cleanup_ctx.extend(lifetime.CONTEXTS)
     app.add_routes(ROUTES)
     return app

@@ -1,8 +1,11 @@
-"""Who is calling: peer credentials on the Unix socket, a bearer token on TCP.
+"""Who is calling (peer credentials on the Unix socket, a bearer token on TCP), and which jobs they may
+read or cancel.
 
 Why ``SO_PEERCRED``: the kernel says which uid opened the connection, so a user cannot claim to
 be someone else by sending a field. Tokens (TCP only) come from a file only root may read and are
-compared in constant time (``hmac.compare_digest``) so timing does not leak them.
+compared in constant time (``hmac.compare_digest``) so timing does not leak them. Why the rules live
+here, once: every route that shows a job, a job's log or a GPU's holder asks the same question, and
+a route that answered it its own way would be the one that leaks another user's job.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from dvlad.config import ConfigError
+from dvlad.config import ConfigError, DaemonSection
 from dvlad.server.errors import ApiError
+from dvlad.store import Job
 
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 
@@ -33,26 +37,40 @@ class Identity:
     user: str
     groups: tuple[str, ...]
     admin: bool
+    """Root, a member of ``daemon.admin_group``, or the user dvlad runs as: sees and cancels every job."""
+    sees_all: bool
+    """May read every user's jobs: an admin, or anyone where ``daemon.users_see_all``."""
+
+
+def may_read(who: Identity, job: Job) -> bool:
+    """Whether ``who`` may see ``job``: its record, log, metrics, checkpoint and name."""
+    return job.uid == who.uid or who.sees_all
+
+
+def may_cancel(who: Identity, job: Job) -> bool:
+    """Whether ``who`` may cancel ``job``: its owner or an admin, never everyone (``users_see_all``
+    lets users read each other's jobs, not stop them)."""
+    return job.uid == who.uid or who.admin
 
 
 IDENTITY_TTL_S = 30.0
 """How long a uid's name and groups are reused: a change of groups takes effect within this."""
-_identities: dict[tuple[int, int | None, str], tuple[float, Identity]] = {}
+_identities: dict[tuple[int, int | None, str, bool], tuple[float, Identity]] = {}
 
 
-def identity_of(uid: int, gid: int | None, admin_group: str) -> Identity:
-    """The caller's name, groups and admin flag (NSS lookups cached: they cost more than a request)."""
-    key = (uid, gid, admin_group)
+def identity_of(uid: int, gid: int | None, daemon: DaemonSection) -> Identity:
+    """The caller's name, groups and permissions (NSS lookups cached: they cost more than a request)."""
+    key = (uid, gid, daemon.admin_group, daemon.users_see_all)
     hit = _identities.get(key)
     now = time.monotonic()
     if hit is not None and now - hit[0] < IDENTITY_TTL_S:
         return hit[1]
-    identity = _lookup(uid, gid, admin_group)
+    identity = _lookup(uid, gid, daemon)
     _identities[key] = (now, identity)
     return identity
 
 
-def _lookup(uid: int, gid: int | None, admin_group: str) -> Identity:
+def _lookup(uid: int, gid: int | None, daemon: DaemonSection) -> Identity:
     try:
         entry = pwd.getpwuid(uid)
         user, gid = entry.pw_name, entry.pw_gid if gid is None else gid
@@ -65,7 +83,8 @@ def _lookup(uid: int, gid: int | None, admin_group: str) -> Identity:
             groups.append(grp.getgrgid(g).gr_name)
         except KeyError:
             groups.append(str(g))
-    return Identity(uid, gid, user, tuple(groups), uid == 0 or admin_group in groups or uid == os.geteuid())
+    admin = uid == 0 or daemon.admin_group in groups or uid == os.geteuid()
+    return Identity(uid, gid, user, tuple(groups), admin, sees_all=admin or daemon.users_see_all)
 
 
 def load_tokens(path: Path) -> dict[str, str]:
@@ -91,11 +110,11 @@ def load_tokens(path: Path) -> dict[str, str]:
     return tokens
 
 
-def authenticate(request: web.Request, tokens: dict[str, str], admin_group: str) -> Identity:
+def authenticate(request: web.Request, tokens: dict[str, str], daemon: DaemonSection) -> Identity:
     sock = request.transport.get_extra_info("socket") if request.transport else None
     if sock is not None and sock.family == socket.AF_UNIX:
         _pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-        return identity_of(uid, gid, admin_group)
+        return identity_of(uid, gid, daemon)
     header = request.headers.get("Authorization", "")
     if not header.startswith("Bearer "):
         raise ApiError(401, "unauthorized", "TCP callers need an Authorization: Bearer token", field="Authorization")
@@ -107,6 +126,6 @@ def authenticate(request: web.Request, tokens: dict[str, str], admin_group: str)
     if user is None:
         raise ApiError(401, "unauthorized", "unknown token", field="Authorization")
     try:
-        return identity_of(pwd.getpwnam(user).pw_uid, None, admin_group)
+        return identity_of(pwd.getpwnam(user).pw_uid, None, daemon)
     except KeyError:
         raise ApiError(401, "unauthorized", f"the token's user {user!r} does not exist") from None

@@ -13,12 +13,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from dvla.spec import spec_from_dict, spec_to_dict
-from dvlad.config import Config
+from dvla.paths import relative_paths
+from dvla.spec import SpecError, spec_from_dict, spec_to_dict
+from dvlad.config import Config, job_cpu_slots
 from dvlad.gpu.inventory import Inventory
 from dvlad.gpu.links import link_score
 from dvlad.runtime.supervisor import Supervisor
-from dvlad.sched import Capacity, Cluster, QueuedJob, Usage, schedule
+from dvlad.sched import Capacity, Cluster, QueuedJob, Usage, plan
 from dvlad.server.auth import Identity
 from dvlad.store import ACTIVE, Job, State, Store, Submission
 
@@ -47,6 +48,9 @@ class Daemon:
         self.supervisor = Supervisor(store, state_dir, config.daemon.cancel_grace_s, self.kick)
         self._wake = asyncio.Event()
         self._pending: list[tuple[Submission, asyncio.Future[tuple[Job, bool]]]] = []
+        self.waiting: dict[int, str] = {}
+        """Each queued job's pending reason from the last scheduling pass (kept in memory: it changes
+        with every pass, and the first pass after a restart gives it again)."""
 
     def kick(self) -> None:
         """Ask for a scheduling pass soon (after a submit, a cancel or an exit)."""
@@ -54,13 +58,16 @@ class Daemon:
 
     async def submit(self, who: Identity, spec: dict[str, Any], idempotency_key: str | None,
                      priority: int) -> tuple[Job, bool]:
-        """Validate with the one job schema (SpecError propagates), refuse a job bigger than the
-        node (NeverFits), then record durably.
+        """Validate with the one job schema (SpecError propagates; also for a path still relative,
+        which the job would look up in its run directory), refuse a job bigger than the node
+        (NeverFits), then record durably.
 
         Submits that arrive while a commit is on its way to disk wait for the next one and share
         its fsync (group commit); each reply still comes only after its own job is on disk."""
         resolved = spec_from_dict(spec)
-        gpus, cpus = resolved.resources.gpus, resolved.env.workers + 1
+        if relative := relative_paths(resolved):  # the client resolves a job file's; here, they would miss
+            raise SpecError(relative)
+        gpus, cpus = resolved.resources.gpus, job_cpu_slots(resolved.env.workers)
         self._refuse_if_never_fits(gpus, cpus)
         future: asyncio.Future[tuple[Job, bool]] = asyncio.get_running_loop().create_future()
         self._pending.append((Submission(
@@ -75,15 +82,23 @@ class Daemon:
         return Capacity(len(self.inventory.gpu_indices), self.config.cpu_slots)
 
     def _refuse_if_never_fits(self, gpus: int, cpus: int) -> None:
-        """Raise :class:`NeverFits` for a job bigger than the node. Why at submit: the scheduler
-        would keep it queued for ever, and its user would wait without learning why."""
+        """Raise :class:`NeverFits` for a job bigger than the node, saying what to change: the job's
+        key or the daemon's setting. Why at submit: the scheduler would keep it queued for ever, and
+        its user would wait without learning why."""
         node = self.capacity()
         if node.holds(gpus, cpus):
             return
+        fixes = []
+        if gpus > node.gpus:
+            fixes.append(f"lower resources.gpus to {node.gpus}" + (" (the job then runs on the CPU)" if not node.gpus
+                                                                   else " or fewer") + " or use a node with more GPUs")
+        if cpus > node.cpus:
+            fixes.append(f"lower env.workers to {node.cpus} or fewer (keeping num_envs divisible by groups × workers), "
+                         "or raise node.cpu_slots or node.cpu_oversubscribe in dvlad's config")
         field = "spec.resources.gpus" if gpus > node.gpus else "spec.env.workers"
-        raise NeverFits(field, f"this node has {_count(node.gpus, 'GPU')} and {_count(node.cpus, 'CPU slot')}; "
-                               f"the job asks for {_count(gpus, 'GPU')} and {_count(cpus, 'CPU slot')} "
-                               "(env.workers + 1)")
+        raise NeverFits(field, f"this node has {_count(node.gpus, 'GPU')} and {_count(node.cpus, 'CPU slot')} "
+                               f"({self.config.cpu_slots_origin}); the job asks for {_count(gpus, 'GPU')} and "
+                               f"{_count(cpus, 'CPU slot')} (one per env worker): {'; '.join(fixes)}")
 
     def _commit_pending(self) -> None:
         batch, self._pending = self._pending, []
@@ -125,13 +140,24 @@ class Daemon:
         return Cluster(free, self.config.cpu_slots - cpus, dict(users), dict(groups),
                        link_score=self._link_score, capacity=self.capacity()), active
 
+    def public(self, job: Job) -> dict[str, Any]:
+        """A job's record as the API shows it: the store's, with a queued job's pending reason (why
+        it waits, as ``squeue`` shows it) from the last scheduling pass; None for a job no pass has
+        seen yet (it was submitted within the last second) and for one that left the queue."""
+        record = job.public()
+        record["pending_reason"] = self.waiting.get(job.id) if job.state is State.QUEUED else None
+        return record
+
     def schedule_pass(self) -> None:
         queue = [QueuedJob(q["id"], q["user"], tuple(q["groups"]), q["priority"], q["gpus"], q["cpus"])
                  for q in self.store.queue()]
         if not queue:
+            self.waiting = {}
             return
         cluster, _ = self.cluster()
-        for decision in schedule(queue, cluster, self.config.limits):
+        decided = plan(queue, cluster, self.config.limits)
+        self.waiting = decided.waiting
+        for decision in decided.starts:
             gpu_ids = list(decision.gpu_ids)
             job = self.store.transition(decision.job_id, State.PLACING, "resources free; starting",
                                         gpu_ids=gpu_ids)

@@ -1,4 +1,5 @@
-"""``dvlad``: the entry point. Reads the config, opens the store, listens, schedules, supervises.
+"""``dvlad``: the entry point. Reads the config, sets up the app (which opens the store and schedules),
+listens, and waits for a signal.
 
 Stopping dvlad (SIGTERM) leaves running jobs running: the next dvlad re-adopts them, so an upgrade
 or a crash never kills a user's training.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import fcntl
 import grp
 import logging
 import os
@@ -18,7 +18,9 @@ import stat
 import sys
 from pathlib import Path
 
-from dvlad.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from aiohttp import web
+
+from dvlad.config import DEFAULT_CONFIG, PERSONAL_OVERSUBSCRIBE, Config, ConfigError, DaemonSection, load_config
 
 log = logging.getLogger("dvlad")
 
@@ -29,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help=f"config file (default {DEFAULT_CONFIG} if it exists; with "
                    "--user, none: built-in defaults)")
     p.add_argument("--user", action="store_true", help="a personal daemon: socket $XDG_RUNTIME_DIR/dvlad.sock, "
-                   "state ~/.local/state/dvlad, no socket group")
+                   "state ~/.local/state/dvlad, no socket group, "
+                   f"{PERSONAL_OVERSUBSCRIBE} CPU slots per core unless node.cpu_oversubscribe says otherwise")
     p.add_argument("--state-dir", type=Path, help="overrides daemon.state_dir")
     p.add_argument("--socket", type=Path, help="overrides daemon.socket")
     p.add_argument("--check-config", action="store_true", help="check the config (and tokens file) and exit")
@@ -59,6 +62,7 @@ def resolve(args: argparse.Namespace, system: Path = DEFAULT_CONFIG) -> Config:
         d.socket = str(Path(runtime) / "dvlad.sock")
         d.state_dir = str(Path.home() / ".local/state/dvlad")
         d.socket_group = ""
+        config.node.cpu_oversubscribe = config.node.cpu_oversubscribe or PERSONAL_OVERSUBSCRIBE
     if args.state_dir:
         d.state_dir = str(args.state_dir)
     if args.socket:
@@ -70,16 +74,6 @@ def resolve(args: argparse.Namespace, system: Path = DEFAULT_CONFIG) -> Config:
     return config
 
 
-def _lock(state_dir: Path) -> int:
-    """One dvlad per state dir: a second one would supervise the same jobs twice."""
-    fd = os.open(state_dir / "dvlad.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise SystemExit(f"dvlad: another dvlad holds {state_dir}/dvlad.lock") from None
-    return fd
-
-
 def _unlink_stale_socket(path: Path) -> None:
     if path.exists() and stat.S_ISSOCK(path.lstat().st_mode):
         with socket.socket(socket.AF_UNIX) as probe:
@@ -88,32 +82,8 @@ def _unlink_stale_socket(path: Path) -> None:
         path.unlink()
 
 
-async def serve(config: Config, tokens: dict[str, str]) -> int:
-    """Serve until SIGTERM/SIGINT (0) or until a daemon task dies (1, logged: systemd restarts dvlad)."""
-    from aiohttp import web
-
-    from dvlad.gpu.inventory import discover
-    from dvlad.server.app import make_app
-    from dvlad.server.core import Daemon
-    from dvlad.server.notify import sd_notify, watchdog, watchdog_interval
-    from dvlad.store import Store
-
-    d = config.daemon
-    state_dir = Path(d.state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
-    lock = _lock(state_dir)
-    previous_umask = os.umask(0o077)  # the database and its WAL files: the daemon's alone
-    store = Store(state_dir / "dvlad.db")
-    os.umask(previous_umask)
-    try:
-        inventory = discover(config.node.fake_topology)
-    except (OSError, ValueError) as exc:  # a recorded topology that cannot be read: say which
-        raise SystemExit(f"dvlad: cannot read the recorded topology: {exc}") from None
-    daemon = Daemon(config, store, inventory, state_dir)
-    # a short shutdown: open log/event streams must not hold a restart for aiohttp's default minute
-    runner = web.AppRunner(make_app(daemon, config, state_dir, tokens), access_log=None, handle_signals=False,
-                           shutdown_timeout=2.0)
-    await runner.setup()
+async def _listen(runner: web.AppRunner, d: DaemonSection) -> Path:
+    """Listen on TCP (if configured), then on the Unix socket, which gets its mode and group; returns its path."""
     if d.tcp:  # before the Unix socket: once that answers, every listener is up
         host, _, port = d.tcp.rpartition(":")
         await web.TCPSite(runner, host, int(port)).start()
@@ -129,27 +99,40 @@ async def serve(config: Config, tokens: dict[str, str]) -> int:
             os.chown(sock_path, -1, grp.getgrnam(d.socket_group).gr_gid)
         except KeyError:
             log.warning("socket group missing; socket stays root-group", extra={"group": d.socket_group})
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(daemon.run())]
-    interval = watchdog_interval()
-    if interval:
-        tasks.append(asyncio.create_task(watchdog(interval)))
-    log.info("listening", extra={"socket": str(sock_path), "tcp": d.tcp or None, "state_dir": str(state_dir),
-                                 "gpus": inventory.gpu_indices, "gpu_source": inventory.source,
-                                 "cpu_slots": config.cpu_slots, "pid": os.getpid()})
-    sd_notify("READY=1")
-    stop_wait = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
-    sd_notify("STOPPING=1")
-    log.info("stopping; running jobs keep running and are re-adopted at the next start")
-    for task in [stop_wait, *tasks]:
-        task.cancel()
-    await runner.cleanup()
-    store.close()
-    os.close(lock)
+    return sock_path
+
+
+async def serve(config: Config, tokens: dict[str, str]) -> int:
+    """Serve until SIGTERM/SIGINT (0) or until a daemon task dies (1, logged: systemd restarts dvlad).
+
+    The app opens what dvlad holds (lock, store, inventory, scheduling loop: :mod:`dvlad.server.lifetime`)
+    when the runner is set up, and closes it when the runner is cleaned up, after the listeners."""
+    from dvlad.server.app import make_app
+    from dvlad.server.lifetime import DAEMON, TASKS
+    from dvlad.server.notify import sd_notify
+
+    # a short shutdown: open log/event streams must not hold a restart for aiohttp's default minute
+    runner = web.AppRunner(make_app(config, tokens), access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    try:
+        await runner.setup()
+        sock_path = await _listen(runner, config.daemon)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        inventory, tasks = runner.app[DAEMON].inventory, runner.app[TASKS]
+        log.info("listening", extra={"socket": str(sock_path), "tcp": config.daemon.tcp or None,
+                                     "state_dir": config.daemon.state_dir, "gpus": inventory.gpu_indices,
+                                     "gpu_source": inventory.source, "cpu_slots": config.cpu_slots,
+                                     "pid": os.getpid()})
+        sd_notify("READY=1")
+        stop_wait = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel()
+        sd_notify("STOPPING=1")
+        log.info("stopping; running jobs keep running and are re-adopted at the next start")
+    finally:
+        await runner.cleanup()
     died = [task for task in done if task is not stop_wait]
     for task in died:
         log.critical("a daemon task ended; exiting to be restarted", exc_info=task.exception())
@@ -168,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         tokens = load_tokens(Path(config.daemon.tokens_file)) if config.daemon.tcp else {}
         if args.check_config:
             print(f"config ok: state_dir {config.daemon.state_dir}, socket {config.daemon.socket}, "
-                  f"{config.cpu_slots} CPU slots, tcp {config.daemon.tcp or 'off'}")
+                  f"{config.cpu_slots} CPU slots ({config.cpu_slots_origin}), tcp {config.daemon.tcp or 'off'}")
             return 0
     except (ConfigError, OSError, ValueError) as err:
         print(f"dvlad: config: {err}", file=sys.stderr)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 JOB_KEYS = ["id", "user", "uid", "name", "priority", "gpus", "cpus", "state", "reason", "submitted_at",
-            "started_at", "ended_at", "gpu_ids", "pid", "exit_code"]
+            "started_at", "ended_at", "gpu_ids", "pid", "exit_code", "pending_reason"]
 ERROR = {"type": "object", "required": ["code", "field", "reason"],
          "properties": {"code": {"type": "string"}, "field": {"type": "string"}, "reason": {"type": "string"}}}
 JOB = {"type": "object", "required": JOB_KEYS}
@@ -57,8 +57,10 @@ OPENAPI: dict[str, Any] = {
                                    _query("limit", "integer", "most recent N")],
                     "responses": _ok(_obj(jobs={"type": "array", "items": JOB}))},
         },
-        "/v1/jobs/{job_id}": {"get": {"summary": "One job with its spec and events", "parameters": [JOB_ID],
-                                      "responses": _ok({"type": "object", "required": [*JOB_KEYS, "spec", "events"]})}},
+        "/v1/jobs/{job_id}": {"get": {
+            "summary": "One job with its run directory on the daemon's machine, its spec and its events",
+            "parameters": [JOB_ID],
+            "responses": _ok({"type": "object", "required": [*JOB_KEYS, "run_dir", "spec", "events"]})}},
         "/v1/jobs/{job_id}/cancel": {"post": {
             "summary": "Cancel: queued at once; running: SIGTERM, SIGKILL after the grace period",
             "parameters": [JOB_ID], "responses": {**_ok(JOB), "409": {"description": "already ended"}}}},

@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from dvla.metric_names import LANES
+from dvla import metric_names as m
 from dvlad.runtime.jobfiles import metrics_rows
 from dvlad.runtime.launch import run_dir
 from dvlad.server.core import Daemon
@@ -54,13 +54,13 @@ class DaemonCollector(Collector):
             if not rows:
                 continue
             row, key = rows[-1], [str(job.id), job.user, job.name]
-            for family, field in ((steps, "env_steps_per_s"), (stale, "staleness_mean"),
-                                  (stale_max, "staleness_max"), (depth, "queue_depth")):
+            for family, field in ((steps, m.ENV_STEPS_PER_S), (stale, m.STALENESS_MEAN),
+                                  (stale_max, m.STALENESS_MAX), (depth, m.QUEUE_DEPTH)):
                 if isinstance(row.get(field), int | float):
                     family.add_metric(key, row[field])
-            for lane in LANES:
-                if isinstance(row.get(f"{lane}_busy"), int | float):
-                    busy.add_metric([*key, lane], row[f"{lane}_busy"])
+            for lane, field in m.LANE_BUSY.items():
+                if isinstance(row.get(field), int | float):
+                    busy.add_metric([*key, lane], row[field])
         yield from (steps, busy, stale, stale_max, depth)
 
 

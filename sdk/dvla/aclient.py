@@ -37,9 +37,11 @@ class AsyncClient:
 
     def __init__(self, host: str | None = None, token: str | None = None):
         self.endpoint: Endpoint = resolve(host, token)
+        self.reached = False
+        """As :attr:`dvla.client.Client.reached`."""
         transport = httpx.AsyncHTTPTransport(uds=self.endpoint.uds) if self.endpoint.uds else None
         self._http = httpx.AsyncClient(base_url=self.endpoint.url, transport=transport, timeout=api.TIMEOUT,
-                                       headers=api.headers(self.endpoint))
+                                       headers=api.headers(self.endpoint), event_hooks={"response": [self._answered]})
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -49,6 +51,9 @@ class AsyncClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    async def _answered(self, response: httpx.Response) -> None:
+        self.reached = True
 
     async def _call(self, req: api.Request) -> Any:
         try:
@@ -70,16 +75,17 @@ class AsyncClient:
             raise api.transport_error(self.endpoint, exc) from None
 
     async def submit(self, spec: api.SpecLike, *, priority: int = 0, idempotency_key: str | None = None) -> AsyncJob:
-        reply = await self._call(api.submit(api.spec_dict(spec), priority, idempotency_key))
+        data, local = api.prepared(spec)  # as Client.submit: relative paths resolved, a local checkpoint uploaded
+        if local is not None and not self.endpoint.is_local:
+            data["policy"]["checkpoint"] = await self.upload(local)
+        reply = await self._call(api.submit(data, priority, idempotency_key))
         return AsyncJob(self, reply["job"]["id"], reply["job"])
 
     async def train(self, policy: str | os.PathLike[str] | Mapping[str, Any],
                     env: str | Mapping[str, Any] | specs.EnvSection,
                     algo: str | Mapping[str, Any] = "ppo", steps: int | None = None, gpus: int = 0, *,
                     priority: int = 0, idempotency_key: str | None = None, **sections: Mapping[str, Any]) -> AsyncJob:
-        section, local = api.policy_section(policy)
-        if local is not None and not self.endpoint.is_local:
-            section["checkpoint"] = await self.upload(local)
+        section, _ = api.policy_section(policy)  # a local checkpoint: submit uploads it to a remote daemon
         return await self.submit(api.train_spec(section, env, algo, steps, gpus, sections), priority=priority,
                                  idempotency_key=idempotency_key)
 
@@ -100,7 +106,7 @@ class AsyncClient:
         return await self._call(api.logs(job_id, offset, follow=False))
 
     async def follow_logs(self, job_id: int, *, offset: int = 0) -> AsyncIterator[str]:
-        cursor, outage = api.LogCursor(offset), api.Outage()
+        cursor, outage = api.LogCursor(offset), api.Outage(self.reached)
         while True:
             try:
                 async with self._stream(api.logs(job_id, cursor.offset, follow=True)) as response:
@@ -173,7 +179,7 @@ class AsyncJob:
         return (await self.refresh())["state"]
 
     async def wait(self, timeout: float | None = None, poll: float = 0.5) -> dict[str, Any]:
-        deadline, outage = None if timeout is None else time.monotonic() + timeout, api.Outage()
+        deadline, outage = None if timeout is None else time.monotonic() + timeout, api.Outage(self.client.reached)
         while True:
             try:
                 if await self.status() in api.TERMINAL:
@@ -187,6 +193,25 @@ class AsyncJob:
         if self.record["state"] != "succeeded":
             raise JobFailed(self.record)
         return self.record
+
+    async def pending(self, poll: float = 0.5) -> AsyncIterator[str]:
+        """While the job is queued, why it waits, each time that changes (see :meth:`dvla.client.Job.pending`)."""
+        last, outage = None, api.Outage(self.client.reached)
+        while True:
+            try:
+                record = await self.refresh()
+                outage.over()
+            except DvlaError as exc:
+                outage.ride_out(exc)
+                await asyncio.sleep(poll)
+                continue
+            if record["state"] != "queued":
+                return
+            reason = record.get("pending_reason")  # None: no scheduling pass has seen it yet
+            if reason and reason != last:
+                last = reason
+                yield reason
+            await asyncio.sleep(poll)
 
     def logs(self) -> AsyncIterator[str]:
         """The log's lines as they are written, until the job ends."""

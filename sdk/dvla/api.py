@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from dvla import paths
 from dvla import spec as specs
 from dvla.catalog import POLICIES
 from dvla.checkpoint import checkpoint_file, policy_of
@@ -65,15 +66,20 @@ RECONNECT_EVERY_S = 1.0
 
 class Outage:
     """The daemon became unreachable while a job was being followed: how long ago, and whether to
-    keep trying (:data:`RECONNECT_S`)."""
+    keep trying (:data:`RECONNECT_S`).
 
-    def __init__(self) -> None:
+    Only a daemon that has answered (``reached``: this client's earlier calls, or this follow itself)
+    is waited for. One never reached is not restarting: nothing is there, or the address is wrong, and
+    the follower says so at once, with where it looked, instead of after a minute of retries."""
+
+    def __init__(self, reached: bool) -> None:
+        self.reached = reached
         self.since: float | None = None
 
     def ride_out(self, error: DvlaError) -> None:
         """Return if following should try again; re-raise ``error`` if it is not the daemon going away
-        (an error reply) or it has been away too long."""
-        if not (isinstance(error, DaemonUnavailable) or error.code == "transport"):
+        (an error reply), the daemon was never reached, or it has been away too long."""
+        if not self.reached or not (isinstance(error, DaemonUnavailable) or error.code == "transport"):
             raise error
         now = time.monotonic()
         self.since = self.since or now
@@ -81,7 +87,8 @@ class Outage:
             raise error
 
     def over(self) -> None:
-        self.since = None
+        """The daemon answered."""
+        self.reached, self.since = True, None
 
 
 class LogCursor:
@@ -115,7 +122,7 @@ def transport_error(endpoint: Endpoint, exc: httpx.TransportError) -> DvlaError:
 # -- specs -------------------------------------------------------------------------------------
 
 
-def _checked(build: Any, *args: Any) -> specs.JobSpec:
+def _checked(build: Any, *args: Any) -> Any:
     try:
         return build(*args)
     except specs.SpecError as err:
@@ -123,13 +130,24 @@ def _checked(build: Any, *args: Any) -> specs.JobSpec:
         raise InvalidSpec(str(err), issues=issues, field=issues[0]["field"], status=None) from None
 
 
-def spec_dict(spec: SpecLike) -> dict[str, Any]:
-    """The spec as the daemon takes it, checked here first (so a bad file fails before any network)."""
-    if isinstance(spec, specs.JobSpec):
-        return specs.spec_to_dict(_checked(specs.spec_from_dict, specs.spec_to_dict(spec)))
+def prepared(spec: SpecLike) -> tuple[dict[str, Any], Path | None]:
+    """The spec as the daemon takes it, checked here first (so a bad file fails before any network),
+    with its relative paths resolved (:mod:`dvla.paths`: a file's against its folder, a dict's against
+    the current directory), and its local checkpoint file if it names one (to upload to a remote daemon)."""
     if isinstance(spec, str | os.PathLike):
-        return specs.spec_to_dict(_checked(specs.load_spec, spec))
-    return specs.spec_to_dict(_checked(specs.spec_from_dict, dict(spec)))
+        file = Path(spec)
+        data = specs.spec_to_dict(_checked(specs.load_spec, spec))
+        text = file.read_text(encoding="utf-8-sig")  # load_spec has read it: its key positions, for messages
+        return _checked(lambda: paths.resolve(data, file.absolute().parent, base_name="the job file's folder",
+                                              source=str(spec), text=text))
+    raw = specs.spec_to_dict(spec) if isinstance(spec, specs.JobSpec) else dict(spec)
+    data = specs.spec_to_dict(_checked(specs.spec_from_dict, raw))
+    return _checked(lambda: paths.resolve(data, Path.cwd(), base_name="the current directory"))
+
+
+def spec_dict(spec: SpecLike) -> dict[str, Any]:
+    """:func:`prepared`'s spec alone."""
+    return prepared(spec)[0]
 
 
 def policy_section(policy: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[dict[str, Any], Path | None]:

@@ -2,9 +2,11 @@
 ``"package.module:function"``, and the episode limit each built-in env runs with.
 
 Why here, in the light client package: ``dvla validate`` must refuse what the engine is certain to
-refuse (an unknown name such as ``"tiny_vla"``, a GRPO segment shorter than the env's episode) on a
-laptop without torch. The engine registers its factories under these names and takes its default
-limits from here; a test checks its registries against this module, so there is one list.
+refuse (an unknown name such as ``"tiny_vla"``, a GRPO segment shorter than the env's episode, a
+misspelt ``[policy.args]`` key that would end the job with a TypeError after it waited in the queue)
+on a laptop without torch. The engine registers its factories under these names and takes its
+default limits from here; tests check its registries and its constructors' signatures against this
+module, so there is one list.
 """
 
 from __future__ import annotations
@@ -14,6 +16,14 @@ from typing import Any
 
 POLICIES: tuple[str, ...] = ("tiny-vla", "transformer-vla")
 """Built-in policy names (``dvlad.policies.BUILTIN_POLICIES`` maps each to its class)."""
+POLICY_ARGS: dict[str, tuple[str, ...]] = {
+    "tiny-vla": ("d_model", "layers", "heads", "patch_grid", "vocab_size", "max_instruction_tokens", "bins",
+                 "initial_std"),
+    "transformer-vla": ("preset", "trunk", "pretrained", "lora", "dtype", "patch_size", "vision_mlp",
+                        "max_instruction_tokens", "vocab_size", "bins"),
+}
+"""The ``[policy.args]`` each built-in policy takes: its constructor's keyword arguments but those the
+engine passes itself (``env_spec``; ``action_chunk``, which is ``policy.action_chunk``)."""
 LIBERO_SUITES: dict[str, int] = {
     "libero_spatial": 220,
     "libero_object": 280,
@@ -27,6 +37,17 @@ EPISODE_LIMITS: dict[str, int] = {"reach": 40, "synthetic": 220}
 """The own episode limit of each built-in env but LIBERO (whose limit is its suite's)."""
 ENVS: tuple[str, ...] = (*EPISODE_LIMITS, "libero")
 """Built-in env names (``dvlad.envs.ENV_FACTORIES`` maps each to its factory)."""
+ENV_ARGS: dict[str, tuple[str, ...]] = {
+    "reach": ("num_objects", "image_size", "max_episode_steps", "max_delta", "touch_radius", "start_height", "seed"),
+    "synthetic": ("step_ms", "image_size", "cameras", "proprio_dim", "max_episode_steps", "seed"),
+    "libero": ("suite", "task", "tasks", "image_size", "cameras", "max_episode_steps", "settle_steps",
+               "fast_render", "libero_root", "seed"),
+}
+"""The ``[env.args]`` each built-in env takes: its constructor's keyword arguments but ``env_index``, which
+the engine passes to each env itself."""
+PATH_ARGS: dict[str, tuple[str, ...]] = {"transformer-vla": ("pretrained",), "libero": ("libero_root",)}
+"""The arguments of a built-in policy or env (above) that name a file or directory: like
+``policy.checkpoint``, a relative one is the job file's and is resolved before the spec is sent."""
 
 
 def episode_limit(env: str, args: Mapping[str, Any]) -> int | None:

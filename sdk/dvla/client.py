@@ -32,9 +32,12 @@ class Client:
 
     def __init__(self, host: str | None = None, token: str | None = None):
         self.endpoint: Endpoint = resolve(host, token)
+        self.reached = False
+        """Whether dvlad has answered this client yet: following a job rides out a daemon that went away
+        (a restart), not one that was never there (:class:`dvla.api.Outage`)."""
         transport = httpx.HTTPTransport(uds=self.endpoint.uds) if self.endpoint.uds else None
         self._http = httpx.Client(base_url=self.endpoint.url, transport=transport, timeout=api.TIMEOUT,
-                                  headers=api.headers(self.endpoint))
+                                  headers=api.headers(self.endpoint), event_hooks={"response": [self._answered]})
 
     def __enter__(self) -> Client:
         return self
@@ -46,6 +49,9 @@ class Client:
         self._http.close()
 
     # -- plumbing ------------------------------------------------------------------------------
+    def _answered(self, response: httpx.Response) -> None:
+        self.reached = True
+
     def _send(self, req: api.Request) -> httpx.Response:
         try:
             return self._http.request(req.method, req.path, params=req.params, json=req.json)
@@ -68,8 +74,15 @@ class Client:
 
     # -- jobs ----------------------------------------------------------------------------------
     def submit(self, spec: api.SpecLike, *, priority: int = 0, idempotency_key: str | None = None) -> Job:
-        """Check ``spec`` here (``InvalidSpec`` with every issue), then submit it; returns its handle."""
-        reply = self._call(api.submit(api.spec_dict(spec), priority, idempotency_key))
+        """Check ``spec`` here (``InvalidSpec`` with every issue), then submit it; returns its handle.
+
+        Relative paths (``policy.checkpoint``, ...) are a job file's, resolved against its folder (a
+        dict's against the current directory); a local checkpoint is referenced by path on a local
+        daemon and uploaded to a remote one, as :meth:`train` does (:mod:`dvla.paths`)."""
+        data, local = api.prepared(spec)
+        if local is not None and not self.endpoint.is_local:
+            data["policy"]["checkpoint"] = self.upload(local)
+        reply = self._call(api.submit(data, priority, idempotency_key))
         return Job(self, reply["job"]["id"], reply["job"])
 
     def train(self, policy: str | os.PathLike[str] | Mapping[str, Any],
@@ -85,9 +98,7 @@ class Client:
         ``[env]`` dict or an ``EnvSection``. ``algo``: ``"ppo"``/``"grpo"`` or an ``[algo]`` dict.
         ``sections``: the other sections' keys, e.g. ``job={"name": "try1"}, train={"max_minutes": 5}``.
         The spec is checked here first: ``InvalidSpec`` lists every problem before anything is sent."""
-        section, local = api.policy_section(policy)
-        if local is not None and not self.endpoint.is_local:
-            section["checkpoint"] = self.upload(local)
+        section, _ = api.policy_section(policy)  # a local checkpoint: submit uploads it to a remote daemon
         return self.submit(api.train_spec(section, env, algo, steps, gpus, sections), priority=priority,
                            idempotency_key=idempotency_key)
 
@@ -122,8 +133,9 @@ class Client:
 
     def follow_logs(self, job_id: int, *, offset: int = 0) -> Iterator[str]:
         """The job's log line by line as it is written, ending when the job ends. A daemon restart
-        meanwhile is ridden out (:data:`dvla.api.RECONNECT_S`): the stream resumes at the next line."""
-        cursor, outage = api.LogCursor(offset), api.Outage()
+        meanwhile is ridden out (:data:`dvla.api.RECONNECT_S`): the stream resumes at the next line. A
+        daemon this client never reached raises :class:`~dvla.errors.DaemonUnavailable` at once."""
+        cursor, outage = api.LogCursor(offset), api.Outage(self.reached)
         while True:
             try:
                 with self._stream(api.logs(job_id, cursor.offset, follow=True)) as response:
@@ -208,7 +220,7 @@ class Job:
     def wait(self, timeout: float | None = None, poll: float = 0.5) -> dict[str, Any]:
         """Block until the job ends; return its final record. ``JobFailed`` (with the daemon's reason)
         if it failed or was cancelled, ``TimeoutError`` after ``timeout`` seconds."""
-        deadline, outage = None if timeout is None else time.monotonic() + timeout, api.Outage()
+        deadline, outage = None if timeout is None else time.monotonic() + timeout, api.Outage(self.client.reached)
         while True:
             try:
                 if self.status() in api.TERMINAL:
@@ -222,6 +234,27 @@ class Job:
         if self.record["state"] != "succeeded":
             raise JobFailed(self.record)
         return self.record
+
+    def pending(self, poll: float = 0.5) -> Iterator[str]:
+        """While the job is queued, why it waits (its ``pending_reason``: resources, priority, a user's or
+        group's limit), each time that changes; ends once the job has left the queue (started, or
+        cancelled before it could). A daemon restart meanwhile is ridden out, as :meth:`wait` does."""
+        last, outage = None, api.Outage(self.client.reached)
+        while True:
+            try:
+                record = self.refresh()
+                outage.over()
+            except DvlaError as exc:
+                outage.ride_out(exc)
+                time.sleep(poll)
+                continue
+            if record["state"] != "queued":
+                return
+            reason = record.get("pending_reason")  # None: no scheduling pass has seen it yet
+            if reason and reason != last:
+                last = reason
+                yield reason
+            time.sleep(poll)
 
     def logs(self, follow: bool = True) -> Iterator[str]:
         """The log's lines: as they come until the job ends (``follow``), or those written so far."""

@@ -5,13 +5,19 @@ Why this order: a script's own argument must win; ``DVLA_HOST``/``DVLA_TOKEN`` l
 another machine without editing files; ``~/.config/dvla/config.toml`` holds a laptop's usual remote
 daemon; with nothing set, the local daemon is found where ``dvlad --user`` or the system unit put it.
 
-Addresses: ``unix:///path/dvlad.sock`` or a bare absolute path (a Unix socket, identity from the
-kernel), ``http://host:port``, ``https://host:port`` or ``host:port`` (TCP, ``Authorization: Bearer``).
+Addresses: ``unix:///path/dvlad.sock`` or a path (a Unix socket, identity from the kernel): a value
+without ``scheme://`` that contains ``/`` or ends in ``.sock`` (``/run/dvlad/dvlad.sock``,
+``./dvlad.sock``, ``dvlad.sock``, ``~/dvlad.sock``; a relative one is taken from the current
+directory); else TCP (``Authorization: Bearer``): ``host:port``, ``http://host:port``,
+``https://host:port``. A bare ``host`` is refused: dvlad has no customary port (its ``daemon.tcp``
+setting names one), and HTTP's 80 would be a guess; ``http(s)://host`` without a port does mean the
+scheme's, as for a TLS proxy in front of dvlad.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -72,7 +78,10 @@ def _read_file(path: Path) -> dict[str, str]:
     return data
 
 
-ADDRESS_FORMS = "/path/dvlad.sock, unix:///path/dvlad.sock, http://host:port, https://host:port or host:port"
+ADDRESS_FORMS = ("a socket's path (/path/dvlad.sock, ./dvlad.sock, dvlad.sock), unix:///path/dvlad.sock, "
+                 "host:port, http://host:port or https://host:port")
+_HOST_PORT = re.compile(r"[^/]*:[0-9]*")
+"""``host:port`` (or ``host:``) before a first ``/``: a TCP address with a path after it, not a file."""
 
 
 def _bad_address(host: str, origin: str, why: str) -> DvlaError:
@@ -96,18 +105,35 @@ def _tcp_url(host: str, origin: str) -> str:
         raise _bad_address(host, origin, "dvlad takes a token (--token, $DVLA_TOKEN), not user:password@")
     if parts.path.strip("/") or parts.query or parts.fragment:
         raise _bad_address(host, origin, "nothing may follow host:port")
+    if parts.port is None and "://" not in host:
+        raise _bad_address(host, origin, "no port: write host:port with the port of the daemon's daemon.tcp "
+                                         "setting (e.g. gpu1.lab:7447); a socket's path contains '/' or ends in .sock")
     name = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # IPv6 keeps its brackets
     return f"{parts.scheme}://{name}{port}"
+
+
+def names_a_path(host: str) -> bool:
+    """Whether ``host`` is a Unix socket's path rather than a TCP address: no ``scheme://``, and it
+    contains ``/`` (unless ``host:port`` comes before it) or ends in ``.sock``."""
+    if "://" in host:
+        return False
+    if host.startswith(("/", "./", "../", "~")):
+        return True
+    if "/" in host:
+        return not _HOST_PORT.fullmatch(host.split("/", 1)[0])
+    return host.endswith(".sock")
 
 
 def parse_host(host: str, token: str | None, origin: str) -> Endpoint:
     """One address string (see the module doc) as an :class:`Endpoint`; a bad one is a DvlaError
     (``bad_config``: the CLI exits 2) that names it and where it came from."""
-    path = host[len("unix://"):] if host.startswith("unix://") else host
-    if path.startswith("/"):
-        return Endpoint("http://dvlad", path, None, origin)
     if host.startswith("unix://"):
-        raise _bad_address(host, origin, "a Unix socket's path must be absolute")
+        path = host[len("unix://"):]
+        if not path.startswith("/"):
+            raise _bad_address(host, origin, "a Unix socket's path must be absolute")
+        return Endpoint("http://dvlad", path, None, origin)
+    if names_a_path(host):  # relative: the current directory's, made absolute so messages say where
+        return Endpoint("http://dvlad", os.path.abspath(Path(host).expanduser()), None, origin)
     return Endpoint(_tcp_url(host, origin), None, token, origin)
 
 

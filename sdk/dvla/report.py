@@ -8,7 +8,7 @@ without torch, and ``scripts/plot_run.py`` draws the same panels from run direct
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after use("Agg"): no display needed
 
-from dvla.metric_names import LANES
+from dvla import metric_names as m
 
 Rows = list[dict[str, Any]]
 
@@ -26,54 +26,38 @@ Rows = list[dict[str, Any]]
 @dataclass(frozen=True)
 class Panel:
     title: str
-    keys: Callable[[Rows], list[str]]
-    """The row keys this panel draws, given the rows (lane and GPU keys are found, not listed)."""
+    keys: tuple[str, ...]
+    """The row keys this panel draws, one curve each."""
     ylim: tuple[float, float] | None = None
     optional: bool = False
     """Left out when the rows hold none of its keys (GPU busy: only jobs on a GPU report it)."""
 
 
-def _fixed(*keys: str) -> Callable[[Rows], list[str]]:
-    return lambda rows: list(keys)
-
-
-def _matching(test: Callable[[str], bool]) -> Callable[[Rows], list[str]]:
-    def keys(rows: Rows) -> list[str]:
-        found = {k for row in rows for k, v in row.items() if test(k) and isinstance(v, int | float)}
-        order = {f"{lane}_": n for n, lane in enumerate(LANES)}
-        return sorted(found, key=lambda k: (next((n for p, n in order.items() if k.startswith(p)), 9), k))
-    return keys
-
-
-def _gpu_key(key: str) -> bool:
-    return key.startswith("gpu") and key.endswith(("_busy", "_utilization", "_util"))
-
-
 PANELS: tuple[Panel, ...] = (
-    Panel("success rate (last 100 episodes; GRPO: whole rollouts)", _fixed("success_rate"), ylim=(-0.02, 1.02)),
-    Panel("episode return", _fixed("episode_return")),
-    Panel("env steps / s", _fixed("env_steps_per_s")),
-    Panel("lane busy fraction", _matching(lambda k: k.endswith("_busy") and not _gpu_key(k)), ylim=(-0.02, 1.02)),
-    Panel("lane items / s", _matching(lambda k: k.endswith("_items_per_s"))),
-    Panel("staleness (versions)", _fixed("staleness_mean", "staleness_max")),
-    Panel("GPU busy", _matching(_gpu_key), optional=True),
+    Panel("success rate (last 100 episodes; GRPO: whole rollouts)", (m.SUCCESS_RATE,), ylim=(-0.02, 1.02)),
+    Panel("episode return", (m.EPISODE_RETURN,)),
+    Panel("env steps / s", (m.ENV_STEPS_PER_S,)),
+    Panel("lane busy fraction", tuple(m.LANE_BUSY.values()), ylim=(-0.02, 1.02)),
+    Panel("lane items / s", tuple(m.LANE_ITEMS_PER_S.values())),
+    Panel("staleness (versions)", (m.STALENESS_MEAN, m.STALENESS_MAX)),
+    Panel("GPU busy", (m.GPU_BUSY,), optional=True),
 )
 
 
-def plot_runs(runs: Sequence[tuple[str, Rows]], out: str | Path, x: str = "env_steps", title: str = "") -> Path:
+def plot_runs(runs: Sequence[tuple[str, Rows]], out: str | Path, x: str = m.ENV_STEPS, title: str = "") -> Path:
     """Draw each run's rows (``(label, rows)``) into ``out`` (a PNG); returns the path written.
 
     ``x`` is ``env_steps`` or ``time_s`` (drawn in minutes). A panel whose keys no row holds says so
     rather than vanish, so every report has the same layout (except the optional GPU panel)."""
     every = [row for _, rows in runs for row in rows]
-    panels = [p for p in PANELS if not p.optional or p.keys(every)]
+    panels = [p for p in PANELS if not p.optional or any(k in row for row in every for k in p.keys)]
     nrows = (len(panels) + 1) // 2
     fig, axes = plt.subplots(nrows, 2, figsize=(12, 3.2 * nrows), constrained_layout=True, squeeze=False)
     if title:
         fig.suptitle(title)
-    scale = 60.0 if x == "time_s" else 1.0
+    scale = 60.0 if x == m.TIME_S else 1.0
     for ax, panel in zip(axes.flat, panels, strict=False):
-        keys = panel.keys(every)
+        keys = panel.keys
         drawn = 0
         for label, rows in runs:
             for key in keys:
@@ -89,7 +73,7 @@ def plot_runs(runs: Sequence[tuple[str, Rows]], out: str | Path, x: str = "env_s
         if panel.ylim:
             ax.set_ylim(*panel.ylim)
         ax.set_title(panel.title)
-        ax.set_xlabel("minutes" if x == "time_s" else x.replace("_", " "))
+        ax.set_xlabel("minutes" if x == m.TIME_S else x.replace("_", " "))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)

@@ -16,6 +16,7 @@ Public API::
     spec_from_dict(data, source="<job>") -> JobSpec  # a decoded dict (JSON / msgpack body)
     spec_to_dict(spec) -> dict                     # the resolved spec, every key filled in
     dump_toml(spec) -> str                         # needs tomli_w (not a client dependency)
+    key_position(text, key) -> (line, column)      # where a dotted key is written
 
 Every failure is a :class:`SpecError` listing every problem found, each a :class:`SpecIssue`
 with the dotted key, the reason and, for TOML text, the line and column.
@@ -127,7 +128,7 @@ class AlgoSection:
     name: Literal["ppo", "grpo"] = "ppo"
     """ppo: clipped policy gradient with a value head and GAE; grpo: group-relative advantages."""
     learning_rate: float = 3e-4
-    """AdamW learning rate (> 0)."""
+    """Adam learning rate (> 0); no weight decay."""
     gamma: float = 0.99
     """Discount factor, in [0, 1]."""
     gae_lambda: float = 0.95
@@ -153,7 +154,7 @@ class AlgoSection:
     minibatches: int = 4
     """Minibatches per pass."""
     norm_adv: bool = True
-    """Normalise advantages per minibatch."""
+    """PPO: normalise advantages per minibatch (GRPO's are standardised within each group already)."""
     group_size: int = 8
     """GRPO: episodes that share one start; advantages are relative within the group."""
 
@@ -302,6 +303,12 @@ def dump_toml(spec: JobSpec) -> str:
     import tomli_w  # lazily: only writers of TOML need it
 
     return tomli_w.dumps(spec_to_dict(spec))
+
+
+def key_position(text: str, key: str) -> tuple[int | None, int | None]:
+    """Line and column (1-based) where dotted ``key`` is written in the TOML ``text`` (else where its
+    nearest written parent is), for issues found outside this module; ``(None, None)`` if nowhere."""
+    return _KeyLocator(text).find(tuple(key.split(".")) if key else ())
 
 
 # --------------------------------------------------------------------------------------------
@@ -531,12 +538,16 @@ def _check_values(spec: JobSpec, check: _Checker) -> None:
         if reason:
             check.add("policy.name", reason)
     at_least("policy.action_chunk", 1)
+    if check.ok("policy.name"):
+        _check_args(check, "policy", spec.policy.name, spec.policy.args, catalog.POLICY_ARGS)
 
     # [env]
     if check.ok("env.name"):
         reason = _factory_name_problem(spec.env.name, "env", catalog.ENVS)
         if reason:
             check.add("env.name", reason)
+    if check.ok("env.name"):
+        _check_args(check, "env", spec.env.name, spec.env.args, catalog.ENV_ARGS)
     for key in ("env.num_envs", "env.groups", "env.workers"):
         at_least(key, 1)
     at_least("env.max_episode_steps", 0)
@@ -666,6 +677,28 @@ def _factory_name_problem(name: str, kind: str, builtins: tuple[str, ...]) -> st
     hint = f' (did you mean "{close[0]}"?)' if close else ""
     listed = ", ".join(builtins)
     return f'unknown {kind} {_describe(name)}{hint}: use a built-in ({listed}) or "package.module:function"'
+
+
+def _check_args(check: _Checker, section: str, name: str, args: dict[str, Any],
+                accepted: dict[str, tuple[str, ...]]) -> None:
+    """Refuse the ``[SECTION.args]`` keys built-in ``name`` does not take, as an unknown key is refused
+    (the engine would fail with a TypeError once the job had waited its turn). A user's factory
+    (``package.module:function``) takes what it takes: only the job can tell."""
+    known = accepted.get(name)
+    if known is None:
+        return
+    for key in args:
+        dotted = f"{section}.args.{key}"
+        if key in known or dotted in check.bad:
+            continue
+        close = difflib.get_close_matches(key, known, n=1)
+        if close:
+            hint = f' (did you mean "{section}.args.{close[0]}"?)'
+        elif key in _FIELD_TYPES[section]:  # action_chunk, num_envs: keys of the section itself
+            hint = f' (did you mean "{section}.{key}", a key of [{section}]?)'
+        else:
+            hint = f"; it takes: {', '.join(known)}"
+        check.add(dotted, f"unknown argument of {section} {_describe(name)}{hint}")
 
 
 def _output_dir_problem(path: str) -> str | None:

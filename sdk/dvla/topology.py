@@ -40,7 +40,8 @@ def _bus(bus_id: Any) -> str:
 def nvlink_counts(topology: dict[str, Any]) -> dict[frozenset[int], int]:
     """NVLinks between each pair of GPUs that has any (each link counted once, whichever end listed it)."""
     devices = topology.get("devices", [])
-    by_bus = {_bus(d.get("pci_bus_id", "")): d["index"] for d in devices}
+    # a bus id NVML did not answer (None) names no GPU: two unknowns must not read as one another's peer
+    by_bus = {_bus(d["pci_bus_id"]): d["index"] for d in devices if d.get("pci_bus_id")}
     seen: dict[int, Counter[int]] = {}
     switched: dict[int, int] = {}  # GPU -> its links to NVSwitches
     for device in devices:

@@ -11,7 +11,8 @@ from dvla.errors import DaemonUnavailable, DvlaError, InvalidSpec
 OK = 0
 FAILED = 1
 """The job failed or was cancelled (``--follow``), or the daemon refused the request (no such job, not
-yours, the job's state forbids it, the job is bigger than the whole node); the reason is on stderr."""
+yours, the job's state forbids it, the job is bigger than the whole node), or the job has no metric
+rows or checkpoint yet; the reason is on stderr."""
 USAGE = 2
 """Bad arguments (click's usage errors), an invalid job file, ``dvla validate`` found problems, a bad
 ``~/.config/dvla/config.toml`` or a bad daemon address."""
@@ -25,7 +26,7 @@ Exit status:
   {OK}    success
   {FAILED}    the job failed or was cancelled (--follow), or the daemon refused
        (no such job, not your job, the job already ended, the job is bigger
-       than the node); reason on stderr
+       than the node), or no metrics or checkpoint yet; reason on stderr
   {USAGE}    usage error: bad arguments or daemon address, an invalid job file, validate
        found problems
   {UNAVAILABLE}    the daemon is unreachable

@@ -19,9 +19,12 @@ from dvla.errors import JobFailed
 
 
 def _follow(client: Client, job: Job, *, to_stderr: bool) -> dict[str, Any]:
-    """Print the job's log as it is written until the job ends; its final record (``JobFailed`` if it
-    did not succeed). Ctrl-C stops following, not the job."""
+    """Say why the job waits while it is queued (each time that changes), then print its log as it is
+    written until it ends; its final record (``JobFailed`` if it did not succeed). Ctrl-C stops
+    following, not the job."""
     try:
+        for reason in job.pending(poll=0.5):
+            output.note(f"job {job.id} queued: {reason}")
         for line in client.follow_logs(job.id):
             click.echo(line, err=to_stderr)
         return job.wait(poll=0.2)
@@ -87,7 +90,8 @@ Examples:
 def jobs_(state: State, all_: bool, user: str | None, limit: int | None, as_json: bool) -> None:
     """List jobs (yours, or everyone's with --all).
 
-    In submit order: id, user, name, state, priority, GPUs, submit time, runtime and the reason."""
+    In submit order: id, user, name, state, priority, GPUs, submit time, runtime and the reason: why a
+    queued job waits (as squeue's REASON), else the reason of the last transition."""
     rows = state.client().jobs(all=all_, user=user, limit=limit)
     if as_json:
         output.print_json(rows)
@@ -97,7 +101,7 @@ def jobs_(state: State, all_: bool, user: str | None, limit: int | None, as_json
     for job in rows:
         gpus = ",".join(map(str, job.get("gpu_ids") or [])) or str(job["gpus"])
         table.add_row(str(job["id"]), job["user"], job["name"], output.state(job["state"]), str(job["priority"]),
-                      gpus, output.when(job["submitted_at"]), output.runtime(job), job.get("reason") or "")
+                      gpus, output.when(job["submitted_at"]), output.runtime(job), output.reason(job))
     output.console().print(table if rows else "no jobs")
 
 
@@ -110,7 +114,10 @@ Examples:
 @connection_options
 @pass_state
 def status(state: State, job_id: int, as_json: bool) -> None:
-    """Show one job: its record, spec and events."""
+    """Show one job: its record, run directory, spec and events.
+
+    The run directory (metrics, checkpoints, summary.json) is on the daemon's machine; from
+    elsewhere, `dvla checkpoint ID` and `dvla metrics ID` fetch what it holds."""
     job = state.client().job(job_id)
     if as_json:
         output.print_json(job)
@@ -121,7 +128,9 @@ def status(state: State, job_id: int, as_json: bool) -> None:
     gpus = f"{job['gpus']} asked" + (f", on {','.join(map(str, job['gpu_ids']))}" if job.get("gpu_ids") else "")
     for name, shown in (
             ("job", f"{job['id']} {job['name']} ({job['user']})"), ("state", output.state(job["state"])),
-            ("reason", job.get("reason") or output.NONE), ("priority", str(job["priority"])),
+            ("reason", job.get("reason") or output.NONE),
+            *([("waiting", job.get("pending_reason") or output.NONE)] if job["state"] == "queued" else []),
+            ("priority", str(job["priority"])),
             ("gpus", gpus), ("cpu slots", str(job["cpus"])),
             ("policy", spec.get("policy", {}).get("name", output.NONE)),
             ("env", spec.get("env", {}).get("name", output.NONE)),
@@ -130,6 +139,7 @@ def status(state: State, job_id: int, as_json: bool) -> None:
             ("submitted", output.when(job["submitted_at"])), ("started", output.when(job.get("started_at"))),
             ("ended", output.when(job.get("ended_at"))), ("runtime", output.runtime(job)),
             ("pid", str(job.get("pid") or output.NONE)),
+            ("run dir", job.get("run_dir") or output.NONE),
             ("exit code", output.NONE if job.get("exit_code") is None else str(job["exit_code"]))):
         fields.add_row(f"[bold]{name}[/]", shown)
     events = output.table("TIME", "FROM", "TO", "REASON", title="events", wrap_last=True)

@@ -83,6 +83,14 @@ def runtime(job: dict[str, Any]) -> str:
     return duration((job.get("ended_at") or time.time()) - job["started_at"])
 
 
+def reason(job: dict[str, Any]) -> str:
+    """The reason column of a job: why it waits while queued (its pending reason, as squeue's REASON
+    shows), else the reason of its last transition (a failure's cause, who cancelled it)."""
+    if job["state"] == "queued" and job.get("pending_reason"):
+        return f"waiting: {job['pending_reason']}"
+    return job.get("reason") or ""
+
+
 def gib(n: float | None) -> str:
     return NONE if n is None else f"{n / 2**30:.1f}"
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from dvla import metric_names as m
 from dvla.cli.main import JOB_ID, State, connection_options, pass_state
 from dvla.errors import DvlaError
 
@@ -21,7 +22,7 @@ staleness (mean and max), and GPU busy when the job reports it. Works while the 
 @JOB_ID
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path),
               help="PNG file to write (default: job-ID.png).")
-@click.option("--x", "x_axis", type=click.Choice(["env_steps", "time_s"]), default="env_steps", show_default=True,
+@click.option("--x", "x_axis", type=click.Choice([m.ENV_STEPS, m.TIME_S]), default=m.ENV_STEPS, show_default=True,
               help="The x axis: env steps, or wall-clock time (drawn in minutes).")
 @connection_options
 @pass_state

@@ -11,15 +11,19 @@ from typing import Any
 
 import click
 
+from dvla import paths
 from dvla.cli import exits, output
 from dvla.cli.main import json_option
-from dvla.spec import SpecError, SpecIssue, load_spec
+from dvla.spec import SpecError, SpecIssue, load_spec, spec_to_dict
 
 
 def check(path: Path) -> list[SpecIssue]:
-    """The problems of one job file (none: it would run)."""
+    """The problems of one job file (none: it would run), as ``dvla submit`` would find them: the schema,
+    then its local paths (a relative checkpoint is the file's, :mod:`dvla.paths`)."""
     try:
-        load_spec(path)
+        spec = load_spec(path)
+        paths.resolve(spec_to_dict(spec), path.absolute().parent, base_name="the job file's folder",
+                      source=str(path), text=path.read_text(encoding="utf-8-sig"))
     except SpecError as err:
         return err.issues
     return []

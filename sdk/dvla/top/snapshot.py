@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dvla.metric_names import ACTIVATION_KEY, LANES, WEIGHT_KEY
+from dvla import metric_names as m
 
 ACTIVE = frozenset({"placing", "running", "cancelling"})
 """States in which a job holds resources and writes metrics: their runtime still grows."""
@@ -133,10 +133,10 @@ def pools_of(rows: Sequence[Mapping[str, Any]], memory_used: int | None) -> Pool
     """The pool split from the newest row that reports both pools; None if none does or NVML is absent
     (the split needs the GPU's used memory for "other")."""
     for row in reversed(rows):
-        if WEIGHT_KEY in row and ACTIVATION_KEY in row:
+        if m.GPU_WEIGHT_BYTES in row and m.GPU_ACTIVATION_BYTES in row:
             if memory_used is None:
                 return None
-            weight, activation = int(row[WEIGHT_KEY]), int(row[ACTIVATION_KEY])
+            weight, activation = int(row[m.GPU_WEIGHT_BYTES]), int(row[m.GPU_ACTIVATION_BYTES])
             return Pools(weight, activation, max(0, memory_used - weight - activation))
     return None
 
@@ -177,12 +177,13 @@ def _series(rows: Iterable[Mapping[str, Any]], key: str) -> tuple[float, ...]:
 
 def job_detail(job: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> JobDetail:
     """The selected job's lanes, queue, staleness and series from its metric rows (oldest first)."""
-    lanes = tuple(Lane(name, _last(rows, f"{name}_items_per_s"), _last(rows, f"{name}_busy")) for name in LANES)
+    lanes = tuple(Lane(name, _last(rows, m.LANE_ITEMS_PER_S[name]), _last(rows, m.LANE_BUSY[name]))
+                  for name in m.LANES)
     return JobDetail(id=job["id"], name=job.get("name") or "", state=job["state"], lanes=lanes,
-                     queue_depth=_last(rows, "queue_depth"), staleness_mean=_last(rows, "staleness_mean"),
-                     staleness_max=_last(rows, "staleness_max"), version=_last(rows, "version"),
-                     env_steps=_last(rows, "env_steps"), success_rate=_series(rows, "success_rate"),
-                     env_steps_per_s=_series(rows, "env_steps_per_s"))
+                     queue_depth=_last(rows, m.QUEUE_DEPTH), staleness_mean=_last(rows, m.STALENESS_MEAN),
+                     staleness_max=_last(rows, m.STALENESS_MAX), version=_last(rows, m.VERSION),
+                     env_steps=_last(rows, m.ENV_STEPS), success_rate=_series(rows, m.SUCCESS_RATE),
+                     env_steps_per_s=_series(rows, m.ENV_STEPS_PER_S))
 
 
 def gpu_notes(reply: Mapping[str, Any]) -> tuple[str, ...]:

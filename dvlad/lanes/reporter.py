@@ -1,0 +1,155 @@
+"""The job's reporter: drains the learn lane's messages and turns each update into a metric row.
+
+Why a thread of the actor's process: a row joins what the learner reports of its update
+(:class:`~dvlad.lanes.messages.UpdateStats`) with what only this process knows (the actor's env
+steps, episodes and queue, the env workers, the lanes' timeline), and the actor must not wait for it.
+Every key it writes is a constant of :mod:`dvla.metric_names`.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dvla import metric_names as m
+from dvlad.lanes.actor import Actor
+from dvlad.lanes.env_workers import EnvWorkerPool
+from dvlad.lanes.messages import Checkpointed, LaneBusy, LearnerFailed, UpdateStats
+from dvlad.lanes.timeline import GPU_LANES, LaneTimeline, covered_seconds
+from dvlad.lanes.vram import job_pools, peak_allocated, tensor_bytes
+
+
+@dataclass
+class Progress:
+    """One metric row: what the job reports after every ``train.log_every`` learner updates."""
+
+    values: dict[str, float]
+    staleness_hist: list[int] = field(default_factory=list)
+
+
+class Reporter(threading.Thread):
+    """Handles the learn lane's messages as they come: intervals go to the timeline, updates become
+    rows (given to ``on_progress`` every ``log_every`` of them), and the latest checkpoint and the
+    lane's failure are kept for the pipeline."""
+
+    def __init__(self, timeline: LaneTimeline, actor: Actor, pool: EnvWorkerPool, messages, t_start: float,
+                 log_every: int, on_progress: Callable[[Progress], None]) -> None:
+        super().__init__(name="dvla-reporter", daemon=True)
+        self.timeline, self.actor, self.pool, self.messages = timeline, actor, pool, messages
+        self.t_start, self.log_every, self.on_progress = t_start, max(log_every, 1), on_progress
+        self.last: dict[str, float] = {}
+        """The row of the latest update, whether given to ``on_progress`` or not."""
+        self.checkpoint: str | None = None
+        """The latest complete checkpoint."""
+        self.failure: str | None = None
+        """Why the learn lane died, with its traceback; None while it has not."""
+        self._done = threading.Event()
+        self._window_start = t_start
+        self._window_steps = actor.env_steps
+        self._window_hist: list[int] = []
+        self._window_publish_s: list[float] = []
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            self._drain(timeout=0.2)
+
+    def finish(self) -> None:
+        self._done.set()
+        self.join(timeout=5)
+        self._drain(timeout=0.5)  # the final checkpoint message
+
+    def _drain(self, timeout: float) -> None:
+        try:
+            msg = self.messages.get(timeout=timeout)
+        except queue.Empty:
+            return
+        while True:
+            self.handle(msg)
+            try:
+                msg = self.messages.get_nowait()
+            except queue.Empty:
+                return
+
+    def handle(self, msg: object) -> None:
+        """Take one message of the learn lane into account."""
+        match msg:
+            case LaneBusy(lane, start, end, items):
+                self.timeline.add(lane, start, end, items)
+                if lane == "distribute":
+                    self._window_publish_s.append(end - start)
+            case UpdateStats():
+                self._row(msg)
+            case Checkpointed(path, _version):
+                self.checkpoint = path
+            case LearnerFailed(tb):
+                self.failure = f"learner failed:\n{tb}"
+
+    def _pools(self, learner_weights: int, learner_peak: int | None) -> dict[str, float]:
+        """The job's weight and activation pools on its GPU: the actor's part measured here, the
+        learner's from its update."""
+        actor = self.actor
+        staging = actor.plane.staging[actor.cfg.replica]
+        weights = tensor_bytes([*actor.policy.parameters(), *actor.policy.buffers(), staging])
+        return job_pools(weights, peak_allocated(actor.placement.device), learner_weights, learner_peak)
+
+    def _row(self, stats: UpdateStats) -> None:
+        """The metrics after an update: rates, busy shares and the staleness histogram over the
+        updates since the last row given out (``train.log_every`` of them), the rest as of now."""
+        now = time.monotonic()
+        actor, timeline, since = self.actor, self.timeline, self._window_start
+        hist = self._window_hist
+        for k, n in enumerate(stats.staleness_hist):
+            hist[len(hist):] = [0] * (k + 1 - len(hist))
+            hist[k] += n
+        values = {
+            m.VERSION: float(stats.version),
+            m.ENV_STEPS: float(actor.env_steps),
+            m.TIME_S: now - self.t_start,
+            m.ENV_STEPS_PER_S: (actor.env_steps - self._window_steps) / max(now - since, 1e-9),
+            m.DROPPED_EPISODES: float(actor.dropped_episodes),
+            m.REPLACED_WORKERS: float(self.pool.replaced_workers),
+            m.WEIGHT_WAIT_S: actor.weight_wait_s,
+            m.QUEUE_DEPTH: float(sum(q.depth() for q in actor.queues)),
+            m.ACTING_VERSION: float(actor.version),
+            **actor.episodes.summary(),
+            **_update_metrics(stats),
+        }
+        if stats.learner_weight_bytes is not None:
+            values.update(self._pools(stats.learner_weight_bytes, stats.learner_peak_bytes))
+        lanes = timeline.summary(since, now, parallel={"sample": len(self.pool.workers)})
+        for lane, s in lanes.items():
+            values[m.LANE_BUSY[lane]] = s["busy"]
+            values[m.LANE_ITEMS_PER_S[lane]] = s["items_per_s"]
+        if actor.placement.on_gpu:  # the GPU is busy while any lane that uses it is
+            gpu = [iv for lane in GPU_LANES for iv in timeline.intervals(lane, since)]
+            values[m.GPU_BUSY] = covered_seconds(gpu, since, now) / max(now - since, 1e-9)
+        # by arrival, not by time: a version is published after its update's row is made, so a time
+        # window ending at that row would miss it
+        if self._window_publish_s:
+            values[m.PUBLISH_MS] = 1e3 * float(np.mean(self._window_publish_s))
+        self.last = values
+        if stats.version % self.log_every == 0:
+            self.on_progress(Progress(values, hist))
+            self._window_start, self._window_steps, self._window_hist = now, actor.env_steps, []
+            self._window_publish_s = []
+
+
+def _update_metrics(stats: UpdateStats) -> dict[str, float]:
+    """The row's part that the learner measured."""
+    values = {
+        **stats.losses,
+        m.SAMPLES: float(stats.samples),
+        m.TRAINED_ENV_STEPS: float(stats.trained_env_steps),
+        m.STALENESS_MEAN: stats.staleness_mean,
+        m.STALENESS_MAX: stats.staleness_max,
+    }
+    if stats.explained_variance is not None:
+        values[m.EXPLAINED_VARIANCE] = stats.explained_variance
+    if stats.learn_s is not None:
+        values[m.LEARN_S] = stats.learn_s
+    return values
