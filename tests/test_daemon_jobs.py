@@ -223,3 +223,7 @@ def test_a_two_gpu_job_is_placed_on_an_nvlinked_pair_not_the_lowest_indices(dvla
     job = submit(d, {**REACH, "resources": {"gpus": 2}})
     placed = d.wait_state(job["id"], {"running", "failed", "succeeded"}, timeout=20)
     assert placed["gpu_ids"] == [0, 2]
+    # the job gets the record it was placed with, to plan its layout as the daemon did (docs/planes.md)
+    handed = d.state_dir / "jobs" / str(job["id"]) / "topology.json"
+    assert json.loads(handed.read_text()) == json.loads(topology.read_text())
+    assert "job layout" in d.stderr.read_text()  # the daemon logged the plan it starts the job with

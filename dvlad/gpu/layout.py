@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,9 @@ from dvlad.gpu.links import pair_scores
 from dvlad.gpu.replication import Copy, ReplicationPlan, link_between, link_key, plan_replication
 
 Layout = Literal["decoupled", "colocated"]
+TOPOLOGY_ENV = "DVLA_TOPOLOGY"
+"""The variable naming the topology record dvlad hands a job on several GPUs (the record it placed the
+job with), so that the job plans the layout the daemon planned."""
 
 
 @dataclass(frozen=True)
@@ -123,3 +127,15 @@ def plan_layout(devices: Sequence[int], topology: dict[str, Any] | None, *, layo
     plan = plan_replication(topology, source, actor_devices, fanout)
     return JobLayout(kind, learner_devices, actor_devices, plan,
                      predicted_steps_per_s(kind, count, len(actor_devices), costs, cores))
+
+
+def cpus_near(topology: dict[str, Any] | None, gpu: int) -> tuple[int, ...]:
+    """The cores NVML names as near ``gpu`` (its CPU affinity: the socket it hangs off) that this
+    process may use; empty where NVML gave none (then the workers run anywhere)."""
+    device = next((d for d in (topology or {}).get("devices", []) if d.get("index") == gpu), {})
+    words = device.get("cpu_affinity_words")
+    if not isinstance(words, list):
+        return ()
+    near = {64 * i + bit for i, word in enumerate(words) if isinstance(word, int)
+            for bit in range(64) if word >> bit & 1}
+    return tuple(sorted(near & os.sched_getaffinity(0)))

@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from dvla.spec import JobSpec
+from dvlad.gpu.layout import TOPOLOGY_ENV
 
 
 @dataclass(frozen=True)
@@ -63,11 +68,56 @@ LEARNER_PRIORITY = 0
 """The learner's stream priority: the default, the lowest."""
 
 
-def placement_for(spec: JobSpec) -> Placement:
+def placement_for(spec: JobSpec, device: torch.device | None = None) -> Placement:
     """The job's placement from ``resources.device`` (``auto``: the GPU when torch sees one),
-    ``resources.precision`` and ``pipeline.learner``."""
+    ``resources.precision`` and ``pipeline.learner``; on ``device`` (one of the job's devices,
+    :func:`job_devices`) instead of the current one when given."""
     placement = _device_placement(spec)
+    if device is not None:
+        placement = dataclasses.replace(placement, device=device)
     return dataclasses.replace(placement, learner_thread=spec.pipeline.learner == "thread")
+
+
+@dataclass(frozen=True)
+class JobDevices:
+    """The devices a job's layout is planned over (``[placement]``, docs/planes.md)."""
+
+    devices: tuple[torch.device, ...]
+    """The torch device of each, in order."""
+    ids: tuple[int, ...]
+    """The topology's number of each: the node's GPU index (NVML's, as ``CUDA_VISIBLE_DEVICES`` named
+    it), or the CPU device's number."""
+    topology: dict[str, Any] | None
+    """The node's topology record (None: CPU devices, or one GPU)."""
+
+    def device_of(self, device_id: int) -> torch.device:
+        return self.devices[self.ids.index(device_id)]
+
+
+def job_devices(spec: JobSpec, placement: Placement) -> JobDevices:
+    """``placement.cpu_devices`` CPU devices; or the job's ``resources.gpus`` GPUs (at least the one
+    it runs on), their node indices from ``CUDA_VISIBLE_DEVICES`` and the topology from the daemon's
+    record (``$DVLA_TOPOLOGY``) or NVML; or the one CPU."""
+    count = spec.placement.cpu_devices
+    if count:
+        return JobDevices(tuple(torch.device("cpu") for _ in range(count)), tuple(range(count)), None)
+    if not placement.on_gpu:
+        return JobDevices((placement.device,), (0,), None)
+    count = max(spec.resources.gpus, 1)
+    if count > torch.cuda.device_count():
+        raise ValueError(f"resources.gpus = {count}, but torch sees {torch.cuda.device_count()} GPU(s)")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+    ids = tuple(int(v) for v in visible[:count]) if all(v.strip().isdigit() for v in visible[:count]) \
+        and len(visible) >= count else tuple(range(count))
+    topology = None
+    if count > 1:
+        if os.environ.get(TOPOLOGY_ENV):
+            topology = json.loads(Path(os.environ[TOPOLOGY_ENV]).read_text())
+        else:
+            from dvlad.gpu.inventory import discover  # NVML, only for a job that needs its links
+
+            topology = discover().topology
+    return JobDevices(tuple(torch.device("cuda", i) for i in range(count)), ids, topology)
 
 
 def _device_placement(spec: JobSpec) -> Placement:

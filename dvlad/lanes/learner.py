@@ -17,6 +17,7 @@ import queue
 import signal
 import time
 import traceback
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +29,18 @@ from dvla.checkpoint import CHECKPOINT_NAME
 from dvla.spec import JobSpec
 from dvlad.lanes.device import CPU, LEARNER_PRIORITY, Placement
 from dvlad.lanes.distribute import Distributor
-from dvlad.lanes.messages import Checkpointed, LaneBusy, LearnerFailed, LearnerReady, UpdateStats
+from dvlad.lanes.messages import (
+    Checkpointed,
+    LaneBusy,
+    LearnerFailed,
+    LearnerReady,
+    UpdateStats,
+    VersionPublished,
+)
+from dvlad.lanes.ranks import LearnerRanks
 from dvlad.lanes.trajectory import TrajectoryQueue, TrajectoryQueueHandle
 from dvlad.lanes.vram import peak_allocated, tensor_bytes
-from dvlad.lanes.weights import Published, WeightPlane, WeightPlaneHandle
+from dvlad.lanes.weights import Published, Route, WeightPlane, WeightPlaneHandle
 from dvlad.policies import build_policy
 from dvlad.policies.base import ObsBatch
 from dvlad.policies.checkpoint import load_weights, optimizer_state, save_training_checkpoint
@@ -50,7 +59,18 @@ class LearnerConfig:
     placement: Placement = CPU
     """The job's placement, as the pipeline checked it before starting the lane."""
     rollout_segments: int = 1
-    """Segments of one rollout, one per env group: what one update consumes."""
+    """Segments of one rollout this rank trains on (one per env group of the replicas it serves)."""
+    rank: int = 0
+    world: int = 1
+    """Data-parallel learner ranks of the job (:mod:`dvlad.lanes.ranks`); rank 0 reports and checkpoints."""
+    rendezvous: str = ""
+    """Where the ranks meet (``tcp://HOST:PORT``), when there are several."""
+    backend: str = "gloo"
+    """torch.distributed's backend between the ranks: NCCL between distinct GPUs, Gloo otherwise
+    (CPU devices, or ranks sharing a GPU, which NCCL refuses)."""
+    routes: tuple[Route, ...] | None = None
+    """The copies this rank makes of each version (its part of the replication plan); None: straight
+    to every replica; empty: none (another rank publishes)."""
 
 
 Batch = dict[str, torch.Tensor]
@@ -102,6 +122,11 @@ class Learner:
             load_weights(self.flat, Path(cfg.spec.policy.checkpoint))
         if cfg.spec.train.resume and self.checkpoint_path.exists():
             self.restore(self.checkpoint_path)
+        self.ranks: LearnerRanks | None = None
+        if cfg.world > 1:
+            self.ranks = LearnerRanks(cfg.rank, cfg.world, cfg.rendezvous, self.device, cfg.backend)
+            self.ranks.bind(self.policy.published_parameters(), self.flat)
+            self.ranks.broadcast_(self.flat)  # one start for all, however each was built
 
     # -- updates --------------------------------------------------------------------------
     def update(self, segments: list[dict[str, np.ndarray]]) -> UpdateStats:
@@ -125,7 +150,8 @@ class Learner:
         b_advantages, b_values = _flat(advantages), _flat(rollout.values)
         b_returns = b_advantages + b_values
 
-        # optimise the policy (and value) network: update_epochs passes of shuffled minibatches
+        # optimise the policy (and value) network: update_epochs passes of shuffled minibatches, exactly
+        # args.minibatches of them a pass (data-parallel ranks must take the same number of steps)
         minibatch_size = max(1, len(b_inds) // args.minibatches)
         b_proximal = (self._proximal_logprob(b_inds, b_obs, b_actions, b_logprobs, minibatch_size)
                       if args.proximal_clip else None)
@@ -133,38 +159,54 @@ class Learner:
         minibatches = 0
         for _epoch in range(args.update_epochs):
             b_perm = b_inds[torch.randperm(len(b_inds), device=b_inds.device)]
-            for start in range(0, len(b_perm), minibatch_size):
-                mb_inds = b_perm[start:start + minibatch_size]
-                with self.placement.autocast():
-                    new = self.policy.evaluate(_obs_batch(b_obs, mb_inds), b_actions[mb_inds])
-                loss, stats = self.algorithm.loss(Minibatch(
-                    newlogprob=new.logprob, logprobs=b_logprobs[mb_inds], entropy=new.entropy,
-                    newvalue=new.value, values=b_values[mb_inds], advantages=b_advantages[mb_inds],
-                    returns=b_returns[mb_inds],
-                    proximal_logprob=None if b_proximal is None else b_proximal[mb_inds]), args)
-                if args.aux_coef and new.aux is not None and b_aux is not None:
-                    aux_loss = self.policy.aux_loss(new.aux, b_aux[mb_inds])
-                    loss = loss + args.aux_coef * aux_loss
-                    stats[m.AUX_LOSS] = float(aux_loss.detach())
-
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                stats[m.GRAD_NORM] = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(),
-                                                                           args.max_grad_norm))
+            for mb_inds in torch.tensor_split(b_perm, args.minibatches):
+                stats: dict[str, float] = {}
+                if len(mb_inds):
+                    with self.placement.autocast():
+                        new = self.policy.evaluate(_obs_batch(b_obs, mb_inds), b_actions[mb_inds])
+                    loss, stats = self.algorithm.loss(Minibatch(
+                        newlogprob=new.logprob, logprobs=b_logprobs[mb_inds], entropy=new.entropy,
+                        newvalue=new.value, values=b_values[mb_inds], advantages=b_advantages[mb_inds],
+                        returns=b_returns[mb_inds],
+                        proximal_logprob=None if b_proximal is None else b_proximal[mb_inds]), args)
+                    if args.aux_coef and new.aux is not None and b_aux is not None:
+                        aux_loss = self.policy.aux_loss(new.aux, b_aux[mb_inds])
+                        loss = loss + args.aux_coef * aux_loss
+                        stats[m.AUX_LOSS] = float(aux_loss.detach())
+                    self.optimizer.zero_grad(set_to_none=self.ranks is None)  # ranks: grads are views
+                    loss.backward()
+                elif self.ranks is None:
+                    continue
+                else:
+                    self.optimizer.zero_grad(set_to_none=False)  # joins the all-reduce with nothing
+                if self.ranks is not None and not self.ranks.average_gradients(len(mb_inds)):
+                    continue  # no rank had a sample
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), args.max_grad_norm))
                 self.optimizer.step()
-                for k, v in stats.items():
-                    totals[k] = totals.get(k, 0.0) + v
-                minibatches += 1
+                if stats:
+                    stats[m.GRAD_NORM] = grad_norm
+                    for k, v in stats.items():
+                        totals[k] = totals.get(k, 0.0) + v
+                    minibatches += 1
 
         explained_var = explained_variance(b_values[b_inds], b_returns[b_inds]) if self.algorithm.critic else None
+        samples, env_steps = len(b_inds), int(b["env_steps"][rollout.valid].sum())
+        width = self.cfg.spec.pipeline.max_staleness + 2 if self.ranks else 1  # ranks: one length for all
+        hist = np.bincount(staleness.numpy().clip(0, width - 1 if self.ranks else None), minlength=width)
+        if self.ranks is not None:  # the job's figures: every rank's samples
+            summed = self.ranks.all_sum([samples, env_steps, *hist])
+            samples, env_steps, hist = int(summed[0]), int(summed[1]), np.array(summed[2:], dtype=np.int64)
+            hist = hist[:max(1, int(np.flatnonzero(hist).max(initial=0)) + 1)]
         self.version += 1
-        self.trained_env_steps += int(b["env_steps"][rollout.valid].sum())
+        self.trained_env_steps += env_steps
+        staleness_of = np.arange(len(hist))
         return UpdateStats(
-            version=self.version, samples=len(b_inds), trained_env_steps=self.trained_env_steps,
-            staleness_mean=float(staleness.float().mean()) if len(staleness) else 0.0,
-            staleness_max=float(staleness.max()) if len(staleness) else 0.0,
-            staleness_hist=tuple(np.bincount(staleness.numpy().clip(0), minlength=1).tolist()),
-            losses={k: v / minibatches for k, v in totals.items()}, explained_variance=explained_var)
+            version=self.version, samples=samples, trained_env_steps=self.trained_env_steps,
+            staleness_mean=float((hist * staleness_of).sum() / hist.sum()) if hist.sum() else 0.0,
+            staleness_max=float(staleness_of[hist > 0].max()) if hist.sum() else 0.0,
+            staleness_hist=tuple(int(n) for n in hist),
+            losses={k: v / minibatches for k, v in totals.items()} if minibatches else {},
+            explained_variance=explained_var)
 
     def _next_value(self, b: Batch) -> torch.Tensor:
         """V of the state after each segment's last step, [S, E] (GAE's bootstrap)."""
@@ -222,56 +264,83 @@ def learner_main(cfg: LearnerConfig, queue_handle: TrajectoryQueueHandle, plane_
 
 def _learn(cfg: LearnerConfig, queue_handle: TrajectoryQueueHandle, plane_handle: WeightPlaneHandle,
            messages, stop) -> None:
-    traj = plane = distributor = None
+    traj = plane = distributor = learner = None
     try:
         learner = Learner(cfg)
         traj, plane = TrajectoryQueue.attach(queue_handle), WeightPlane.attach(plane_handle)
+        lead = cfg.rank == 0  # reports the job's updates and writes its checkpoints
 
         def published(version: int, t0: float, published: Published) -> None:
             messages.put(LaneBusy("distribute", t0, t0 + published.seconds, 1))
+            messages.put(VersionPublished(version, published.seconds,
+                                          tuple(sorted(published.replica_seconds.items()))))
 
-        distributor = Distributor(plane, cfg.placement.device, on_published=published)
-        distributor.publish(learner.flat, learner.version)
-        messages.put(LearnerReady(learner.version, learner.trained_env_steps, os.getpid()))
+        if cfg.routes is None or cfg.routes:
+            distributor = Distributor(plane, cfg.placement.device, cfg.routes, on_published=published)
+            distributor.publish(learner.flat, learner.version)
+        messages.put(LearnerReady(learner.version, learner.trained_env_steps, os.getpid(), cfg.rank))
+        rollouts = _Rollouts(traj, cfg.rollout_segments)
         every = cfg.spec.train.checkpoint_every
-        while not stop.is_set():
-            slots = _take(traj, cfg.rollout_segments, stop)
+        while True:
+            slots = rollouts.take(learner.version, stop)
+            if learner.ranks is not None and learner.ranks.all_sum([slots is not None])[0] < cfg.world:
+                break  # some rank was asked to stop: all stop together, before the next all-reduce
             if slots is None:
                 break
             t0 = time.monotonic()
             batch = _batch_from_segments([traj.view(s) for s in slots])  # the one copy out of shm
             for s in slots:  # free the slots at once: the actor may refill them while we train
                 traj.release(s)
-            distributor.flush()  # the last version has left the weights: the update may write them
+            if distributor is not None:
+                distributor.flush()  # the last version has left the weights: the update may write them
             stats = learner.train(batch)
+            if learner.ranks is not None:
+                learner.ranks.check_identical(learner.flat, learner.version)
             t1 = time.monotonic()
-            distributor.publish(learner.flat, learner.version)
-            stats = dataclasses.replace(stats, learn_s=t1 - t0)
-            if cfg.placement.on_gpu:
-                stats = learner.with_gpu_memory(stats)
+            if distributor is not None:
+                distributor.publish(learner.flat, learner.version)
             messages.put(LaneBusy("learn", t0, t1, stats.samples))
-            messages.put(stats)
-            if every and learner.version % every == 0:
-                messages.put(Checkpointed(str(learner.save()), learner.version))
-        messages.put(Checkpointed(str(learner.save()), learner.version))
-        distributor.close()
+            if lead:
+                stats = dataclasses.replace(stats, learn_s=t1 - t0)
+                if cfg.placement.on_gpu:
+                    stats = learner.with_gpu_memory(stats)
+                messages.put(stats)
+                if every and learner.version % every == 0:
+                    messages.put(Checkpointed(str(learner.save()), learner.version))
+        if lead:
+            messages.put(Checkpointed(str(learner.save()), learner.version))
+        if distributor is not None:
+            distributor.close()
     except BaseException:
-        messages.put(LearnerFailed(traceback.format_exc()))
+        messages.put(LearnerFailed(traceback.format_exc(), cfg.rank))
     finally:
+        if learner is not None and learner.ranks is not None:
+            learner.ranks.close()
         for part in (traj, plane):
             if part is not None:
                 part.close()
 
 
-def _take(traj: TrajectoryQueue, count: int, stop) -> list[int] | None:
-    """The next ``count`` segments (one rollout), or None once asked to stop."""
-    slots: list[int] = []
-    while len(slots) < count:
-        try:
-            slots.append(traj.take(timeout=0.2))
-        except queue.Empty:
-            if stop.is_set():
-                for s in slots:
-                    traj.release(s)
-                return None
-    return slots
+class _Rollouts:
+    """A learner rank's side of its trajectory queue, one rollout at a time.
+
+    Update ``r`` trains on rollout ``r``: its segments from every replica this rank serves. Replicas
+    run at their own pace, so a segment of a later rollout may come first; it waits in hand (its
+    slot held) until its update. The staleness gate bounds how far ahead a replica runs, and the
+    queue has room for that many rollouts (``pipeline.py``)."""
+
+    def __init__(self, traj: TrajectoryQueue, count: int) -> None:
+        self.traj, self.count = traj, count
+        self.held: dict[int, list[int]] = defaultdict(list)
+
+    def take(self, rollout: int, stop) -> list[int] | None:
+        """The slots of rollout ``rollout``'s segments, or None once asked to stop."""
+        while len(self.held[rollout]) < self.count:
+            try:
+                slot = self.traj.take(timeout=0.2)
+            except queue.Empty:
+                if stop.is_set():
+                    return None
+                continue
+            self.held[int(self.traj.arrays["rollout"][slot])].append(slot)
+        return self.held.pop(rollout)

@@ -76,6 +76,8 @@ class LearnerReady:
     trained_env_steps: int
     """Counters to resume from (0 for a fresh job)."""
     pid: int
+    rank: int = 0
+    """Which learner rank (a job with several waits for every one)."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,17 @@ class LearnerFailed:
     """The lane died; ``traceback`` says where and why."""
 
     traceback: str
+    rank: int = 0
+
+
+@dataclass(frozen=True)
+class VersionPublished:
+    """A version reached every replica after ``seconds``; ``replica_seconds`` says when each one had it
+    ((replica, seconds) pairs)."""
+
+    version: int
+    seconds: float
+    replica_seconds: tuple[tuple[int, float], ...]
 
 
 # -- actor replicas in processes of their own -> the job's main process ----------------------

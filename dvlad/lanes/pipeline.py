@@ -1,64 +1,78 @@
-"""A job's four lanes, wired together and run until the job's budget is spent.
+"""A job's lanes on its devices, wired together and run until the job's budget is spent.
 
-Processes: env workers (sample lane), this process's main thread (infer lane), the learn
-lane with its distribute thread (a process of its own, or with ``pipeline.learner =
-"thread"`` a thread of this process, so that inference can take priority on the GPU:
-``Placement.lane_stream``). Between them: env slots and the
-trajectory queue (data plane, host shared memory) and the weight plane (versions; staging
-in host shared memory, or on the GPU beside the actor when the job runs there). Everything
-else is small messages. On a GPU the actor and the learner share the device: inference in
-bf16, learning under bf16 autocast on fp32 master weights (see ``device.py``).
+The job's devices (its GPUs, or ``placement.cpu_devices`` CPU devices, or the one CPU) split by the
+layout (:mod:`dvlad.gpu.layout`, docs/planes.md) into learner ranks and actor replicas:
 
-``mode = "sync"`` builds exactly the same parts and only changes two knobs: one env
-group in flight at a time and ``max_staleness = 0``, so the lanes run strictly in turn.
+- **replicas** (infer lane): replica 0 is this process's main thread; the others are processes of
+  their own (:mod:`dvlad.lanes.replica`). Each drives its own env workers (sample lane) through
+  shared-memory slots and fills segments into the trajectory queue of the learner rank each of its
+  env groups feeds;
+- **learner ranks** (learn lane): rank 0 is a process of its own (or with ``pipeline.learner =
+  "thread"`` on a one-device job a thread of this process, so that inference can take priority on
+  the GPU: ``Placement.lane_stream``); the others are processes joined by torch.distributed;
+- **distribute lane**: a thread beside the learner rank that owns a part of the replication plan,
+  copying each version into the replicas' staging buffers (the weight plane).
+
+Everything else is small messages (:mod:`dvlad.lanes.messages`) to this process's reporter. On a
+GPU an actor and a learner on one device share it: inference in bf16, learning under bf16 autocast
+on fp32 master weights (see ``device.py``).
+
+``mode = "sync"`` builds exactly the same parts and only changes two knobs: one env group in flight
+at a time and ``max_staleness = 0``, so the lanes run strictly in turn.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
+import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from dvla import metric_names as m
 from dvla.spec import JobSpec
-from dvlad.lanes.actor import Actor, ActorConfig
-from dvlad.lanes.device import ACTOR_PRIORITY, placement_for
+from dvlad.gpu.layout import JobLayout, cpus_near, plan_layout
+from dvlad.lanes.actor import Actor
+from dvlad.lanes.device import ACTOR_PRIORITY, JobDevices, job_devices, placement_for
 from dvlad.lanes.env_workers import EnvWorkerPool
 from dvlad.lanes.learner import LearnerConfig, learner_main
 from dvlad.lanes.messages import LearnerFailed, LearnerReady
+from dvlad.lanes.replica import ReplicaSetup, check_segments, knobs, make_actor, open_pool, replica_main
 from dvlad.lanes.reporter import Progress, Reporter
 from dvlad.lanes.timeline import LaneTimeline
 from dvlad.lanes.trajectory import SegmentShape, TrajectoryQueue
-from dvlad.lanes.weights import WeightPlane
+from dvlad.lanes.weights import Route, WeightPlane
 from dvlad.policies import build_policy
-from dvlad.rl import ALGORITHMS
+
+Lane = threading.Thread | mp.process.BaseProcess
 
 
 class JobFailed(RuntimeError):
     """A lane died; the message says which and why."""
 
 
-def effective_knobs(spec: JobSpec) -> tuple[bool, int]:
-    """(pipelined, max_staleness) for the job's mode: sync is async with both turned off."""
-    if spec.job.mode == "sync":
-        return False, 0
-    return True, spec.pipeline.max_staleness
-
-
 class Pipeline:
-    def __init__(self, spec: JobSpec, output_dir: Path,
-                 on_progress: Callable[[Progress], None] | None = None) -> None:
+    def __init__(self, spec: JobSpec, output_dir: Path, on_progress: Callable[[Progress], None] | None = None,
+                 on_log: Callable[[str], None] | None = None) -> None:
         self.spec, self.output_dir = spec, output_dir
         self.on_progress = on_progress or (lambda p: None)
+        self.on_log = on_log or (lambda line: None)
         self.timeline = LaneTimeline()
+        self.layout: JobLayout | None = None
         self.pool: EnvWorkerPool | None = None
+        """Replica 0's env workers."""
         self.actor: Actor | None = None
+        """Replica 0, the actor in this process."""
         self.checkpoint: str | None = None
         """The latest complete checkpoint, once the job has run."""
+        self.lanes: dict[str, Lane] = {}
+        """The learner ranks and the replicas in processes of their own, by the name failures use."""
         self.timeline_origin = 0.0
         """``time.monotonic()`` at which the rows' ``time_s`` starts (to align them with the timeline)."""
         self._stop_requested = threading.Event()
@@ -71,109 +85,172 @@ class Pipeline:
     def stop_requested(self) -> bool:
         return self._stop_requested.is_set()
 
+    def plan(self) -> tuple[JobDevices, JobLayout]:
+        """The job's devices and its layout over them (what ``scripts/plan_job.py`` prints)."""
+        spec = self.spec
+        devices = job_devices(spec, placement_for(spec))
+        layout = plan_layout(devices.ids, devices.topology, layout=spec.placement.layout,
+                             learners=spec.placement.learner_gpus, workers=spec.env.workers, groups=spec.env.groups,
+                             cores=len(os.sched_getaffinity(0)), fanout=spec.placement.replication_fanout)
+        return devices, layout
+
     def run(self) -> dict[str, float]:
         spec, ctx = self.spec, mp.get_context("spawn")
-        placement = placement_for(spec)
-        pipelined, max_staleness = effective_knobs(spec)
         torch.set_num_threads(spec.resources.torch_threads)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        episodic = ALGORITHMS[spec.algo.name].episodic
-        pool = EnvWorkerPool(spec.env.name, self._env_args(), num_envs=spec.env.num_envs,
-                             groups=spec.env.groups, workers=spec.env.workers,
-                             action_chunk=spec.policy.action_chunk, auto_reset=not episodic,
-                             seed=spec.job.seed, step_timeout_s=spec.env.step_timeout_s,
-                             envs_per_index=spec.algo.group_size if episodic else 1)
-        self.pool = pool
+        devices, layout = self.plan()
+        self.layout = layout
+        ranks, replicas = len(layout.learner_devices), len(layout.actor_devices)
+        if spec.pipeline.learner == "thread" and (ranks > 1 or replicas > 1):
+            raise ValueError('pipeline.learner = "thread" runs the learner beside a one-device job\'s actor; '
+                             f"this job has {ranks} learner rank(s) and {replicas} actor replica(s)")
+        if ranks > 1 or replicas > 1:
+            self.on_log(f"layout: {layout.layout}, learner ranks on {list(layout.learner_devices)}, actor replicas "
+                        f"on {list(layout.actor_devices)}; {layout.replication.describe()}")
+        setups = _replica_setups(spec, devices, layout)
+        pool = self.pool = open_pool(spec, setups[0])
         parts: list = [pool]
-        learner = None
+        lanes = self.lanes = {}
+        stop = ctx.Event()
         try:
-            if episodic and spec.pipeline.segment_steps < pool.spec.max_episode_steps:
-                raise ValueError(f"GRPO needs whole episodes: pipeline.segment_steps={spec.pipeline.segment_steps}"
-                                 f" < the env's episode limit {pool.spec.max_episode_steps}")
+            check_segments(spec, pool.spec)
+            placement = setups[0].placement
             policy, flat = build_policy(spec, pool.spec, placement.device, placement.actor_dtype)
-            capacity = spec.pipeline.queue_segments or spec.env.groups * (max_staleness + 1)
             shape = SegmentShape(spec.pipeline.segment_steps, pool.envs_per_group, spec.policy.action_chunk,
                                  policy.max_instruction_tokens)
-            traj = TrajectoryQueue.create(ctx, pool.spec, shape, capacity)
-            plane = WeightPlane.create(ctx, flat.numel(), [placement.device], dtype=placement.actor_dtype)
-            parts += [traj, plane]
-            messages, stop = ctx.Queue(), ctx.Event()
-            cfg = LearnerConfig(spec, pool.spec, str(self.output_dir), placement, rollout_segments=pool.groups)
-            lane = threading.Thread if placement.learner_thread else ctx.Process
-            learner = lane(target=learner_main, args=(cfg, traj.handle, plane.handle, messages, stop),
-                           name="dvla-learner", daemon=True)
-            learner.start()
-            ready, early = self._await_ready(messages, learner)
-            actor = Actor(pool, policy, flat, plane, [traj] * pool.groups,
-                          ActorConfig(spec.pipeline.segment_steps, max_staleness, pipelined, episodic=episodic,
-                                      group_size=spec.algo.group_size, seed=spec.job.seed,
-                                      compile=spec.pipeline.compile_actor),
-                          self.timeline, start_rollout=ready.version, placement=placement)
+            _, max_staleness = knobs(spec)
+            feeds = Counter(q for s in setups for q in s.queue_of_group)  # segments per rollout, per rank
+            queues = [TrajectoryQueue.create(ctx, pool.spec, shape,
+                                             spec.pipeline.queue_segments or feeds[k] * (max_staleness + 1))
+                      for k in range(ranks)]
+            plane = WeightPlane.create(ctx, flat.numel(), [s.placement.device for s in setups],
+                                       dtype=placement.actor_dtype)
+            parts += [*queues, plane]
+            messages = ctx.Queue()
+            rendezvous = f"tcp://127.0.0.1:{_free_port()}" if ranks > 1 else ""
+            learner_devices = [devices.device_of(d) for d in layout.learner_devices]
+            backend = "nccl" if all(d.type == "cuda" for d in learner_devices) and \
+                len(set(learner_devices)) == ranks else "gloo"
+            for rank, device_id in enumerate(layout.learner_devices):
+                cfg = LearnerConfig(spec, pool.spec, str(self.output_dir),
+                                    placement_for(spec, devices.device_of(device_id)), rollout_segments=feeds[rank],
+                                    rank=rank, world=ranks, rendezvous=rendezvous, backend=backend,
+                                    routes=_routes(layout, rank) if ranks > 1 or replicas > 1 else None)
+                lane = threading.Thread if cfg.placement.learner_thread else ctx.Process
+                lanes[_learner_name(rank, ranks)] = lane(
+                    target=learner_main, args=(cfg, queues[rank].handle, plane.handle, messages, stop),
+                    name=f"dvla-learner-{rank}", daemon=True)
+                lanes[_learner_name(rank, ranks)].start()
+            ready, early = self._await_ready(messages, lanes, ranks)
+            for setup in setups[1:]:
+                lanes[f"actor replica {setup.replica}"] = ctx.Process(  # not a daemon: it starts env workers
+                    target=replica_main, name=f"dvla-replica-{setup.replica}",
+                    args=(spec, setup, [q.handle for q in queues], plane.handle, ready.version, messages, stop))
+                lanes[f"actor replica {setup.replica}"].start()
+            actor = self.actor = make_actor(spec, setups[0], pool, queues, plane, self.timeline, ready.version,
+                                            built=(policy, flat))
             actor.env_steps = ready.trained_env_steps
-            self.actor = actor
-            return self._run_actor(actor, pool, learner, messages, stop, early)
+            return self._run_actor(actor, lanes, stop, lambda t_start: Reporter(
+                self.timeline, actor, pool, messages, t_start, spec.train.log_every, self.on_progress,
+                queues=queues, replicas=replicas, workers=spec.env.workers, learner_ranks=ranks), early)
         finally:
-            if learner is not None and learner.is_alive():
-                learner.join(timeout=30)
-                if learner.is_alive() and isinstance(learner, mp.process.BaseProcess):
-                    learner.kill()  # a thread cannot be killed: it stops at the stop event
+            stop.set()
+            for lane in lanes.values():
+                lane.join(timeout=30)
+                if lane.is_alive() and isinstance(lane, mp.process.BaseProcess):
+                    lane.kill()  # a thread cannot be killed: it stops at the stop event
             for part in reversed(parts):
                 part.close()
 
-    def _env_args(self) -> dict:
-        args = dict(self.spec.env.args)
-        if self.spec.env.max_episode_steps:
-            args["max_episode_steps"] = self.spec.env.max_episode_steps
-        return args
-
     @staticmethod
-    def _await_ready(messages, learner) -> tuple[LearnerReady, list[object]]:
-        """The learner's :class:`LearnerReady`, and the messages it sent before it (its first
-        publication), which the reporter handles first."""
+    def _await_ready(messages, lanes: dict[str, Lane], ranks: int) -> tuple[LearnerReady, list[object]]:
+        """Rank 0's :class:`LearnerReady` once every rank is ready, and the messages sent before (the
+        first publication), which the reporter handles first."""
         early: list[object] = []
-        while True:
+        ready: dict[int, LearnerReady] = {}
+        while len(ready) < ranks:
             try:
                 msg = messages.get(timeout=1.0)
             except queue.Empty:
-                if not learner.is_alive():
-                    raise JobFailed(f"{_exited(learner)} before it was ready") from None
+                for name, lane in lanes.items():
+                    if not lane.is_alive():
+                        raise JobFailed(f"{_exited(name, lane)} before it was ready") from None
                 continue
             if isinstance(msg, LearnerFailed):
-                raise JobFailed(f"learner failed to start:\n{msg.traceback}")
+                raise JobFailed(f"learner{f' rank {msg.rank}' if ranks > 1 else ''} failed to start:\n{msg.traceback}")
             if isinstance(msg, LearnerReady):
-                return msg, early
-            early.append(msg)
+                ready[msg.rank] = msg
+            else:
+                early.append(msg)
+        return ready[0], early
 
-    def _run_actor(self, actor: Actor, pool: EnvWorkerPool, learner, messages, stop,
+    def _run_actor(self, actor: Actor, lanes: dict[str, Lane], stop, reporter_from: Callable[[float], Reporter],
                    early: list[object]) -> dict[str, float]:
         spec = self.spec
         t_start = self.timeline_origin = time.monotonic()
         deadline = t_start + spec.train.max_minutes * 60 if spec.train.max_minutes else float("inf")
-        reporter = Reporter(self.timeline, actor, pool, messages, t_start, spec.train.log_every, self.on_progress)
+        reporter = reporter_from(t_start)
         for msg in early:
             reporter.handle(msg)
         reporter.start()
 
+        def ended() -> str | None:
+            return next((_exited(name, lane) for name, lane in lanes.items() if not lane.is_alive()), None)
+
         def should_stop() -> bool:
-            return (not learner.is_alive() or reporter.failure is not None or self._stop_requested.is_set()
-                    or actor.env_steps >= spec.train.total_env_steps or time.monotonic() >= deadline)
+            return (ended() is not None or reporter.failure is not None or self._stop_requested.is_set()
+                    or reporter.env_steps >= spec.train.total_env_steps or time.monotonic() >= deadline)
 
         try:
             with actor.placement.lane_stream(ACTOR_PRIORITY):
                 actor.run(should_stop)
         finally:
-            learner_ended = not learner.is_alive()  # before it was asked to stop
+            lane_ended = ended()  # before any was asked to stop
             stop.set()
-            learner.join(timeout=120)
+            for lane in lanes.values():
+                lane.join(timeout=120 if lane_ended is None else 10)
             reporter.finish()
             self.checkpoint = reporter.checkpoint
-        failure = reporter.failure or (_exited(learner) if learner_ended else None)
+        failure = reporter.failure or lane_ended
         if failure:
             raise JobFailed(failure)
-        return reporter.last
+        return {**reporter.last, m.ENV_STEPS: float(reporter.env_steps)}  # the last row's, and all the steps
 
 
-def _exited(learner: threading.Thread | mp.process.BaseProcess) -> str:
-    """What to say when the learn lane ended without being asked to."""
-    code = getattr(learner, "exitcode", None)
-    return "learner thread ended" if code is None else f"learner exited with code {code}"
+def _replica_setups(spec: JobSpec, devices: JobDevices, layout: JobLayout) -> list[ReplicaSetup]:
+    """Each replica's device, share of the envs and workers, and the learner rank each of its env
+    groups feeds: group ``g`` of replica ``a`` goes to rank ``(a · groups + g) mod ranks``."""
+    replicas, ranks, groups = len(layout.actor_devices), len(layout.learner_devices), spec.env.groups
+    envs, workers = spec.env.num_envs // replicas, spec.env.workers // replicas
+    return [ReplicaSetup(a, placement_for(spec, devices.device_of(device_id)), a * envs, envs, workers,
+                         tuple((a * groups + g) % ranks for g in range(groups)),
+                         cpus_near(devices.topology, device_id) if replicas > 1 else ())
+            for a, device_id in enumerate(layout.actor_devices)]
+
+
+def _routes(layout: JobLayout, rank: int) -> tuple[Route, ...]:
+    """Learner rank ``rank``'s part of the replication plan, in replica numbers: decoupled, rank 0
+    makes every copy (from its weights, then replica to replica); colocated, each rank copies its
+    weights to the replica on its own device."""
+    replica_of = {device: a for a, device in enumerate(layout.actor_devices)}
+    own = layout.learner_devices[rank]
+    copies = [c for c in layout.replication.copies
+              if (c.src == own if layout.layout == "colocated" else rank == 0)]
+    return tuple(Route(None if c.src == own else replica_of[c.src], replica_of[c.dst]) for c in copies)
+
+
+def _learner_name(rank: int, ranks: int) -> str:
+    return f"learner rank {rank}" if ranks > 1 else "learner"
+
+
+def _exited(name: str, lane: Lane) -> str:
+    """What to say when a lane ended without being asked to."""
+    code = getattr(lane, "exitcode", None)
+    return f"{name} thread ended" if code is None else f"{name} exited with code {code}"
+
+
+def _free_port() -> int:
+    """A TCP port of the loopback that nothing listens on (now): the learner ranks' rendezvous."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -32,13 +32,12 @@ class LearnerRanks:
     """This process's place among ``world`` learner ranks, joined at ``rendezvous``
     (``tcp://HOST:PORT``, the job's main process chooses it)."""
 
-    def __init__(self, rank: int, world: int, rendezvous: str, device: torch.device,
-                 backend: str | None = None) -> None:
-        self.rank, self.world, self.device = rank, world, device
-        self.backend = backend or ("nccl" if device.type == "cuda" else "gloo")
+    def __init__(self, rank: int, world: int, rendezvous: str, device: torch.device, backend: str = "gloo") -> None:
+        self.rank, self.world, self.device, self.backend = rank, world, device, backend
         dist.init_process_group(self.backend, init_method=rendezvous, rank=rank, world_size=world, timeout=TIMEOUT,
                                 **({"device_id": device} if self.backend == "nccl" else {}))
         self.grads: torch.Tensor | None = None
+        self._positions: torch.Tensor | None = None
 
     def bind(self, params: Sequence[nn.Parameter], flat: torch.Tensor) -> None:
         """Make ``params``' gradients views of one buffer shaped like ``flat`` (the flat weights they
@@ -69,6 +68,21 @@ class LearnerRanks:
                          device=self.device if self.backend == "nccl" else "cpu")
         dist.all_reduce(t)
         return t.tolist()
+
+    def check_identical(self, flat: torch.Tensor, version: int) -> None:
+        """Raise unless every rank holds the same weights: two weighted sums of ``flat`` (in float64,
+        reduced the same way on every rank) compared across the ranks, once per update."""
+        if self._positions is None or self._positions.numel() != flat.numel():
+            self._positions = torch.linspace(1.0, 2.0, flat.numel(), dtype=torch.float64, device=flat.device)
+        weights = flat.detach().double()
+        digest = torch.stack([weights.sum(), (weights * self._positions).sum()])
+        if self.backend != "nccl":
+            digest = digest.cpu()
+        digests = [torch.empty_like(digest) for _ in range(self.world)]
+        dist.all_gather(digests, digest)
+        if any(not torch.equal(d, digests[0]) for d in digests):
+            raise RuntimeError(f"learner ranks diverged at version {version}: weight digests "
+                               f"{[d.tolist() for d in digests]}")
 
     def broadcast_(self, tensor: torch.Tensor) -> None:
         """Overwrite ``tensor`` on every rank with rank 0's (the weights a resumed job starts from)."""

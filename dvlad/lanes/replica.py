@@ -25,7 +25,9 @@ from dvlad.lanes.messages import ReplicaFailed, ReplicaProgress
 from dvlad.lanes.timeline import LaneRecorder
 from dvlad.lanes.trajectory import TrajectoryQueue, TrajectoryQueueHandle
 from dvlad.lanes.weights import WeightPlane, WeightPlaneHandle
-from dvlad.policies import build_policy
+from dvlad.policies import Policy, build_policy
+from dvlad.rl import ALGORITHMS
+from dvlad.spaces import EnvSpec
 
 REPORT_EVERY_S = 0.25
 """How often a replica process tells the main process what it did."""
@@ -56,7 +58,7 @@ def knobs(spec: JobSpec) -> tuple[bool, int]:
 
 def open_pool(spec: JobSpec, setup: ReplicaSetup) -> EnvWorkerPool:
     """The replica's env workers (their build is the slow part of a job's start)."""
-    episodic = spec.algo.name == "grpo"
+    episodic = ALGORITHMS[spec.algo.name].episodic
     args = dict(spec.env.args)
     if spec.env.max_episode_steps:
         args["max_episode_steps"] = spec.env.max_episode_steps
@@ -67,18 +69,27 @@ def open_pool(spec: JobSpec, setup: ReplicaSetup) -> EnvWorkerPool:
                          cpus=setup.cpus)
 
 
+def check_segments(spec: JobSpec, env: EnvSpec) -> None:
+    """An algorithm that learns from whole episodes needs segments that hold one (the env's own
+    limit is known only once its workers have built it)."""
+    if ALGORITHMS[spec.algo.name].episodic and spec.pipeline.segment_steps < env.max_episode_steps:
+        raise ValueError(f"{spec.algo.name.upper()} needs whole episodes: pipeline.segment_steps="
+                         f"{spec.pipeline.segment_steps} < the env's episode limit {env.max_episode_steps}")
+
+
 def make_actor(spec: JobSpec, setup: ReplicaSetup, pool: EnvWorkerPool, queues: list[TrajectoryQueue],
                plane: WeightPlane, timeline: LaneRecorder, start_rollout: int,
-               episodes: EpisodeStats | None = None) -> Actor:
-    """The replica's actor: the job's policy built on its device, acting into its groups' queues."""
-    if spec.algo.name == "grpo" and spec.pipeline.segment_steps < pool.spec.max_episode_steps:
-        raise ValueError(f"GRPO needs whole episodes: pipeline.segment_steps={spec.pipeline.segment_steps}"
-                         f" < the env's episode limit {pool.spec.max_episode_steps}")
+               episodes: EpisodeStats | None = None,
+               built: tuple[Policy, torch.Tensor] | None = None) -> Actor:
+    """The replica's actor: the job's policy built on its device (or ``built`` already), acting into
+    its groups' queues."""
     placement = setup.placement
-    policy, flat = build_policy(spec, pool.spec, placement.device, placement.actor_dtype)
-    torch.manual_seed(spec.job.seed + setup.replica)  # replicas sample their actions from streams of their own
+    policy, flat = built or build_policy(spec, pool.spec, placement.device, placement.actor_dtype)
+    if setup.replica:
+        torch.manual_seed(spec.job.seed + setup.replica)  # each replica samples from a stream of its own
     pipelined, max_staleness = knobs(spec)
-    cfg = ActorConfig(spec.pipeline.segment_steps, max_staleness, pipelined, episodic=spec.algo.name == "grpo",
+    episodic = ALGORITHMS[spec.algo.name].episodic
+    cfg = ActorConfig(spec.pipeline.segment_steps, max_staleness, pipelined, episodic=episodic,
                       group_size=spec.algo.group_size, seed=spec.job.seed, compile=spec.pipeline.compile_actor,
                       replica=setup.replica)
     return Actor(pool, policy, flat, plane, [queues[q] for q in setup.queue_of_group], cfg, timeline,
@@ -115,6 +126,7 @@ def replica_main(spec: JobSpec, setup: ReplicaSetup, queue_handles: list[Traject
         queues = [TrajectoryQueue.attach(h) for h in queue_handles]
         plane = WeightPlane.attach(plane_handle)
         pool = open_pool(spec, setup)
+        check_segments(spec, pool.spec)
         outbox = _Outbox()
         actor = make_actor(spec, setup, pool, queues, plane, outbox, start_rollout,
                            EpisodeStats(keep_new=True))

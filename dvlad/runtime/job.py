@@ -57,7 +57,7 @@ def run_job(spec: JobSpec, output_dir: Path, quiet: bool = False) -> dict[str, f
         if not quiet:
             print(format_progress(p.values, spec.train.total_env_steps), flush=True)
 
-    pipeline = Pipeline(spec, output_dir, on_progress=progress)
+    pipeline = Pipeline(spec, output_dir, on_progress=progress, on_log=None if quiet else print)
     previous = signal.signal(signal.SIGTERM, lambda *_: pipeline.request_stop())
     t0 = time.monotonic()
     try:

@@ -9,6 +9,7 @@ gid and supplementary groups, ``CUDA_VISIBLE_DEVICES`` from the placement, in ``
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import subprocess
@@ -16,10 +17,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from dvla.spec import dump_toml, spec_from_dict
+from dvlad.gpu.layout import TOPOLOGY_ENV
 from dvlad.store import Job
 
 PASSED_ENV = ("LANG", "LC_ALL", "TZ", "MUJOCO_GL", "PYOPENGL_PLATFORM", "LIBERO_CONFIG_PATH")
@@ -56,7 +59,7 @@ def process_start(pid: int) -> float | None:
         return None
 
 
-def _environment(job: Job, gpu_ids: list[int]) -> dict[str, str]:
+def _environment(job: Job, gpu_ids: list[int], topology_file: Path | None) -> dict[str, str]:
     try:
         home = pwd.getpwuid(job.uid).pw_dir
     except KeyError:
@@ -66,10 +69,12 @@ def _environment(job: Job, gpu_ids: list[int]) -> dict[str, str]:
                LOGNAME=job.user, PYTHONUNBUFFERED="1", DVLA_JOB_ID=str(job.id),
                CUDA_DEVICE_ORDER="PCI_BUS_ID",  # CUDA's default order is not NVML's: indices would differ
                CUDA_VISIBLE_DEVICES=",".join(map(str, gpu_ids)))
+    if topology_file is not None:
+        env[TOPOLOGY_ENV] = str(topology_file)
     return env
 
 
-def spawn(job: Job, gpu_ids: list[int], state_dir: Path) -> Started:
+def spawn(job: Job, gpu_ids: list[int], state_dir: Path, topology: dict[str, Any] | None = None) -> Started:
     """Write the job's files and start it. Raises OSError/SubprocessError if it cannot start.
 
     Layout, and why: ``jobs/ID/`` is the daemon's (mode 0711), so the user cannot replace what the
@@ -77,7 +82,8 @@ def spawn(job: Job, gpu_ids: list[int], state_dir: Path) -> Started:
     in their place would turn a root write or read into one of any file). The user owns
     ``spec.toml`` and ``job.log`` (mode 0600: readable by them, by nobody else) and ``run/`` (0750),
     the job's working directory and the only place it writes; the daemon reads what is in there
-    only through :func:`dvlad.runtime.jobfiles.open_job_file`."""
+    only through :func:`dvlad.runtime.jobfiles.open_job_file`. A job on several GPUs also gets the
+    node's ``topology.json`` (0644: the record ``dvla topo`` shows anyone) to plan its layout over."""
     home = job_dir(state_dir, job.id)
     run = run_dir(state_dir, job.id)
     if home.exists():  # left by an earlier database of this state dir: kept, out of the way
@@ -88,6 +94,11 @@ def spawn(job: Job, gpu_ids: list[int], state_dir: Path) -> Started:
     os.chmod(run, 0o750)
     spec_file = home / "spec.toml"
     spec_file.write_text(dump_toml(spec_from_dict(job.spec)))
+    topology_file = None
+    if len(gpu_ids) > 1 and topology is not None:
+        topology_file = home / "topology.json"
+        topology_file.write_text(json.dumps(topology))
+        os.chmod(topology_file, 0o644)
     log = log_path(state_dir, job.id)
     as_other = os.geteuid() == 0 and job.uid != 0
     with log.open("ab") as log_file:
@@ -101,7 +112,7 @@ def spawn(job: Job, gpu_ids: list[int], state_dir: Path) -> Started:
             identity = {"user": job.uid, "group": job.gid, "extra_groups": os.getgrouplist(job.user, job.gid)}
         popen = subprocess.Popen(
             [sys.executable, "-m", "dvlad.runtime.job", str(spec_file), "--output-dir", str(run)],
-            cwd=run, env=_environment(job, gpu_ids), stdin=subprocess.DEVNULL, stdout=log_file,
+            cwd=run, env=_environment(job, gpu_ids, topology_file), stdin=subprocess.DEVNULL, stdout=log_file,
             stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, **identity)
     create_time = process_start(popen.pid) or psutil.Process(popen.pid).create_time()
     (home / "pid").write_text(f"{popen.pid} {create_time!r}\n")  # read back if dvlad dies before recording it

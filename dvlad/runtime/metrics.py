@@ -41,7 +41,8 @@ class MetricsSink:
         self._csv_file.flush()
         step = int(values[m.ENV_STEPS])
         for key, value in values.items():
-            self._tb.add_scalar(m.METRICS[key].tensorboard_tag, value, step)
+            if m.METRICS[key].scalar:
+                self._tb.add_scalar(m.METRICS[key].tensorboard_tag, value, step)
         self._tb.flush()
 
     def close(self) -> None:

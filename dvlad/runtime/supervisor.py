@@ -18,7 +18,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from dvla.spec import spec_from_dict
+from dvlad.gpu.layout import plan_layout
 from dvlad.runtime.jobfiles import open_job_file, read_job_file
 from dvlad.runtime.launch import log_path, process_start, recorded_pid, run_dir, spawn
 from dvlad.store import IllegalTransition, Job, State, Store
@@ -92,14 +95,27 @@ def outcome(job: Job, exit_code: int | None, summary: dict, log_tail: str = "") 
 
 
 class Supervisor:
-    def __init__(self, store: Store, state_dir: Path, grace_s: float, on_change: Callable[[], None]):
+    def __init__(self, store: Store, state_dir: Path, grace_s: float, on_change: Callable[[], None],
+                 topology: dict[str, Any] | None = None):
         self.store, self.state_dir, self.grace_s, self.on_change = store, state_dir, grace_s, on_change
+        self.topology = topology
+        """The node's GPU topology record: a job on several GPUs is planned over it."""
         self.tracked: dict[int, Tracked] = {}
 
     def start(self, job: Job, gpu_ids: list[int]) -> Job:
-        """Start a job that is ``placing``; it becomes running, or failed with the reason."""
+        """Start a job that is ``placing``; it becomes running, or failed with the reason.
+
+        A job on several GPUs is laid out by the planner the job itself will follow
+        (:func:`dvlad.gpu.layout.plan_layout`, over the same topology record, handed to the job): the
+        plan is logged here, and a layout that cannot run fails the job before it starts."""
         try:
-            started = spawn(job, gpu_ids, self.state_dir)
+            if len(gpu_ids) > 1:
+                spec = spec_from_dict(job.spec)
+                plan = plan_layout(gpu_ids, self.topology, layout=spec.placement.layout,
+                                   learners=spec.placement.learner_gpus, workers=spec.env.workers,
+                                   groups=spec.env.groups, fanout=spec.placement.replication_fanout)
+                log.info("job layout", extra={"job": job.id, **plan.as_dict()})
+            started = spawn(job, gpu_ids, self.state_dir, self.topology)
         except (OSError, subprocess.SubprocessError, ValueError) as exc:
             return self.store.transition(job.id, State.FAILED, f"could not start: {exc}")
         self.tracked[job.id] = Tracked(job.id, started.pid, started.create_time, started.popen)

@@ -45,7 +45,7 @@ class Daemon:
     def __init__(self, config: Config, store: Store, inventory: Inventory, state_dir: Path):
         self.config, self.store, self.inventory = config, store, inventory
         self._link_score = link_score(inventory.topology)  # the topology is read once, at start
-        self.supervisor = Supervisor(store, state_dir, config.daemon.cancel_grace_s, self.kick)
+        self.supervisor = Supervisor(store, state_dir, config.daemon.cancel_grace_s, self.kick, inventory.topology)
         self._wake = asyncio.Event()
         self._pending: list[tuple[Submission, asyncio.Future[tuple[Job, bool]]]] = []
         self.waiting: dict[int, str] = {}

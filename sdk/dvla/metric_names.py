@@ -130,11 +130,16 @@ GPU_BUSY = _declare("gpu_busy", "fraction", Group.LANES, "share of the time any 
 PUBLISH_MS = _declare("publish_ms", "ms", Group.PIPELINE,
                         "mean time a weight version took to publish, over those reported since the previous row",
                         csv=True)
-QUEUE_DEPTH = _declare("queue_depth", "segments", Group.PIPELINE, "segments waiting in the trajectory queue",
+PUBLISH_MS_REPLICAS = _declare("publish_ms_replicas", "ms", Group.PIPELINE,
+                                "per actor replica, the mean time until it had each version, over the same "
+                                "versions (the replication plan's hops)", scalar=False)
+QUEUE_DEPTH = _declare("queue_depth", "segments", Group.PIPELINE, "segments waiting in the trajectory queues",
                        csv=True)
 WEIGHT_WAIT_S = _declare("weight_wait_s", "s", Group.PIPELINE,
-                         "seconds the actor has waited at the staleness gate, in all", csv=True)
-ACTING_VERSION = _declare("acting_version", "versions", Group.PIPELINE, "weight version the actor acts with")
+                         "seconds the actors have waited at the staleness gate, in all (summed over replicas)",
+                         csv=True)
+ACTING_VERSION = _declare("acting_version", "versions", Group.PIPELINE,
+                          "weight version the actors act with (the oldest of the replicas')")
 DROPPED_EPISODES = _declare("dropped_episodes", "episodes", Group.PIPELINE,
                             "episodes lost to a replaced env worker, in all", csv=True)
 REPLACED_WORKERS = _declare("replaced_workers", "workers", Group.PIPELINE, "env workers replaced, in all", csv=True)
