@@ -89,3 +89,24 @@ def test_a_cuda_graph_actor_acts_with_weights_swapped_in_after_capture(small_spe
         eager = actor.policy.evaluate(obs.to("cuda"), after.tokens.to("cuda"))
     assert not torch.allclose(after.value, before.value, atol=1e-2)
     torch.testing.assert_close(after.value.float(), eager.value.float().cpu(), rtol=2e-2, atol=2e-2)
+
+
+def test_learner_ranks_and_replicas_share_the_one_gpu(small_spec, tmp_path, monkeypatch):
+    """The multi-device path on one GPU: four devices that are all cuda:0 (two learner ranks joined by
+    Gloo, since NCCL refuses two ranks on one GPU; two replicas, their staging on the GPU)."""
+    from dvlad.lanes import pipeline as pipeline_module
+    from dvlad.lanes.device import JobDevices
+
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(pipeline_module, "job_devices", lambda spec, placement: JobDevices((cuda,) * 4, (0, 1, 2, 3),
+                                                                                          None))
+    spec = small_spec("async", resources__device="cuda", train__total_env_steps=960)
+    spec.placement.layout, spec.placement.learner_gpus = "decoupled", 2
+    spec.env.num_envs, spec.env.workers = 8, 2
+    rows = []
+    pipeline = Pipeline(spec, tmp_path, on_progress=lambda p: rows.append(p.values))
+    pipeline.run()
+    assert pipeline.layout.learner_devices == (0, 1) and pipeline.layout.actor_devices == (2, 3)
+    assert [r["version"] for r in rows] == list(range(1, len(rows) + 1))  # the ranks stayed identical: checked
+    assert all(r["samples"] == spec.env.num_envs * spec.pipeline.segment_steps for r in rows)
+    assert max(r["acting_version"] for r in rows) >= 1 and pipeline.actor.flat.is_cuda

@@ -126,7 +126,8 @@ def _device_placement(spec: JobSpec) -> Placement:
         asked = f"resources.gpus = {gpus}" if gpus else 'resources.device = "cuda"'
         raise ValueError(f"{asked}, but torch sees no GPU "
                          f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'})")
-    if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
+    on_cpu_devices = spec.placement.cpu_devices > 0  # CPU devices stand in for GPUs, even where there are some
+    if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available() and not on_cpu_devices):
         device = torch.device("cuda", torch.cuda.current_device())
         if precision == "fp32":
             return Placement(device, torch.float32)
