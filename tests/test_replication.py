@@ -144,3 +144,22 @@ def test_layouts_refuse_what_cannot_run():
     assert plan_layout(range(4), None, workers=3, groups=1).learner_devices == (0,)
     with pytest.raises(ValueError, match="no split"):
         plan_layout(range(3), None, learners=2, workers=2, groups=1)  # 1 replica × 1 group cannot feed 2 ranks
+
+
+def test_the_planner_script_prints_what_the_readme_promises():
+    """``scripts/plan_job.py`` as the README runs it: one JSON line with the split, the plan and the prediction."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "scripts/plan_job.py", "examples/gpu_bench.toml", "--topology",
+                          "tests/fixtures/gpu/nvlink-pairs-x4/topology.json", "--gpus", "4", "--cores", "16", "--json"],
+                         cwd=root, capture_output=True, text=True, timeout=120, check=True)
+    plan = json.loads(out.stdout.strip().splitlines()[-1])
+    assert plan["layout"] == "decoupled" and len(plan["learner_gpus"]) + len(plan["actor_gpus"]) == 4
+    assert {c["dst"] for c in plan["replication"]} == set(plan["actor_gpus"])
+    assert all(c["link"] in ("NV4", "SYS") for c in plan["replication"]) and plan["predicted_steps_per_s"] > 0
+    refused = subprocess.run([sys.executable, "scripts/plan_job.py", "examples/gpu_bench.toml", "--topology",
+                              "tests/fixtures/gpu/nvlink-pairs-x4/topology.json", "--gpus", "5"],
+                             cwd=root, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "the topology has 4" in refused.stderr
