@@ -143,3 +143,12 @@ def test_validation_refuses_splits_that_cannot_run(small_spec):
     spec["resources"] = {"gpus": 1}
     with pytest.raises(SpecError, match="stands in for GPUs"):
         spec_from_dict(spec)
+
+
+def test_a_checkpoint_of_two_ranks_resumes_on_one(small_spec, tmp_path):
+    """One file holds the whole learner (weights, optimizer state, counters), whatever the rank count."""
+    spec = multi(small_spec, "decoupled", 4, learners=2, train__total_env_steps=320)
+    _, first, _ = run(spec, tmp_path)
+    again = small_spec("async", train__total_env_steps=960, train__resume=True)
+    _, rows, _ = run(again, tmp_path)
+    assert rows[0][m.VERSION] == first[-1][m.VERSION] + 1 and rows[0][m.ENV_STEPS] > first[-1][m.ENV_STEPS]
