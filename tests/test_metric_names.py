@@ -26,6 +26,7 @@ READERS = [
     "dvlad/runtime/metrics.py",  # CSV columns and TensorBoard tags
     "dvlad/server/prom.py",
     "sdk/dvla/top/snapshot.py",
+    "sdk/dvla/rates.py",  # the lanes' rates over rows, for dvla top and dvla report
     "sdk/dvla/report.py",
     "sdk/dvla/cli/report.py",
     "scripts/bench_pipeline.py",
@@ -121,3 +122,12 @@ def _docs_table() -> str:
 def test_the_job_reference_lists_every_metric_as_declared():
     table = _docs_table()
     assert table in (ROOT / "docs/jobs.md").read_text(), f"docs/jobs.md's metric table should read:\n{table}"
+
+
+def test_a_success_rate_counts_once_enough_episodes_have_ended():
+    """One rule for dvla top, dvla report and the progress line: no success rate over too few episodes."""
+    enough = metric_names.SUCCESS_MIN_EPISODES
+    assert metric_names.success_rate_of({"success_rate": 1.0, "episodes": enough - 1}) is None
+    assert metric_names.success_rate_of({"success_rate": 0.8, "episodes": enough}) == 0.8
+    assert metric_names.success_rate_of({"episodes": 500}) is None  # no episode ended in the window yet
+    assert metric_names.success_rate_of({"success_rate": 0.5}) == 0.5  # rows from before the count existed

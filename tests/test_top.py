@@ -3,6 +3,7 @@ running in tmux, keys pressed and the pane read back; plus the pure rules behind
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import getpass
 import io
@@ -20,8 +21,10 @@ import pytest
 from rich.console import Console
 
 from dvla import sdk
+from dvla.metric_names import SUCCESS_MIN_EPISODES
+from dvla.top.app import capture
 from dvla.top.poller import Poller, RateMeter
-from dvla.top.render import gpu_table
+from dvla.top.render import NodeLine, Sparkline, gpu_table, lanes_table, sparklines
 from dvla.top.snapshot import build, job_row, pick_selected
 from dvlad.runtime.jobfiles import metrics_rows
 from dvlad.testing import FIXTURE, LONG, PYTHON, ROOT
@@ -58,7 +61,7 @@ def test_selection_keeps_the_chosen_job_else_the_newest_running_one():
 def test_queue_rows_runtime_and_gpus():
     rows = [job_row(j, now=230.0) for j in JOBS]
     assert [r.runtime_s for r in rows] == [60.0, 30.0, None]  # ended: to its end; running: to now; queued: none
-    assert [r.gpus for r in rows] == ["-", "0", "(2)"]  # held indices, or how many a queued job asks for
+    assert [r.gpus for r in rows] == ["CPU", "GPU 0", "2 asked"]  # where it is placed, else how many it asks for
 
 
 def test_a_recorded_topology_shows_dashes_and_says_so_never_invented_numbers():
@@ -95,7 +98,7 @@ def test_the_selected_jobs_lanes_staleness_and_series():
     assert [lane.name for lane in detail.lanes] == ["sample", "infer", "learn", "distribute"]
     assert (sample.busy, sample.items_per_s, detail.lanes[1].busy) == (0.9, 118.0, None)
     assert (detail.queue_depth, detail.staleness_mean, detail.staleness_max) == (3.0, 0.5, 2.0)
-    assert detail.success_rate == (0.1, 0.3) and detail.env_steps_per_s == (100.0, 120.0)
+    assert detail.success_rate == (0.1, 0.3) and detail.env_steps_per_s == (100.0, 120.0)  # no episode count: as is
 
 
 def test_rate_meter_counts_polls_per_second_over_its_window():
@@ -125,6 +128,212 @@ def test_importing_top_pulls_no_torch_or_dvlad():
     code = ("import dvla.top.app, dvla.top.__main__, sys; bad = [m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'dvlad')]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- what a newcomer meets (issue 16): a live H200 node, a slow learner, a CPU-only node -----------------
+
+H200 = {"source": "nvml", "host": "gpu-h200", "gpus": [
+    {"index": i, "name": "NVIDIA H200", "uuid": f"GPU-{i}", "utilization": 99.0, "memory_used": int(130.2 * GIB),
+     "memory_total": int(139.8 * GIB), "temperature": 61.0, "power_draw": 607.0, "power_limit": 700.0,
+     "job": {"id": 12, "user": "alice", "name": "reach-ppo"} if i == 0 else None} for i in range(2)]}
+NODE = {"name": "gpu-h200", "gpu_source": "nvml", "gpus": [{"index": 0, "free": False}, {"index": 1, "free": True}],
+        "cpu_slots": 16, "free_cpu_slots": 12, "running_jobs": 1, "cpu_percent": 43.0, "cpu_count": 16,
+        "ram_used": 50 * GIB, "ram_total": 125 * GIB}
+QUEUE = [{"id": 10, "user": "bob", "name": "old-run", "state": "succeeded", "priority": 0, "gpus": 1, "gpu_ids": [1],
+          "started_at": 100.0, "ended_at": 160.0, "reason": "exit 0"},
+         {"id": 11, "user": "bob", "name": "broken-run", "state": "failed", "priority": 0, "gpus": 0, "gpu_ids": [],
+          "started_at": 100.0, "ended_at": 160.0, "reason": "job failed: boom"},
+         {"id": 12, "user": "alice", "name": "reach-ppo", "state": "running", "priority": 0, "gpus": 1, "gpu_ids": [0],
+          "started_at": time.time() - 1800, "ended_at": None},
+         {"id": 13, "user": "carol", "name": "waits", "state": "queued", "priority": 0, "gpus": 2, "gpu_ids": [],
+          "started_at": None, "ended_at": None, "pending_reason": "resources: waits for 2 GPUs (1 free)"}]
+
+
+def slow_learner(n: int = 60, update_s: float = 30.0, samples: float = 960.0) -> list[dict]:
+    """Rows of a learner taking ``update_s`` per update of ``samples``, 100% busy: each row counts its
+    update's items or not by turns (the learner begins the next update before the row of the previous
+    one is made), and 4 episodes end per update."""
+    return [{"version": float(i + 1), "time_s": update_s * (i + 1), "env_steps": 1000.0 * (i + 1),
+             "env_steps_per_s": 33.0 + i % 7, "episodes": 4 * i, "success_rate": min(1.0, i / 60),
+             "samples": samples, "learn_s": update_s - 0.5, "publish_ms": 2.2, "queue_depth": 1.0,
+             "staleness_mean": 0.4, "staleness_max": 1.0, "sample_busy": 0.6, "sample_items_per_s": 33.0,
+             "infer_busy": 0.5, "infer_items_per_s": 33.0, "learn_busy": 1.0,
+             "learn_items_per_s": 0.0 if i % 2 else 2 * samples / update_s, "distribute_busy": 0.001,
+             "distribute_items_per_s": 0.0, "gpu_weight_bytes": 100 * GIB, "gpu_activation_bytes": 20 * GIB}
+            for i in range(n)]
+
+
+class FakeDaemon:
+    """What ``dvla top``'s poller asks of a client, answered from fixed replies."""
+
+    def __init__(self, gpus: dict, nodes: list[dict], jobs: list[dict], rows: list[dict]):
+        self.endpoint = type("Endpoint", (), {"where": "unix:///fake/dvlad.sock"})()
+        self._gpus, self._nodes, self._jobs, self._rows = gpus, nodes, jobs, rows
+
+    def jobs(self, all: bool = False, limit: int | None = None) -> list[dict]:
+        return self._jobs
+
+    def gpus(self) -> dict:
+        return self._gpus
+
+    def nodes(self) -> list[dict]:
+        return self._nodes
+
+    def metrics(self, job_id: int, last: int | None = None) -> list[dict]:
+        return self._rows[-(last or 0):]
+
+
+def screen(width: int, height: int, *keys: str, daemon: FakeDaemon | None = None) -> str:
+    fake = daemon or FakeDaemon(H200, [NODE], QUEUE, slow_learner())
+    return asyncio.run(capture(fake, width, height, keys=keys, refresh_s=0.1))[0]  # type: ignore[arg-type]
+
+
+def panel(text: str, title: str) -> list[str]:
+    """The lines of the bordered panel titled ``title`` (its border lines included)."""
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith(f"╭─ {title}"))
+    last = next(i for i in range(first + 1, len(lines)) if lines[i].startswith("╰"))
+    return lines[first:last + 1]
+
+
+FIGURES = ("NVIDIA H200", "99%", "130.2/139.8 GiB", "61°C", "607/700 W", "#12 alice/reach-ppo",
+           "█100.0 ▓20.0 ▒10.2 GiB")
+
+
+def test_the_gpu_table_cuts_nothing_at_160_columns_on_an_h200():
+    node = "\n".join(panel(screen(160, 45), "node"))
+    assert "…" not in node, node
+    for shown in (*FIGURES, "temp", "power", "pools", "memory", "util"):
+        assert shown in node, f"{shown!r} missing:\n{node}"
+    assert node.count("████████████████████  99%") == 2  # full-width utilisation bars
+
+
+@pytest.mark.parametrize("width", range(40, 201, 10))
+def test_a_narrower_gpu_table_drops_or_shortens_columns_and_never_cuts_a_figure(width):
+    snap = build(QUEUE, H200, 12, slow_learner(), time.time(), [NODE])
+    console = Console(width=width, record=True, file=io.StringIO())
+    console.print(gpu_table(snap))
+    console.print(NodeLine(snap.node))  # type: ignore[arg-type]
+    shown = console.export_text()
+    assert "…" not in re.sub(r"#12 \S*", "", shown), shown  # only the job's name may be cut (text, not a figure)
+    assert ("#12 alice/reach-ppo" in shown) == (width >= 60)
+    header = shown.splitlines()[0].split()
+    for column, figure in (("temp", "61°C"), ("power", "607/700 W"), ("memory", "130.2/139.8 GiB")):
+        assert (column in header) == (figure in shown), (width, column, shown)
+    assert "memory" in header and "43%" in shown and "50.0/125.0 GiB" in shown and "4/16 used" in shown
+
+
+def test_at_80_columns_the_screen_keeps_every_figure_whole():
+    text = screen(80, 24)
+    node = "\n".join(panel(text, "node"))
+    assert "…" not in node and "607/700 W" in node and "130.2/139.8 GiB" in node and "61°C" in node
+    assert " H200 " in node and "NVIDIA" not in node  # the vendor went before any figure
+    assert "CPU  43% of 16" in node and "CPU slots 4/16 used" in node
+    assert "learn" in text and "success 0.98 (236 episodes)" in text
+
+
+def test_a_jobs_gpus_read_as_where_it_is_placed_in_top_jobs_and_status(monkeypatch):
+    from click.testing import CliRunner
+
+    from dvla.cli.main import State, cli
+    from dvla.jobtext import gpus_column, gpus_sentence
+
+    assert [gpus_column(j) for j in QUEUE] == ["GPU 1", "CPU", "GPU 0", "2 asked"]
+    assert gpus_column({"gpus": 2, "gpu_ids": [0, 1]}) == "GPUs 0,1"
+    assert gpus_sentence({**QUEUE[2], "gpus": 1}) == "1 asked, placed on GPU 0"
+    assert gpus_sentence(QUEUE[3]) == "2 asked, not placed yet"
+    assert gpus_sentence(QUEUE[1]) == "none (runs on the CPU)"
+    record = {**QUEUE[2], "submitted_at": 90.0, "cpus": 2, "spec": {}, "events": [], "run_dir": "/x"}
+
+    class Fake:
+        def jobs(self, **_: object) -> list[dict]:
+            return [{**j, "submitted_at": 90.0} for j in QUEUE]
+
+        def job(self, job_id: int) -> dict:
+            return record
+
+    monkeypatch.setattr(State, "client", lambda self: Fake())
+    listed = CliRunner().invoke(cli, ["jobs"], env={"COLUMNS": "200"})
+    row = next(line for line in listed.output.splitlines() if line.startswith("12 "))
+    assert " GPU 0 " in row, listed.output
+    status = CliRunner().invoke(cli, ["status", "12"], env={"COLUMNS": "200"})
+    assert "1 asked, placed on GPU 0" in status.output, status.output
+
+
+def test_sparklines_have_a_scale_one_cell_per_row_and_blanks_for_missing_rows():
+    few = Sparkline(("two rows",), [0.0, 1.0], 0.0, 1.0, ".1f")
+    console = Console(width=110, record=True, file=io.StringIO())
+    console.print(few)
+    lines = console.export_text().splitlines()
+    assert lines == ["two rows", "1.0┤ █", "0.0┤▁█"]  # 2 points: 2 cells, not stretched; 0 draws ▁, not blank
+    gaps = Sparkline(("gaps",), [None, 0.5, None], 0.0, 1.0)
+    assert gaps.columns(10) == ["  ", "█ ", "  "]  # missing: blank, never drawn as 0
+    assert len(Sparkline(("x",), [1.0] * 60, 0.0, 1.0).columns(20)) == 20  # the newest that fit
+    detail = build(QUEUE, H200, 12, slow_learner(), time.time(), [NODE]).detail
+    console = Console(width=60, record=True, file=io.StringIO())
+    console.print(sparklines(detail))  # type: ignore[arg-type]
+    text = console.export_text()
+    assert "1.0┤" in text and "0.0┤" in text and "39┤" in text and "\n 0┤" in text  # each with its axis
+
+
+def test_a_slow_learner_shows_its_rate_and_time_per_update_not_zero():
+    rows = slow_learner()  # its rows' own learn figures: 64, 0, 64, 0, ...; really 32 samples/s
+    lanes = {lane.name: lane for lane in build(QUEUE, H200, 12, rows, time.time(), [NODE]).detail.lanes}
+    assert lanes["learn"].items_per_s == pytest.approx(32.0) and lanes["learn"].busy == pytest.approx(1.0)
+    assert lanes["learn"].per_update_s == pytest.approx(29.5) and lanes["distribute"].per_update_s == 2.2e-3
+    assert lanes["distribute"].items_per_s == pytest.approx(1 / 30)
+    every_row_lost = [{**r, "learn_items_per_s": 0.0} for r in rows]  # each update begins before the last row
+    assert build(QUEUE, H200, 12, every_row_lost, 0, []).detail.lanes[2].items_per_s == pytest.approx(32.0)
+    detail = build(QUEUE, H200, 12, rows, time.time(), [NODE]).detail
+    assert detail.updates_per_min == pytest.approx(2.0)
+    shown = text_of(lanes_table(detail))
+    assert re.search(r"learn +32\.0 +100% +█+ +29\.5 s", shown) and re.search(r"distribute +0\.033 .* 2\.2 ms", shown)
+
+
+def test_a_cpu_only_node_shows_its_cpu_ram_and_cpu_slots():
+    cpu_node = {**NODE, "name": "cpu-node", "gpu_source": "none", "gpus": [], "cpu_slots": 4, "free_cpu_slots": 1}
+    jobs = [{**QUEUE[1], "id": 5, "state": "running", "ended_at": None}]
+    text = screen(100, 30, daemon=FakeDaemon({"source": "none", "host": "cpu-node", "gpus": []}, [cpu_node], jobs,
+                                             slow_learner()))
+    node = "\n".join(panel(text, "node"))
+    assert "43% of 16" in node and "50.0/125.0 GiB" in node and "CPU slots 3/4 used" in node, node
+    assert "no GPUs on cpu-node" in node and "GPUs" not in node.replace("no GPUs", "")
+
+
+def test_the_host_load_dvlad_reports_in_v1_nodes():
+    from dvlad.server.host import HostLoad
+
+    host = HostLoad(sample_s=0.05)
+    first = host.reading()
+    assert first["cpu_percent"] is None  # no interval measured yet: unknown, not 0
+    assert first["cpu_count"] >= 1 and 0 < first["ram_used"] < first["ram_total"]  # type: ignore[operator]
+    time.sleep(0.1)
+    percent = host.reading()["cpu_percent"]
+    assert percent is not None and 0.0 <= percent <= 100.0
+    assert host.reading()["cpu_percent"] == percent  # callers within an interval share one reading
+
+
+def test_f_hides_finished_jobs_and_queued_jobs_say_why_they_wait():
+    shown = "\n".join(panel(screen(160, 45), "queue"))
+    assert "old-run" in shown and "broken-run" in shown and "job failed: boom" in shown
+    assert re.search(r"13 +carol +waits +queued +0 +2 asked +- +resources: waits for 2 GPUs \(1 free\)", shown), shown
+    assert "REASON" in shown
+    hidden = "\n".join(panel(screen(160, 45, "f"), "queue"))
+    assert "old-run" not in hidden and "broken-run" not in hidden and "reach-ppo" in hidden and "waits" in hidden
+    assert "2 finished hidden" in hidden
+    again = "\n".join(panel(screen(160, 45, "f", "f"), "queue"))
+    assert "old-run" in again and "broken-run" in again
+
+
+def test_success_shows_only_once_enough_episodes_have_ended_with_their_count():
+    rows = [{"success_rate": 1.0, "episodes": 5}, {"success_rate": 0.9, "episodes": SUCCESS_MIN_EPISODES - 1},
+            {"success_rate": 0.6, "episodes": SUCCESS_MIN_EPISODES}]
+    early = build(QUEUE, H200, 12, rows[:2], 0, []).detail
+    assert early.success is None and early.episodes == SUCCESS_MIN_EPISODES - 1 and early.success_rate == (None, None)
+    assert f"success – ({SUCCESS_MIN_EPISODES - 1} of {SUCCESS_MIN_EPISODES} episodes)" in text_of(sparklines(early))
+    later = build(QUEUE, H200, 12, rows, 0, []).detail
+    assert later.success == 0.6 and later.success_rate == (None, None, 0.6)
+    assert f"success 0.60 ({SUCCESS_MIN_EPISODES} episodes)" in text_of(sparklines(later))
 
 
 # -- the monitor in a terminal -------------------------------------------------------------------------
@@ -203,7 +412,12 @@ def test_top_shows_gpus_queue_lanes_and_answers_keys(daemon, tmp_path):
                 and re.search(r"^│distribute +[\d.]+ ", s, re.M) is not None), timeout=60)
             for lane in ("sample", "infer", "learn", "distribute"):
                 assert re.search(rf"^│{lane} +[\d,.]+ +\d+%", screen, re.M), screen
-            assert re.search(r"staleness mean [\d.]+ max \d+", screen) and "success rate" in screen
+            assert re.search(r"staleness mean [\d.]+ max \d+", screen) and re.search(r"success (–|[\d.]+) \(", screen)
+            assert re.search(r"CPU +(█|░)+ +\d+% of \d+ .* CPU slots [1-4]/4 used", screen), screen  # /v1/nodes
+            assert re.search(r"top-second +running +0 +CPU ", screen)
+            node = client.nodes()[0]  # what the node line reads: the machine's CPU and RAM beside its CPU slots
+            assert 0 <= node["cpu_percent"] <= 100 and node["cpu_count"] >= 1 and node["cpu_slots"] == 4
+            assert 0 < node["ram_used"] < node["ram_total"]
             assert selected_job(screen) == second.id  # the newest running job
 
             top.keys("k")

@@ -25,6 +25,7 @@ from dvlad.server.auth import Identity, authenticate, may_cancel, may_read
 from dvlad.server.codec import read_body, respond
 from dvlad.server.core import NeverFits
 from dvlad.server.errors import HTTP_CODES, ApiError
+from dvlad.server.host import HostLoad
 from dvlad.server.lifetime import CONFIG, DAEMON, STATE_DIR
 from dvlad.server.openapi import OPENAPI
 from dvlad.store import TERMINAL, Job, State
@@ -32,6 +33,7 @@ from dvlad.store import TERMINAL, Job, State
 log = logging.getLogger("dvlad")
 
 TOKENS = web.AppKey("tokens", dict)
+HOST = web.AppKey("host", HostLoad)
 IDENTITY = "dvlad.identity"
 FOLLOW_POLL_S = 0.2
 LOG_CHUNK = 1 << 20
@@ -233,6 +235,7 @@ async def nodes(request: web.Request) -> web.Response:
         "cpu_slots": request.app[CONFIG].cpu_slots,
         "free_cpu_slots": cluster.free_cpus,
         "running_jobs": len(active),
+        **request.app[HOST].reading(),
     }
     return respond(request, {"nodes": [node]})
 
@@ -335,6 +338,7 @@ def make_app(config: Config, tokens: dict[str, str]) -> web.Application:
     # aiohttp's own body cap sits above ours, so an oversized body gets our 413 object, not its text page
     app = web.Application(middlewares=[errors_and_identity], client_max_size=config.daemon.max_body_bytes * 2)
     app[CONFIG], app[STATE_DIR], app[TOKENS] = config, Path(config.daemon.state_dir), tokens
+    app[HOST] = HostLoad()
     app.cleanup_ctx.extend(lifetime.CONTEXTS)
     app.add_routes(ROUTES)
     return app

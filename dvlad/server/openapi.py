@@ -87,9 +87,12 @@ OPENAPI: dict[str, Any] = {
             "summary": "State transitions; follow=1 streams newline-delimited JSON",
             "parameters": [_query("after", "integer", "event id"), _query("follow", "boolean", "stream")],
             "responses": _ok(_obj(events={"type": "array", "items": EVENT}))}},
-        "/v1/nodes": {"get": {"summary": "This node's GPUs and CPU slots", "responses": _ok(_obj(nodes={
-            "type": "array", "items": {"type": "object", "required": [
-                "name", "gpu_source", "gpus", "cpu_slots", "free_cpu_slots", "running_jobs"]}}))}},
+        "/v1/nodes": {"get": {
+            "summary": "This node's GPUs and CPU slots, and its CPU (percent of all cores, sampled at most every "
+                       "0.5 s; null before the first sample) and RAM (bytes; used = total - available)",
+            "responses": _ok(_obj(nodes={"type": "array", "items": {"type": "object", "required": [
+                "name", "gpu_source", "gpus", "cpu_slots", "free_cpu_slots", "running_jobs", "cpu_percent",
+                "cpu_count", "ram_used", "ram_total"]}}))}},
         "/v1/topology": {"get": {"summary": "GPU topology (NVML, or a replayed recording)",
                                  "responses": _ok({"type": "object", "required": ["source", "devices", "pairs"]})}},
         "/v1/gpus": {"get": {

@@ -186,7 +186,8 @@ class Client:
 
     # -- the machine ---------------------------------------------------------------------------
     def nodes(self) -> list[dict[str, Any]]:
-        """Nodes with their GPUs (free or not), CPU slots and running jobs."""
+        """Nodes with their GPUs (free or not), CPU slots, running jobs, CPU (``cpu_percent``, ``cpu_count``)
+        and RAM (``ram_used``, ``ram_total``)."""
         return self._call(api.NODES)["nodes"]
 
     def topology(self) -> dict[str, Any]:

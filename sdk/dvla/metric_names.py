@@ -14,8 +14,10 @@ index rows with it; :data:`METRICS` maps each key to its :class:`Metric`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 
 class When(Enum):
@@ -152,3 +154,20 @@ GPU_ACTIVATION_BYTES = _declare("gpu_activation_bytes", "bytes", Group.PIPELINE,
 
 CSV_COLUMNS = tuple(m.name for m in METRICS.values() if m.csv)
 """The columns of ``metrics.csv``, in order."""
+
+# -- how readers judge a row ----------------------------------------------------------------------------
+SUCCESS_MIN_EPISODES = 20
+"""Episodes that must have ended before a row's success rate is shown. The first episodes to end are
+the short, lucky ones (a ``reach`` run's first rows read 1.0 over 5 episodes), so a rate over fewer
+says nothing: ``dvla top`` shows ``–`` with the count so far, ``dvla report`` draws no point, and the
+job runner's progress line follows the same rule, through :func:`success_rate_of`."""
+
+
+def success_rate_of(row: Mapping[str, Any]) -> float | None:
+    """The row's success rate once at least :data:`SUCCESS_MIN_EPISODES` episodes have ended; None
+    before (or when the row has none). A row without an episode count (written before rows carried
+    one) is taken at its word."""
+    rate, episodes = row.get(SUCCESS_RATE), row.get(EPISODES)
+    if rate is None or (episodes is not None and episodes < SUCCESS_MIN_EPISODES):
+        return None
+    return float(rate)

@@ -16,6 +16,7 @@ from dvla.cli import output
 from dvla.cli.main import JOB_ID, Integer, State, connection_options, json_option, pass_state
 from dvla.client import Client, Job
 from dvla.errors import JobFailed
+from dvla.jobtext import gpus_column, gpus_sentence
 
 
 def _follow(client: Client, job: Job, *, to_stderr: bool) -> dict[str, Any]:
@@ -99,9 +100,8 @@ def jobs_(state: State, all_: bool, user: str | None, limit: int | None, as_json
     table = output.table("ID", "USER", "NAME", "STATE", "PRI", "GPUS", "SUBMITTED", "RUNTIME", "REASON",
                          flex_last=True)
     for job in rows:
-        gpus = ",".join(map(str, job.get("gpu_ids") or [])) or str(job["gpus"])
         table.add_row(str(job["id"]), job["user"], job["name"], output.state(job["state"]), str(job["priority"]),
-                      gpus, output.when(job["submitted_at"]), output.runtime(job), output.reason(job))
+                      gpus_column(job), output.when(job["submitted_at"]), output.runtime(job), output.reason(job))
     output.console().print(table if rows else "no jobs")
 
 
@@ -125,13 +125,12 @@ def status(state: State, job_id: int, as_json: bool) -> None:
     spec = job.get("spec") or {}
     fields = output.table("", "", wrap_last=True)
     fields.show_header = False
-    gpus = f"{job['gpus']} asked" + (f", on {','.join(map(str, job['gpu_ids']))}" if job.get("gpu_ids") else "")
     for name, shown in (
             ("job", f"{job['id']} {job['name']} ({job['user']})"), ("state", output.state(job["state"])),
             ("reason", job.get("reason") or output.NONE),
             *([("waiting", job.get("pending_reason") or output.NONE)] if job["state"] == "queued" else []),
             ("priority", str(job["priority"])),
-            ("gpus", gpus), ("cpu slots", str(job["cpus"])),
+            ("gpus", gpus_sentence(job)), ("cpu slots", str(job["cpus"])),
             ("policy", spec.get("policy", {}).get("name", output.NONE)),
             ("env", spec.get("env", {}).get("name", output.NONE)),
             ("algo", spec.get("algo", {}).get("name", output.NONE)),

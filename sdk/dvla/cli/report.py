@@ -17,8 +17,10 @@ Examples:
   dvla report 12 -o runs/reach.png --x time_s
 
 \b
-Panels: success rate, episode return, env steps/s, each lane's busy fraction and items/s,
-staleness (mean and max), and GPU busy when the job reports it. Works while the job runs.""")
+Panels, one unit each: success rate (from 20 ended episodes on), episode return, env steps/s,
+infer observations/s, learn samples/s and updates/min (over 10 rows), time per update and per
+publish, each lane's busy fraction, GPU busy (jobs on a GPU), staleness, losses, entropy,
+approx KL, clip fraction, explained variance (PPO). Works while the job runs.""")
 @JOB_ID
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path),
               help="PNG file to write (default: job-ID.png).")

@@ -8,10 +8,13 @@ the selection changes (then it polls at once, so the lanes follow the cursor wit
 
 from __future__ import annotations
 
+import io
 import threading
 import time
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
+from rich.console import Console
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
@@ -23,17 +26,19 @@ from dvla.errors import DvlaError
 from dvla.top.poller import Poller
 from dvla.top.render import status_line
 from dvla.top.screens import ConfirmScreen, HelpScreen, LogScreen
-from dvla.top.snapshot import Snapshot
-from dvla.top.widgets import DetailPanel, GpuPanel, JobsTable
+from dvla.top.snapshot import Snapshot, pick_selected
+from dvla.top.widgets import DetailPanel, JobsTable, NodePanel
 
 CSS = """
 #status { height: 1; background: $boost; }
-#gpus { height: auto; max-height: 12; border: round $primary; border-title-align: left; }
+#node { height: auto; max-height: 12; border: round $primary; border-title-align: left;
+        border-subtitle-align: right; }
 #jobs { height: 1fr; min-height: 5; border: round $primary; }
-#detail { height: 12; border: round $primary; }
-#lanes { width: 46; }
-#sparks { width: 1fr; padding-left: 2; }
-Sparkline { height: 3; }
+#detail { height: auto; border: round $primary; }
+#detail-title { height: auto; }
+#detail-body { height: auto; }
+#lanes { width: 48; height: auto; }
+#sparks { width: 1fr; height: auto; padding-left: 2; }
 ModalScreen { align: center middle; }
 #dialog { width: auto; max-width: 110; height: auto; border: thick $warning; padding: 1 2; background: $surface; }
 #dialog Static { width: auto; }
@@ -48,7 +53,7 @@ class TopApp(App[None]):
     TITLE = "dvla top"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "quit"), Binding("l", "logs", "logs"), Binding("c", "cancel_job", "cancel"),
-        Binding("question_mark", "help", "help", key_display="?")]
+        Binding("f", "toggle_finished", "finished"), Binding("question_mark", "help", "help", key_display="?")]
 
     def __init__(self, client: Client, refresh_s: float = 0.5):
         super().__init__()
@@ -58,17 +63,18 @@ class TopApp(App[None]):
         self.selected: int | None = None
         """The job under the cursor: the poller fetches its metrics. Read by the poll thread."""
         self._wake = threading.Event()
+        self.hide_finished = False
+        """The ``f`` key: leave succeeded, failed and cancelled jobs out of the queue."""
 
     def compose(self) -> ComposeResult:
         yield Static(id="status")
-        yield GpuPanel(id="gpus")
+        yield NodePanel(id="node")
         yield JobsTable(id="jobs")
         yield DetailPanel(id="detail")
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#gpus").border_title = "GPUs"
-        self.query_one("#jobs").border_title = "queue"
+        self.query_one("#node").border_title = "node"
         self.query_one("#detail").border_title = "selected job"
         self.query_one(JobsTable).focus()
         self.poll()
@@ -94,10 +100,28 @@ class TopApp(App[None]):
         left before the cursor moved does not flash the previous job's figures."""
         self.snapshot = snap
         self.query_one("#status", Static).update(status_line(snap, self.client.endpoint.where, self.refresh_s))
-        self.query_one(GpuPanel).show(snap)
-        self.query_one(JobsTable).show(snap.jobs, snap.detail.id if snap.detail else None)
+        self.query_one(NodePanel).show(snap)
+        self.show_queue()
         if self.selected is None or snap.detail is None or snap.detail.id == self.selected:
             self.query_one(DetailPanel).show(snap.detail)
+
+    def show_queue(self) -> None:
+        """The queue, without the finished jobs while they are hidden; the cursor stays on its job, or
+        goes to the job :func:`~dvla.top.snapshot.pick_selected` picks among those shown."""
+        jobs = self.snapshot.jobs
+        shown = tuple(r for r in jobs if not (self.hide_finished and r.finished))
+        table = self.query_one(JobsTable)
+        hidden = len(jobs) - len(shown)
+        table.border_title = (f"queue · {hidden} finished hidden (f shows them)" if self.hide_finished
+                              else "queue · f hides finished jobs")
+        detail = self.snapshot.detail
+        prefer = detail.id if detail and detail.id in {r.id for r in shown} else pick_selected(
+            [{"id": r.id, "state": r.state} for r in shown], None)
+        table.show(shown, prefer)
+
+    def action_toggle_finished(self) -> None:
+        self.hide_finished = not self.hide_finished
+        self.show_queue()
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         job_id = int(event.row_key.value or 0)
@@ -144,6 +168,34 @@ class TopApp(App[None]):
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
+
+    def screen_text(self) -> str:
+        """The screen as plain text, as a terminal shows it (what the tests read and the docs keep)."""
+        console = Console(width=self.size.width, height=self.size.height, file=io.StringIO(), record=True,
+                          force_terminal=True, color_system="truecolor", legacy_windows=False, safe_box=False)
+        console.print(self.screen._compositor.render_update(full=True, screen_stack=self._background_screens))
+        return console.export_text()
+
+
+async def capture(client: Client, width: int, height: int, *, keys: Sequence[str] = (), timeout: float = 30.0,
+                  ready: Callable[[TopApp], bool] = lambda app: app.snapshot.detail is not None,
+                  refresh_s: float = 0.5, settle_s: float = 0.0) -> tuple[str, str]:
+    """The monitor run headless in a ``width`` x ``height`` terminal until ``ready`` (by default: a job's
+    figures on screen) and for at least ``settle_s`` (the status line's rate is measured over 5 s),
+    then ``keys`` pressed: its screen as text and as SVG (the docs' captures, the tests' screens)."""
+    app = TopApp(client, refresh_s)
+    async with app.run_test(size=(width, height)) as pilot:
+        started = time.monotonic()
+        deadline = started + timeout
+        while not ready(app) or time.monotonic() - started < settle_s:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the monitor was not ready within {timeout} s:\n{app.screen_text()}")
+            await pilot.pause(0.1)
+        await pilot.pause(0.2)  # the poll that made it ready, drawn
+        for key in keys:
+            await pilot.press(key)
+            await pilot.pause(0.2)
+        return app.screen_text(), app.export_screenshot()
 
 
 def run_top(client: Client, refresh_s: float = 0.5) -> None:

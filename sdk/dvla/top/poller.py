@@ -2,8 +2,9 @@
 
 Why a fixed, small cycle: ten monitors refreshing twice a second must not load the daemon. A cycle is
 one ``/v1/jobs`` (the newest :data:`JOB_LIMIT` jobs), one ``/v1/gpus`` (the daemon caches NVML samples
-for 0.5 s, so monitors share them) and ``/v1/jobs/ID/metrics?last=60`` for the selected job only: never
-a request per listed job. A daemon that stops answering does not end the monitor: the last good data
+for 0.5 s, so monitors share them), one ``/v1/nodes`` (CPU slots, and the machine's CPU, sampled as
+sparingly, and RAM) and ``/v1/jobs/ID/metrics?last=60`` for the selected job only: never a request per
+listed job. A daemon that stops answering does not end the monitor: the last good data
 stays on screen with ``daemon unreachable: <where>``, and the next cycle tries again.
 """
 
@@ -70,13 +71,14 @@ class Poller:
         try:
             jobs = self._jobs()
             gpus = self.client.gpus()
+            nodes = self.client.nodes()
             chosen = pick_selected(jobs, selected)
             rows = self.client.metrics(chosen, last=METRICS_LAST) if chosen is not None else []
         except DaemonUnavailable as exc:
             return self._stale(f"daemon unreachable: {exc.where}")
         except DvlaError as exc:  # a dropped connection, a job removed between two requests: retry next cycle
             return self._stale(f"daemon error: {exc}")
-        snap = build(jobs, gpus, chosen, rows, time.time())
+        snap = build(jobs, gpus, chosen, rows, time.time(), nodes)
         self.last = dataclasses.replace(snap, polls_per_s=self.rate.tick(time.monotonic()))
         return self.last
 

@@ -4,20 +4,41 @@ Why separate from the widgets: drawing a GPU row or a lane row is a pure functio
 is checked without a terminal, and the textual widgets only place these on screen. Bars use distinct
 block characters per part (weight █, activation ▓, other ▒, free ░) so they read without colour too,
 as in a pane capture or over a plain ssh terminal.
+
+Why the wide panels measure their width: a cut number misleads (``607/70…`` W), so the GPU table and
+the node line take the most detailed of their layouts that fits the width they are given, dropping or
+shortening whole columns (bars, then the pools, the name's vendor, temperature, power), never cutting a
+figure; the sparklines draw one cell per row, as many of the newest rows as fit.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
+from rich.console import Console, ConsoleOptions, Group, RenderableType
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from dvla.top.snapshot import GpuView, JobDetail, Snapshot, fmt_bytes, fmt_num
+from dvla import metric_names as m
+from dvla.top.snapshot import (
+    GpuView,
+    JobDetail,
+    NodeView,
+    Snapshot,
+    fmt_bytes,
+    fmt_num,
+    fmt_pair,
+    fmt_rate,
+    fmt_seconds,
+)
 
 BAR = 20
-"""Width of the utilisation and memory bars, in cells."""
+"""Width of the utilisation and memory bars, in cells, where the terminal has room."""
 FREE = ("░", "grey35")
+MEMORY_LEGEND = "memory: █ weight ▓ activation ▒ other ░ free"
 
 
 def bar(parts: list[tuple[float, str, str]], total: float, width: int = BAR) -> Text:
@@ -32,63 +53,266 @@ def bar(parts: list[tuple[float, str, str]], total: float, width: int = BAR) -> 
     return text
 
 
-def util_cell(gpu: GpuView) -> Text:
+def load_style(percent: float) -> str:
+    return "red" if percent >= 90 else "yellow" if percent >= 50 else "green"
+
+
+def natural_width(console: Console, options: ConsoleOptions, renderable: RenderableType) -> int:
+    """The width ``renderable`` takes when nothing limits it."""
+    return Measurement.get(console, options.update_width(10_000), renderable).maximum
+
+
+def widest_fitting(console: Console, options: ConsoleOptions, layouts: Sequence[object],
+                   build: Callable[[object], RenderableType]) -> RenderableType:
+    """``build`` of the first of ``layouts`` (most detailed first) whose natural width fits the width
+    given; the last one where none does."""
+    for layout in layouts[:-1]:
+        built = build(layout)
+        if natural_width(console, options, built) <= options.max_width:
+            return built
+    return build(layouts[-1])
+
+
+# -- the GPUs ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GpuLayout:
+    """Which columns the GPU table shows, and how."""
+
+    bar: int
+    """Cells of the memory bar (0: figures only)."""
+    util_bar: bool
+    pools: str
+    """``full`` (``weight 16.0 GiB · act …``), ``short`` (``█16.0 ▓10.0 ▒4.0 GiB``) or ``""`` (no column)."""
+    vendor: bool
+    """The name as NVML gives it (``NVIDIA H200``), or without the vendor (``H200``)."""
+    temp: bool = True
+    power: bool = True
+
+
+GPU_LAYOUTS = (
+    GpuLayout(BAR, True, "full", True),
+    GpuLayout(BAR, True, "short", True),
+    GpuLayout(10, True, "short", True),
+    GpuLayout(10, True, "", True),
+    GpuLayout(10, True, "", False),
+    GpuLayout(10, False, "", False),
+    GpuLayout(0, False, "", False),
+    GpuLayout(0, False, "", False, temp=False),
+    GpuLayout(0, False, "", False, temp=False, power=False),
+)
+"""Most detailed first; :class:`GpuTable` takes the first that fits."""
+
+
+def util_cell(gpu: GpuView, width: int = BAR) -> Text:
     if gpu.utilization is None:
         return Text("–")
-    style = "red" if gpu.utilization >= 90 else "yellow" if gpu.utilization >= 50 else "green"
-    return bar([(gpu.utilization, "█", style)], 100.0).append(f" {gpu.utilization:3.0f}%")
+    text = bar([(gpu.utilization, "█", load_style(gpu.utilization))], 100.0, width) if width else Text()
+    return text.append(f"{' ' if width else ''}{gpu.utilization:3.0f}%")
 
 
-def memory_cell(gpu: GpuView) -> Text:
+def memory_cell(gpu: GpuView, width: int = BAR) -> Text:
+    shown = fmt_pair(gpu.memory_used, gpu.memory_total)
+    if gpu.memory_used is None or not width:
+        return Text(shown)
     total = gpu.memory_total or 0
-    shown = f" {fmt_bytes(gpu.memory_used)}/{fmt_bytes(gpu.memory_total)}"
-    if gpu.memory_used is None:
-        return Text(shown.strip())
     if gpu.pools is None:
-        return bar([(gpu.memory_used, "█", "green")], total).append(shown)
+        return bar([(gpu.memory_used, "█", "green")], total, width).append(f" {shown}")
     p = gpu.pools
     return bar([(p.weight, "█", "magenta"), (p.activation, "▓", "cyan"), (p.other, "▒", "yellow")],
-               total).append(shown)
+               total, width).append(f" {shown}")
 
 
-def pools_cell(gpu: GpuView) -> str:
+def pools_cell(gpu: GpuView, form: str = "full") -> str:
     if gpu.pools is None:
-        return "pools n/a"
+        return "pools n/a" if form == "full" else "n/a"
     p = gpu.pools
-    return f"weight {fmt_bytes(p.weight)} · act {fmt_bytes(p.activation)} · other {fmt_bytes(p.other)}"
+    if form == "full":
+        return f"weight {fmt_bytes(p.weight)} · act {fmt_bytes(p.activation)} · other {fmt_bytes(p.other)}"
+    gib = 1 << 30
+    return f"█{p.weight / gib:.1f} ▓{p.activation / gib:.1f} ▒{p.other / gib:.1f} GiB"
 
 
-def gpu_table(snap: Snapshot) -> Table:
-    """One row per GPU; an empty table when there are none (the notes say so)."""
-    table = Table(expand=True, box=None, pad_edge=False, header_style="bold")
-    for name in ("GPU", "name", "util", "memory (█ weight ▓ act ▒ other)", "pools", "temp", "power", "job"):
-        table.add_column(name, no_wrap=True)
+def short_name(name: str) -> str:
+    """``NVIDIA H100 80GB HBM3`` → ``H100 80GB HBM3``."""
+    return name.removeprefix("NVIDIA ").removeprefix("Tesla ")
+
+
+def gpu_table_for(snap: Snapshot, layout: GpuLayout, expand: bool = True) -> Table:
+    """The GPU table in one layout: every figure whole; only the job column may be cut (``…``)."""
+    table = Table(expand=expand, box=None, pad_edge=False, header_style="bold")
+    columns = ["GPU", "name", "util", "memory"] + (["pools"] if layout.pools else []) \
+        + (["temp"] if layout.temp else []) + (["power"] if layout.power else [])
+    for name in columns:
+        right = name in ("temp", "power")
+        table.add_column(name, no_wrap=True, overflow="ignore", justify="right" if right else "left")
+    table.add_column("job", no_wrap=True, overflow="ellipsis", ratio=1, min_width=4)
     for g in snap.gpus:
-        power = f"{fmt_num(g.power_draw, '.0f')}/{fmt_num(g.power_limit, '.0f')} W"
-        table.add_row(str(g.index), g.name, util_cell(g), memory_cell(g), pools_cell(g),
-                      fmt_num(g.temperature, ".0f", "°C"), power, g.holder or "–")
+        cells: list[RenderableType] = [str(g.index), g.name if layout.vendor else short_name(g.name),
+                                       util_cell(g, layout.bar if layout.util_bar else 0), memory_cell(g, layout.bar)]
+        if layout.pools:
+            cells.append(pools_cell(g, layout.pools))
+        if layout.temp:
+            cells.append(fmt_num(g.temperature, ".0f", "°C"))
+        if layout.power:
+            cells.append(f"{fmt_num(g.power_draw, '.0f')}/{fmt_num(g.power_limit, '.0f')} W")
+        table.add_row(*cells, g.holder or "–")
     return table
 
 
+class GpuTable:
+    """One row per GPU, in the most detailed :data:`GPU_LAYOUTS` that fits the width it is drawn in."""
+
+    def __init__(self, snap: Snapshot):
+        self.snap = snap
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[RenderableType]:
+        yield widest_fitting(console, options, GPU_LAYOUTS,
+                             lambda layout: gpu_table_for(self.snap, layout, expand=True))  # type: ignore[arg-type]
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement(1, options.max_width)
+
+
+def gpu_table(snap: Snapshot) -> GpuTable:
+    """The GPU table (empty when there are none: the notes say so)."""
+    return GpuTable(snap)
+
+
+# -- the node ------------------------------------------------------------------------------------------
+
+
+def node_parts(node: NodeView, width: int) -> list[Text]:
+    """CPU, RAM (with bars of ``width`` cells, none at 0), CPU slots and GPUs of the node."""
+    cpu = Text("CPU ", style="bold")
+    if node.cpu_percent is None:
+        cpu.append("–")
+    else:
+        if width:
+            cpu.append_text(bar([(node.cpu_percent, "█", load_style(node.cpu_percent))], 100.0, width)).append(" ")
+        cpu.append(f"{node.cpu_percent:3.0f}%")
+    if node.cpu_count:
+        cpu.append(f" of {node.cpu_count}")
+    ram = Text("RAM ", style="bold")
+    if node.ram_used is not None and node.ram_total and width:
+        percent = 100 * node.ram_used / node.ram_total
+        ram.append_text(bar([(node.ram_used, "█", load_style(percent))], node.ram_total, width)).append(" ")
+    ram.append(fmt_pair(node.ram_used, node.ram_total))
+    parts = [cpu, ram, Text("CPU slots ", style="bold").append(
+        f"{node.cpu_slots - node.free_cpu_slots}/{node.cpu_slots} used")]
+    if node.gpus:
+        parts.append(Text("GPUs ", style="bold").append(f"{node.gpus - node.free_gpus}/{node.gpus} held"))
+    return parts
+
+
+class NodeLine:
+    """The node's CPU, RAM, CPU slots and GPUs on one line: with bars where they fit, figures only
+    where not, one per line where even those do not fit."""
+
+    def __init__(self, node: NodeView):
+        self.node = node
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[RenderableType]:
+        layouts = ((BAR, "   "), (10, "   "), (0, "   "), (0, "\n"))
+        yield widest_fitting(console, options, layouts, lambda layout: Text(layout[1]).join(  # type: ignore[index]
+            node_parts(self.node, layout[0])))  # type: ignore[index]
+
+
+# -- the selected job ----------------------------------------------------------------------------------
+
+
 def lanes_table(detail: JobDetail) -> Table:
-    """The four lanes: throughput and busy share over the job's last update window."""
+    """The four lanes over the window of the newest rows (``dvla.top.snapshot.lanes``): items/s, busy,
+    and for the learn and distribute lanes the time one update (one version's publish) takes."""
     table = Table(box=None, pad_edge=False, header_style="bold")
     table.add_column("lane", no_wrap=True)
     table.add_column("items/s", justify="right", no_wrap=True)
     table.add_column("busy", justify="right", no_wrap=True)
     table.add_column("", no_wrap=True)
+    table.add_column("per update", justify="right", no_wrap=True)
     for lane in detail.lanes:
-        busy = bar([(min(lane.busy, 1.0), "█", "cyan")], 1.0, 10) if lane.busy is not None else Text("")
-        table.add_row(lane.name, fmt_num(lane.items_per_s, ",.1f"),
-                      fmt_num(None if lane.busy is None else 100 * lane.busy, ".0f", "%"), busy)
+        busy = bar([(min(lane.busy, 1.0), "█", "cyan")], 1.0, 8) if lane.busy is not None else Text("")
+        each = fmt_seconds(lane.per_update_s) if lane.name in ("learn", "distribute") else ""
+        table.add_row(lane.name, fmt_rate(lane.items_per_s),
+                      fmt_num(None if lane.busy is None else 100 * lane.busy, ".0f", "%"), busy, each)
     return table
 
 
+def success_text(detail: JobDetail) -> str:
+    """``success 0.42 (312 episodes)``; ``success – (12 of 20 episodes)`` until enough have ended."""
+    if detail.success is not None:
+        count = "" if detail.episodes is None else f" ({detail.episodes:,} episodes)"
+        return f"success {detail.success:.2f}{count}"
+    if detail.episodes is None:
+        return "success –"
+    return f"success – ({detail.episodes:,} of {m.SUCCESS_MIN_EPISODES} episodes)"
+
+
 def pipeline_line(detail: JobDetail) -> str:
-    """Queue depth, staleness and progress of the selected job, in one line under its lanes."""
-    return (f"queue depth {fmt_num(detail.queue_depth, '.0f')} · staleness mean {fmt_num(detail.staleness_mean, '.2f')}"
-            f" max {fmt_num(detail.staleness_max, '.0f')} · version {fmt_num(detail.version, '.0f')}"
-            f" · env steps {fmt_num(detail.env_steps, ',.0f')}")
+    """Updates per minute, queue depth, staleness and progress of the selected job, in one line."""
+    return (f"{fmt_num(detail.updates_per_min, '.1f')} updates/min · queue depth {fmt_num(detail.queue_depth, '.0f')}"
+            f" · staleness mean {fmt_num(detail.staleness_mean, '.2f')} max {fmt_num(detail.staleness_max, '.0f')}"
+            f" · version {fmt_num(detail.version, '.0f')} · env steps {fmt_num(detail.env_steps, ',.0f')}")
+
+
+LEVELS = " ▁▂▃▄▅▆▇█"
+
+
+class Sparkline:
+    """A title line, then ``height`` rows of one cell per value, newest last, as many of the newest
+    values as fit beside the axis labels, which give the scale (``hi`` on the top row, ``lo`` on the
+    bottom one; with one row, ``lo–hi`` before it). A value at ``lo`` still draws ``▁``; a missing value
+    (None) leaves its cell blank. ``titles``: the title, then shorter forms for narrower widths."""
+
+    def __init__(self, titles: Sequence[str], values: Sequence[float | None], lo: float, hi: float,
+                 fmt: str = ".2f", height: int = 2):
+        self.titles, self.values, self.lo, self.hi, self.fmt, self.height = titles, values, lo, hi, fmt, height
+
+    def columns(self, cells: int) -> list[str]:
+        """The newest ``cells`` values, each as its column of characters, bottom row first."""
+        span, steps = self.hi - self.lo, 8 * self.height
+        out = []
+        for value in self.values[-cells:] if cells > 0 else []:
+            if value is None:
+                out.append(" " * self.height)
+                continue
+            share = 0.5 if span <= 0 else min(max((value - self.lo) / span, 0.0), 1.0)
+            level = max(1, round(share * steps))
+            out.append("".join(LEVELS[min(max(level - 8 * row, 0), 8)] for row in range(self.height)))
+        return out
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[RenderableType]:
+        yield widest_fitting(console, options, self.titles, lambda title: Text(title, no_wrap=True,  # type: ignore[arg-type]
+                                                                                  overflow="ellipsis"))
+        labels = [f"{self.hi:{self.fmt}}", f"{self.lo:{self.fmt}}"]
+        if self.height == 1:
+            labels = [f"{labels[1]}–{labels[0]}"] * 2
+        pad = max(len(label) for label in labels)
+        columns = self.columns(options.max_width - pad - 1)
+        for row in reversed(range(self.height)):
+            label = labels[0] if row == self.height - 1 else labels[1] if row == 0 else ""
+            line = Text(f"{label:>{pad}}┤", style="grey50")
+            line.append("".join(col[row] for col in columns), style="cyan")
+            yield line
+
+
+def rate_scale(values: Sequence[float | None]) -> float:
+    """The top of a rate's axis (which starts at 0): its largest value, 1 where it has none above 0."""
+    return max((v for v in values if v is not None), default=0.0) or 1.0
+
+
+def sparklines(detail: JobDetail, height: int = 2) -> Group:
+    """Success rate (0–1; blank before enough episodes) and env steps/s (0 to its largest) per row,
+    each ``height`` rows high."""
+    rows = f" · last {len(detail.env_steps_per_s)} updates"
+    success = success_text(detail)
+    speed = next((v for v in reversed(detail.env_steps_per_s) if v is not None), None)
+    speed_title = f"env steps/s {fmt_num(speed, ',.0f')}"
+    return Group(
+        Sparkline((success + rows, success), detail.success_rate, 0.0, 1.0, ".1f", height),
+        Sparkline((speed_title + rows, speed_title), detail.env_steps_per_s, 0.0,
+                  rate_scale(detail.env_steps_per_s), ",.0f", height))
 
 
 def status_line(snap: Snapshot, where: str, refresh_s: float) -> Text:

@@ -21,6 +21,8 @@ from textual.worker import get_current_worker
 
 from dvla.client import Client
 from dvla.errors import DaemonUnavailable, DvlaError
+from dvla.metric_names import SUCCESS_MIN_EPISODES
+from dvla.top.snapshot import LANE_WINDOW_S, LANE_WINDOW_UPDATES
 
 LOG_LINES = 5000
 """Lines the log screen keeps: a long job's log scrolls, memory stays bounded."""
@@ -93,16 +95,22 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(yes)
 
 
-HELP = """[b]dvla top[/b]: the daemon's GPUs, its queue and the selected job's pipeline
+HELP = f"""[b]dvla top[/b]: the daemon's node (CPU, RAM, CPU slots, GPUs), its queue, the selected job's lanes
 
   [b]↑ ↓ / k j[/b]  select a job
   [b]l[/b]          follow the selected job's log ([b]escape[/b] goes back)
   [b]c[/b]          cancel the selected job (asks y/n)
+  [b]f[/b]          hide or show finished jobs (succeeded, failed, cancelled)
   [b]?[/b]          this help
   [b]q[/b]          quit
 
 GPU memory bars: █ weight pool, ▓ activation pool, ▒ other, ░ free (pools shown where the selected
-job reports them; otherwise used/total and "pools n/a"). "–" marks what the node cannot measure."""
+job reports them; otherwise used/total and "pools n/a"). A narrow terminal drops bars and columns
+rather than cut a figure. "–" marks what the node cannot measure or a job has not reported yet.
+Lanes: items/s and busy over the newest rows spanning {LANE_WINDOW_S:g} s and {LANE_WINDOW_UPDATES} updates;
+"per update" is the time one learner update (learn) or one version's publish (distribute) takes. Success is "–" until
+{SUCCESS_MIN_EPISODES} episodes have ended. Sparklines: one cell per update, newest last; the figures at the
+left are the axis's top and bottom; a blank cell is an update without that figure."""
 
 
 class HelpScreen(ModalScreen[None]):

@@ -12,9 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from dvla import metric_names as m
+from dvla import rates
+from dvla.api import TERMINAL
+from dvla.jobtext import gpus_column
 
 ACTIVE = frozenset({"placing", "running", "cancelling"})
 """States in which a job holds resources and writes metrics: their runtime still grows."""
+LANE_WINDOW_S = 10.0
+LANE_WINDOW_UPDATES = 3
+"""The lanes' figures span the newest rows covering at least 10 s and 3 learner updates, so a slow
+learner's rate includes whole updates (see :mod:`dvla.rates`)."""
 
 
 @dataclass(frozen=True)
@@ -54,19 +61,32 @@ class JobRow:
     state: str
     priority: int
     gpus: str
-    """The GPU indices it holds (``0,1``), or how many it asks for while queued, or ``-`` for none."""
+    """Where it is placed (``GPU 0``, ``GPUs 0,1``), else how many it asks for (``2 asked``), or ``CPU``
+    (:func:`dvla.jobtext.gpus_column`)."""
     runtime_s: float | None
     """Seconds since it started (to its end if it ended); None if it never started."""
+    reason: str = ""
+    """Why a queued job waits (the daemon's ``pending_reason``), why a job failed or who cancelled it;
+    empty otherwise."""
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL
 
 
 @dataclass(frozen=True)
 class Lane:
-    """One of a job's four lanes over its last update window, as the job's metric rows report it."""
+    """One of a job's four lanes over the window of its latest rows (:data:`LANE_WINDOW_S`)."""
 
     name: str
     items_per_s: float | None
+    """Env steps (sample), observations (infer), samples (learn) or versions (distribute) per second
+    (:func:`dvla.rates.lane_items_per_s`)."""
     busy: float | None
-    """Fraction of the window the lane was busy, 0..1 (may exceed 1 for a lane of parallel workers)."""
+    """Fraction of the window the lane was busy, 0..1 (the sample lane's per worker)."""
+    per_update_s: float | None = None
+    """Seconds one update took (learn: ``learn_s``) or one version took to publish (distribute:
+    ``publish_ms``), averaged over the window; None for the sample and infer lanes."""
 
 
 @dataclass(frozen=True)
@@ -82,9 +102,31 @@ class JobDetail:
     staleness_max: float | None
     version: float | None
     env_steps: float | None
-    success_rate: tuple[float, ...]
-    """Per row, oldest first: the sparklines' data."""
-    env_steps_per_s: tuple[float, ...]
+    updates_per_min: float | None
+    """Learner updates (weight versions) per minute over the lanes' window."""
+    success: float | None
+    """The latest success rate, None until :data:`~dvla.metric_names.SUCCESS_MIN_EPISODES` episodes ended."""
+    episodes: int | None
+    """Episodes ended so far."""
+    success_rate: tuple[float | None, ...]
+    """Per row, oldest first: the sparklines' data; None where a row has no figure to show."""
+    env_steps_per_s: tuple[float | None, ...]
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """The daemon's machine: its CPU and RAM (None from a daemon that does not report them), its CPU
+    slots and GPUs for jobs."""
+
+    name: str
+    cpu_percent: float | None
+    cpu_count: int | None
+    ram_used: int | None
+    ram_total: int | None
+    cpu_slots: int
+    free_cpu_slots: int
+    gpus: int
+    free_gpus: int
 
 
 @dataclass(frozen=True)
@@ -93,6 +135,7 @@ class Snapshot:
 
     host: str = ""
     gpu_source: str = ""
+    node: NodeView | None = None
     gpus: tuple[GpuView, ...] = ()
     jobs: tuple[JobRow, ...] = ()
     detail: JobDetail | None = None
@@ -122,11 +165,18 @@ def runtime(job: Mapping[str, Any], now: float) -> float | None:
     return max(0.0, (end if end is not None else now) - started)
 
 
+def reason(job: Mapping[str, Any]) -> str:
+    """The queue's REASON column, as squeue's: why a queued job waits (``–`` before the scheduler's
+    first pass over it), why a job failed or was cancelled; nothing for jobs under way or done."""
+    if job["state"] == "queued":
+        return job.get("pending_reason") or "–"
+    return (job.get("reason") or "") if job["state"] in {"failed", "cancelled"} else ""
+
+
 def job_row(job: Mapping[str, Any], now: float) -> JobRow:
-    held = job.get("gpu_ids") or []
-    gpus = ",".join(str(i) for i in held) if held else (f"({job['gpus']})" if job.get("gpus") else "-")
     return JobRow(id=job["id"], user=job.get("user", ""), name=job.get("name") or "", state=job["state"],
-                  priority=int(job.get("priority") or 0), gpus=gpus, runtime_s=runtime(job, now))
+                  priority=int(job.get("priority") or 0), gpus=gpus_column(job), runtime_s=runtime(job, now),
+                  reason=reason(job))
 
 
 def pools_of(rows: Sequence[Mapping[str, Any]], memory_used: int | None) -> Pools | None:
@@ -171,19 +221,56 @@ def _last(rows: Sequence[Mapping[str, Any]], key: str) -> float | None:
     return None
 
 
-def _series(rows: Iterable[Mapping[str, Any]], key: str) -> tuple[float, ...]:
-    return tuple(float(r[key]) for r in rows if r.get(key) is not None)
+def _series(rows: Iterable[Mapping[str, Any]], key: str) -> tuple[float | None, ...]:
+    return tuple(float(r[key]) if r.get(key) is not None else None for r in rows)
+
+
+def lanes(rows: Sequence[Mapping[str, Any]]) -> tuple[tuple[Lane, ...], float | None]:
+    """The four lanes over the window of the newest rows that spans :data:`LANE_WINDOW_S` and
+    :data:`LANE_WINDOW_UPDATES` updates (all the rows fetched, if they span less), and the learner's
+    updates per minute over it. Where the rows give no window (a single row, rows without times) a
+    figure is the newest row's own."""
+    if not rows:
+        return tuple(Lane(name, None, None) for name in m.LANES), None
+    start, end = rates.window_start(rows, LANE_WINDOW_S, LANE_WINDOW_UPDATES), len(rows) - 1
+
+    def windowed(figure: float | None, key: str) -> float | None:
+        return figure if figure is not None else _last(rows[-1:], key)
+
+    publish_ms = windowed(rates.mean(rows, m.PUBLISH_MS, start, end), m.PUBLISH_MS)
+    per_update = {"learn": windowed(rates.mean(rows, m.LEARN_S, start, end), m.LEARN_S),
+                  "distribute": None if publish_ms is None else publish_ms / 1e3}
+    per_s = rates.updates_per_s(rows, start, end)
+    views = tuple(Lane(name, windowed(rates.lane_items_per_s(rows, name, start, end), m.LANE_ITEMS_PER_S[name]),
+                       windowed(rates.lane_busy(rows, name, start, end), m.LANE_BUSY[name]), per_update.get(name))
+                  for name in m.LANES)
+    return views, None if per_s is None else 60 * per_s
 
 
 def job_detail(job: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> JobDetail:
     """The selected job's lanes, queue, staleness and series from its metric rows (oldest first)."""
-    lanes = tuple(Lane(name, _last(rows, m.LANE_ITEMS_PER_S[name]), _last(rows, m.LANE_BUSY[name]))
-                  for name in m.LANES)
-    return JobDetail(id=job["id"], name=job.get("name") or "", state=job["state"], lanes=lanes,
+    lane_views, per_min = lanes(rows)
+    episodes = _last(rows, m.EPISODES)
+    return JobDetail(id=job["id"], name=job.get("name") or "", state=job["state"], lanes=lane_views,
                      queue_depth=_last(rows, m.QUEUE_DEPTH), staleness_mean=_last(rows, m.STALENESS_MEAN),
                      staleness_max=_last(rows, m.STALENESS_MAX), version=_last(rows, m.VERSION),
-                     env_steps=_last(rows, m.ENV_STEPS), success_rate=_series(rows, m.SUCCESS_RATE),
+                     env_steps=_last(rows, m.ENV_STEPS), updates_per_min=per_min,
+                     success=m.success_rate_of(rows[-1]) if rows else None,
+                     episodes=None if episodes is None else int(episodes),
+                     success_rate=tuple(m.success_rate_of(r) for r in rows),
                      env_steps_per_s=_series(rows, m.ENV_STEPS_PER_S))
+
+
+def node_view(reply: Sequence[Mapping[str, Any]], gpus: Mapping[str, Any]) -> NodeView | None:
+    """The first node of a ``/v1/nodes`` reply (dvlad runs one node), None without one."""
+    if not reply:
+        return None
+    node = reply[0]
+    held = sum(1 for g in node.get("gpus", []) if not g.get("free"))
+    return NodeView(name=node.get("name") or gpus.get("host", ""), cpu_percent=node.get("cpu_percent"),
+                    cpu_count=node.get("cpu_count"), ram_used=node.get("ram_used"), ram_total=node.get("ram_total"),
+                    cpu_slots=int(node.get("cpu_slots") or 0), free_cpu_slots=int(node.get("free_cpu_slots") or 0),
+                    gpus=len(node.get("gpus", [])), free_gpus=len(node.get("gpus", [])) - held)
 
 
 def gpu_notes(reply: Mapping[str, Any]) -> tuple[str, ...]:
@@ -197,11 +284,12 @@ def gpu_notes(reply: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def build(jobs: Sequence[Mapping[str, Any]], gpus: Mapping[str, Any], selected: int | None,
-          rows: Sequence[Mapping[str, Any]], now: float) -> Snapshot:
+          rows: Sequence[Mapping[str, Any]], now: float, nodes: Sequence[Mapping[str, Any]] = ()) -> Snapshot:
     """One screen's data from one poll: ``jobs`` (``/v1/jobs``), ``gpus`` (``/v1/gpus``), the metric
-    ``rows`` of job ``selected`` (see :func:`pick_selected`), at wall-clock time ``now``."""
+    ``rows`` of job ``selected`` (see :func:`pick_selected`), ``nodes`` (``/v1/nodes``), at wall-clock
+    time ``now``."""
     chosen = next((j for j in jobs if j["id"] == selected), None)
-    return Snapshot(host=gpus.get("host", ""), gpu_source=gpus.get("source", ""),
+    return Snapshot(host=gpus.get("host", ""), gpu_source=gpus.get("source", ""), node=node_view(nodes, gpus),
                     gpus=gpu_views(gpus, selected, rows), jobs=tuple(job_row(j, now) for j in jobs),
                     detail=job_detail(chosen, rows) if chosen is not None else None, notes=gpu_notes(gpus))
 
@@ -229,3 +317,28 @@ def fmt_duration(seconds: float | None) -> str:
 def fmt_num(value: float | None, spec: str = ".1f", suffix: str = "") -> str:
     """A value, or ``–`` when the daemon or the job does not know it."""
     return "–" if value is None else f"{value:{spec}}{suffix}"
+
+
+def fmt_rate(value: float | None) -> str:
+    """A rate to three figures or more, so a slow lane's reads ``0.033``, not ``0.0``; ``–`` when unknown."""
+    if value is None:
+        return "–"
+    if value == 0 or abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.1f}" if abs(value) >= 1 else f"{value:.2g}"
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    """A short duration with its unit: ``2.2 ms``, ``12.3 s``, ``4.5 min``; ``–`` when unknown."""
+    if seconds is None:
+        return "–"
+    if seconds < 1:
+        return f"{1e3 * seconds:.1f} ms"
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def fmt_pair(used: float | None, total: float | None) -> str:
+    """Used of total memory, the unit once where both share it: ``30.0/80.0 GiB``."""
+    a, b = fmt_bytes(used), fmt_bytes(total)
+    unit = b.rpartition(" ")[2]
+    return f"{a.removesuffix(' ' + unit)}/{b}" if a.endswith(" " + unit) else f"{a}/{b}"

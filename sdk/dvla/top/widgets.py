@@ -1,4 +1,5 @@
-"""The main screen's panels: GPUs, the job queue, and the selected job's pipeline.
+"""The main screen's panels: the node (CPU, RAM, CPU slots, GPUs), the job queue, and the selected job's
+pipeline.
 
 Why widgets that take a whole :class:`~dvla.top.snapshot.Snapshot`: the app hands each poll to every
 panel and each redraws only what it owns, so no panel asks the daemon anything itself.
@@ -8,29 +9,36 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from rich.console import Group
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
-from textual.widgets import DataTable, Sparkline, Static
+from textual.widgets import DataTable, Static
 
-from dvla.top.render import gpu_table, lanes_table, pipeline_line
-from dvla.top.snapshot import JobDetail, JobRow, Snapshot, fmt_duration, fmt_num
+from dvla.top.render import MEMORY_LEGEND, NodeLine, gpu_table, lanes_table, pipeline_line, sparklines
+from dvla.top.snapshot import JobDetail, JobRow, Snapshot, fmt_duration
 
-COLUMNS = ("ID", "USER", "NAME", "STATE", "PRI", "GPUS", "TIME")
+TALL = 30
+"""Terminal rows from which the sparklines are two rows high (one on a shorter one: the queue needs them)."""
+SPARK_ROWS = 2
+COLUMNS = ("ID", "USER", "NAME", "STATE", "PRI", "GPUS", "TIME", "REASON")
 
 
-class GpuPanel(Static):
-    """Every GPU of the node: utilisation, memory and its pools, temperature, power, holder."""
+class NodePanel(Static):
+    """The node's CPU, RAM and CPU slots, then every GPU: utilisation, memory and its pools,
+    temperature, power, holder."""
 
     def show(self, snap: Snapshot) -> None:
-        if not snap.gpus:
-            self.update("; ".join(snap.notes) or "no GPUs")
-            return
-        self.update(gpu_table(snap))
+        parts: list = [NodeLine(snap.node)] if snap.node is not None else []
+        parts.append(gpu_table(snap) if snap.gpus else Text("; ".join(snap.notes) or "no GPUs", style="yellow"))
+        self.border_subtitle = MEMORY_LEGEND if snap.gpus else ""
+        self.update(Group(*parts))
 
 
 def cells(row: JobRow) -> tuple[str, ...]:
-    return (str(row.id), row.user, row.name, row.state, str(row.priority), row.gpus, fmt_duration(row.runtime_s))
+    return (str(row.id), row.user, row.name, row.state, str(row.priority), row.gpus, fmt_duration(row.runtime_s),
+            row.reason)
 
 
 class JobsTable(DataTable[str]):
@@ -53,7 +61,8 @@ class JobsTable(DataTable[str]):
         return int(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value or 0)
 
     def show(self, rows: tuple[JobRow, ...], prefer: int | None) -> None:
-        """Put ``rows`` on screen keeping the cursor on its job; ``prefer`` places it on a first fill.
+        """Put ``rows`` on screen keeping the cursor on its job; ``prefer`` places it on a first fill
+        and when the job under the cursor is no longer listed.
 
         Cells change in place while the set of jobs stays the same (every cycle: runtimes tick), so
         the cursor is never reset; a new or vanished job rebuilds the rows and puts the cursor back."""
@@ -64,7 +73,9 @@ class JobsTable(DataTable[str]):
                     if self.get_cell(str(row.id), column) != value:
                         self.update_cell(str(row.id), column, value, update_width=True)
             return
-        keep = self.selected if self.row_count else prefer
+        keep = self.selected if self.row_count else None
+        if keep is None or str(keep) not in keys:
+            keep = prefer
         self.clear()
         for row in rows:
             self.add_row(*cells(row), key=str(row.id))
@@ -73,32 +84,24 @@ class JobsTable(DataTable[str]):
 
 
 class DetailPanel(Vertical):
-    """The selected job's four lanes, queue and staleness, and sparklines of its recent updates."""
+    """The selected job: its success and pipeline figures, its four lanes, and sparklines of its
+    recent updates, each with its scale."""
 
     def compose(self) -> ComposeResult:
         yield Static(id="detail-title")
-        with Horizontal():
+        with Horizontal(id="detail-body"):
             yield Static(id="lanes")
-            with Vertical(id="sparks"):
-                yield Static(id="success-label")
-                yield Sparkline([], id="success")
-                yield Static(id="speed-label")
-                yield Sparkline([], id="speed")
+            yield Static(id="sparks")
 
     def show(self, detail: JobDetail | None) -> None:
         title, lanes = self.query_one("#detail-title", Static), self.query_one("#lanes", Static)
-        success, speed = self.query_one("#success", Sparkline), self.query_one("#speed", Sparkline)
+        sparks = self.query_one("#sparks", Static)
         if detail is None:
             title.update("no job selected")
             lanes.update("")
-            success.data = speed.data = []
+            sparks.update("")
             return
-        title.update(f"[b]job {detail.id} · {detail.name or '-'} · {detail.state}[/b]   {pipeline_line(detail)}")
+        title.update(Text.assemble((f"job {detail.id} · {detail.name or '-'} · {detail.state}", "bold"),
+                                   f"   {pipeline_line(detail)}"))
         lanes.update(lanes_table(detail))
-        last_success = detail.success_rate[-1] if detail.success_rate else None
-        last_speed = detail.env_steps_per_s[-1] if detail.env_steps_per_s else None
-        self.query_one("#success-label", Static).update(
-            f"success rate {fmt_num(last_success, '.2f')} (last {len(detail.success_rate)} updates)")
-        self.query_one("#speed-label", Static).update(
-            f"env steps/s {fmt_num(last_speed, ',.0f')} (last {len(detail.env_steps_per_s)} updates)")
-        success.data, speed.data = list(detail.success_rate), list(detail.env_steps_per_s)
+        sparks.update(sparklines(detail, height=SPARK_ROWS if self.app.size.height >= TALL else 1))
