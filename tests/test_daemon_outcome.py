@@ -34,7 +34,7 @@ def test_outcome_reasons(tmp_path):
     tail = last_log_line(log)
     assert tail == "ModuleNotFoundError: No module named 'x'" and last_log_line(tmp_path / "none") == ""
     assert outcome(job, 1, {}, tail) == (State.FAILED, f"exited with status 1: {tail}")
-    assert outcome(job, 0, {"status": "succeeded"}) == (State.SUCCEEDED, "completed its env-step budget")
+    assert outcome(job, 0, {"status": "succeeded"}) == (State.SUCCEEDED, "succeeded")  # an older runner's summary
     assert outcome(job, None, {"status": "succeeded"})[0] is State.SUCCEEDED  # adopted, ended while dvlad was down
     assert outcome(job, -9, {}) == (State.FAILED, "killed by signal SIGKILL")
     assert outcome(job, 1, {"status": "failed", "reason": "boom"}) == (State.FAILED, "job failed: boom")
@@ -79,3 +79,26 @@ def test_the_daemon_stops_when_its_supervisor_does(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="supervisor stopped") as stopped:
         asyncio.run(asyncio.wait_for(daemon_loop.run(), 10))
     assert isinstance(stopped.value.__cause__, OSError)
+
+
+def test_a_finished_jobs_reason_says_which_limit_stopped_it_and_how_far_its_budget_got(tmp_path):
+    """A job stopped by max_minutes was reported as having completed its env-step budget."""
+    job = submitted(Store(tmp_path / "db"))
+
+    def reason(**summary) -> str:
+        state, said = outcome(job, 0, {"status": "succeeded", "total_env_steps": 200_000, **summary})
+        assert state is State.SUCCEEDED
+        return said
+
+    assert reason(stop_reason="env_steps", env_steps=200_064) == \
+        "completed its env-step budget: 200,064 of 200,000 env steps"
+    assert reason(stop_reason="max_minutes", env_steps=1_234) == \
+        "reached its wall-clock limit (train.max_minutes): 1,234 of 200,000 env steps"
+    assert reason(stop_reason="max_minutes", env_steps=0, during_setup=True) == \
+        "reached its wall-clock limit (train.max_minutes) during set-up: 0 of 200,000 env steps"
+    assert reason(stop_reason="success target", env_steps=61_440) == \
+        "reached its success target (train.stop_at_success): 61,440 of 200,000 env steps"
+    assert reason(stop_reason="nonsense", env_steps="lots") == "succeeded"  # the user's file: anything may be in it
+    stopped = {"status": "stopped", "stop_reason": "interrupted (Ctrl-C)", "env_steps": 5, "total_env_steps": 9}
+    assert outcome(job, 3, stopped) == (State.FAILED,
+                                        "stopped by a SIGINT that did not come from dvlad (5 of 9 env steps)")

@@ -146,9 +146,11 @@ def test_cli_runs_a_job(small_spec, tmp_path):
                            str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO, env=env,
                           timeout=240)
     assert proc.returncode == 0, proc.stderr
-    assert "steps/s" in proc.stdout and "done:" in proc.stdout
+    assert "steps/s" in proc.stdout
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["status"] == "succeeded"
+    assert (summary["status"], summary["stop_reason"], summary["total_env_steps"]) == ("succeeded", "env_steps", 640)
+    assert proc.stdout.splitlines()[-1].startswith(  # which limit stopped it, and how far the budget got
+        f"done: completed its env-step budget: {summary['env_steps']} of 640 env steps (version ")
 
 
 @pytest.mark.slow
@@ -238,9 +240,10 @@ def test_a_crashing_learner_fails_the_job_with_its_reason(small_spec, tmp_path, 
     assert time.monotonic() - t0 < 90  # promptly, not after a timeout
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("learner", ["process", "thread"])
-def test_sigterm_checkpoints_and_stops_cleanly(small_spec, tmp_path, learner):
+def _stop_a_running_job(small_spec, tmp_path: Path, learner: str, send) -> tuple[subprocess.Popen, str, dict]:
+    """Start a job runner with an out-of-reach budget in a session of its own (as a terminal's foreground
+    job: env workers and learner in its process group), ``send(proc)`` once it has written 3 rows; its
+    exit status, its stdout and summary.json."""
     import tomli_w
 
     from dvla.spec import spec_to_dict
@@ -250,20 +253,42 @@ def test_sigterm_checkpoints_and_stops_cleanly(small_spec, tmp_path, learner):
     job.write_text(tomli_w.dumps(spec_to_dict(spec)))
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "dvlad.runtime.job", str(job), "--output-dir", str(out),
-                             "--quiet"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--quiet"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while not ((out / "metrics.jsonl").exists() and len(read_jsonl(out / "metrics.jsonl")) >= 3):
             assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        send(proc)
+        stdout, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "stopped" and summary["env_steps"] < 10_000_000
-    assert (out / "checkpoint.safetensors").exists()
+    assert proc.returncode == 3, stderr  # stopped on request: neither done (0) nor failed (1)
+    return proc, stdout, json.loads((out / "summary.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("learner", ["process", "thread"])
+def test_sigterm_checkpoints_and_stops_cleanly(small_spec, tmp_path, learner):
+    _, stdout, summary = _stop_a_running_job(small_spec, tmp_path, learner, lambda p: p.send_signal(signal.SIGTERM))
+    assert summary["status"] == "stopped" and summary["stop_reason"] == "stopped (SIGTERM)"
+    assert summary["env_steps"] < summary["total_env_steps"] == 10_000_000
+    assert (tmp_path / "out" / "checkpoint.safetensors").exists()
     assert int(summary["version"]) >= 3
+    last = stdout.splitlines()[-1]
+    assert last.startswith("stopped: stopped by SIGTERM: ") and "of 10,000,000 env steps" in last, stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_and_writes_the_summary_as_sigterm_does(small_spec, tmp_path):
+    """Ctrl-C (SIGINT to the terminal's whole foreground group) exited 1 with no summary.json."""
+    _, stdout, summary = _stop_a_running_job(small_spec, tmp_path, "process",
+                                             lambda p: os.killpg(p.pid, signal.SIGINT))
+    assert summary["status"] == "stopped" and summary["stop_reason"] == "interrupted (Ctrl-C)"
+    assert summary["checkpoint"] == str(tmp_path / "out" / "checkpoint.safetensors")
+    assert int(summary["version"]) >= 3 and 0 < summary["env_steps"] < 10_000_000
+    assert stdout.splitlines()[-1].startswith("stopped: interrupted by Ctrl-C: "), stdout
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")

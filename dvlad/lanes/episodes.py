@@ -51,6 +51,19 @@ class EpisodeStats:
         for env in sorted(ended):
             self.add(*ended[env])
 
+    def window(self) -> tuple[list[float], list[float], list[int]]:
+        """The window's returns, successes and lengths, oldest first, copied at one instant."""
+        with self._lock:
+            return list(self.returns), list(self.successes), list(self.lengths)
+
+    def restore(self, total: int, returns: list[float], successes: list[float], lengths: list[int]) -> None:
+        """Start from a window saved by :meth:`window` (a resumed job's) and its count of episodes."""
+        with self._lock:
+            self.returns.extend(returns)
+            self.successes.extend(successes)
+            self.lengths.extend(lengths)
+            self.total = total
+
     def summary(self) -> dict[str, float]:
         with self._lock:
             if not self.returns:

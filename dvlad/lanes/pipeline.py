@@ -23,6 +23,7 @@ at a time and ``max_staleness = 0``, so the lanes run strictly in turn.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue
@@ -36,9 +37,11 @@ from pathlib import Path
 import torch
 
 from dvla import metric_names as m
+from dvla import stops
 from dvla.spec import JobSpec
 from dvlad.gpu.layout import JobLayout, cpus_near, plan_layout
 from dvlad.lanes.actor import Actor
+from dvlad.lanes.budget import Budget, Carried, carried_for
 from dvlad.lanes.device import ACTOR_PRIORITY, JobDevices, job_devices, placement_for
 from dvlad.lanes.env_workers import EnvWorkerPool
 from dvlad.lanes.learner import LearnerConfig, learner_main
@@ -59,7 +62,7 @@ class JobFailed(RuntimeError):
 
 class Pipeline:
     def __init__(self, spec: JobSpec, output_dir: Path, on_progress: Callable[[Progress], None] | None = None,
-                 on_log: Callable[[str], None] | None = None) -> None:
+                 on_log: Callable[[str], None] | None = None, started_at: float | None = None) -> None:
         self.spec, self.output_dir = spec, output_dir
         self.on_progress = on_progress or (lambda p: None)
         self.on_log = on_log or (lambda line: None)
@@ -75,15 +78,21 @@ class Pipeline:
         """The learner ranks and the replicas in processes of their own, by the name failures use."""
         self.timeline_origin = 0.0
         """``time.monotonic()`` at which the rows' ``time_s`` starts (to align them with the timeline)."""
-        self._stop_requested = threading.Event()
+        self.budget = Budget(spec.train, time.monotonic() if started_at is None else started_at)
+        """What stops the job (``started_at``: the job's start, so ``train.max_minutes`` counts set-up)."""
 
-    def request_stop(self) -> None:
-        """Finish the update in hand, checkpoint and stop (SIGTERM does this)."""
-        self._stop_requested.set()
+    def request_stop(self, reason: str = stops.SIGTERM) -> None:
+        """Finish the update in hand, checkpoint and stop (SIGTERM and Ctrl-C do this)."""
+        self.budget.stop(reason)
 
     @property
     def stop_requested(self) -> bool:
-        return self._stop_requested.is_set()
+        return self.budget.asked
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Which limit stopped the job, or the stop asked for (:mod:`dvla.stops`)."""
+        return self.budget.reason
 
     def plan(self) -> tuple[JobDevices, JobLayout]:
         """The job's devices and its layout over them (what ``scripts/plan_job.py`` prints)."""
@@ -150,6 +159,9 @@ class Pipeline:
             actor = self.actor = make_actor(spec, setups[0], pool, queues, plane, self.timeline, ready.version,
                                             built=(policy, flat))
             actor.env_steps = ready.trained_env_steps
+            carried = carried_for(self.output_dir, ready.version) if spec.train.resume else None
+            if carried is not None:  # the episode window and env steps of the checkpoint it resumed
+                carried.restore(actor, self.budget)
             return self._run_actor(actor, lanes, stop, lambda t_start: Reporter(
                 self.timeline, actor, pool, messages, t_start, spec.train.log_every, self.on_progress,
                 queues=queues, replicas=replicas, workers=spec.env.workers, learner_ranks=ranks), early)
@@ -186,10 +198,11 @@ class Pipeline:
 
     def _run_actor(self, actor: Actor, lanes: dict[str, Lane], stop, reporter_from: Callable[[float], Reporter],
                    early: list[object]) -> dict[str, float]:
-        spec = self.spec
         t_start = self.timeline_origin = time.monotonic()
-        deadline = t_start + spec.train.max_minutes * 60 if spec.train.max_minutes else float("inf")
+        budget = self.budget
         reporter = reporter_from(t_start)
+        reporter.on_row = budget.see_row
+        reporter.on_checkpoint = lambda version: self._carry(reporter, version)
         for msg in early:
             reporter.handle(msg)
         reporter.start()
@@ -198,8 +211,7 @@ class Pipeline:
             return next((_exited(name, lane) for name, lane in lanes.items() if not lane.is_alive()), None)
 
         def should_stop() -> bool:
-            return (ended() is not None or reporter.failure is not None or self._stop_requested.is_set()
-                    or reporter.env_steps >= spec.train.total_env_steps or time.monotonic() >= deadline)
+            return ended() is not None or reporter.failure is not None or budget.check(reporter.env_steps) is not None
 
         try:
             with actor.placement.lane_stream(ACTOR_PRIORITY):
@@ -215,6 +227,12 @@ class Pipeline:
         if failure:
             raise JobFailed(failure)
         return {**reporter.last, m.ENV_STEPS: float(reporter.env_steps)}  # the last row's, and all the steps
+
+
+    def _carry(self, reporter: Reporter, version: int) -> None:
+        """Beside the checkpoint of ``version``: what a resume of it carries over (``budget.py``)."""
+        with contextlib.suppress(OSError):  # a full disk costs the resume its window, not the job
+            Carried.of(reporter.env_steps, reporter.actor.episodes, self.budget, version).save(self.output_dir)
 
 
 def _replica_setups(spec: JobSpec, devices: JobDevices, layout: JobLayout) -> list[ReplicaSetup]:

@@ -63,6 +63,10 @@ class Reporter(threading.Thread):
         """The latest complete checkpoint."""
         self.failure: str | None = None
         """Why the learn lane died, with its traceback; None while it has not."""
+        self.on_row: Callable[[dict[str, float]], None] = lambda values: None
+        """Called with every update's row, given to ``on_progress`` or not (the job's stop rule)."""
+        self.on_checkpoint: Callable[[int], None] = lambda version: None
+        """Called with the version of each complete checkpoint (what a resume carries is saved beside it)."""
         self._done = threading.Event()
         self._window_start = t_start
         self._window_steps = actor.env_steps
@@ -110,8 +114,9 @@ class Reporter(threading.Thread):
                     self.timeline.add(*interval)
                 for episode in msg.episodes:
                     self.actor.episodes.add(*episode)
-            case Checkpointed(path, _version):
+            case Checkpointed(path, version):
                 self.checkpoint = path
+                self.on_checkpoint(version)
             case LearnerFailed(tb, rank):
                 self.failure = f"learner{f' rank {rank}' if self.learner_ranks > 1 else ''} failed:\n{tb}"
             case ReplicaFailed(replica, tb):
@@ -170,6 +175,7 @@ class Reporter(threading.Thread):
                     per_replica.setdefault(replica, []).append(seconds)
             values[m.PUBLISH_MS_REPLICAS] = [1e3 * float(np.mean(per_replica[r])) for r in sorted(per_replica)]
         self.last = values
+        self.on_row(values)
         if stats.version % self.log_every == 0:
             self.on_progress(Progress(values, hist))
             self._window_start, self._window_steps, self._window_hist = now, env_steps, []

@@ -1,8 +1,11 @@
 """Run one job without the daemon: ``python -m dvlad.runtime.job JOB.toml``.
 
-This is exactly what ``dvlad`` launches for a job. Exit codes: 0 succeeded, 1 the job
-failed (one line with the reason is printed; ``summary.json`` keeps it with the traceback), 2 the job
-file is invalid.
+This is exactly what ``dvlad`` launches for a job. It runs until a limit of the job's budget holds
+(``train.total_env_steps``, ``train.max_minutes`` of wall clock from the process's start, the success
+target) or it is asked to stop (SIGTERM, Ctrl-C: both checkpoint first); ``summary.json`` and the final
+line say which (:mod:`dvla.stops`) and how far the budget got. A run directory with a checkpoint resumes
+from it, its success window included (``dvlad/lanes/budget.py``), or does nothing if its budget is
+already spent. Exit statuses: :data:`EXIT_CODES`.
 """
 
 from __future__ import annotations
@@ -14,14 +17,31 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+import psutil
+
 from dvla import metric_names as m
-from dvla.spec import JobSpec, SpecError, load_spec
+from dvla import paths, stops
+from dvla.checkpoint import CHECKPOINT_NAME
+from dvla.spec import JobSpec, SpecError, load_spec, spec_from_dict, spec_to_dict
+from dvlad.lanes.budget import ResumePoint, resume_point
 from dvlad.lanes.pipeline import JobFailed, Pipeline
 from dvlad.lanes.reporter import Progress
 from dvlad.runtime.metrics import MetricsSink
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CODES = {
+    EXIT_OK: "done: a limit of its budget held (env steps, max_minutes, success target)",
+    EXIT_FAILED: "failed (summary.json says why)",
+    EXIT_INVALID: "invalid job file",
+    EXIT_STOPPED: "stopped on request (SIGTERM or Ctrl-C) after a checkpoint; run it again to resume",
+    EXIT_INTERRUPTED: "a second Ctrl-C: stopped at once, no final checkpoint or summary",
+}
+"""The job runner's exit statuses (README.md and docs/jobs.md list them)."""
 
 SCRIPT = "dvlad-job"
 """The console script that runs :func:`main` (pyproject.toml)."""
@@ -32,13 +52,15 @@ def output_dir_of(spec: JobSpec, override: str | None = None) -> Path:
 
 
 def format_progress(values: dict[str, float], total: int) -> str:
-    """One human line per update: progress, throughput, learning, lanes."""
+    """One human line per update: progress, throughput, learning, lanes. The success rate shows once
+    enough episodes have ended (:data:`~dvla.metric_names.SUCCESS_MIN_EPISODES`), beside their count."""
     pct = 100.0 * values[m.ENV_STEPS] / max(total, 1)
-    success = values.get(m.SUCCESS_RATE)
+    success = m.success_rate_of(values)
     parts = [
         f"[{pct:5.1f}%] v{int(values[m.VERSION]):<4d} {int(values[m.ENV_STEPS]):>8d} steps",
         f"{values[m.ENV_STEPS_PER_S]:7.0f} steps/s",
-        f"success {success:5.2f}" if success is not None else "success   -  ",
+        (f"success {success:4.2f}" if success is not None else "success   - ")
+        + f" of {int(values[m.EPISODES]):>5d} ep",
         f"return {values.get(m.EPISODE_RETURN, float('nan')):6.2f}",
         f"stale {values[m.STALENESS_MEAN]:.2f}",
         "busy " + " ".join(f"{lane[:5]} {values[m.LANE_BUSY[lane]]:4.0%}" for lane in ("sample", "infer", "learn")),
@@ -46,9 +68,56 @@ def format_progress(values: dict[str, float], total: int) -> str:
     return " | ".join(parts)
 
 
-def run_job(spec: JobSpec, output_dir: Path, quiet: bool = False) -> dict[str, float]:
-    """Run ``spec`` to completion, writing metrics, checkpoints and a summary to ``output_dir``."""
+def process_started() -> float:
+    """``time.monotonic()`` when this process started: ``train.max_minutes`` counts from there, as
+    Slurm's ``--time`` does (interpreter start and imports included: torch's alone take seconds)."""
+    age = time.time() - psutil.Process().create_time()
+    return time.monotonic() - max(age, 0.0)
+
+
+def episode_numbers(total: int, successes: Sequence[float], returns: Sequence[float]) -> dict[str, float]:
+    """The episodes part of a summary: how many ended, how many the success window holds, and its success
+    rate and mean return once enough have ended to mean something (:func:`dvla.metric_names.success_rate_of`)."""
+    out: dict[str, float] = {m.EPISODES: total, "window_episodes": len(successes)}
+    if successes and total >= m.SUCCESS_MIN_EPISODES:
+        out[m.SUCCESS_RATE] = float(np.mean(successes))
+        out[m.EPISODE_RETURN] = float(np.mean(returns))
+    return out
+
+
+def _write_summary(output_dir: Path, summary: dict) -> None:
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+def _already_done(spec: JobSpec, output_dir: Path, point: ResumePoint, reason: str) -> dict:
+    """The summary of a run whose budget its checkpoint has already spent: nothing is trained (rather
+    than one more update); the summary is written anew from what the checkpoint carries."""
+    carried = point.carried
+    window = episode_numbers(carried.episodes, carried.successes, carried.returns) if carried else {}
+    summary = {"status": "succeeded", "stop_reason": reason, m.ENV_STEPS: point.env_steps,
+               stops.TOTAL_ENV_STEPS: spec.train.total_env_steps, "wall_s": 0.0, "trained": False,
+               "checkpoint": str(output_dir / CHECKPOINT_NAME), m.VERSION: point.version, **window}
+    _write_summary(output_dir, summary)
+    print(f"nothing to train: {output_dir} {stops.describe(summary)} (version {point.version}); raise "
+          "train.total_env_steps (or the target) to train on, or set train.resume = false to start over", flush=True)
+    return summary
+
+
+def run_job(spec: JobSpec, output_dir: Path, quiet: bool = False, started_at: float | None = None) -> dict:
+    """Run ``spec`` until a limit of its budget holds or it is asked to stop (SIGTERM, Ctrl-C), writing
+    metrics, checkpoints and a summary to ``output_dir``. ``started_at`` (``time.monotonic()``, default:
+    now) is when the job began, which ``train.max_minutes`` counts from."""
+    t0 = time.monotonic() if started_at is None else started_at
     output_dir.mkdir(parents=True, exist_ok=True)
+    point = resume_point(output_dir, spec.train.resume)
+    if point is not None:
+        spent = point.spent(spec.train)
+        if spent is not None:
+            return _already_done(spec, output_dir, point, spent)
+        window = (f"; its {point.carried.episodes} episodes' success window carried over" if point.carried
+                  else "; no episode window saved with it: the success rate starts over")
+        print(f"resuming from {point.env_steps} env steps (version {point.version}) in {output_dir}{window}",
+              flush=True)
     (output_dir / "job.json").write_text(json.dumps(asdict(spec), indent=2))
     sink = MetricsSink(output_dir)
 
@@ -57,19 +126,49 @@ def run_job(spec: JobSpec, output_dir: Path, quiet: bool = False) -> dict[str, f
         if not quiet:
             print(format_progress(p.values, spec.train.total_env_steps), flush=True)
 
-    pipeline = Pipeline(spec, output_dir, on_progress=progress, on_log=None if quiet else print)
-    previous = signal.signal(signal.SIGTERM, lambda *_: pipeline.request_stop())
-    t0 = time.monotonic()
+    pipeline = Pipeline(spec, output_dir, on_progress=progress, on_log=None if quiet else print, started_at=t0)
+
+    def interrupt(*_) -> None:
+        if pipeline.stop_reason == stops.INTERRUPTED:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop at once
+        pipeline.request_stop(stops.INTERRUPTED)
+        print("interrupted: checkpointing and stopping (Ctrl-C again to stop at once, without either)",
+              file=sys.stderr, flush=True)
+
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: pipeline.request_stop(stops.SIGTERM)),
+                signal.SIGINT: signal.signal(signal.SIGINT, interrupt)}
     try:
         last = pipeline.run()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         sink.close()
-    status = "stopped" if pipeline.stop_requested else "succeeded"  # stopped: asked to, before its budget
-    summary = {"status": status, "wall_s": time.monotonic() - t0, "checkpoint": pipeline.checkpoint,
-               **{k: last[k] for k in (m.ENV_STEPS, m.VERSION, m.SUCCESS_RATE, m.EPISODE_RETURN) if k in last}}
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    episodes = pipeline.actor.episodes  # replica 0's, which the reporter merges the others' into
+    returns, successes, _ = episodes.window()
+    setup_s = pipeline.timeline_origin - t0
+    summary = {"status": "stopped" if pipeline.stop_requested else "succeeded",  # stopped: asked to, before a limit
+               "stop_reason": pipeline.stop_reason,
+               m.ENV_STEPS: int(last[m.ENV_STEPS]), stops.TOTAL_ENV_STEPS: spec.train.total_env_steps,
+               "wall_s": time.monotonic() - t0, "setup_s": setup_s, "checkpoint": pipeline.checkpoint,
+               m.VERSION: int(last.get(m.VERSION, point.version if point else 0)),
+               **episode_numbers(episodes.total, successes, returns)}
+    if pipeline.stop_reason == stops.MAX_MINUTES and setup_s >= 60 * spec.train.max_minutes:
+        summary["during_setup"] = True
+    _write_summary(output_dir, summary)
     return summary
+
+
+def final_line(summary: dict, out: Path) -> str:
+    """The job's last line: what stopped it, how far its budget got, where its results are."""
+    success = summary.get(m.SUCCESS_RATE)
+    episodes = int(summary.get(m.EPISODES, 0))
+    learned = (f"success {success:.2f} over the last {int(summary['window_episodes'])} of {episodes} episodes"
+               if success is not None else
+               f"success not shown ({episodes} episodes ended, fewer than {m.SUCCESS_MIN_EPISODES})")
+    head = "stopped" if summary["status"] == "stopped" else "done"
+    tail = "; run it again to resume" if summary["status"] == "stopped" else ""
+    return (f"{head}: {stops.describe(summary)} (version {int(summary[m.VERSION])}); {learned}; "
+            f"metrics and checkpoint in {out}{tail}")
 
 
 def failure_reason(err: Exception) -> str:
@@ -97,33 +196,48 @@ def record_failure(out: Path, err: Exception) -> None:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
 
+def load_job_file(path: str) -> JobSpec:
+    """The job file's spec, with its relative paths (``policy.checkpoint``, transformer-vla's ``pretrained``,
+    libero's ``libero_root``) taken from the file's folder, as ``dvla submit`` takes them
+    (:mod:`dvla.paths`), and a local checkpoint checked there; SpecError with the key and line if not.
+    ``job.output_dir`` and ``--output-dir`` stay relative to the current directory."""
+    file = Path(path)
+    spec = load_spec(file)
+    data, _ = paths.resolve(spec_to_dict(spec), file.absolute().parent, base_name="the job file's folder",
+                            source=str(file), text=file.read_text(encoding="utf-8-sig"))
+    return spec_from_dict(data, source=str(file))
+
+
 def main(argv: list[str] | None = None) -> int:
+    started_at = process_started()
     prog = SCRIPT if Path(sys.argv[0]).name == SCRIPT else "python -m dvlad.runtime.job"  # as it was started
     parser = argparse.ArgumentParser(
         prog=prog, description="Run a D-VLA job file in this process, without the daemon.",
-        epilog=f"example: {prog} examples/reach_ppo.toml --output-dir runs/try1")
-    parser.add_argument("job_file", help="the job's TOML file (see docs/jobs.md)")
+        epilog=f"example: {prog} examples/reach_ppo.toml --output-dir runs/try1\n\nexit status: "
+               + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("job_file", help="the job's TOML file (see docs/jobs.md); its relative paths are "
+                                         "taken from its folder")
     parser.add_argument("--output-dir", help="where metrics, checkpoints and TensorBoard logs go "
                                              "(default: [job] output_dir)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
     try:
-        spec = load_spec(args.job_file)
+        spec = load_job_file(args.job_file)
     except SpecError as err:
         print(err, file=sys.stderr)
-        return 2
+        return EXIT_INVALID
     out = output_dir_of(spec, args.output_dir)
     try:
-        summary = run_job(spec, out, quiet=args.quiet)
-    except KeyboardInterrupt:
-        print("job interrupted", file=sys.stderr)
-        return 1
+        summary = run_job(spec, out, quiet=args.quiet, started_at=started_at)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the job's signal handlers were set
+        print("job interrupted: stopped at once, without a final checkpoint or summary", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as err:  # every failure: one line and a summary, never a traceback on the terminal
         record_failure(out, err)
-        return 1
-    print(f"done: {int(summary.get(m.ENV_STEPS, 0))} env steps, success rate "
-          f"{summary.get(m.SUCCESS_RATE, float('nan')):.2f}; metrics and checkpoint in {out}")
-    return 0
+        return EXIT_FAILED
+    print(final_line(summary, out), flush=True)
+    return EXIT_STOPPED if summary["status"] == "stopped" else EXIT_OK
 
 
 if __name__ == "__main__":

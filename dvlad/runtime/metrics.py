@@ -3,6 +3,8 @@ TensorBoard event log (what users open first).
 
 Each sink appends and flushes per row, so a crash loses at most the row being written. The CSV's
 columns and the TensorBoard tags come from the metrics' declarations (:mod:`dvla.metric_names`).
+TensorBoard gets a success rate only once enough episodes have ended (``SUCCESS_MIN_EPISODES``),
+as every display of it; the JSON lines and the CSV keep every row's raw value.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class MetricsSink:
         self._csv_file.flush()
         step = int(values[m.ENV_STEPS])
         for key, value in values.items():
+            if key == m.SUCCESS_RATE and m.success_rate_of(values) is None:
+                continue  # a window of the first few (short, successful) episodes: 1.00 before any learning
             if m.METRICS[key].scalar:
                 self._tb.add_scalar(m.METRICS[key].tensorboard_tag, value, step)
         self._tb.flush()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dvla import stops
 from dvla.spec import spec_from_dict
 from dvlad.gpu.layout import plan_layout
 from dvlad.runtime.jobfiles import open_job_file, read_job_file
@@ -77,8 +78,8 @@ def outcome(job: Job, exit_code: int | None, summary: dict, log_tail: str = "") 
     ``log_tail``, the log's last line, is the reason when nothing better says why."""
     status = summary.get("status")
     finished = status == "succeeded" and exit_code in (0, None)
-    if finished:
-        return State.SUCCEEDED, "completed its env-step budget"
+    if finished:  # which limit stopped it, and how far its budget got: "reached its success target: ..."
+        return State.SUCCEEDED, stops.describe(summary)[:300]
     if job.state is State.CANCELLING:
         return State.CANCELLED, job.reason
     if exit_code is not None and exit_code < 0:
@@ -88,7 +89,9 @@ def outcome(job: Job, exit_code: int | None, summary: dict, log_tail: str = "") 
     if status == "failed":
         return State.FAILED, f"job failed: {summary.get('reason', 'no reason given')}"
     if status == "stopped":
-        return State.FAILED, "stopped by a SIGTERM that did not come from dvlad"
+        sent = "SIGINT" if summary.get("stop_reason") == stops.INTERRUPTED else "SIGTERM"
+        got = stops.progress(summary)
+        return State.FAILED, f"stopped by a {sent} that did not come from dvlad" + (f" ({got})" if got else "")
     if exit_code is None:
         return State.FAILED, "its process ended while dvlad was down, leaving no summary"
     return State.FAILED, f"exited with status {exit_code}: {log_tail or 'nothing in the log'}"

@@ -183,7 +183,12 @@ class TrainSection:
     total_env_steps: int = 200_000
     """Stop after this many env steps (summed over all envs)."""
     max_minutes: float = 0.0
-    """0: no wall-clock limit."""
+    """Wall-clock limit from the job's start, set-up included (0: none)."""
+    stop_at_success: float = 0.0
+    """Stop early once the success rate (of a window holding enough episodes) is at least this for
+    ``stop_after_updates`` updates in a row; in [0, 1]; 0: off."""
+    stop_after_updates: int = 10
+    """Consecutive updates ``stop_at_success`` must hold for (≥ 1)."""
     checkpoint_every: int = 20
     """Updates between checkpoints (0: only at the end)."""
     log_every: int = 1
@@ -589,6 +594,8 @@ def _check_values(spec: JobSpec, check: _Checker) -> None:
     # [train]
     at_least("train.total_env_steps", 1)
     at_least("train.max_minutes", 0)
+    within("train.stop_at_success", 0, 1)
+    at_least("train.stop_after_updates", 1)
     at_least("train.checkpoint_every", 0)
     at_least("train.log_every", 1)
 
