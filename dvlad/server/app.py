@@ -22,7 +22,8 @@ from dvlad.runtime.jobfiles import metrics_rows, read_job_file
 from dvlad.runtime.launch import log_path, run_dir
 from dvlad.server import lifetime, prom, transfer
 from dvlad.server.auth import Identity, authenticate, may_cancel, may_read
-from dvlad.server.codec import read_body, respond
+from dvlad.server.codec import read_body, respond, timed_chunks
+from dvlad.server.connections import GUARD, ConnectionGuard
 from dvlad.server.core import NeverFits
 from dvlad.server.errors import HTTP_CODES, ApiError
 from dvlad.server.host import HostLoad
@@ -47,6 +48,7 @@ async def errors_and_identity(request: web.Request, handler):
     """Authenticate every request; turn every failure into ``{code, field, reason}``."""
     try:
         who = authenticate(request, request.app[TOKENS], request.app[CONFIG].daemon)
+        request.app[GUARD].authenticated(request.transport)
         if os.geteuid() != 0 and who.uid != os.geteuid():
             # a daemon that is not root runs every job as its own user: nobody else may submit
             raise ApiError(403, "forbidden", f"this dvlad runs as uid {os.geteuid()} and serves only that user")
@@ -103,7 +105,7 @@ def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) 
 
 async def submit(request: web.Request) -> web.Response:
     config = request.app[CONFIG].daemon
-    body = await read_body(request, config.max_body_bytes, config.max_depth)
+    body = await read_body(request, config.max_body_bytes, config.max_depth, config.body_timeout_s)
     if not isinstance(body, dict):
         raise ApiError(400, "bad_body", f"expected an object with {sorted(SUBMIT_FIELDS)}, got {type(body).__name__}")
     for key in body:
@@ -295,7 +297,8 @@ async def upload(request: web.Request) -> web.Response:
         raise ApiError(413, "too_large", f"upload of {request.content_length} bytes; the limit is {cap}")
     who = _who(request)
     try:
-        stored = await transfer.receive(request.content.iter_chunked(transfer.CHUNK),
+        chunks = timed_chunks(request.content.iter_chunked(transfer.CHUNK), request.app[CONFIG].daemon.body_timeout_s)
+        stored = await transfer.receive(chunks,
                                         request.app[STATE_DIR] / "uploads", who.uid, who.gid, cap)
     except transfer.TooLarge as exc:
         raise ApiError(413, "too_large", str(exc)) from None
@@ -339,6 +342,8 @@ def make_app(config: Config, tokens: dict[str, str]) -> web.Application:
     app = web.Application(middlewares=[errors_and_identity], client_max_size=config.daemon.max_body_bytes * 2)
     app[CONFIG], app[STATE_DIR], app[TOKENS] = config, Path(config.daemon.state_dir), tokens
     app[HOST] = HostLoad()
+    d = config.daemon
+    app[GUARD] = ConnectionGuard.for_file_limit(d.max_tcp_connections, d.max_tcp_unauthenticated)
     app.cleanup_ctx.extend(lifetime.CONTEXTS)
     app.add_routes(ROUTES)
     return app

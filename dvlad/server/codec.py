@@ -6,7 +6,9 @@ Why limits before decoding is trusted: a socket open to every lab member must no
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgpack
@@ -33,15 +35,37 @@ def _depth_ok(value: Any, max_depth: int) -> bool:
     return True
 
 
-async def _read_capped(request: web.Request, cap: int) -> bytes:
-    """The body up to its end or ``cap`` bytes, whichever comes first.
+def _stalled(timeout_s: float) -> ApiError:
+    return ApiError(408, "request_timeout", f"no bytes of the body for {timeout_s:g} s (daemon.body_timeout_s)")
+
+
+async def timed_chunks(chunks: AsyncIterator[bytes], timeout_s: float) -> AsyncIterator[bytes]:
+    """``chunks``, each of which must arrive within ``timeout_s``: a client that stops sending a
+    body mid-way must not hold its connection (and a file descriptor) for ever."""
+    while True:
+        try:
+            async with asyncio.timeout(timeout_s):
+                chunk = await anext(chunks, None)
+        except TimeoutError:
+            raise _stalled(timeout_s) from None
+        if chunk is None:
+            return
+        yield chunk
+
+
+async def _read_capped(request: web.Request, cap: int, timeout_s: float) -> bytes:
+    """The body up to its end or ``cap`` bytes, whichever comes first; 408 if it stalls ``timeout_s``.
 
     Why a loop: one ``read(n)`` returns only what has arrived so far, so a large body that comes
     in several packets would be cut short and fail to decode."""
     chunks: list[bytes] = []
     size = 0
     while size < cap:
-        chunk = await request.content.read(cap - size)
+        try:
+            async with asyncio.timeout(timeout_s):
+                chunk = await request.content.read(cap - size)
+        except TimeoutError:
+            raise _stalled(timeout_s) from None
         if not chunk:
             break
         chunks.append(chunk)
@@ -49,11 +73,12 @@ async def _read_capped(request: web.Request, cap: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_body(request: web.Request, max_bytes: int, max_depth: int) -> Any:
-    """The decoded body, or an ApiError (413 too large, 415 unknown type, 400 undecodable/too deep)."""
+async def read_body(request: web.Request, max_bytes: int, max_depth: int, timeout_s: float) -> Any:
+    """The decoded body, or an ApiError (413 too large, 415 unknown type, 400 undecodable/too deep,
+    408 stalled for ``timeout_s``)."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise ApiError(413, "too_large", f"body of {request.content_length} bytes; the limit is {max_bytes}")
-    raw = await _read_capped(request, max_bytes + 1)
+    raw = await _read_capped(request, max_bytes + 1, timeout_s)
     if len(raw) > max_bytes:
         raise ApiError(413, "too_large", f"body over the limit of {max_bytes} bytes")
     kind = request.content_type
