@@ -109,6 +109,16 @@ BAD_BODIES = [
      "application/json", 400, "bad_body", ""),
     ("NUL bytes", b'{"spec": {"job": {"name": "a\\u0000b"}}}', "application/json", 400, "invalid_spec",
      "spec.job.name"),
+    # numbers a client could not decode back (msgpack 500'd on GET) or strict JSON cannot write
+    ("integer past 64 bits", b'{"spec": {"env": {"args": {"seed": 18446744073709551616}}}}', "application/json",
+     400, "out_of_range", "spec.env.args.seed"),
+    ("integer past 63 bits in msgpack", msgpack.packb({"spec": {"env": {"args": {"seed": 1 << 63}}}}),
+     "application/msgpack", 400, "out_of_range", "spec.env.args.seed"),
+    ("NaN", b'{"spec": {"env": {"args": {"x": NaN}}}}', "application/json", 400, "out_of_range", "spec.env.args.x"),
+    ("Infinity in a list", b'{"spec": {"policy": {"args": {"w": [1, -Infinity]}}}}', "application/json", 400,
+     "out_of_range", "spec.policy.args.w[1]"),
+    ("a float that overflows", b'{"spec": {"env": {"args": {"x": 1e400}}}}', "application/json", 400,
+     "out_of_range", "spec.env.args.x"),
 ]
 
 

@@ -8,12 +8,13 @@ short time-outs so the tests need not wait for the defaults. Nothing runs (``run
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import time
 
 import pytest
 
-from dvlad.testing import request
+from dvlad.testing import UnixConnection, request
 
 pytestmark = pytest.mark.slow  # every test talks to a real dvlad
 
@@ -95,3 +96,26 @@ def test_a_body_that_stalls_gets_408(dvlad):
         reply = sock.recv(65536)
     assert reply.startswith(b"HTTP/1.1 408"), reply[:300]
     assert b"request_timeout" in reply and b"body_timeout_s" in reply
+
+
+def _strict_json(text: str):
+    """JSON as strict parsers (browsers, Go, jq --strict) read it: a bare NaN or Infinity is an error."""
+    def refuse(constant: str):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_non_finite_metrics_are_served_as_null(dvlad):
+    """A diverged job writes ``NaN`` into metrics.jsonl (Python's json does): the API serves null."""
+    status, body = dvlad.call("POST", "/v1/jobs", {"spec": {"job": {"name": "diverged"}}})
+    assert status == 201, body
+    job_id = body["job"]["id"]
+    run = dvlad.state_dir / "jobs" / str(job_id) / "run"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": NaN, "grad_norm": Infinity}\n')
+    conn = UnixConnection(dvlad.socket)
+    conn.request("GET", f"/v1/jobs/{job_id}/metrics")
+    rows = _strict_json(conn.getresponse().read().decode())["rows"]
+    conn.close()
+    assert rows == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": None, "grad_norm": None}]
