@@ -138,9 +138,14 @@ def test_bad_paths_and_queries(dvlad, path, status):
     assert got == status and {"code", "field", "reason"} <= set(body), body
 
 
-def test_wrong_method_is_an_error_object(dvlad):
+def test_wrong_method_is_an_error_object_with_the_allowed_methods(dvlad):
     got, body = dvlad.call("DELETE", "/v1/jobs")
     assert got == 405 and body["code"] == "method_not_allowed"
+    conn = testing.UnixConnection(dvlad.socket)
+    conn.request("PUT", "/v1/jobs/1/cancel")
+    reply = conn.getresponse()
+    assert reply.status == 405 and reply.getheader("Allow") == "POST"  # RFC 9110: a 405 says what is allowed
+    conn.close()
 
 
 @pytest.mark.skipif(not FIXTURE.exists(), reason=f"the recorded topology {FIXTURE} is not in this checkout")

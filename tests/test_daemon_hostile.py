@@ -119,3 +119,48 @@ def test_non_finite_metrics_are_served_as_null(dvlad):
     rows = _strict_json(conn.getresponse().read().decode())["rows"]
     conn.close()
     assert rows == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": None, "grad_norm": None}]
+
+
+MALFORMED = [
+    b"GARBAGE\r\n\r\n",
+    b"GET /v1/nodes HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n",
+    b"GET /v1/nodes HTTP/9.9\r\nHost: x\r\n\r\n",
+    b"GET /v1/nodes HTTP/1.1\r\nHost: x\r\nContent-Length: -3\r\n\r\n",
+    b"GET /v1/nodes HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 20000 + b"\r\n\r\n",
+    b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n"
+    b"Authorization: Bearer " + TOKEN.encode() + b"\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+]
+
+
+def test_malformed_requests_get_400_and_a_few_quiet_log_lines(dvlad):
+    """An unauthenticated fuzzer must not flood the journal: malformed requests are logged without a
+    traceback, below error level, at most one line per 10 s (with the number left out)."""
+    before = dvlad.stderr.stat().st_size
+    for i in range(120):
+        reply = _http(dvlad, MALFORMED[i % len(MALFORMED)])
+        assert reply[:5] == b"HTTP/" and reply[8:12] == b" 400", (MALFORMED[i % len(MALFORMED)][:60], reply[:300])
+    time.sleep(0.5)
+    with dvlad.stderr.open("rb") as err:
+        err.seek(before)
+        lines = [json.loads(line) for line in err.read().splitlines()]
+    loud = [line for line in lines if line["level"] in ("error", "critical") or "exc" in line]
+    assert not loud, loud[:3]
+    assert len(lines) <= 3, lines
+
+
+def test_a_peer_that_hangs_up_mid_body_is_not_the_daemons_error(dvlad):
+    """The route is reading a body when the peer goes away: nothing for the journal at error level."""
+    before = dvlad.stderr.stat().st_size
+    for _ in range(20):
+        with _tcp(dvlad, timeout=5) as sock:
+            sock.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+                         b"Content-Type: application/json\r\nAuthorization: Bearer " + TOKEN.encode() +
+                         b"\r\n\r\n{\"spec\"")
+            time.sleep(0.05)  # the route is waiting for the rest
+    time.sleep(0.5)
+    with dvlad.stderr.open("rb") as err:
+        err.seek(before)
+        lines = [json.loads(line) for line in err.read().splitlines()]
+    assert not [line for line in lines if line["level"] in ("error", "critical") or "exc" in line], [
+        line.get("exc", "")[-400:] for line in lines[:2]]
+    assert request(dvlad.socket, "GET", "/v1/nodes")[0] == 200

@@ -60,7 +60,13 @@ async def errors_and_identity(request: web.Request, handler):
         if exc.status < 400:
             raise
         code = HTTP_CODES.get(exc.status, "error")
-        return respond(request, {"code": code, "field": "", "reason": exc.reason}, exc.status)
+        response = respond(request, {"code": code, "field": "", "reason": exc.reason}, exc.status)
+        if "Allow" in exc.headers:  # a 405 says which methods the path takes
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except (ConnectionError, web.RequestPayloadError) as exc:  # the peer's doing: hung up, or a broken body
+        log.debug("request body broke off", extra={"path": request.path, "reason": str(exc)})
+        return respond(request, {"code": "bad_body", "field": "", "reason": f"the body broke off: {exc}"}, 400)
     except Exception:
         log.exception("request failed", extra={"path": request.path})
         return respond(request, {"code": "internal", "field": "", "reason": "internal error; see the journal"}, 500)
