@@ -321,3 +321,28 @@ def test_a_large_body_under_the_limit_is_read_whole_and_one_over_it_is_refused(d
     conn.close()
     assert (resp.status, refused["code"]) == (413, "too_large"), refused
     assert d.call("GET", "/v1/nodes")[0] == 200
+
+
+def test_openapi_states_the_limits_the_daemon_enforces(dvlad):
+    """Every integer query parameter's documented range is exactly what the daemon takes; the submit
+    body's size, priority and key limits are the ones it applies (the config's 4096-byte body here)."""
+    doc = dvlad.call("GET", "/v1/openapi.json")[1]
+    job_id = submit(dvlad)[1]["job"]["id"]
+    ranged = [(path, p["name"], p["schema"]) for path, ops in doc["paths"].items() for op in ops.values()
+              for p in op.get("parameters", []) if p["in"] == "query" and p["schema"]["type"] == "integer"]
+    assert {name for _, name, _ in ranged} == {"limit", "last", "offset", "after"}
+    for path, name, schema in ranged:
+        url = path.replace("{job_id}", str(job_id))
+        for value, ok in ((schema["minimum"], True), (schema["maximum"], True),
+                          (schema["minimum"] - 1, False), (schema["maximum"] + 1, False)):
+            assert (dvlad.call("GET", f"{url}?{name}={value}")[0] == 200) == ok, (url, name, value)
+    post = doc["paths"]["/v1/jobs"]["post"]
+    assert post["requestBody"]["x-max-body-bytes"] == 4096
+    body = post["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    for field, value in (("priority", body["priority"]["maximum"] + 1), ("priority", body["priority"]["minimum"] - 1),
+                         ("idempotency_key", "k" * (body["idempotency_key"]["maxLength"] + 1))):
+        status, reply = dvlad.call("POST", "/v1/jobs", {"spec": {}, field: value})
+        assert (status, reply["field"]) == (400, field), reply
+    assert dvlad.call("POST", "/v1/jobs", {"spec": {}, "priority": body["priority"]["maximum"]})[0] == 201
+    job_range = doc["paths"]["/v1/jobs/{job_id}"]["get"]["parameters"][0]["schema"]
+    assert dvlad.call("GET", f"/v1/jobs/{job_range['maximum'] + 1}")[0] == 404

@@ -14,7 +14,6 @@ from typing import Any
 
 from aiohttp import web
 
-from dvla.api import PRIORITIES
 from dvla.spec import SpecError
 from dvlad.config import Config
 from dvlad.gpu.inventory import LIVE_FIELDS
@@ -28,7 +27,8 @@ from dvlad.server.core import NeverFits
 from dvlad.server.errors import HTTP_CODES, ApiError
 from dvlad.server.host import HostLoad
 from dvlad.server.lifetime import CONFIG, DAEMON, STATE_DIR
-from dvlad.server.openapi import OPENAPI
+from dvlad.server.limits import IDEMPOTENCY_KEY, JOB_ID_DIGITS, PRIORITY_RANGE, QUERY_RANGES
+from dvlad.server.openapi import document
 from dvlad.store import TERMINAL, Job, State
 
 log = logging.getLogger("dvlad")
@@ -40,7 +40,6 @@ FOLLOW_POLL_S = 0.2
 LOG_CHUNK = 1 << 20
 SUBMIT_FIELDS = {"spec", "idempotency_key", "priority"}
 TAR = "application/x-tar"
-IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 @web.middleware
@@ -79,7 +78,7 @@ def _who(request: web.Request) -> Identity:
 def _job(request: web.Request, *, reading: bool) -> Job:
     """The job of the URL, if the caller may see it (``reading``) or act on it."""
     raw = request.match_info["job_id"]
-    if not raw.isdigit() or len(raw) > 18:
+    if not raw.isdigit() or len(raw) > JOB_ID_DIGITS:
         raise ApiError(404, "not_found", f"no job {raw!r}: job ids are decimal numbers", field="job_id")
     job = request.app[DAEMON].store.get(int(raw))
     if job is None:
@@ -96,7 +95,9 @@ def _flag(request: web.Request, name: str) -> bool:
     return request.query.get(name, "0").lower() in ("1", "true", "yes")
 
 
-def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+def _int_query(request: web.Request, name: str, default: int) -> int:
+    """The integer query parameter ``name`` (its range: :data:`~dvlad.server.limits.QUERY_RANGES`)."""
+    lo, hi = QUERY_RANGES[name]
     raw = request.query.get(name)
     if raw is None:
         return default
@@ -119,11 +120,11 @@ async def submit(request: web.Request) -> web.Response:
             raise ApiError(400, "unknown_field", f"unknown field (known: {', '.join(sorted(SUBMIT_FIELDS))})",
                            field=key)
     key = body.get("idempotency_key")
-    if key is not None and (not isinstance(key, str) or not IDEMPOTENCY_KEY.fullmatch(key)):
+    if key is not None and (not isinstance(key, str) or not re.fullmatch(IDEMPOTENCY_KEY, key)):
         raise ApiError(400, "bad_field", "expected 1-128 characters of letters, digits, . _ : -",
                        field="idempotency_key")
     priority = body.get("priority", 0)
-    lo, hi = PRIORITIES
+    lo, hi = PRIORITY_RANGE
     if not isinstance(priority, int) or isinstance(priority, bool) or not lo <= priority <= hi:
         raise ApiError(400, "bad_field", f"expected an integer in [{lo}, {hi}]", field="priority")
     spec = body.get("spec", {})
@@ -151,7 +152,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     others = everyone or (user is not None and user != who.user)
     if others and not who.sees_all:
         raise ApiError(403, "forbidden", f"{who.user} may list only their own jobs", field="user" if user else "all")
-    limit = _int_query(request, "limit", 1000, 1, 100_000)
+    limit = _int_query(request, "limit", 1000)
     own = user is None and not everyone
     daemon = request.app[DAEMON]
     jobs = daemon.store.list(uid=who.uid if own else None, user=user, limit=limit)
@@ -187,7 +188,7 @@ async def job_logs(request: web.Request) -> web.StreamResponse:
     can grow to gigabytes, and neither the daemon's memory nor its other clients should notice."""
     job = _job(request, reading=True)
     path = log_path(request.app[STATE_DIR], job.id)
-    offset = _int_query(request, "offset", 0, 0, 1 << 62)
+    offset = _int_query(request, "offset", 0)
     follow = _flag(request, "follow")
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     await response.prepare(request)
@@ -207,7 +208,7 @@ async def job_logs(request: web.Request) -> web.StreamResponse:
 
 async def job_metrics(request: web.Request) -> web.Response:
     job = _job(request, reading=True)
-    last = _int_query(request, "last", 0, 0, 100_000)
+    last = _int_query(request, "last", 0)
     rows = await asyncio.to_thread(metrics_rows, run_dir(request.app[STATE_DIR], job.id) / "metrics.jsonl",
                                    last=last or None)
     return respond(request, {"job_id": job.id, "rows": rows})
@@ -218,7 +219,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     who = _who(request)
     store = request.app[DAEMON].store
     uid = None if who.sees_all else who.uid
-    after = _int_query(request, "after", 0, 0, 1 << 62)
+    after = _int_query(request, "after", 0)
     if not _flag(request, "follow"):
         return respond(request, {"events": store.events(after=after, uid=uid)})
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
@@ -315,7 +316,7 @@ async def upload(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(OPENAPI)
+    return web.json_response(document(request.app[CONFIG].daemon))
 
 
 async def metrics(request: web.Request) -> web.Response:

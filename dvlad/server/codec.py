@@ -16,15 +16,11 @@ import msgpack
 from aiohttp import web
 
 from dvlad.server.errors import ApiError
+from dvlad.server.limits import INT_MAX, INT_MIN
 
 MSGPACK = "application/msgpack"
 JSON = "application/json"
 _MSGPACK_TYPES = {MSGPACK, "application/x-msgpack", "application/vnd.msgpack"}
-
-
-INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1
-"""The integers a body may hold: 64-bit signed, as TOML (the job's spec file), SQLite and every
-client's msgpack decoder take them."""
 
 
 def _check_tree(value: Any, max_depth: int) -> None:
