@@ -131,7 +131,8 @@ def test_bad_bodies_get_a_clear_4xx_and_the_daemon_keeps_serving(dvlad, what, ra
 
 
 @pytest.mark.parametrize("path,status", [("/v1/jobs/..%2F..%2Fetc%2Fpasswd", 404), ("/v1/jobs/999999", 404),
-                                         ("/v1/jobs/-1", 404), ("/v1/nope", 404), ("/v1/jobs?limit=x", 400),
+                                         ("/v1/jobs/-1", 404), ("/v1/jobs/%C2%B9", 404), ("/v1/nope", 404),
+                                         ("/v1/jobs?limit=x", 400),
                                          ("/v1/jobs/1/logs?offset=-5", 400)])
 def test_bad_paths_and_queries(dvlad, path, status):
     got, body = dvlad.call("GET", path)

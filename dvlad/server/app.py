@@ -78,7 +78,7 @@ def _who(request: web.Request) -> Identity:
 def _job(request: web.Request, *, reading: bool) -> Job:
     """The job of the URL, if the caller may see it (``reading``) or act on it."""
     raw = request.match_info["job_id"]
-    if not raw.isdigit() or len(raw) > JOB_ID_DIGITS:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > JOB_ID_DIGITS:  # "¹".isdigit(), but int() refuses it
         raise ApiError(404, "not_found", f"no job {raw!r}: job ids are decimal numbers", field="job_id")
     job = request.app[DAEMON].store.get(int(raw))
     if job is None:

@@ -72,7 +72,7 @@ def resolve(args: argparse.Namespace, system: Path = DEFAULT_CONFIG) -> Config:
         d.socket = str(args.socket)
     if d.tcp:
         host, _, port = d.tcp.rpartition(":")
-        if not host or not port.isdigit():
+        if not host or not (port.isascii() and port.isdigit()):
             raise ConfigError("daemon.tcp", f"expected host:port, got {d.tcp!r}")
     return config
 
