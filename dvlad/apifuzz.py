@@ -89,14 +89,15 @@ def fuzz(base_url: str, token: str, cases: int, *, timeout_s: float = 10.0) -> T
     headers = {"Authorization": f"Bearer {token}"}
     schema = schemathesis.openapi.from_url(f"{base_url}/v1/openapi.json", headers=headers, timeout=timeout_s)
     operations = [result.ok() for result in schema.get_all_operations()]
-    varied = sum(1 for op in operations if len(op.path_parameters) or len(op.query) or len(op.body))
-    examples = max(1, math.ceil(cases / (2 * max(1, varied))))
+    varied = max(1, sum(1 for op in operations if len(op.path_parameters) or len(op.query) or len(op.body)))
     tally = Tally()
     session = requests.Session()
     started = time.monotonic()
-    for operation in operations:
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            _run(operation, mode, examples, lambda case: _call(case, base_url, session, headers, timeout_s, tally))
+    while tally.cases < cases:  # again while short: hypothesis ends a run early once it finds few new cases
+        examples = max(1, math.ceil((cases - tally.cases) / (2 * varied)))
+        for operation in operations:
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+                _run(operation, mode, examples, lambda case: _call(case, base_url, session, headers, timeout_s, tally))
     tally.seconds = time.monotonic() - started
     return tally
 

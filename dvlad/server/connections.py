@@ -50,7 +50,6 @@ class ConnectionGuard:
         self.max_tcp, self.max_unauthenticated = max_tcp, min(max_unauthenticated, max_tcp)
         self.tcp: set[asyncio.BaseTransport] = set()
         self.unauthenticated: set[asyncio.BaseTransport] = set()
-        self.refused = 0
 
     @classmethod
     def for_file_limit(cls, max_tcp: int, max_unauthenticated: int) -> ConnectionGuard:
@@ -61,7 +60,6 @@ class ConnectionGuard:
     def admit(self, transport: asyncio.BaseTransport) -> bool:
         """Whether a new TCP connection may stay (counted if so)."""
         if len(self.tcp) >= self.max_tcp or len(self.unauthenticated) >= self.max_unauthenticated:
-            self.refused += 1
             return False
         self.tcp.add(transport)
         self.unauthenticated.add(transport)
