@@ -98,6 +98,20 @@ def test_a_body_that_stalls_gets_408(dvlad):
     assert b"request_timeout" in reply and b"body_timeout_s" in reply
 
 
+
+def test_an_upload_that_stalls_gets_408_and_leaves_nothing_behind(dvlad):
+    """Uploads stream for as long as they make progress; one that stops is dropped, its spool removed.
+    The uploads directory can be passed through (to each user's own), not listed."""
+    with _tcp(dvlad) as sock:
+        sock.sendall(b"POST /v1/uploads HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode() +
+                     b"\r\nContent-Type: application/x-tar\r\nContent-Length: 100000\r\n\r\n" + bytes(5000))
+        sock.settimeout(5)
+        reply = sock.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:300]
+    uploads = dvlad.state_dir / "uploads"
+    assert not list((uploads / ".staging").iterdir())
+    assert {p.name: p.stat().st_mode & 0o777 for p in (dvlad.state_dir, uploads)} == {"state": 0o711, "uploads": 0o711}
+
 def _strict_json(text: str):
     """JSON as strict parsers (browsers, Go, jq --strict) read it: a bare NaN or Infinity is an error."""
     def refuse(constant: str):
