@@ -14,13 +14,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-POLICIES: tuple[str, ...] = ("tiny-vla", "transformer-vla")
+POLICIES: tuple[str, ...] = ("tiny-vla", "transformer-vla", "hf-vla")
 """Built-in policy names (``dvlad.policies.BUILTIN_POLICIES`` maps each to its class)."""
 POLICY_ARGS: dict[str, tuple[str, ...]] = {
     "tiny-vla": ("d_model", "layers", "heads", "patch_grid", "vocab_size", "max_instruction_tokens", "bins",
                  "initial_std"),
     "transformer-vla": ("preset", "trunk", "pretrained", "lora", "dtype", "patch_size", "vision_mlp",
                         "max_instruction_tokens", "vocab_size", "bins"),
+    "hf-vla": ("pretrained", "head", "trust_remote_code", "lora", "dtype", "image_prompt", "max_instruction_tokens",
+               "bins"),
 }
 """The ``[policy.args]`` each built-in policy takes: its constructor's keyword arguments but those the
 engine passes itself (``env_spec``; ``action_chunk``, which is ``policy.action_chunk``)."""
@@ -45,7 +47,8 @@ ENV_ARGS: dict[str, tuple[str, ...]] = {
 }
 """The ``[env.args]`` each built-in env takes: its constructor's keyword arguments but ``env_index``, which
 the engine passes to each env itself."""
-PATH_ARGS: dict[str, tuple[str, ...]] = {"transformer-vla": ("pretrained",), "libero": ("libero_root",)}
+PATH_ARGS: dict[str, tuple[str, ...]] = {"transformer-vla": ("pretrained",), "hf-vla": ("pretrained",),
+                                         "libero": ("libero_root",)}
 """The arguments of a built-in policy or env (above) that name a file or directory: like
 ``policy.checkpoint``, a relative one is the job file's and is resolved before the spec is sent."""
 
