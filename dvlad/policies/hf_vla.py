@@ -139,10 +139,14 @@ class HFVLA(Policy):
     # -- encoding ---------------------------------------------------------------------
 
     def tokenize(self, instructions: list[str]) -> torch.Tensor:
-        """The checkpoint's token ids of each instruction, plus one (0 is padding), B×max_instruction_tokens."""
+        """The checkpoint's token ids of each instruction, plus one (0 is padding), B×max_instruction_tokens.
+        Special tokens are dropped: an image placeholder written in an instruction would ask the model
+        for an image that is not there."""
+        special = set(self.processor.tokenizer.all_special_ids)
         out = torch.zeros(len(instructions), self.max_instruction_tokens, dtype=torch.long)
         for row, text in enumerate(instructions):
-            ids = self.processor.tokenizer(text, add_special_tokens=False)["input_ids"][: self.max_instruction_tokens]
+            ids = [i for i in self.processor.tokenizer(text, add_special_tokens=False)["input_ids"] if i not in special]
+            ids = ids[: self.max_instruction_tokens]
             if ids:
                 out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long) + 1
         return out
