@@ -16,7 +16,9 @@ from dvla.spec import JobSpec
 from dvlad.lanes.learner import Learner, LearnerConfig
 from dvlad.lanes.trajectory import SegmentShape, segment_layout
 from dvlad.policies import ObsBatch, flatten_parameters, make_policy
+from dvlad.policies.checkpoint import load_checkpoint
 from dvlad.policies.hf_vla import HFVLA
+from dvlad.runtime.job import run_job
 from dvlad.spaces import ACTION_DIM, EnvSpec
 from tests.vlm_checkpoints import FAMILIES, SPECIALS, VOCAB, write_checkpoint, write_remote_code_checkpoint
 
@@ -234,6 +236,8 @@ def test_a_text_only_checkpoint_is_refused_naming_its_model_type(tmp_path: Path)
 
 def test_model_code_in_the_checkpoint_runs_only_when_the_job_allows_it(tmp_path: Path) -> None:
     directory = write_remote_code_checkpoint(tmp_path / "custom")
+    with pytest.raises(ValueError, match="trust_remote_code must be true or false"):
+        build(directory, trust_remote_code="false")
     with pytest.raises(ValueError, match=r"ships its own model code \(modeling_tiny_custom\.py\), which would run"):
         build(directory)
     policy = build(directory, trust_remote_code=True)
@@ -241,3 +245,19 @@ def test_model_code_in_the_checkpoint_runs_only_when_the_job_allows_it(tmp_path:
     with torch.no_grad():
         out = policy.act(make_obs(policy))
     assert torch.isfinite(out.logprob).all() and json.loads((directory / "config.json").read_text())["auto_map"]
+
+
+@pytest.mark.slow
+def test_job_trains_on_reach_through_the_lanes(checkpoints: dict[str, Path], small_spec, tmp_path: Path) -> None:
+    """The whole engine: env workers, the actor and the learner process each load the checkpoint."""
+    spec = small_spec(env__name="reach", env__args={"image_size": 32}, policy__name="hf-vla",
+                      policy__args={"pretrained": str(checkpoints["idefics3"]), "lora": LORA},
+                      policy__action_chunk=2, algo__aux_coef=1.0)
+    spec.train.total_env_steps = 256
+    result = run_job(spec, tmp_path, quiet=True)
+    assert result["status"] == "succeeded", result
+    assert result["env_steps"] >= 256 and result["version"] >= 1
+    weights = load_checkpoint(tmp_path / "checkpoint.safetensors")[0]["policy.flat"]
+    env = EnvSpec(cameras={"image": (32, 32)}, proprio_dim=4, max_episode_steps=40, aux_dim=2)
+    policy = build(checkpoints["idefics3"], env=env, seed=spec.job.seed, lora=LORA)
+    assert weights.numel() == flatten_parameters(policy).numel() < sum(p.numel() for p in policy.parameters())

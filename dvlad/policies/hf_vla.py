@@ -89,6 +89,8 @@ class HFVLA(Policy):
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if not env_spec.cameras:
             raise ValueError("hf-vla needs at least one camera in the env spec")
+        if not isinstance(trust_remote_code, bool):  # "false" is a true string: never guess about running code
+            raise ValueError(f"trust_remote_code must be true or false, got {trust_remote_code!r}")
         torch_dtype = DTYPES[dtype]
         self.vlm, self.processor = load_vlm(pretrained, torch_dtype, trust_remote_code)
         self.head = head
