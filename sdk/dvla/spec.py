@@ -125,8 +125,11 @@ class EnvSection:
 
 @dataclass
 class AlgoSection:
-    name: Literal["ppo", "grpo"] = "ppo"
-    """ppo: clipped policy gradient with a value head and GAE; grpo: group-relative advantages."""
+    name: Literal["ppo", "grpo", "bc"] = "ppo"
+    """ppo: clipped policy gradient with a value head and GAE; grpo: group-relative advantages; bc:
+    behaviour cloning of ``demonstrations`` (the rollouts only measure the policy)."""
+    demonstrations: str = ""
+    """bc: an HDF5 file of demonstrations in LIBERO's layout, or a folder of them (a LIBERO suite's)."""
     learning_rate: float = 3e-4
     """Adam learning rate (> 0); no weight decay."""
     gamma: float = 0.99
@@ -599,6 +602,9 @@ def _check_values(spec: JobSpec, check: _Checker) -> None:
     at_least("train.checkpoint_every", 0)
     at_least("train.log_every", 1)
 
+    if algo.name == "bc" and check.ok("algo.name", "algo.demonstrations") and not algo.demonstrations:
+        check.add("algo.demonstrations", 'algo.name = "bc" needs demonstrations: an HDF5 file in LIBERO\'s layout '
+                  "or a folder of them (python -m dvlad.envs.reach_expert writes some for reach)")
     if algo.name == "grpo" and check.ok("algo.name"):
         _check_grpo(spec, check, envs_split)
     _check_placement(spec, check)
