@@ -108,3 +108,13 @@ def test_a_bc_job_then_grpo_from_its_checkpoint(reach_demos: Path, small_spec, t
     bc_weights = load_checkpoint(tmp_path / "bc" / "checkpoint.safetensors")[0]["policy.flat"]
     learner = Learner(LearnerConfig(grpo, REACH, str(tmp_path / "fresh")))
     assert torch.equal(learner.flat, bc_weights)  # where GRPO started
+
+
+def test_a_relative_demonstrations_path_is_the_job_file_s(tmp_path: Path) -> None:
+    from dvla.paths import relative_paths, resolve
+
+    spec = parse_spec('[algo]\nname = "bc"\ndemonstrations = "demos/reach.hdf5"\n')
+    assert [issue.key for issue in relative_paths(spec)] == ["algo.demonstrations"]  # the daemon would refuse it
+    resolved, _ = resolve({"algo": {"name": "bc", "demonstrations": "demos/reach.hdf5"}}, tmp_path,
+                          base_name="the job file's folder")
+    assert resolved["algo"]["demonstrations"] == str(tmp_path / "demos" / "reach.hdf5")
