@@ -261,3 +261,21 @@ def test_job_trains_on_reach_through_the_lanes(checkpoints: dict[str, Path], sma
     env = EnvSpec(cameras={"image": (32, 32)}, proprio_dim=4, max_episode_steps=40, aux_dim=2)
     policy = build(checkpoints["idefics3"], env=env, seed=spec.job.seed, lora=LORA)
     assert weights.numel() == flatten_parameters(policy).numel() < sum(p.numel() for p in policy.parameters())
+
+
+@pytest.mark.slow  # 11 learner updates of a tiny VLM: 19 s on 2 shared cores
+def test_bc_trains_the_tokens_head_on_expert_demonstrations(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    """OpenVLA's recipe: cross-entropy of the demonstrated action tokens through the backbone's own head."""
+    from dvla.metric_names import LOSS
+    from dvlad.envs.reach_expert import record
+
+    record(tmp_path / "reach.hdf5", episodes=6, seed=2, image_size=64)
+    spec = _spec(checkpoints["paligemma"], "tokens")
+    spec.algo.name, spec.algo.demonstrations = "bc", str(tmp_path / "reach.hdf5")
+    spec.algo.learning_rate, spec.algo.minibatches = 3e-3, 1
+    del spec.policy.args["lora"]  # full fine-tuning: the language-model head's action rows learn too
+    learner = Learner(LearnerConfig(spec, REACH, str(tmp_path / "run")))
+    first = learner.update(_segments(REACH, 2)).losses[LOSS]
+    for _ in range(10):
+        last = learner.update(_segments(REACH, 2)).losses[LOSS]
+    assert last < 0.7 * first
