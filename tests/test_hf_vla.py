@@ -20,6 +20,7 @@ from dvlad.policies.checkpoint import load_checkpoint
 from dvlad.policies.hf_vla import HFVLA
 from dvlad.runtime.job import run_job
 from dvlad.spaces import ACTION_DIM, EnvSpec
+from tests.policy_checks import act_evaluate_value
 from tests.vlm_checkpoints import FAMILIES, SPECIALS, VOCAB, write_checkpoint, write_remote_code_checkpoint
 
 REACH = EnvSpec(cameras={"image": (64, 64)}, proprio_dim=4, max_episode_steps=40, aux_dim=2)
@@ -57,21 +58,7 @@ def make_obs(policy: HFVLA, env: EnvSpec = REACH, batch: int = 3, seed: int = 0)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_shapes_and_exact_logprobs(checkpoints: dict[str, Path], family: str, head: str) -> None:
     policy = build(checkpoints[family], head=head)
-    obs = make_obs(policy)
-    with torch.no_grad():
-        out = policy.act(obs)
-        ev = policy.evaluate(obs, out.tokens)
-        value = policy.value(obs)
-    assert out.tokens.shape == out.actions.shape == (3, 2, ACTION_DIM)
-    assert out.tokens.dtype == torch.int64 and out.tokens.min() >= 0 and out.tokens.max() < 256
-    assert out.actions.abs().max() <= 1.0
-    for t in (out.logprob, ev.logprob, ev.entropy):
-        assert t.shape == (3, 2 * ACTION_DIM) and t.dtype == torch.float32
-    for t in (out.value, ev.value, value):
-        assert t.shape == (3,) and t.dtype == torch.float32
-    assert ev.aux is not None and ev.aux.shape == (3, REACH.aux_dim)
-    torch.testing.assert_close(ev.logprob, out.logprob, rtol=0, atol=1e-5)  # the behaviour log-prob is the learner's
-    torch.testing.assert_close(ev.value, value, rtol=0, atol=1e-5)
+    _, ev = act_evaluate_value(policy, make_obs(policy), chunk=2, aux_dim=REACH.aux_dim)
     assert (ev.entropy > 0.9 * np.log(256)).all()  # a broad first policy over the bins
 
 

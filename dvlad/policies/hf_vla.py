@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dvlad.policies.action_tokens import ActionTokenizer, sample_tokens
-from dvlad.policies.base import ActOutput, EvalOutput, ObsBatch, Policy
+from dvlad.policies.base import ActOutput, EvalOutput, ObsBatch, Policy, check_observation
 from dvlad.policies.trunk import DTYPES, apply_lora
 from dvlad.policies.vlm import load_vlm
 from dvlad.spaces import ACTION_DIM, EnvSpec
@@ -166,11 +166,7 @@ class HFVLA(Policy):
         """Last hidden states of the prompt's last token (proprio) and of ``tail`` B×T×d: B×(1+T)×d.
         ``images``: :meth:`_encode_images` of ``obs`` where the caller has them already."""
         instruction = obs.instruction
-        if instruction.shape[1] > self.max_instruction_tokens:
-            raise ValueError(f"instruction has {instruction.shape[1]} tokens, max is {self.max_instruction_tokens}")
-        missing = [name for name in self.camera_names if name not in obs.images]
-        if missing:
-            raise KeyError(f"observation lacks camera(s) {sorted(missing)}")
+        check_observation(obs, self.camera_names, self.max_instruction_tokens)
         embed = self.vlm.get_input_embeddings()
         device, dtype = embed.weight.device, self.value_head.weight.dtype
         prefix, extras = images if images is not None else self._encode_images(obs.images)
