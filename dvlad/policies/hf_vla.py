@@ -19,7 +19,8 @@ Two action heads (``head``), the two styles of the field:
 - ``"tokens"`` (OpenVLA): the action bins are the backbone's own vocabulary entries (the last
   ``bins`` ids that are no special or prompt token, the least used in a frequency-ordered
   vocabulary), read through its language-model head and generated autoregressively: ``act`` runs
-  one forward per action token, ``evaluate`` scores the given tokens in one teacher-forced forward.
+  the prompt, then one forward per action token on its key-value cache; ``evaluate`` scores the
+  given tokens in one teacher-forced forward.
   The value head reads the proprio token, the last of the prompt.
 
 Log-probs and entropies are over the ``bins`` action entries only, so both heads are products of
@@ -44,8 +45,6 @@ from dvlad.policies.vlm import load_vlm
 from dvlad.spaces import ACTION_DIM, EnvSpec
 
 HEADS = ("parallel", "tokens")
-Images = tuple[torch.Tensor, dict[str, torch.Tensor]]
-"""The processor's image part of a prompt: its token ids B×P and the model's pixel inputs by name."""
 PROCESSOR_ONLY = ("input_ids", "attention_mask", "token_type_ids", "labels")
 """Processor outputs the policy builds itself (the sequence) or does not use; the rest (pixel values,
 their masks and grids) go to the model as they are."""
@@ -153,7 +152,7 @@ class HFVLA(Policy):
                 out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long) + 1
         return out
 
-    def _encode_images(self, images: dict[str, torch.Tensor]) -> Images:
+    def _encode_images(self, images: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The processor's image part of the prompt: its ids B×P and the model's pixel inputs."""
         frames = [images[name].cpu().numpy() for name in self.camera_names]
         batch = len(frames[0])
@@ -162,27 +161,32 @@ class HFVLA(Policy):
         extras = {k: v for k, v in encoded.items() if k not in PROCESSOR_ONLY}
         return encoded["input_ids"], extras
 
-    def _hidden(self, obs: ObsBatch, tail: torch.Tensor, images: Images | None = None) -> torch.Tensor:
-        """Last hidden states of the prompt's last token (proprio) and of ``tail`` B×T×d: B×(1+T)×d.
-        ``images``: :meth:`_encode_images` of ``obs`` where the caller has them already."""
+    def _prompt(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """The prompt's embeddings B×S×d, left-padded, ending with the proprio token; its attention mask
+        B×S; the model's pixel inputs."""
         instruction = obs.instruction
         check_observation(obs, self.camera_names, self.max_instruction_tokens)
         embed = self.vlm.get_input_embeddings()
         device, dtype = embed.weight.device, self.value_head.weight.dtype
-        prefix, extras = images if images is not None else self._encode_images(obs.images)
+        prefix, extras = self._encode_images(obs.images)
         extras = {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)
                   for k, v in extras.items()}
         words = instruction != 0
         parts = [embed(prefix.to(device)), embed((instruction - 1).clamp(min=0)) * words.unsqueeze(-1),
-                 self.proprio(obs.proprio.to(dtype)).unsqueeze(1), tail]
+                 self.proprio(obs.proprio.to(dtype)).unsqueeze(1)]
         embeds = torch.cat([p.to(dtype) for p in parts], dim=1)
         mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=device)
         mask[:, prefix.shape[1] : prefix.shape[1] + instruction.shape[1]] = words
         order = torch.argsort(mask, dim=1, stable=True)  # padding first, the rest in its order
-        embeds = embeds.gather(1, order.unsqueeze(-1).expand_as(embeds))
-        out = self.vlm.base_model(inputs_embeds=embeds, attention_mask=mask.gather(1, order), use_cache=False,
-                                  **extras).last_hidden_state
-        return out[:, -(1 + tail.shape[1]) :]
+        return embeds.gather(1, order.unsqueeze(-1).expand_as(embeds)), mask.gather(1, order), extras
+
+    def _hidden(self, obs: ObsBatch, tail: torch.Tensor) -> torch.Tensor:
+        """Last hidden states of the prompt's last token (proprio) and of ``tail`` B×T×d: B×(1+T)×d."""
+        embeds, mask, extras = self._prompt(obs)
+        embeds = torch.cat([embeds, tail.to(embeds.dtype)], dim=1)
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], tail.shape[1])], dim=1)
+        out = self.vlm.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False, **extras)
+        return out.last_hidden_state[:, -(1 + tail.shape[1]) :]
 
     def _action_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states …×d -> float32 logits over the bins, …×bins."""
@@ -205,20 +209,25 @@ class HFVLA(Policy):
         return F.log_softmax(self._action_logits(hidden), dim=-1), hidden[:, 0]
 
     def _generate(self, obs: ObsBatch, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The tokens head's action tokens B×(K·7), one forward each, their log-probs and the value token."""
-        batch = obs.proprio.shape[0]
+        """The tokens head's action tokens B×(K·7), their log-probs and the value token's hidden state: the
+        prompt in one forward, then one token per forward on its key-value cache (the positions are
+        those of the whole sequence, as :meth:`evaluate` computes it in one)."""
         embed = self.vlm.get_input_embeddings()
-        tokens = torch.zeros(batch, 0, dtype=torch.long, device=embed.weight.device)
-        logprobs, value_hidden, images = [], None, self._encode_images(obs.images)
-        for _ in range(self.action_chunk * ACTION_DIM):
-            hidden = self._hidden(obs, embed(self.action_ids[tokens]), images)
-            value_hidden = hidden[:, 0] if value_hidden is None else value_hidden
-            logp = F.log_softmax(self._action_logits(hidden[:, -1]), dim=-1)
+        embeds, mask, extras = self._prompt(obs)
+        out = self.vlm.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=True, **extras)
+        value_hidden = hidden = out.last_hidden_state[:, -1]
+        tokens, logprobs = [], []
+        for i in range(self.action_chunk * ACTION_DIM):
+            logp = F.log_softmax(self._action_logits(hidden), dim=-1)
             token = logp.argmax(dim=-1) if deterministic else sample_tokens(logp)
+            tokens.append(token)
             logprobs.append(logp.gather(-1, token.unsqueeze(-1)))
-            tokens = torch.cat([tokens, token.unsqueeze(1)], dim=1)
-        assert value_hidden is not None
-        return tokens, torch.cat(logprobs, dim=1), value_hidden
+            if i + 1 < self.action_chunk * ACTION_DIM:
+                mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+                out = self.vlm.base_model(inputs_embeds=embed(self.action_ids[token]).unsqueeze(1), attention_mask=mask,
+                                          past_key_values=out.past_key_values, use_cache=True)
+                hidden = out.last_hidden_state[:, -1]
+        return torch.stack(tokens, dim=1), torch.cat(logprobs, dim=1), value_hidden
 
     def _value(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.value_head(hidden).squeeze(-1).float()
