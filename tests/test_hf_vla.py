@@ -18,10 +18,10 @@ from dvlad.lanes.trajectory import SegmentShape, segment_layout
 from dvlad.policies import ObsBatch, flatten_parameters, make_policy
 from dvlad.policies.checkpoint import load_checkpoint
 from dvlad.policies.hf_vla import HFVLA
+from dvlad.policies.random_vlm import FAMILIES, SPECIALS, VOCAB, write_checkpoint, write_remote_code_checkpoint
 from dvlad.runtime.job import run_job
 from dvlad.spaces import ACTION_DIM, EnvSpec
 from tests.policy_checks import act_evaluate_value
-from tests.vlm_checkpoints import FAMILIES, SPECIALS, VOCAB, write_checkpoint, write_remote_code_checkpoint
 
 REACH = EnvSpec(cameras={"image": (64, 64)}, proprio_dim=4, max_episode_steps=40, aux_dim=2)
 """reach's shapes (dvlad/envs/reach.py), without starting MuJoCo."""
