@@ -17,6 +17,7 @@ from dvlad.demos import read_demonstrations
 from dvlad.envs.reach_expert import record
 from dvlad.lanes.learner import Learner, LearnerConfig
 from dvlad.policies.checkpoint import load_checkpoint
+from dvlad.policies.random_vlm import write_checkpoint
 from dvlad.runtime.job import run_job
 from dvlad.spaces import EnvSpec
 from tests.test_learner import _segments
@@ -91,22 +92,30 @@ def test_bc_learns_the_expert_s_actions(reach_demos: Path, tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_a_bc_job_then_grpo_from_its_checkpoint(reach_demos: Path, small_spec, tmp_path: Path) -> None:
+@pytest.mark.parametrize("policy", ["tiny-vla", "hf-vla"])
+def test_a_bc_job_then_grpo_from_its_checkpoint(reach_demos: Path, small_spec, tmp_path: Path, policy: str) -> None:
     """The chain of two job files: behaviour cloning through the whole engine (the rollouts measure the
-    policy), then GRPO starting from its weights (``policy.checkpoint``)."""
+    policy), then GRPO starting from its weights (``policy.checkpoint``); with tiny-vla and with a tiny
+    SmolVLM backbone (hf-vla, LoRA)."""
+    overrides = {}
+    if policy == "hf-vla":
+        overrides = {"policy__name": "hf-vla", "policy__args": {
+            "pretrained": str(write_checkpoint(tmp_path / "smolvlm", "idefics3")), "lora": {"r": 4}}}
     bc = small_spec(env__name="reach", env__args={"image_size": 16}, algo__name="bc",
-                    algo__demonstrations=str(reach_demos))
+                    algo__demonstrations=str(reach_demos), **overrides)
     bc.train.total_env_steps = 256
     result = run_job(bc, tmp_path / "bc", quiet=True)
     assert result["status"] == "succeeded", result
     assert result["version"] >= 1
     grpo = small_spec(env__name="reach", env__args={"image_size": 16, "max_episode_steps": 8}, algo__name="grpo",
-                      algo__group_size=4, pipeline__segment_steps=8, policy__checkpoint=str(tmp_path / "bc"))
+                      algo__group_size=4, pipeline__segment_steps=8, policy__checkpoint=str(tmp_path / "bc"),
+                      **overrides)
     grpo.train.total_env_steps = 128
     result = run_job(grpo, tmp_path / "grpo", quiet=True)
     assert result["status"] == "succeeded", result
     bc_weights = load_checkpoint(tmp_path / "bc" / "checkpoint.safetensors")[0]["policy.flat"]
-    learner = Learner(LearnerConfig(grpo, REACH, str(tmp_path / "fresh")))
+    reach = EnvSpec(cameras={"image": (16, 16)}, proprio_dim=4, max_episode_steps=8, aux_dim=2)  # as the job's env
+    learner = Learner(LearnerConfig(grpo, reach, str(tmp_path / "fresh")))
     assert torch.equal(learner.flat, bc_weights)  # where GRPO started
 
 
