@@ -266,3 +266,15 @@ def test_bc_trains_the_tokens_head_on_expert_demonstrations(checkpoints: dict[st
     for _ in range(10):
         last = learner.update(_segments(REACH, 2)).losses[LOSS]
     assert last < 0.7 * first
+
+
+def test_dvla_validate_checks_the_args_that_fail_late_or_decide_on_code() -> None:
+    from dvla.spec import SpecError, parse_spec
+
+    with pytest.raises(SpecError) as refused:
+        parse_spec('[policy]\nname = "hf-vla"\n[policy.args]\npretrained = "/m"\ntrust_remote_code = "false"\n'
+                   'head = "token"\n')
+    reasons = {issue.key: issue.reason for issue in refused.value.issues}
+    assert reasons["policy.args.trust_remote_code"] == 'expected a boolean (true or false), got "false"'
+    assert 'did you mean "tokens"' in reasons["policy.args.head"]
+    parse_spec('[policy]\nname = "hf-vla"\n[policy.args]\npretrained = "/m"\ntrust_remote_code = true\n')

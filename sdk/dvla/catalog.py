@@ -12,7 +12,7 @@ module, so there is one list.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 POLICIES: tuple[str, ...] = ("tiny-vla", "transformer-vla", "hf-vla")
 """Built-in policy names (``dvlad.policies.BUILTIN_POLICIES`` maps each to its class)."""
@@ -26,6 +26,13 @@ POLICY_ARGS: dict[str, tuple[str, ...]] = {
 }
 """The ``[policy.args]`` each built-in policy takes: its constructor's keyword arguments but those the
 engine passes itself (``env_spec``; ``action_chunk``, which is ``policy.action_chunk``)."""
+POLICY_ARG_TYPES: dict[str, dict[str, Any]] = {
+    "hf-vla": {"pretrained": str, "head": Literal["parallel", "tokens"], "trust_remote_code": bool,
+               "image_prompt": str},
+}
+"""Types of the ``[policy.args]`` that ``dvla validate`` checks before a job waits its turn: those whose
+wrong value would fail late, or worse (``trust_remote_code = "false"`` is a true string: it must be a
+boolean, since it decides whether a checkpoint's own code runs)."""
 LIBERO_SUITES: dict[str, int] = {
     "libero_spatial": 220,
     "libero_object": 280,

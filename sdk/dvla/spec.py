@@ -548,6 +548,12 @@ def _check_values(spec: JobSpec, check: _Checker) -> None:
     at_least("policy.action_chunk", 1)
     if check.ok("policy.name"):
         _check_args(check, "policy", spec.policy.name, spec.policy.args, catalog.POLICY_ARGS)
+        for key, kind in catalog.POLICY_ARG_TYPES.get(spec.policy.name, {}).items():
+            dotted = f"policy.args.{key}"
+            if key in spec.policy.args and check.ok(dotted):
+                reason = _convert(kind, spec.policy.args[key], dotted, check)[1]
+                if reason:
+                    check.add(dotted, reason)
 
     # [env]
     if check.ok("env.name"):
