@@ -94,7 +94,7 @@ class PlacementSection:
 @dataclass
 class PolicySection:
     name: str = "tiny-vla"
-    """A built-in policy name (``tiny-vla``, ``transformer-vla``) or ``"package.module:function"``
+    """A built-in policy name (``tiny-vla``, ``transformer-vla``, ``hf-vla``) or ``"package.module:function"``
     returning a Policy; any other name is refused."""
     action_chunk: int = 1
     """Actions the policy emits per inference call, executed in order."""
