@@ -27,6 +27,7 @@ import torch
 from dvla import metric_names as m
 from dvla.checkpoint import CHECKPOINT_NAME
 from dvla.spec import JobSpec
+from dvlad.lanes.demo_batches import DemoBatches
 from dvlad.lanes.device import CPU, LEARNER_PRIORITY, Placement
 from dvlad.lanes.distribute import Distributor
 from dvlad.lanes.messages import (
@@ -120,6 +121,8 @@ class Learner:
         self.checkpoint_path = Path(cfg.output_dir) / CHECKPOINT_NAME
         if cfg.spec.policy.checkpoint:
             load_weights(self.flat, Path(cfg.spec.policy.checkpoint))
+        self.demos = (DemoBatches(self.args.demonstrations, cfg.env_spec, self.policy, cfg.spec.job.seed + cfg.rank)
+                      if self.args.name == "bc" else None)
         if cfg.spec.train.resume and self.checkpoint_path.exists():
             self.restore(self.checkpoint_path)
         self.ranks: LearnerRanks | None = None
@@ -149,6 +152,11 @@ class Learner:
         b_actions, b_logprobs = _flat(b["tokens"]), _flat(b["logprob"])
         b_advantages, b_values = _flat(advantages), _flat(rollout.values)
         b_returns = b_advantages + b_values
+        if self.demos is not None:  # bc: the rollout measured the policy; the update learns from demonstrations
+            b_obs, b_actions = self.demos.sample(len(b_inds), self.device)
+            b_inds, b_aux = torch.arange(len(b_actions), device=self.device), None
+            b_logprobs = torch.zeros(len(b_actions), b_actions[0].numel(), device=self.device)
+            b_advantages = b_values = b_returns = torch.zeros(len(b_actions), device=self.device)
 
         # optimise the policy (and value) network: update_epochs passes of shuffled minibatches, exactly
         # args.minibatches of them a pass (data-parallel ranks must take the same number of steps)
