@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -32,6 +33,7 @@ from dvlad.lanes.budget import ResumePoint, resume_point
 from dvlad.lanes.pipeline import JobFailed, Pipeline
 from dvlad.lanes.reporter import Progress
 from dvlad.runtime.metrics import MetricsSink
+from dvlad.segments import PREFIX_ENV, reclaim, standalone_prefix
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_CODES = {
@@ -228,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         print(err, file=sys.stderr)
         return EXIT_INVALID
     out = output_dir_of(spec, args.output_dir)
+    # the job's processes name their /dev/shm segments by this (dvlad sets it); whatever a failure left
+    # there goes when the job ends (dvlad also removes it if the job is killed)
+    prefix = os.environ.setdefault(PREFIX_ENV, standalone_prefix())
     try:
         summary = run_job(spec, out, quiet=args.quiet, started_at=started_at)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the job's signal handlers were set
@@ -236,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # every failure: one line and a summary, never a traceback on the terminal
         record_failure(out, err)
         return EXIT_FAILED
+    finally:
+        reclaim(prefix)
     print(final_line(summary, out), flush=True)
     return EXIT_STOPPED if summary["status"] == "stopped" else EXIT_OK
 

@@ -2,7 +2,9 @@
 
 Every tracked job is polled (children with ``Popen.poll``, which also reaps them; jobs adopted after
 a restart, which are not our children, by pid + start time, so a recycled pid is never mistaken for
-the job). The outcome comes from the exit status and the job's own ``summary.json``.
+the job). The outcome comes from the exit status and the job's own ``summary.json``. Whatever the
+job left in ``/dev/shm`` is removed once it has ended, and at start for jobs that are gone
+(:mod:`dvlad.segments`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from dvla import stops
 from dvla.spec import spec_from_dict
 from dvlad.gpu.layout import plan_layout
 from dvlad.runtime.jobfiles import open_job_file, read_job_file
-from dvlad.runtime.launch import log_path, process_start, recorded_pid, run_dir, spawn
+from dvlad.runtime.launch import log_path, process_start, recorded_pid, run_dir, segment_prefix, spawn
+from dvlad.segments import Segments, daemon_tag, jobs_with_segments, reclaim
 from dvlad.store import IllegalTransition, Job, State, Store
 
 log = logging.getLogger("dvlad")
@@ -104,6 +107,10 @@ class Supervisor:
         self.topology = topology
         """The node's GPU topology record: a job on several GPUs is planned over it."""
         self.tracked: dict[int, Tracked] = {}
+        self.shm_owner = daemon_tag(state_dir)
+        """The tag in the names of this daemon's jobs' ``/dev/shm`` segments."""
+        self.reclaimed = Segments()
+        """The ``/dev/shm`` segments (and bytes) of ended jobs removed since dvlad started."""
 
     def start(self, job: Job, gpu_ids: list[int]) -> Job:
         """Start a job that is ``placing``; it becomes running, or failed with the reason.
@@ -146,6 +153,16 @@ class Supervisor:
                 self.store.transition(job.id, State.FAILED, "dvlad stopped while starting it")
             else:
                 self._finish(job, None)
+        for job_id in sorted(jobs_with_segments(self.shm_owner) - set(self.tracked)):
+            self._reclaim(job_id)
+
+    def _reclaim(self, job_id: int) -> None:
+        """Remove what an ended job left in ``/dev/shm``."""
+        removed = reclaim(segment_prefix(self.state_dir, job_id))
+        if removed.count:
+            self.reclaimed += removed
+            log.info("reclaimed shared memory of an ended job",
+                     extra={"job": job_id, "segments": removed.count, "bytes": removed.bytes})
 
     def cancel(self, job: Job, by: str) -> Job:
         """Queued: cancelled at once. Running: SIGTERM to its process group now, SIGKILL after the grace."""
@@ -193,6 +210,7 @@ class Supervisor:
         if ended:
             _signal_group(t.pid, signal.SIGKILL)  # leftover env workers of its group
             del self.tracked[t.job_id]
+            self._reclaim(t.job_id)
             self._settle(t.job_id, code)
             return True
         if t.term_sent_at is not None and not t.killed and time.monotonic() - t.term_sent_at > self.grace_s:
