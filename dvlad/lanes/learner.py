@@ -12,6 +12,7 @@ Update ``r`` therefore trains on rollout ``r``, and the staleness of a sample is
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import queue
 import signal
@@ -78,6 +79,11 @@ Batch = dict[str, torch.Tensor]
 (``trajectory.segment_layout``) as [S, T, E, ...]; observations have T + 1 steps."""
 
 
+class NonFiniteError(ArithmeticError):
+    """A reward, gradient or weight is NaN or infinite: training on would save a checkpoint of
+    NaNs over the last good one."""
+
+
 def _batch_from_segments(segments: list[dict[str, np.ndarray]]) -> Batch:
     """Copy segments (shared-memory views) out, stacked along a new segment axis [S, ...]."""
     return {k: torch.from_numpy(np.stack([s[k] for s in segments])) for k in segments[0]}
@@ -134,8 +140,15 @@ class Learner:
         return self.train(_batch_from_segments(segments))
 
     def train(self, b: Batch) -> UpdateStats:
-        """One update on a rollout already stacked by :func:`_batch_from_segments`."""
+        """One update on a rollout already stacked by :func:`_batch_from_segments`. Raises
+        :class:`NonFiniteError` before a non-finite reward, gradient or weight reaches the weights
+        (and so a checkpoint)."""
         args = self.args
+        if not torch.isfinite(b["reward"][b["valid"]]).all():
+            bad = int((~torch.isfinite(b["reward"][b["valid"]])).sum())
+            raise NonFiniteError(f"the env {self.cfg.spec.env.name!r} returned {bad} non-finite rewards (NaN or "
+                                 f"Inf) in the rollout of update {self.version + 1}: stopped before training on "
+                                 "them; the last checkpoint is kept")
         staleness = (self.version - b["version"])[b["valid"]]
         b = {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
         rollout = Rollout(rewards=b["reward"], values=b["value"], dones=b["done"], successes=b["success"],
@@ -182,6 +195,11 @@ class Learner:
                 if self.ranks is not None and not self.ranks.average_gradients(len(mb_inds)):
                     continue  # no rank had a sample
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), args.max_grad_norm))
+                if not math.isfinite(grad_norm):
+                    shown = ", ".join(f"{k} {v:.4g}" for k, v in stats.items())
+                    raise NonFiniteError(f"non-finite gradient (norm {grad_norm}) in update {self.version + 1}"
+                                         f"{f' ({shown})' if shown else ''}: stopped before the step; the last "
+                                         "checkpoint is kept")
                 self.optimizer.step()
                 if stats:
                     stats[m.GRAD_NORM] = grad_norm
@@ -197,6 +215,9 @@ class Learner:
             summed = self.ranks.all_sum([samples, env_steps, *hist])
             samples, env_steps, hist = int(summed[0]), int(summed[1]), np.array(summed[2:], dtype=np.int64)
             hist = hist[:max(1, int(np.flatnonzero(hist).max(initial=0)) + 1)]
+        if not torch.isfinite(self.flat).all():
+            raise NonFiniteError(f"non-finite weights after update {self.version + 1}: stopped before they "
+                                 "were published or saved; the last checkpoint is kept")
         self.version += 1
         self.trained_env_steps += env_steps
         staleness_of = np.arange(len(hist))

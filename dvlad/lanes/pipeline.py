@@ -263,8 +263,8 @@ def _learner_name(rank: int, ranks: int) -> str:
 
 def _exited(name: str, lane: Lane) -> str:
     """What to say when a lane ended without being asked to."""
-    code = getattr(lane, "exitcode", None)
-    return f"{name} thread ended" if code is None else f"{name} exited with code {code}"
+    code = getattr(lane, "exitcode", None)  # the pid lets dvlad look for an OOM kill of it (supervisor.py)
+    return f"{name} thread ended" if code is None else f"{name} (pid {lane.pid}) exited with code {code}"
 
 
 def _free_port() -> int:

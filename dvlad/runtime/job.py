@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -181,7 +182,8 @@ def failure_reason(err: Exception) -> str:
     (``'obs'`` for a KeyError) says nothing without its type. JobFailed and ValueError are written
     for people and stay as they are."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [""]
-    reason = lines[0] if len(lines) == 1 else f"{lines[0].rstrip(':')}: {lines[-1]}"
+    last = re.sub(r"^(?:\w+\.)+(?=\w+: )", "", lines[-1])  # "dvlad.lanes.learner.NonFiniteError: " without its module
+    reason = lines[0] if len(lines) == 1 else f"{lines[0].rstrip(':')}: {last}"
     if isinstance(err, JobFailed | ValueError) and reason:
         return reason
     return f"{type(err).__name__}: {reason}" if reason else type(err).__name__
