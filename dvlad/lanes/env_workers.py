@@ -441,6 +441,7 @@ class EnvWorkerPool:
         the replacement budget, raise :class:`EnvWorkerError` saying ``what_happened``."""
         index = self.workers.index(worker)
         worker.kill()
+        worker.pending.clear()  # nothing more to wait for from it, if this gives up
         now = time.monotonic()
         self._replaced_at.append(now)
         while self._replaced_at and now - self._replaced_at[0] > self.budget.window_s:

@@ -45,6 +45,7 @@ from dvlad.lanes.weights import Published, Route, WeightPlane, WeightPlaneHandle
 from dvlad.policies import build_policy
 from dvlad.policies.base import ObsBatch
 from dvlad.policies.checkpoint import load_weights, optimizer_state, save_training_checkpoint
+from dvlad.proctitle import name_this_process
 from dvlad.rl import ALGORITHMS, Minibatch, Rollout, explained_variance
 from dvlad.spaces import EnvSpec
 
@@ -278,6 +279,7 @@ def learner_main(cfg: LearnerConfig, queue_handle: TrajectoryQueueHandle, plane_
     (``Placement.learner_thread``). Talks to the job by the messages of ``messages.py`` only."""
     if not cfg.placement.learner_thread:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the job's process decides how to stop
+        name_this_process(f"dvla-learner-{cfg.rank}")
         torch.set_num_threads(cfg.spec.resources.torch_threads)
     with cfg.placement.lane_stream(LEARNER_PRIORITY):
         _learn(cfg, queue_handle, plane_handle, messages, stop)

@@ -31,6 +31,7 @@ from dvla import paths, stops
 from dvla.checkpoint import CHECKPOINT_NAME
 from dvla.spec import JobSpec, SpecError, load_spec, spec_from_dict, spec_to_dict
 from dvlad.lanes.budget import ResumePoint, resume_point
+from dvlad.lanes.env_workers import EnvWorkerError
 from dvlad.lanes.pipeline import JobFailed, Pipeline
 from dvlad.lanes.reporter import Progress
 from dvlad.runtime.metrics import MetricsSink
@@ -179,12 +180,12 @@ def failure_reason(err: Exception) -> str:
 
     Why cut and prefixed: a failure in an env worker or the learner carries that process's traceback
     in its message, whose last line names the error; and an unexpected exception's message alone
-    (``'obs'`` for a KeyError) says nothing without its type. JobFailed and ValueError are written
-    for people and stay as they are."""
+    (``'obs'`` for a KeyError) says nothing without its type. JobFailed, EnvWorkerError and ValueError
+    are written for people and stay as they are."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [""]
     last = re.sub(r"^(?:\w+\.)+(?=\w+: )", "", lines[-1])  # "dvlad.lanes.learner.NonFiniteError: " without its module
     reason = lines[0] if len(lines) == 1 else f"{lines[0].rstrip(':')}: {last}"
-    if isinstance(err, JobFailed | ValueError) and reason:
+    if isinstance(err, JobFailed | EnvWorkerError | ValueError) and reason:
         return reason
     return f"{type(err).__name__}: {reason}" if reason else type(err).__name__
 
