@@ -81,7 +81,7 @@ def test_a_killed_replica_ends_the_job_saying_which(small_spec, tmp_path):
     thread.join(120)
     assert not thread.is_alive()
     assert isinstance(failure[0], JobFailed)
-    assert str(failure[0]) == f"actor replica 1 (pid {pid}) exited with code -9"
+    assert str(failure[0]) == f"actor replica 1 (pid {pid}) killed by signal SIGKILL"
 
 
 def _catch(fn, into: list) -> None:

@@ -196,9 +196,9 @@ class Supervisor:
     @staticmethod
     def _oom_evidence(t: Tracked, exit_code: int | None, summary: dict) -> bool:
         """Whether the OOM killer killed the job's leader, or a process of the job whose end its
-        reason gives (``... (pid N) exited with code -9``), by its cgroup's or the kernel's record."""
+        reason gives (``learner (pid N) killed by signal SIGKILL``), by its cgroup's or the kernel's record."""
         reason = str(summary.get("reason", ""))
-        if exit_code != -signal.SIGKILL and "-9" not in reason:
+        if exit_code != -signal.SIGKILL and "SIGKILL" not in reason:
             return False
         return oom_killed({t.pid, *map(int, _PIDS.findall(reason))}, t.cgroup, t.oom_kills_at_start)
 

@@ -63,17 +63,28 @@ def test_dvlad_reclaims_the_segments_of_a_job_leader_killed_by_sigkill_and_orpha
     reclaimed = next(line for line in text.splitlines() if line.startswith("dvlad_shm_reclaimed_segments_total"))
     assert float(reclaimed.split()[-1]) >= made.count, text
 
-    d.stop()  # segments of a job that is gone, found when dvlad starts: reclaimed; another daemon's are not
+    # dvlad killed and restarted: the segments of a job that is gone go, a live job's stay (it is
+    # adopted), another daemon's are not touched
+    second = d.call("POST", "/v1/jobs", {"spec": LONG})[1]["job"]["id"]
+    live = job_prefix(daemon_tag(d.state_dir), second)
+    _wait(lambda: count(live).count >= 3, 120, "the second job never made its segments")
+    live_before = count(live).count
+    d.kill9()
     ours = shared_memory.SharedMemory(name=job_prefix(daemon_tag(d.state_dir), 99) + "abc", create=True, size=4096)
     theirs = shared_memory.SharedMemory(name=job_prefix("dother001", 99) + "abc", create=True, size=4096)
     try:
         d.start()
+        assert d.job(second)["state"] == "running"
         assert count(job_prefix(daemon_tag(d.state_dir), 99)).count == 0
         assert count(job_prefix("dother001", 99)).count == 1
+        assert count(live).count == live_before
     finally:
         for segment in (ours, theirs):
             segment.close()
         reclaim(job_prefix("dother001", 99))
+    d.call("POST", f"/v1/jobs/{second}/cancel")
+    d.wait_state(second, {"cancelled"}, timeout=60)
+    _wait(lambda: count(live).count == 0, 10, f"left: {count(live)}")
 
 
 @pytest.mark.slow
