@@ -34,6 +34,7 @@ import numpy as np
 from dvlad.envs.base import Observation
 from dvlad.exits import how_it_ended
 from dvlad.lanes.messages import GroupStepped, Shutdown, StepGroup, WorkerBuilt, WorkerFailed, WorkerReady
+from dvlad.lanes.stderr_tail import StderrTail, redirect_stderr
 from dvlad.proctitle import name_this_process
 from dvlad.shm import ArraySpec, SharedArrays
 from dvlad.spaces import ACTION_DIM, MAX_INSTRUCTION_BYTES, EnvSpec, camera_images, image_key
@@ -172,8 +173,9 @@ class _EnvSlots:
         return steps
 
 
-def worker_main(cfg: WorkerConfig, conn: Connection, handle_conn: Connection) -> None:
+def worker_main(cfg: WorkerConfig, conn: Connection, handle_conn: Connection, stderr: Connection) -> None:
     """Entry point of a worker process: build envs, report the spec, then serve steps."""
+    redirect_stderr(stderr)  # through the parent, which keeps its tail for the reason if this dies
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
     name_this_process(f"dvla-env-{cfg.worker_id}")
     faulthandler.enable()  # a simulator that crashes leaves the Python stack it crashed in, in the log
@@ -268,9 +270,11 @@ class _Worker:
         self.cfg = cfg
         self.conn, child = ctx.Pipe()
         self.handle_conn, handle_child = ctx.Pipe()
-        self.process = ctx.Process(target=worker_main, args=(cfg, child, handle_child),
+        self.stderr = StderrTail(ctx)
+        self.process = ctx.Process(target=worker_main, args=(cfg, child, handle_child, self.stderr.writer),
                                    name=f"dvla-env-{cfg.worker_id}", daemon=True)
         self.process.start()
+        self.stderr.started()
         child.close()
         handle_child.close()
         self.pending: set[int] = set()
@@ -289,8 +293,7 @@ class _Worker:
         try:
             return self.recv(timeout)
         except (EOFError, OSError):
-            raise EnvWorkerError(f"{self.describe()} {self.ended()} while {doing} (its output, if any, "
-                                 "is in the job's log)") from None
+            raise EnvWorkerError(f"{self.describe()} {self.ended()} while {doing}") from None
         except TimeoutError:
             raise EnvWorkerError(f"{self.describe()} gave no answer in {timeout:g} s while {doing}") from None
 
@@ -298,9 +301,12 @@ class _Worker:
         return f"env {self.cfg.env_name!r}: worker {self.cfg.worker_id}"
 
     def ended(self) -> str:
-        """How the worker's process ended (waited for briefly: its pipe closes just before it exits)."""
+        """How the worker's process ended (waited for briefly: its pipe closes just before it exits) and
+        what its last output says."""
         self.process.join(timeout=2)
-        return how_it_ended(self.process.exitcode) if self.process.exitcode is not None else "stopped answering"
+        how = how_it_ended(self.process.exitcode) if self.process.exitcode is not None else "stopped answering"
+        said = self.stderr.summary()
+        return f"{how} ({f'its last output: {said}' if said else 'no output'})"
 
     def kill(self) -> None:
         if self.process.is_alive():
