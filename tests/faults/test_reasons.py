@@ -63,3 +63,17 @@ def test_the_kernel_log_is_read_where_it_can_be():
     assert isinstance(records, list)
     if os.access(oom.KMSG, os.R_OK):
         assert records, "readable but empty"
+
+
+@pytest.mark.slow
+def test_a_job_whose_checkpoint_went_missing_names_the_file(small_spec, tmp_path):
+    """Was "No such file or directory": which file, and that it is missing."""
+    from dvlad.lanes.pipeline import JobFailed
+    from dvlad.runtime.job import failure_reason, run_job
+
+    gone = tmp_path / "from" / "checkpoint.safetensors"
+    spec = small_spec("async", policy__checkpoint=str(gone))
+    with pytest.raises(JobFailed) as caught:
+        run_job(spec, tmp_path / "out", quiet=True)
+    assert failure_reason(caught.value) == (f"learner failed to start: UnreadableCheckpoint: checkpoint {gone} "
+                                            "is missing (no such file)")
