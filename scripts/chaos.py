@@ -13,6 +13,7 @@ job: dvlad/segments.py); after, none may be left. Prints a table (fault, rounds,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -109,6 +110,13 @@ def _leftover(prefix: str, wait_s: float = 10.0) -> int:
     return count(prefix).count
 
 
+def _reclaimed(d: Dvlad) -> int:
+    """The segments of ended jobs dvlad removed (its /metrics counter, since its last start)."""
+    text = d.call("GET", "/metrics")[1]
+    line = next(line for line in text.splitlines() if line.startswith("dvlad_shm_reclaimed_segments_total"))
+    return int(float(line.split()[-1]))
+
+
 def kill_daemon_during_submits(d: Dvlad, tally: Tally) -> bool:
     acknowledged: list[int] = []
     lock = threading.Lock()
@@ -135,6 +143,8 @@ def kill_daemon_during_submits(d: Dvlad, tally: Tally) -> bool:
         c.join(15)
     d.start()
     lost = [job_id for job_id in acknowledged if d.call("GET", f"/v1/jobs/{job_id}")[0] != 200]
+    in_store = len(d.call("GET", "/v1/jobs?limit=100000")[1]["jobs"]) - tally.extra.get("in_store", 0)
+    tally.extra["in_store"] = tally.extra.get("in_store", 0) + in_store  # ≥ acknowledged: a commit whose reply was cut
     tally.extra["acknowledged"] = tally.extra.get("acknowledged", 0) + len(acknowledged)
     tally.extra["lost"] = tally.extra.get("lost", 0) + len(lost)
     _settle(d)
@@ -226,11 +236,14 @@ def main(argv: list[str] | None = None) -> int:
                       f"{before}, after {leaked}" + (f" ({tally.notes[-1]})" if tally.notes else ""), flush=True)
         finally:
             tally.seconds = time.monotonic() - t0
+            with contextlib.suppress(OSError, StopIteration):  # a daemon that is down has no figure
+                tally.extra["shm_reclaimed_by_dvlad"] = _reclaimed(d)
             d.close()
         tallies.append(tally)
     print(f"\n{'fault':32} {'rounds':>6} {'as expected':>11} {'shm leaked':>10}  outcome")
     for t in tallies:
-        extra = (f" (acknowledged jobs lost: {t.extra['lost']} of {t.extra['acknowledged']})"
+        extra = (f" (acknowledged jobs lost: {t.extra['lost']} of {t.extra['acknowledged']}; "
+                 f"{t.extra['in_store']} in the store)"
                  if "acknowledged" in t.extra else "")
         print(f"{t.fault:32} {t.rounds:>6} {t.as_expected:>11} {t.leaked_segments:>10}  {t.expected}{extra}")
     if args.json:

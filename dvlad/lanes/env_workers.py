@@ -453,8 +453,9 @@ class EnvWorkerPool:
         while self._replaced_at and now - self._replaced_at[0] > self.budget.window_s:
             self._replaced_at.popleft()
         if len(self._replaced_at) > self.budget.replacements:
+            before = len(self._replaced_at) - 1
             raise EnvWorkerError(
-                f"{worker.describe()} {what_happened}; {len(self._replaced_at) - 1} workers already replaced "
+                f"{worker.describe()} {what_happened}; {before} worker{'s' * (before != 1)} already replaced "
                 f"in the last {self.budget.window_s / 60:g} min (env.max_worker_replacements = "
                 f"{self.budget.replacements} in env.replacement_window_min): giving up")
         fresh = self.workers[index] = _Worker(self._ctx, worker.cfg)  # closed with the pool if it fails

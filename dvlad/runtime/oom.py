@@ -2,8 +2,9 @@
 
 Why: a job killed for memory only showed ``killed by signal SIGKILL``, which reads like a person's
 ``kill -9``. Only evidence counts (never a guess from the signal alone): the ``oom_kill`` counter of
-the job's cgroup (``memory.events``) rising while it ran, or a kernel record (``/dev/kmsg``, what
-``dmesg`` reads; root, or ``kernel.dmesg_restrict = 0``) of one of its pids being killed.
+the job's cgroup (``memory.events``; v1's ``memory.oom_control``) rising while it ran, or a kernel
+record (``/dev/kmsg``, what ``dmesg`` reads; root, or ``kernel.dmesg_restrict = 0``) of one of its
+pids being killed.
 """
 
 from __future__ import annotations
@@ -22,27 +23,31 @@ _KILLED = re.compile(r"(?:Out of memory|Memory cgroup out of memory): Killed pro
 
 
 def cgroup_of(pid: int) -> Path | None:
-    """The cgroup v2 directory ``pid`` runs in, or None (gone, or no unified hierarchy)."""
+    """The memory cgroup directory ``pid`` runs in: cgroup v1's memory controller where it is mounted
+    (hybrid hosts), else the v2 (unified) one; None if ``pid`` is gone."""
     try:
-        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-            if line.startswith("0::"):
-                return CGROUP_ROOT / line[3:].lstrip("/")
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
     except OSError:
-        pass
-    return None
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            return CGROUP_ROOT / "memory" / path.lstrip("/")
+    return next((CGROUP_ROOT / line[3:].lstrip("/") for line in lines if line.startswith("0::")), None)
 
 
 def oom_kills(cgroup: Path | None) -> int | None:
-    """The ``oom_kill`` counter of ``cgroup`` (its and its descendants' OOM kills), or None."""
+    """The ``oom_kill`` counter of ``cgroup`` (v2: ``memory.events``, v1: ``memory.oom_control``), or None."""
     if cgroup is None:
         return None
-    try:
-        for line in (cgroup / "memory.events").read_text().splitlines():
-            key, _, value = line.partition(" ")
-            if key == "oom_kill":
-                return int(value)
-    except (OSError, ValueError):
-        pass
+    for name in ("memory.events", "memory.oom_control"):
+        try:
+            for line in (cgroup / name).read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+        except (OSError, ValueError):
+            continue
     return None
 
 

@@ -59,7 +59,7 @@ def test_an_env_that_hangs_on_every_step_fails_naming_the_timeout():
     finally:
         pool.close()
     assert reason.startswith(f"env '{FAULTY}': worker 0 did not answer a step within 1 s (env.step_timeout_s); "
-                             "1 workers already replaced"), reason
+                             "1 worker already replaced"), reason
 
 
 @pytest.mark.parametrize(("fault", "how"), [
@@ -83,7 +83,7 @@ def test_an_env_that_segfaults_fails_the_job_instead_of_succeeding_with_no_episo
         run_job(spec, tmp_path, quiet=True)
     assert time.monotonic() - t0 < 120
     assert "killed by signal SIGSEGV (its last output: Fatal Python error: Segmentation fault" in str(caught.value)
-    assert "; 1 workers already replaced" in failure_reason(caught.value)
+    assert "; 1 worker already replaced" in failure_reason(caught.value)
 
 
 @pytest.mark.slow

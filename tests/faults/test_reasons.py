@@ -4,7 +4,10 @@ only on evidence (the kernel's record of the job's pid, or its cgroup's counter)
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -12,6 +15,7 @@ from dvlad.policies.checkpoint import UnreadableCheckpoint, load_checkpoint, sav
 from dvlad.runtime import oom
 from dvlad.runtime.supervisor import OOM, Tracked, outcome
 from dvlad.store import State
+from dvlad.testing import LONG
 
 
 def test_an_unreadable_checkpoint_says_which_file_and_why(tmp_path):
@@ -77,3 +81,49 @@ def test_a_job_whose_checkpoint_went_missing_names_the_file(small_spec, tmp_path
         run_job(spec, tmp_path / "out", quiet=True)
     assert failure_reason(caught.value) == (f"learner failed to start: UnreadableCheckpoint: checkpoint {gone} "
                                             "is missing (no such file)")
+
+
+def _writable_memory_cgroup() -> Path | None:
+    """This process's memory cgroup if a child cgroup can be made there and the kernel log read (root on
+    a host that delegates its memory controller), else None."""
+    base = oom.cgroup_of(os.getpid())
+    if base is None or not os.access(base, os.W_OK) or not oom.kernel_records():
+        return None
+    return base
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", ["leader", "dvla-learner-0"])
+def test_a_job_the_oom_killer_kills_is_said_to_have_run_out_of_memory(dvlads, victim):
+    """A real OOM kill: the job's leader (or its learner) moved into a memory cgroup of 1 MiB dies of the
+    kernel's OOM killer at its next allocation; the reason says memory, from the kernel's record."""
+    base = _writable_memory_cgroup()
+    if base is None:
+        pytest.skip("needs a writable memory cgroup and a readable kernel log (root)")
+    d = dvlads("[node]\ncpu_slots = 1\n")
+    job_id = d.call("POST", "/v1/jobs", {"spec": LONG})[1]["job"]["id"]
+    leader = d.wait_state(job_id, {"running"}, timeout=60)["pid"]
+    deadline = time.monotonic() + 180
+    while not d.call("GET", f"/v1/jobs/{job_id}/metrics")[1]["rows"]:  # under way: every process started
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    pid = leader if victim == "leader" else next(
+        p.pid for p in psutil.Process(leader).children(recursive=True) if p.name() == victim)
+    cgroup = base / f"dvla-oom-test-{os.getpid()}-{victim}"
+    cgroup.mkdir()
+    try:
+        limit = "memory.limit_in_bytes" if (cgroup / "memory.limit_in_bytes").exists() else "memory.max"
+        (cgroup / limit).write_text(str(1 << 20))
+        (cgroup / "cgroup.procs").write_text(str(pid))
+        job = d.wait_state(job_id, {"failed", "succeeded", "cancelled"}, timeout=120)
+    finally:
+        while cgroup.exists():
+            try:
+                cgroup.rmdir()
+            except OSError:  # its process is still dying
+                time.sleep(0.2)
+    if victim == "leader":
+        assert job["reason"] == f"{OOM} (signal SIGKILL)"
+    else:
+        assert job["reason"].startswith(f"job failed: learner (pid {pid}) killed by signal SIGKILL")
+        assert job["reason"].endswith(f"({OOM})")
