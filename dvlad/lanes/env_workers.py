@@ -284,7 +284,7 @@ class _Worker:
             raise TimeoutError(f"env worker {self.cfg.worker_id} gave no answer in {timeout:.0f} s")
         msg = self.conn.recv()
         if isinstance(msg, WorkerFailed):
-            raise EnvWorkerError(f"env worker {self.cfg.worker_id} failed:\n{msg.traceback}")
+            raise EnvWorkerError(f"{self.describe()} failed:\n{msg.traceback}")
         return msg
 
     def answer(self, timeout: float, doing: str) -> WorkerBuilt | WorkerReady | GroupStepped:
