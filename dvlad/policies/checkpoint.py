@@ -67,11 +67,26 @@ def save_checkpoint(
 def load_checkpoint(
     path: str | os.PathLike[str], device: str | torch.device = "cpu"
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a checkpoint written by :func:`save_checkpoint`: (tensors, metadata)."""
-    with safe_open(os.fspath(path), framework="pt", device=str(device)) as f:
-        metadata = dict(f.metadata() or {})
-        tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
+    """Read a checkpoint written by :func:`save_checkpoint`: (tensors, metadata). Raises
+    :class:`UnreadableCheckpoint` saying which file and why (missing, permission, corrupt)."""
+    try:
+        with safe_open(os.fspath(path), framework="pt", device=str(device)) as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
+    except FileNotFoundError:
+        raise UnreadableCheckpoint(f"checkpoint {path} is missing (no such file)") from None
+    except PermissionError:
+        raise UnreadableCheckpoint(f"checkpoint {path} is not readable by uid {os.geteuid()}, the user the job "
+                                   "runs as (permission denied)") from None
+    except OSError as exc:
+        raise UnreadableCheckpoint(f"checkpoint {path} could not be read: {exc.strerror or exc}") from None
+    except Exception as exc:  # safetensors' own error: a truncated or foreign file
+        raise UnreadableCheckpoint(f"checkpoint {path} is corrupt or not a safetensors file ({exc})") from None
     return tensors, metadata
+
+
+class UnreadableCheckpoint(ValueError):
+    """A checkpoint that cannot be read; the message names the file and why (written for people)."""
 
 
 def save_training_checkpoint(path: Path, flat: torch.Tensor, optimizer: dict[str, Any], *, version: int,

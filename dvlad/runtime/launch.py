@@ -23,6 +23,7 @@ import psutil
 
 from dvla.spec import dump_toml, spec_from_dict
 from dvlad.gpu.layout import TOPOLOGY_ENV
+from dvlad.segments import PREFIX_ENV, daemon_tag, job_prefix
 from dvlad.store import Job
 
 PASSED_ENV = ("LANG", "LC_ALL", "TZ", "MUJOCO_GL", "PYOPENGL_PLATFORM", "LIBERO_CONFIG_PATH")
@@ -63,14 +64,19 @@ def process_start(pid: int) -> float | None:
         return None
 
 
-def _environment(job: Job, gpu_ids: list[int], topology_file: Path | None) -> dict[str, str]:
+def segment_prefix(state_dir: Path, job_id: int) -> str:
+    """The prefix of the names of the job's ``/dev/shm`` segments (:mod:`dvlad.segments`)."""
+    return job_prefix(daemon_tag(state_dir), job_id)
+
+
+def _environment(job: Job, gpu_ids: list[int], topology_file: Path | None, shm_prefix: str) -> dict[str, str]:
     try:
         home = pwd.getpwuid(job.uid).pw_dir
     except KeyError:
         home = "/"
     env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
     env.update(PATH=os.defpath + ":" + str(Path(sys.executable).parent), HOME=home, USER=job.user,
-               LOGNAME=job.user, PYTHONUNBUFFERED="1", DVLA_JOB_ID=str(job.id),
+               LOGNAME=job.user, PYTHONUNBUFFERED="1", DVLA_JOB_ID=str(job.id), **{PREFIX_ENV: shm_prefix},
                CUDA_DEVICE_ORDER="PCI_BUS_ID",  # CUDA's default order is not NVML's: indices would differ
                CUDA_VISIBLE_DEVICES=",".join(map(str, gpu_ids)))
     if topology_file is not None:
@@ -121,8 +127,9 @@ def spawn(job: Job, gpu_ids: list[int], state_dir: Path, topology: dict[str, Any
             identity = {"user": job.uid, "group": job.gid, "extra_groups": os.getgrouplist(job.user, job.gid)}
         popen = subprocess.Popen(
             [sys.executable, "-m", "dvlad.runtime.job", str(spec_file), "--output-dir", str(run)],
-            cwd=run, env=_environment(job, gpu_ids, topology_file), stdin=subprocess.DEVNULL, stdout=log_file,
-            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, umask=JOB_UMASK, **identity)
+            cwd=run, env=_environment(job, gpu_ids, topology_file, segment_prefix(state_dir, job.id)),
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            close_fds=True, umask=JOB_UMASK, **identity)
     create_time = process_start(popen.pid) or psutil.Process(popen.pid).create_time()
     fd = os.open(home / "pid", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as pid_file:  # read back if dvlad dies before recording it

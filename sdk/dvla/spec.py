@@ -119,6 +119,11 @@ class EnvSection:
     """0: the env's own limit."""
     step_timeout_s: float = 30.0
     """A worker that does not answer within this is replaced and its episodes dropped."""
+    max_worker_replacements: int = 5
+    """Dead or hung env workers replaced within ``replacement_window_min``; one more fails the job
+    with the reason (an env that crashes, exits or hangs on every step must not run for ever)."""
+    replacement_window_min: float = 10.0
+    """The window, in minutes, that ``max_worker_replacements`` counts over."""
     args: dict[str, Any] = field(default_factory=dict)
     """Free-form keyword arguments for the env constructor."""
 
@@ -566,6 +571,8 @@ def _check_values(spec: JobSpec, check: _Checker) -> None:
         at_least(key, 1)
     at_least("env.max_episode_steps", 0)
     above("env.step_timeout_s", 0)
+    at_least("env.max_worker_replacements", 0)
+    above("env.replacement_window_min", 0)
     env = spec.env
     envs_split = False
     if check.ok("env.num_envs", "env.groups", "env.workers"):
