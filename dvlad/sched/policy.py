@@ -204,6 +204,10 @@ class _Pass:
             return None
         return pick_gpus(self.free_gpus, job.gpus, self.cluster.link_score)
 
+    def has_room(self, gpus: int, cpus: int) -> bool:
+        """Whether ``gpus`` GPUs and ``cpus`` CPU slots are still free."""
+        return gpus <= len(self.free_gpus) and cpus <= self.free_cpus
+
     def fits_node(self, job: QueuedJob) -> bool:
         """Whether ``job`` would fit the idle node (unknown capacity: taken to fit)."""
         return self.cluster.capacity is None or self.cluster.capacity.holds(job.gpus, job.cpus)
@@ -237,30 +241,46 @@ def _drop_lower(jobs: deque[QueuedJob], head: QueuedJob, why: str, reasons: dict
 
 def plan(queue: Iterable[QueuedJob], cluster: Cluster, limits: Limits) -> Plan:
     """Decide which of ``queue`` start now and where, in the order they were decided (fair turns,
-    see the module docstring), and why each of the others waits. ``cluster`` is not modified."""
+    see the module docstring), and why each of the others waits. ``cluster`` is not modified.
+
+    Stops taking turns once the room left is below every queued job's demand: nothing more can
+    start, so the order of turns no longer matters, and the rest get their reasons user by user
+    (the same reasons: limits, room and each user's own priorities no longer change in this pass)."""
+    queue = list(queue)
     state = _Pass(cluster, limits)
     waiting = _by_user(queue)
+    least_gpus = min((j.gpus for j in queue), default=0)
+    least_cpus = min((j.cpus for j in queue), default=0)
     turns = [state.turn(user, jobs[0]) for user, jobs in waiting.items()]
     heapq.heapify(turns)
     decisions: list[Decision] = []
     reasons: dict[int, str] = {}
-    while turns:
+    while turns and state.has_room(least_gpus, least_cpus):
         user = heapq.heappop(turns)[-1]
         jobs = waiting[user]
-        job = jobs.popleft()
-        over = state.limit_reason(job)
-        if over:
-            reasons[job.id] = over
-        elif (gpu_ids := state.fit(job)) is not None:
-            decisions.append(state.start(job, gpu_ids))
-        elif not state.fits_node(job):
-            reasons[job.id] = state.too_big(job)
-        else:
-            reasons[job.id] = state.short(job)
-            _drop_lower(jobs, job, reasons[job.id], reasons)  # head of line: this user's lower priorities wait
+        _take_turn(state, jobs, decisions, reasons)
         if jobs:
             heapq.heappush(turns, state.turn(user, jobs[0]))
+    for jobs in waiting.values():  # nothing more fits (or nobody waits): only reasons are left
+        while jobs:
+            _take_turn(state, jobs, decisions, reasons)
     return Plan(decisions, reasons)
+
+
+def _take_turn(state: _Pass, jobs: deque[QueuedJob], decisions: list[Decision], reasons: dict[int, str]) -> None:
+    """Decide the head of one user's ``jobs``: start it (into ``decisions``) or give why it waits
+    (into ``reasons``, with its user's lower priorities behind it when it lacks room)."""
+    job = jobs.popleft()
+    over = state.limit_reason(job)
+    if over:
+        reasons[job.id] = over
+    elif (gpu_ids := state.fit(job)) is not None:
+        decisions.append(state.start(job, gpu_ids))
+    elif not state.fits_node(job):
+        reasons[job.id] = state.too_big(job)
+    else:
+        reasons[job.id] = state.short(job)
+        _drop_lower(jobs, job, reasons[job.id], reasons)  # head of line: this user's lower priorities wait
 
 
 def schedule(queue: Iterable[QueuedJob], cluster: Cluster, limits: Limits) -> list[Decision]:

@@ -40,6 +40,8 @@ LOG_CHUNK = 1 << 20
 SUBMIT_FIELDS = {"spec", "idempotency_key", "priority"}
 TAR = "application/x-tar"
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+LIST_DEFAULT, LIST_MAX = 100, 1000
+"""Jobs in one page of ``GET /v1/jobs``: unless asked, and at most."""
 
 
 @web.middleware
@@ -134,7 +136,8 @@ async def submit(request: web.Request) -> web.Response:
 async def list_jobs(request: web.Request) -> web.Response:
     """The caller's latest jobs; ``all=1`` everyone's, ``user=NAME`` one user's (others': the same
     permission as ``all``). The daemon filters before ``limit``: a client filtering the latest N of
-    everyone's could find none of a user's."""
+    everyone's could find none of a user's. Pages of at most ``LIST_MAX`` (``LIST_DEFAULT`` unless
+    asked), further back with ``before=ID``: a reply's cost is its page, however long the history."""
     who = _who(request)
     everyone = _flag(request, "all")
     user = request.query.get("user")
@@ -143,10 +146,11 @@ async def list_jobs(request: web.Request) -> web.Response:
     others = everyone or (user is not None and user != who.user)
     if others and not who.sees_all:
         raise ApiError(403, "forbidden", f"{who.user} may list only their own jobs", field="user" if user else "all")
-    limit = _int_query(request, "limit", 1000, 1, 100_000)
+    limit = _int_query(request, "limit", LIST_DEFAULT, 1, LIST_MAX)
+    before = _int_query(request, "before", 1 << 62, 1, 1 << 62)
     own = user is None and not everyone
     daemon = request.app[DAEMON]
-    jobs = daemon.store.list(uid=who.uid if own else None, user=user, limit=limit)
+    jobs = daemon.store.list(uid=who.uid if own else None, user=user, before=before, limit=limit)
     return respond(request, {"jobs": [daemon.public(j) for j in jobs]})
 
 

@@ -54,7 +54,8 @@ OPENAPI: dict[str, Any] = {
             "get": {"summary": "List jobs (own; all=1 or another user= for admins or when the config allows)",
                     "parameters": [_query("all", "boolean", "every user's jobs"),
                                    _query("user", "string", "only this user's jobs (filtered before limit)"),
-                                   _query("limit", "integer", "most recent N")],
+                                   _query("limit", "integer", "most recent N (default 100, at most 1000)"),
+                                   _query("before", "integer", "only jobs with smaller ids: the next page back")],
                     "responses": _ok(_obj(jobs={"type": "array", "items": JOB}))},
         },
         "/v1/jobs/{job_id}": {"get": {
