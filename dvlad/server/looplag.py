@@ -3,8 +3,9 @@
 Why: every request, the job supervisor and the scheduler share one event loop; anything that holds
 it (a long computation, a slow read) delays every client at once. A timer that asks to wake after
 ``INTERVAL_S`` and wakes later measures that delay directly, whatever caused it. ``/metrics`` shows the
-longest of the last minute (``dvlad_event_loop_lag_max_seconds``), and ``scripts/bench_daemon.py``
-reads it during a scheduling pass over a long queue.
+longest of the last ``WINDOW_S`` (``dvlad_event_loop_lag_max_seconds``; Prometheus's usual scrape
+interval, so consecutive scrapes see every sample), and ``scripts/bench_daemon.py`` reads it at the
+end of its scheduling measurement.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 from collections import deque
 
 INTERVAL_S = 0.05
-WINDOW_S = 60.0
+WINDOW_S = 15.0
 
 
 class LoopLag:
