@@ -41,12 +41,15 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 LinkScore = Callable[[int, int], float]
 
 
-@dataclass(frozen=True)
-class QueuedJob:
+class QueuedJob(NamedTuple):
+    """A queued job as the scheduler sees it (a tuple: a pass builds one per queued job, 10,000 of
+    them in a few milliseconds)."""
+
     id: int
     user: str
     groups: tuple[str, ...]
@@ -182,6 +185,12 @@ class _Pass:
                     return f"group limit: group {g} {over[0]} (limits.groups.{g}.{over[1]})"
         return None
 
+    def runs_its_most(self, user: str) -> bool:
+        """Whether ``user`` runs as many jobs as their own limit allows: then none of their jobs can
+        start in this pass (their usage only grows with their own starts), each for the same reason."""
+        limit = self.limits.for_user(user).running_jobs
+        return limit is not None and self.users.setdefault(user, Usage()).running_jobs >= limit
+
     def short(self, job: QueuedJob) -> str:
         """What ``job`` waits for, of what is free now: the pending reason of a job that does not fit."""
         wants = []
@@ -272,7 +281,11 @@ def _take_turn(state: _Pass, jobs: deque[QueuedJob], decisions: list[Decision], 
     (into ``reasons``, with its user's lower priorities behind it when it lacks room)."""
     job = jobs.popleft()
     over = state.limit_reason(job)
-    if over:
+    if over and state.runs_its_most(job.user):  # so do all the user's others: the same reason, at once
+        reasons[job.id] = over
+        reasons.update(dict.fromkeys([j.id for j in jobs], over))
+        jobs.clear()
+    elif over:
         reasons[job.id] = over
     elif (gpu_ids := state.fit(job)) is not None:
         decisions.append(state.start(job, gpu_ids))

@@ -44,7 +44,7 @@ def _count(n: int, noun: str) -> str:
 
 def _decide(queue: list[Queued], cluster: Cluster, limits: Limits) -> Plan:
     """One pass's decisions from a snapshot of the queue and the cluster (run in a worker thread)."""
-    return plan([QueuedJob(q.id, q.user, q.groups, q.priority, q.gpus, q.cpus) for q in queue], cluster, limits)
+    return plan([QueuedJob._make(q) for q in queue], cluster, limits)
 
 
 class Daemon:

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from dvlad.store.states import TERMINAL, TRANSITIONS, IllegalTransition, State
 
@@ -113,9 +113,9 @@ class Job(Request):
             "started_at", "ended_at", "gpu_ids", "pid", "exit_code")}
 
 
-@dataclass(frozen=True)
-class Queued:
-    """What the scheduler needs of a queued job (:meth:`Store.queue`)."""
+class Queued(NamedTuple):
+    """What the scheduler needs of a queued job (:meth:`Store.queue`): the fields, in the order, of
+    ``dvlad.sched.QueuedJob``, which the store may not import."""
 
     id: int
     user: str
