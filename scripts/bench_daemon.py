@@ -49,6 +49,7 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from dvlad.server.looplag import LoopLag
 from dvlad.testing import Dvlad
 
 CONFIG = "[limits.default]\nrunning_jobs = 0\n"
@@ -101,7 +102,7 @@ class Api:
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             lat.setdefault(op, []).append(time.perf_counter() - t0)
-            self.errors[f"{op}: {type(exc).__name__}"] += 1
+            self.errors[f"{op}: {type(exc).__name__}: {exc}"[:120]] += 1
             return None
         lat.setdefault(op, []).append(time.perf_counter() - t0)
         if status != expect:
@@ -174,13 +175,17 @@ async def clients(api: Api, n: int, seconds: float, ratios: dict[str, float], th
     await asyncio.gather(*(client(random.Random(i), warm_until, {}) for i in range(n)))
     api.errors.clear()
     lat: Latencies = {op: [] for op in ops}
+    own_lag = LoopLag(window_s=seconds + 1)  # the clients' own loop: a late client inflates what it measures
+    watch = asyncio.create_task(own_lag.run())
     t0 = time.monotonic()
     await asyncio.gather(*(client(random.Random(n + i), t0 + seconds, lat) for i in range(n)))
     wall = time.monotonic() - t0
+    watch.cancel()
     every = [v for values in lat.values() for v in values]
     return {"clients": n, "think_ms": think * 1e3, "ratios": ratios, "seconds": round(wall, 2),
             "requests_per_s": round(len(every) / wall, 1), "all": summary(every, wall),
             **{op: summary(values, wall) for op, values in lat.items()},
+            "clients_loop_lag_max_ms": round(own_lag.worst() * 1e3, 1), "daemon": await api.gauges(),
             "errors": sum(api.errors.values()), "error_kinds": dict(api.errors)}
 
 
@@ -237,16 +242,17 @@ async def measure(args: argparse.Namespace, source: Path | None, transport: str)
 def show(r: dict[str, Any]) -> None:
     head = f"{r['dvlad']}, {r['transport']}: "
     if "queued" in r:
-        d = r["daemon"]
         print(head + f"{r['queued']} queued in {r['fill_s']} s ({r['fill_submits_per_s']} submits/s), "
               f"a pass had seen them all {r['first_pass_seen_s']} s later; then {r['seconds']} s of kicks:")
-        print("  daemon: last pass " + ("n/a (this dvlad does not say)" if d["dvlad_schedule_pass_seconds"] is None
-                                        else f"{d['dvlad_schedule_pass_seconds'] * 1e3:.1f} ms over "
-                                             f"{d['dvlad_schedule_pass_queued']:.0f} jobs, event loop's worst lag "
-                                             f"{d['dvlad_event_loop_lag_max_seconds'] * 1e3:.1f} ms"))
     else:
         print(head + f"{r['clients']} clients, think {r['think_ms']:.0f} ms, {r['seconds']} s: "
-                     f"{r['requests_per_s']} requests/s, p50 {r['all']['p50_ms']} ms, p99 {r['all']['p99_ms']} ms")
+                     f"{r['requests_per_s']} requests/s, p50 {r['all']['p50_ms']} ms, p99 {r['all']['p99_ms']} ms; "
+                     f"the clients' own event loop lagged up to {r['clients_loop_lag_max_ms']} ms")
+    d = r["daemon"]
+    print("  daemon: " + ("n/a (this dvlad does not say)" if d["dvlad_schedule_pass_seconds"] is None
+                          else f"last pass {d['dvlad_schedule_pass_seconds'] * 1e3:.1f} ms over "
+                               f"{d['dvlad_schedule_pass_queued']:.0f} jobs, event loop's worst lag (last 15 s) "
+                               f"{d['dvlad_event_loop_lag_max_seconds'] * 1e3:.1f} ms"))
     for op in ("status", "submit", "list"):
         s = r[op]
         print(f"  {op:7s} {s['per_s']:8.1f}/s  p50 {s['p50_ms']:8.2f} ms  p99 {s['p99_ms']:8.2f} ms  "

@@ -18,10 +18,10 @@ WINDOW_S = 15.0
 
 
 class LoopLag:
-    """The delays of a repeating ``INTERVAL_S`` timer over the last ``WINDOW_S`` seconds."""
+    """The delays of a repeating ``INTERVAL_S`` timer over the last ``window_s`` seconds."""
 
-    def __init__(self) -> None:
-        self._lags: deque[float] = deque(maxlen=int(WINDOW_S / INTERVAL_S))
+    def __init__(self, window_s: float = WINDOW_S) -> None:
+        self._lags: deque[float] = deque(maxlen=max(1, int(window_s / INTERVAL_S)))
 
     def worst(self) -> float:
         """The longest delay of the window, in seconds (0 before the first sample)."""

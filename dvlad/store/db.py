@@ -9,7 +9,10 @@ Why the queue and the per-state counts are also kept in memory: the scheduler re
 at every pass and ``/metrics`` counts every state at every scrape; read from SQLite, 10,000 queued jobs
 cost ~50 ms of the daemon's event loop a pass. The store makes every state change itself
 (:meth:`Store.submit`, :meth:`Store.transition`), so it updates both after each commit, and rebuilds
-them from the database when it opens: they cannot drift from the rows.
+them from the database when it opens: they cannot drift from the rows. For the same reason it keeps
+the ``RECENT`` records last read or written: a status GET or a page of listing reads them from
+memory (decoding a row is most of a listing's cost), and a record changes only through the store,
+which replaces it there as it commits.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,6 +28,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from dvlad.store.states import TERMINAL, TRANSITIONS, IllegalTransition, State
+
+RECENT = 4096
+"""Job records kept decoded in memory (a few MB): more than a page of listings and every active job."""
+PAGE_ROWS = 500
+"""Rows read per ``IN (...)`` query (under SQLite's bound on a statement's parameters)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -152,6 +161,7 @@ class Store:
                                   (State.QUEUED.value,)):
             self._queued[r["id"]] = Queued(r["id"], r["user"], tuple(json.loads(r["groups"])), r["priority"],
                                            r["gpus"], r["cpus"])
+        self._recent: OrderedDict[int, Job] = OrderedDict()
         self._counts = {s.value: 0 for s in State}
         for state, n in self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
             self._counts[state] = n
@@ -194,22 +204,34 @@ class Store:
                            (cur.lastrowid, now, State.QUEUED.value, f"submitted by {sub.user}"))
                 out.append((_job(db.execute("SELECT * FROM jobs WHERE id = ?", (cur.lastrowid,)).fetchone()), True))
         for job, created in out:  # committed: now the memory may show them
+            self._remember(job)
             if created:
                 self._queued[job.id] = Queued(job.id, job.user, tuple(job.groups), job.priority, job.gpus, job.cpus)
                 self._counts[State.QUEUED.value] += 1
         return out
 
+    def _remember(self, job: Job) -> Job:
+        """Keep ``job`` as the latest of the ``RECENT`` (records are never changed in place)."""
+        self._recent[job.id] = job
+        self._recent.move_to_end(job.id)
+        if len(self._recent) > RECENT:
+            self._recent.popitem(last=False)
+        return job
+
     def get(self, job_id: int) -> Job | None:
+        if (job := self._recent.get(job_id)) is not None:
+            return self._remember(job)
         row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _job(row) if row else None
+        return self._remember(_job(row)) if row else None
 
     def list(self, *, uid: int | None = None, user: str | None = None, states: frozenset[State] | None = None,
              before: int | None = None, limit: int = 1000) -> list[Job]:
         """The latest ``limit`` jobs in submit order, optionally of one user (by uid or by name) and/or in
         some states, and/or with ids below ``before`` (the next page back). Filtered here, before the
         limit, so a user's latest are found among everyone's; each filter is an index's range, so a
-        page costs its own rows, not the table's."""
-        sql, args = "SELECT * FROM jobs WHERE 1=1", []
+        page costs its own rows, not the table's. The ids come from the indexes; the records from
+        memory where they are, else from one read per ``PAGE_ROWS``."""
+        sql, args = "SELECT id FROM jobs WHERE 1=1", []
         if before is not None:
             sql += " AND id < ?"
             args.append(before)
@@ -224,7 +246,14 @@ class Store:
             args += [s.value for s in states]
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(limit)
-        return [_job(r) for r in reversed(self._db.execute(sql, args).fetchall())]
+        ids = [r[0] for r in reversed(self._db.execute(sql, args).fetchall())]
+        found = {i: job for i in ids if (job := self._recent.get(i)) is not None}
+        missing = [i for i in ids if i not in found]
+        for start in range(0, len(missing), PAGE_ROWS):
+            chunk = missing[start:start + PAGE_ROWS]
+            for row in self._db.execute(f"SELECT * FROM jobs WHERE id IN ({','.join('?' * len(chunk))})", chunk):
+                found[row["id"]] = self._remember(_job(row))
+        return [found[i] for i in ids]
 
     def queue(self) -> list[Queued]:
         """Every queued job, in submit order, from memory: a copy of the list, the records immutable,
@@ -261,7 +290,7 @@ class Store:
         self._queued.pop(job_id, None)  # committed; no state leads back to queued
         self._counts[current.value] -= 1
         self._counts[to.value] += 1
-        return _job(out)
+        return self._remember(_job(out))
 
     def events(self, *, after: int = 0, job_id: int | None = None, uid: int | None = None,
                limit: int = 1000) -> list[dict[str, Any]]:
