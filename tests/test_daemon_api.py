@@ -122,10 +122,22 @@ def test_bad_bodies_get_a_clear_4xx_and_the_daemon_keeps_serving(dvlad, what, ra
 
 @pytest.mark.parametrize("path,status", [("/v1/jobs/..%2F..%2Fetc%2Fpasswd", 404), ("/v1/jobs/999999", 404),
                                          ("/v1/jobs/-1", 404), ("/v1/nope", 404), ("/v1/jobs?limit=x", 400),
-                                         ("/v1/jobs/1/logs?offset=-5", 400)])
+                                         ("/v1/jobs/1/logs?offset=-5", 400), ("/v1/jobs?limit=1001", 400),
+                                         ("/v1/jobs?before=0", 400)])
 def test_bad_paths_and_queries(dvlad, path, status):
     got, body = dvlad.call("GET", path)
     assert got == status and {"code", "field", "reason"} <= set(body), body
+
+
+def test_listings_are_pages_of_100_unless_asked_and_before_pages_back(dvlad):
+    """A listing costs its page, however long the history (issue 17: 1000 records a listing by default)."""
+    made = [submit(dvlad, {"job": {"name": f"page-{i}"}})[1]["job"]["id"] for i in range(101)]
+    status, page = dvlad.call("GET", "/v1/jobs")
+    ids = [j["id"] for j in page["jobs"]]
+    assert status == 200 and len(ids) == 100 and ids == sorted(ids) and ids[-1] == made[-1]
+    status, older = dvlad.call("GET", f"/v1/jobs?before={ids[0]}&limit=1000")
+    older_ids = [j["id"] for j in older["jobs"]]
+    assert status == 200 and made[0] in older_ids and max(older_ids) < ids[0]
 
 
 def test_wrong_method_is_an_error_object(dvlad):

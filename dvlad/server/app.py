@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from dvla.api import PRIORITIES
+from dvla.api import JOBS_PAGE, PRIORITIES
 from dvla.spec import SpecError
 from dvlad.config import Config
 from dvlad.gpu.inventory import LIVE_FIELDS
@@ -40,8 +40,6 @@ LOG_CHUNK = 1 << 20
 SUBMIT_FIELDS = {"spec", "idempotency_key", "priority"}
 TAR = "application/x-tar"
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-LIST_DEFAULT, LIST_MAX = 100, 1000
-"""Jobs in one page of ``GET /v1/jobs``: unless asked, and at most."""
 
 
 @web.middleware
@@ -136,7 +134,7 @@ async def submit(request: web.Request) -> web.Response:
 async def list_jobs(request: web.Request) -> web.Response:
     """The caller's latest jobs; ``all=1`` everyone's, ``user=NAME`` one user's (others': the same
     permission as ``all``). The daemon filters before ``limit``: a client filtering the latest N of
-    everyone's could find none of a user's. Pages of at most ``LIST_MAX`` (``LIST_DEFAULT`` unless
+    everyone's could find none of a user's. Pages of at most ``JOBS_PAGE[1]`` (``JOBS_PAGE[0]`` unless
     asked), further back with ``before=ID``: a reply's cost is its page, however long the history."""
     who = _who(request)
     everyone = _flag(request, "all")
@@ -146,7 +144,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     others = everyone or (user is not None and user != who.user)
     if others and not who.sees_all:
         raise ApiError(403, "forbidden", f"{who.user} may list only their own jobs", field="user" if user else "all")
-    limit = _int_query(request, "limit", LIST_DEFAULT, 1, LIST_MAX)
+    limit = _int_query(request, "limit", JOBS_PAGE[0], 1, JOBS_PAGE[1])
     before = _int_query(request, "before", 1 << 62, 1, 1 << 62)
     own = user is None and not everyone
     daemon = request.app[DAEMON]

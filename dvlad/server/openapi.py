@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from dvla.api import JOBS_PAGE
+
 JOB_KEYS = ["id", "user", "uid", "name", "priority", "gpus", "cpus", "state", "reason", "submitted_at",
             "started_at", "ended_at", "gpu_ids", "pid", "exit_code", "pending_reason"]
 ERROR = {"type": "object", "required": ["code", "field", "reason"],
@@ -54,7 +56,8 @@ OPENAPI: dict[str, Any] = {
             "get": {"summary": "List jobs (own; all=1 or another user= for admins or when the config allows)",
                     "parameters": [_query("all", "boolean", "every user's jobs"),
                                    _query("user", "string", "only this user's jobs (filtered before limit)"),
-                                   _query("limit", "integer", "most recent N (default 100, at most 1000)"),
+                                   _query("limit", "integer",
+                                          f"most recent N (default {JOBS_PAGE[0]}, at most {JOBS_PAGE[1]})"),
                                    _query("before", "integer", "only jobs with smaller ids: the next page back")],
                     "responses": _ok(_obj(jobs={"type": "array", "items": JOB}))},
         },
