@@ -160,6 +160,8 @@ def test_metrics_are_prometheus_text(dvlad):
     assert status == 200
     lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
     assert float(lines["dvlad_queue_length"]) >= 1 and float(lines['dvlad_jobs{state="queued"}']) >= 1
+    responsiveness = ("dvlad_schedule_pass_seconds", "dvlad_schedule_pass_queued", "dvlad_event_loop_lag_max_seconds")
+    assert all(float(lines[name]) >= 0 for name in responsiveness)
 
 
 def test_openapi_matches_the_routes_and_the_replies(dvlad):
