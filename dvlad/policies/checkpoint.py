@@ -51,7 +51,7 @@ def save_checkpoint(
     cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
 
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.fchmod(fd, 0o644)  # mkstemp makes 0600; a checkpoint is meant to be read (resume, download)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint gets the mode open() would give it
     os.close(fd)
     try:
         save_file(cpu, tmp, metadata=metadata)
@@ -107,6 +107,18 @@ def optimizer_state(tensors: dict[str, torch.Tensor], template: dict[str, Any]) 
             _, i, name = key.split(".", 2)
             template["state"].setdefault(int(i), {})[name] = value
     return template
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (``os.umask`` would change it for every thread for
+    a moment): a job under dvlad runs with 077, and its checkpoints must stay its user's alone."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def _fsync_dir(directory: Path) -> None:
