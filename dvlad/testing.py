@@ -75,9 +75,12 @@ class Dvlad:
     """``dvlad --config C --state-dir S --socket P`` in a short /tmp directory (socket paths are short).
 
     ``config=None`` passes no ``--config`` at all: with ``user_mode``, ``dvlad --user`` exactly as a
-    user starts it, on built-in defaults."""
+    user starts it, on built-in defaults. ``source``: run the ``dvlad`` package of another checkout
+    (its root; with this venv), so a benchmark measures before and after a change in one run."""
 
-    def __init__(self, config: str | None = "", env: dict[str, str] | None = None, user_mode: bool = False):
+    def __init__(self, config: str | None = "", env: dict[str, str] | None = None, user_mode: bool = False,
+                 source: Path | None = None):
+        self.source = source
         self.home = Path(tempfile.mkdtemp(prefix="dvlad-"))
         os.chmod(self.home, 0o755)  # other test users reach the socket through it
         self.config = self.home / "dvlad.toml"
@@ -120,7 +123,8 @@ class Dvlad:
         with self.stderr.open("ab") as err:
             self.proc = subprocess.Popen(
                 [str(PYTHON), "-m", "dvlad.server.main", *self.config_args, *self.args],
-                stdout=subprocess.DEVNULL, stderr=err, env=self.env, preexec_fn=limit)
+                stdout=subprocess.DEVNULL, stderr=err, env=self.env, preexec_fn=limit,
+                cwd=self.source)  # -m finds cwd's dvlad first
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -132,11 +132,22 @@ def test_bad_bodies_get_a_clear_4xx_and_the_daemon_keeps_serving(dvlad, what, ra
 
 @pytest.mark.parametrize("path,status", [("/v1/jobs/..%2F..%2Fetc%2Fpasswd", 404), ("/v1/jobs/999999", 404),
                                          ("/v1/jobs/-1", 404), ("/v1/jobs/%C2%B9", 404), ("/v1/nope", 404),
-                                         ("/v1/jobs?limit=x", 400),
-                                         ("/v1/jobs/1/logs?offset=-5", 400)])
+                                         ("/v1/jobs?limit=x", 400), ("/v1/jobs?limit=1001", 400),
+                                         ("/v1/jobs?before=0", 400), ("/v1/jobs/1/logs?offset=-5", 400)])
 def test_bad_paths_and_queries(dvlad, path, status):
     got, body = dvlad.call("GET", path)
     assert got == status and {"code", "field", "reason"} <= set(body), body
+
+
+def test_listings_are_pages_of_100_unless_asked_and_before_pages_back(dvlad):
+    """A listing costs its page, however long the history (issue 17: 1000 records a listing by default)."""
+    made = [submit(dvlad, {"job": {"name": f"page-{i}"}})[1]["job"]["id"] for i in range(101)]
+    status, page = dvlad.call("GET", "/v1/jobs")
+    ids = [j["id"] for j in page["jobs"]]
+    assert status == 200 and len(ids) == 100 and ids == sorted(ids) and ids[-1] == made[-1]
+    status, older = dvlad.call("GET", f"/v1/jobs?before={ids[0]}&limit=1000")
+    older_ids = [j["id"] for j in older["jobs"]]
+    assert status == 200 and made[0] in older_ids and max(older_ids) < ids[0]
 
 
 def test_wrong_method_is_an_error_object_with_the_allowed_methods(dvlad):
@@ -164,6 +175,8 @@ def test_metrics_are_prometheus_text(dvlad):
     assert status == 200
     lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
     assert float(lines["dvlad_queue_length"]) >= 1 and float(lines['dvlad_jobs{state="queued"}']) >= 1
+    responsiveness = ("dvlad_schedule_pass_seconds", "dvlad_schedule_pass_queued", "dvlad_event_loop_lag_max_seconds")
+    assert all(float(lines[name]) >= 0 for name in responsiveness)
 
 
 def test_openapi_matches_the_routes_and_the_replies(dvlad):
@@ -331,7 +344,7 @@ def test_openapi_states_the_limits_the_daemon_enforces(dvlad):
     job_id = submit(dvlad)[1]["job"]["id"]
     ranged = [(path, p["name"], p["schema"]) for path, ops in doc["paths"].items() for op in ops.values()
               for p in op.get("parameters", []) if p["in"] == "query" and p["schema"]["type"] == "integer"]
-    assert {name for _, name, _ in ranged} == {"limit", "last", "offset", "after"}
+    assert {name for _, name, _ in ranged} == {"limit", "before", "last", "offset", "after"}
     for path, name, schema in ranged:
         url = path.replace("{job_id}", str(job_id))
         for value, ok in ((schema["minimum"], True), (schema["maximum"], True),

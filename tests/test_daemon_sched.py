@@ -91,6 +91,14 @@ def test_user_running_job_limit_counts_what_runs_already():
     assert ids(out) == [3, 1]  # b, running nothing, has the first turn
 
 
+def test_a_user_who_reaches_their_running_job_limit_in_a_pass_has_every_other_job_wait_for_it():
+    limits = Limits(users={"a": Limit(running_jobs=1)})
+    queue = [job(1, "a"), job(2, "a", priority=1), job(3, "a", gpus=1), job(4, "b")]
+    out = plan(queue, cluster(gpus=[0], cpus=8), limits)
+    assert ids(out.starts) == [2, 4]
+    assert out.waiting == dict.fromkeys([1, 3], "user limit: a runs 1 job of at most 1 (limits.users.a.running_jobs)")
+
+
 def test_user_gpu_limit_does_not_block_others():
     limits = Limits(default_user=Limit(gpus=1))
     out = schedule([job(1, "a", gpus=2), job(2, "b", gpus=1), job(3, "a", gpus=1)], cluster(gpus=[0, 1, 2]), limits)

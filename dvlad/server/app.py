@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from dvla.api import JOBS_PAGE
 from dvla.spec import SpecError
 from dvlad.config import Config
 from dvlad.gpu.inventory import LIVE_FIELDS
@@ -143,7 +144,8 @@ async def submit(request: web.Request) -> web.Response:
 async def list_jobs(request: web.Request) -> web.Response:
     """The caller's latest jobs; ``all=1`` everyone's, ``user=NAME`` one user's (others': the same
     permission as ``all``). The daemon filters before ``limit``: a client filtering the latest N of
-    everyone's could find none of a user's."""
+    everyone's could find none of a user's. Pages of at most ``JOBS_PAGE[1]`` (``JOBS_PAGE[0]`` unless
+    asked), further back with ``before=ID``: a reply's cost is its page, however long the history."""
     who = _who(request)
     everyone = _flag(request, "all")
     user = request.query.get("user")
@@ -152,10 +154,11 @@ async def list_jobs(request: web.Request) -> web.Response:
     others = everyone or (user is not None and user != who.user)
     if others and not who.sees_all:
         raise ApiError(403, "forbidden", f"{who.user} may list only their own jobs", field="user" if user else "all")
-    limit = _int_query(request, "limit", 1000)
+    limit = _int_query(request, "limit", JOBS_PAGE[0])
+    before = _int_query(request, "before", 1 << 62)
     own = user is None and not everyone
     daemon = request.app[DAEMON]
-    jobs = daemon.store.list(uid=who.uid if own else None, user=user, limit=limit)
+    jobs = daemon.store.list(uid=who.uid if own else None, user=user, before=before, limit=limit)
     return respond(request, {"jobs": [daemon.public(j) for j in jobs]})
 
 

@@ -117,8 +117,8 @@ class GuardedTCPSite(web.BaseSite):
     """A TCP listener whose connections go through a :class:`ConnectionGuard` (aiohttp's ``TCPSite``
     hands each straight to the server)."""
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard):
-        super().__init__(runner)
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard, backlog: int = 128):
+        super().__init__(runner, backlog=backlog)
         self._host, self._port, self.guard = host, port, guard
 
     @property
@@ -130,4 +130,4 @@ class GuardedTCPSite(web.BaseSite):
         server: Callable[[], Any] = self._runner.server
         self._server = await asyncio.get_running_loop().create_server(
             lambda: _Guarded(server(), self.guard), self._host, self._port, reuse_address=True,
-            family=socket.AF_UNSPEC)
+            family=socket.AF_UNSPEC, backlog=self._backlog)

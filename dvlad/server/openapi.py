@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dvla.api import JOBS_PAGE
 from dvlad.config import DaemonSection
 from dvlad.server.limits import IDEMPOTENCY_KEY, INT_MAX, INT_MIN, JOB_ID_DIGITS, PRIORITY_RANGE, QUERY_RANGES
 
@@ -94,7 +95,9 @@ def document(daemon: DaemonSection) -> dict[str, Any]:
                         "parameters": [_query("all", "boolean", "every user's jobs"),
                                        _query("user", "string", "only this user's jobs (filtered before limit)",
                                               minLength=1),
-                                       _query("limit", "integer", "most recent N")],
+                                       _query("limit", "integer",
+                                              f"most recent N (default {JOBS_PAGE[0]}, at most {JOBS_PAGE[1]})"),
+                                       _query("before", "integer", "only jobs with smaller ids: the next page back")],
                         "responses": _ok(_obj(jobs={"type": "array", "items": JOB}))},
             },
             "/v1/jobs/{job_id}": {"get": {

@@ -44,6 +44,13 @@ class DaemonCollector(Collector):
                                   value=supervisor.reclaimed.count)
         yield CounterMetricFamily("dvlad_shm_reclaimed_bytes", "Bytes of /dev/shm segments of ended jobs removed",
                                   value=supervisor.reclaimed.bytes)
+        queued, seconds = self.daemon.last_pass
+        yield GaugeMetricFamily("dvlad_schedule_pass_seconds", "Wall time of the last scheduling pass "
+                                "(decided in a worker thread)", value=seconds)
+        yield GaugeMetricFamily("dvlad_schedule_pass_queued", "Queued jobs the last scheduling pass considered",
+                                value=queued)
+        yield GaugeMetricFamily("dvlad_event_loop_lag_max_seconds", "Longest delay of the event loop's "
+                                "50 ms timer over the last 15 s", value=self.daemon.loop_lag.worst())
         util = GaugeMetricFamily("dvlad_gpu_utilization_percent", "GPU utilisation (NVML)", labels=["gpu"])
         used = GaugeMetricFamily("dvlad_gpu_memory_used_bytes", "GPU memory used (NVML)", labels=["gpu"])
         total = GaugeMetricFamily("dvlad_gpu_memory_total_bytes", "GPU memory (NVML)", labels=["gpu"])

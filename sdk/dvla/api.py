@@ -32,6 +32,8 @@ STREAM_TIMEOUT = httpx.Timeout(30.0, connect=5.0, read=None)
 TAR = "application/x-tar"
 PRIORITIES = (-1000, 1000)
 """The lowest and highest priority dvlad accepts (it refuses others, 400 ``bad_field``)."""
+JOBS_PAGE = (100, 1000)
+"""Job records in one listing: when no limit is given, and at most (dvlad refuses more, 400 ``bad_query``)."""
 SpecLike = Mapping[str, Any] | specs.JobSpec | str | os.PathLike[str]
 """A spec dict, a :class:`~dvla.spec.JobSpec`, or the path of a TOML job file."""
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from dvla.api import PRIORITIES
+from dvla.api import JOBS_PAGE, PRIORITIES
 from dvla.cli import output
 from dvla.cli.main import JOB_ID, Integer, State, connection_options, json_option, pass_state
 from dvla.client import Client, Job
@@ -84,7 +84,9 @@ Examples:
   dvla jobs --user alice --json | jq '.[] | select(.state == "running") | .id'""")
 @click.option("--all", "all_", is_flag=True, help="Every user's jobs (admins, or with users_see_all).")
 @click.option("--user", metavar="USER", help="Only this user's jobs (another user's: as for --all).")
-@click.option("--limit", metavar="N", type=Integer(min=1), help="Only the most recent N jobs (of --user's, with it).")
+@click.option("--limit", metavar="N", type=Integer(min=1, max=JOBS_PAGE[1]),
+              help=f"Only the most recent N jobs (of --user's, with it); "
+                   f"default {JOBS_PAGE[0]}, at most {JOBS_PAGE[1]}.")
 @json_option
 @connection_options
 @pass_state
