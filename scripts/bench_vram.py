@@ -57,7 +57,8 @@ def child(args: argparse.Namespace) -> dict:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import _vram_workload as w
 
-    from dvlad.gpu.pools import Budgets, DualPool
+    from dvlad.gpu.budgets import Budgets
+    from dvlad.gpu.pools import DualPool
 
     device = torch.device("cuda")
     pools = DualPool(device, Budgets(), expandable=True) if args.mode == "pooled" else None

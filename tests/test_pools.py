@@ -8,7 +8,8 @@ import multiprocessing as mp
 import pytest
 import torch
 
-from dvlad.gpu.pools import GIB, Budgets, DualPool, PoolOverflow
+from dvlad.gpu.budgets import Budgets
+from dvlad.gpu.pools import GIB, DualPool, PoolOverflow
 
 MIB = 1 << 20
 

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
+
+from dvlad.gpu.budgets import Budgets
 
 GIB = 1 << 30
 
@@ -49,14 +50,6 @@ class PoolOverflow(RuntimeError):
 def mem_pools_available() -> bool:
     """Whether this torch can allocate into a pool of its own (torch ≥ 2.8 with CUDA)."""
     return torch.cuda.is_available() and hasattr(torch.cuda, "MemPool") and hasattr(torch.cuda, "use_mem_pool")
-
-
-@dataclass
-class Budgets:
-    """A job's per-GPU budgets in bytes; None: no cap (a whole GPU, ``"auto"``)."""
-
-    weight: int | None = None
-    activation: int | None = None
 
 
 class DualPool:
