@@ -10,7 +10,7 @@ inside the caller's weight-pool context; everything else is per iteration.
 from __future__ import annotations
 
 import contextlib
-import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -44,22 +44,27 @@ class Job:
                              *self.actor.buffers(), *state, self.staging])
 
 
-def build(preset: str, lora: bool, patch: int, device: torch.device, spec: EnvSpec) -> Job:
+def build(preset: str, lora: bool, patch: int, device: torch.device, spec: EnvSpec,
+          weights: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> Job:
     """As a job on a GPU holds them (dvlad/lanes/device.py): the learner's fp32 master weights with
     fused Adam (its state made now, by one step of zero gradients, so that it is long-lived from
-    the start as in a job), the actor's bf16 replica and the bf16 staging buffer."""
+    the start as in a job), the actor's bf16 replica and the bf16 staging buffer. Only these are
+    allocated inside ``weights()`` (the weight pool's context): the zero gradients are not, and
+    the actor is built in bf16 rather than copied and cast, so no freed block is left behind there."""
     torch.manual_seed(0)
-    args = {"preset": preset, "dtype": "float32", "patch_size": patch, "lora": LORA if lora else None}
-    with device:  # built in place: a 1B model initialised on the host would take a while
-        learner = TransformerVLA(spec, **args)
-    actor = copy.deepcopy(learner).to(torch.bfloat16).requires_grad_(False)
+    args = {"preset": preset, "patch_size": patch, "lora": LORA if lora else None}
+    with device, weights():  # built in place: a 1B model initialised on the host would take a while
+        learner = TransformerVLA(spec, dtype="float32", **args)
+        actor = TransformerVLA(spec, dtype="bfloat16", **args).requires_grad_(False)
+        actor.load_state_dict(learner.state_dict())
     trainable = learner.published_parameters()
     optimizer = torch.optim.Adam(trainable, lr=1e-5, eps=1e-5, fused=device.type == "cuda")
     for p in trainable:
         p.grad = torch.zeros_like(p)
-    optimizer.step()
+    with weights():
+        optimizer.step()
+        staging = torch.empty(sum(p.numel() for p in trainable), dtype=torch.bfloat16, device=device)
     optimizer.zero_grad(set_to_none=True)
-    staging = torch.empty(sum(p.numel() for p in trainable), dtype=torch.bfloat16, device=device)
     return Job(learner, actor, optimizer, staging, spec, device)
 
 

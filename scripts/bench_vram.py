@@ -60,15 +60,12 @@ def child(args: argparse.Namespace) -> dict:
     from dvlad.gpu.budgets import Budgets
     from dvlad.gpu.pools import DualPool
 
-    device = torch.device("cuda")
+    device = torch.device("cuda", 0)
     pools = DualPool(device, Budgets(), expandable=True) if args.mode == "pooled" else None
     spec = w.env_spec()
+    job = w.build(args.preset, args.lora, args.patch, device, spec, *([pools.weights] if pools else []))
     if pools is not None:
-        with pools.weights():
-            job = w.build(args.preset, args.lora, args.patch, device, spec)
         pools.seal(job.weight_bytes())
-    else:
-        job = w.build(args.preset, args.lora, args.patch, device, spec)
     weights = job.weight_bytes()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats(device)
@@ -89,18 +86,18 @@ def child(args: argparse.Namespace) -> dict:
     def fits(envs: int) -> bool:
         torch.cuda.empty_cache()
         try:
-            _run_iterations(job, w, envs, args.max_steps, args.minibatches, args.probe_iterations, args.seed + envs)
+            _run_iterations(job, w, envs, args.max_steps, args.minibatches, args.probe_iterations, args.seed)
             torch.cuda.synchronize()
             return True
         except torch.OutOfMemoryError:
             job.optimizer.zero_grad(set_to_none=True)
             return False
 
-    step = 8
+    step = 4
     low, high = 0, step
-    while fits(high):  # doubling, then bisection on multiples of 8 envs
+    while fits(high):
         low, high = high, high * 2
-    while high - low > step:
+    while high - low > step:  # doubling, then bisection on multiples of 4 envs
         mid = (low + high) // 2 // step * step
         low, high = (mid, high) if fits(mid) else (low, mid)
     result["max_envs"] = low

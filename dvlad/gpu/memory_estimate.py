@@ -10,13 +10,17 @@ Per GPU of a job (the one-GPU, colocated layout; on more GPUs each holds at most
 - **weight pool** = learner master weights (fp32, 4 bytes a parameter) + Adam's two moments
   (8 bytes a trainable parameter) + the actor's replica (bf16: 2 bytes a parameter) + the staging
   buffer of a published version (2 bytes a trainable parameter). Exact for the model's tensors.
-- **activation pool** = the learner's peak above its weights in one minibatch step (gradients,
-  4 bytes a trainable parameter; with full fine-tuning, autocast's bf16 copies of the weights,
-  2 bytes a parameter; and ``k_learn × minibatch × tokens × layers × hidden × 2`` bytes of saved
-  activations) + the learner's batch of samples on the GPU + the actor's peak at its largest batch
-  (``k_act × batch × tokens × hidden × 2``). The two ``k`` are the largest per-token costs measured
-  in ``memory_calibration.json`` (``scripts/calibrate_vram.py`` on the H200), so the estimate is
-  at or above every measured size.
+- **activation pool** = the learner's peak above its weights in one minibatch step + the learner's
+  batch of samples on the GPU + the actor's peak at its largest batch. The learner's: autocast's
+  bf16 copies of the weights (2 bytes a parameter, kept for the backward pass), with LoRA the
+  adapters' fp32 gradients (4 bytes a trainable parameter; with full fine-tuning gradients appear
+  as activations are freed, inside the next term), and ``k_learn × minibatch × tokens × layers ×
+  hidden × 2`` bytes of saved activations; the actor's ``k_act × batch × tokens × hidden × 2``.
+
+The ``k`` are the largest marginal per-token costs measured in ``memory_calibration.json``
+(``scripts/calibrate_vram.py`` on the H200: two batch sizes per model size, so a slope each), and a
+constant ``c`` per term the largest bytes left over, so the estimate is at or above every measured
+size (and within 1.3x of it at batch 64).
 
 Only ``transformer-vla`` on a built-in env has a model shape here; for other policies and user envs
 :func:`estimate` returns None and a job that shares GPUs must give its budgets as sizes.
@@ -78,9 +82,11 @@ class Estimate:
 
 @dataclass(frozen=True)
 class Coefficients:
-    k_learn_full: float
-    k_learn_lora: float
-    k_act: float
+    """Per (``"learner"`` or ``"actor"``, LoRA or not): the per-token cost in multiples of ``tokens ×
+    hidden × 2`` bytes (times layers for the learner), and constant bytes on top; fitted by :func:`fit`."""
+
+    k: dict[tuple[str, bool], float]
+    c: dict[tuple[str, bool], float]
 
 
 def _env_shape(spec: JobSpec) -> tuple[list[tuple[int, int]], int] | None:
@@ -141,24 +147,36 @@ def weight_bytes(shape: ModelShape, precision: str = "auto") -> int:
     return 4 * shape.params + 8 * shape.trainable + actor * (shape.params + shape.trainable)
 
 
-def _learner_fixed(shape: ModelShape, lora: bool) -> int:
-    """What a learner step holds besides saved activations: fp32 gradients, and with full
-    fine-tuning autocast's cached bf16 copy of every weight."""
-    return 4 * shape.trainable + (0 if lora else 2 * shape.params)
+def _learner_fixed(params: int, trainable: int, lora: bool) -> int:
+    """What a learner step holds besides saved activations: autocast's bf16 weight copies, and
+    with LoRA the adapters' fp32 gradients."""
+    return 2 * params + (4 * trainable if lora else 0)
+
+
+def _unit(row: dict[str, Any]) -> float:
+    return row["batch"] * row["tokens"] * row["hidden"] * 2 * (row["layers"] if row["kind"] == "learner" else 1)
+
+
+def _fixed(row: dict[str, Any]) -> int:
+    return _learner_fixed(row["params"], row["trainable"], row["lora"]) if row["kind"] == "learner" else 0
 
 
 def fit(rows: list[dict[str, Any]]) -> Coefficients:
-    """The largest per-token costs of the calibration rows (``scripts/calibrate_vram.py``)."""
-    learn = {False: 0.0, True: 0.0}
-    act = 0.0
+    """The largest slope over the two batch sizes of each measured model size, then the largest
+    bytes left over by it (rows of ``scripts/calibrate_vram.py``)."""
+    sizes: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
-        unit = r["batch"] * r["tokens"] * r["hidden"] * 2
-        if r["kind"] == "learner":
-            fixed = 4 * r["trainable"] + (0 if r["lora"] else 2 * r["params"])
-            learn[r["lora"]] = max(learn[r["lora"]], (r["peak"] - fixed) / (unit * r["layers"]))
-        else:
-            act = max(act, r["peak"] / unit)
-    return Coefficients(learn[False], learn[True], act)
+        sizes.setdefault((r["kind"], r["lora"], r["preset"], r["tokens"]), []).append(r)
+    k: dict[tuple[str, bool], float] = {}
+    for (kind, lora, *_), same in sizes.items():
+        small, large = min(same, key=_unit), max(same, key=_unit)
+        slope = (large["peak"] - small["peak"]) / (_unit(large) - _unit(small))
+        k[kind, lora] = max(k.get((kind, lora), 0.0), slope)
+    c: dict[tuple[str, bool], float] = {}
+    for r in rows:
+        key = (r["kind"], r["lora"])
+        c[key] = max(c.get(key, 0.0), r["peak"] - _fixed(r) - k[key] * _unit(r))
+    return Coefficients(k, c)
 
 
 @cache
@@ -167,12 +185,13 @@ def calibration() -> Coefficients:
 
 
 def learner_peak(shape: ModelShape, lora: bool, minibatch: int, k: Coefficients) -> int:
-    k_learn = k.k_learn_lora if lora else k.k_learn_full
-    return int(_learner_fixed(shape, lora) + k_learn * minibatch * shape.tokens * shape.layers * shape.hidden * 2)
+    unit = minibatch * shape.tokens * shape.layers * shape.hidden * 2
+    key = ("learner", lora)
+    return int(_learner_fixed(shape.params, shape.trainable, lora) + k.k[key] * unit + k.c[key])
 
 
-def actor_peak(shape: ModelShape, batch: int, k: Coefficients) -> int:
-    return int(k.k_act * batch * shape.tokens * shape.hidden * 2)
+def actor_peak(shape: ModelShape, lora: bool, batch: int, k: Coefficients) -> int:
+    return int(k.k["actor", lora] * batch * shape.tokens * shape.hidden * 2 + k.c["actor", lora])
 
 
 def estimate(spec: JobSpec, k: Coefficients | None = None) -> Estimate | None:
@@ -185,6 +204,6 @@ def estimate(spec: JobSpec, k: Coefficients | None = None) -> Estimate | None:
     samples = spec.env.num_envs * spec.pipeline.segment_steps
     minibatch = -(-samples // spec.algo.minibatches)
     activation = (learner_peak(shape, lora, minibatch, k) + samples * shape.observation_bytes
-                  + actor_peak(shape, spec.env.num_envs, k))
+                  + actor_peak(shape, lora, spec.env.num_envs, k))
     processes = 1 if spec.pipeline.learner == "thread" else 2
     return Estimate(weight_bytes(shape, spec.resources.precision), activation, processes * PROCESS_OVERHEAD)

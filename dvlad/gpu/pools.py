@@ -57,6 +57,8 @@ class DualPool:
     call :meth:`seal` once they are all in place, :meth:`check` after every update."""
 
     def __init__(self, device: torch.device, budgets: Budgets, *, expandable: bool = True):
+        if device.type == "cuda" and device.index is None:  # the allocator's calls want an index
+            device = torch.device("cuda", torch.cuda.current_device())
         self.device, self.budgets, self.expandable = device, budgets, expandable
         self.separate = device.type == "cuda" and mem_pools_available()
         self.pool = torch.cuda.MemPool() if self.separate else None
@@ -81,7 +83,8 @@ class DualPool:
         if self.device.type != "cuda":
             return
         if self.expandable:
-            torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+            set_settings = getattr(torch._C, "_accelerator_setAllocatorSettings", None)  # torch ≥ 2.10
+            (set_settings or torch.cuda.memory._set_allocator_settings)("expandable_segments:True")
         if self.budgets.activation is not None:
             total = torch.cuda.get_device_properties(self.device).total_memory
             limit = max(self.budgets.weight or 0, self.reserved_weights()) + self.budgets.activation
