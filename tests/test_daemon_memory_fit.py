@@ -44,7 +44,7 @@ def test_a_sharing_job_larger_than_the_gpu_is_refused_at_submit_with_the_figures
     assert (status, body["code"], body["field"]) == (409, "exceeds_node", "spec.resources.activation_pool"), body
     assert body["reason"] == ("this node's GPUs cannot hold the job: it asks for 95.00 GiB a GPU (weight pool "
                               "1.00 GiB, activation pool 90.00 GiB, outside the pools 4.00 GiB) on one GPU; the "
-                              "largest GPU has 79.65 GiB: lower resources.activation_pool or resources.weight_pool "
+                              "largest GPU has 79.65 GiB; lower resources.activation_pool or resources.weight_pool "
                               '(or the batch sizes behind an "auto" budget), or use a node with larger GPUs')
     status, body = dvlad.call("POST", "/v1/jobs", {"spec": sharing("guess", "auto")})  # tiny-vla: no estimate
     assert (status, body["field"]) == (409, "spec.resources.activation_pool"), body
