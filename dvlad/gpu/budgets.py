@@ -64,3 +64,15 @@ def memory_ask(spec: JobSpec) -> MemoryAsk | None:
     processes = 1 if spec.pipeline.learner == "thread" else 2
     other = est.other if est else processes * PROCESS_OVERHEAD
     return MemoryAsk(weight if weight is not None else est.weight, activation, other)
+
+
+def pool_report(spec: JobSpec, peaks: dict[str, float], weight_key: str, activation_key: str) -> dict:
+    """The summary's ``gpu_memory``: each pool's estimate, budget and measured peak (bytes; None where
+    there is none), for a job that ran on a GPU (``peaks`` holds what its rows reported); else {}."""
+    if not peaks:
+        return {}
+    est, budgets = estimate(spec), job_budgets(spec)
+    return {"gpu_memory": {
+        "weight_pool": {"estimate": est and est.weight, "budget": budgets.weight, "peak": peaks.get(weight_key)},
+        "activation_pool": {"estimate": est and est.activation, "budget": budgets.activation,
+                            "peak": peaks.get(activation_key)}}}

@@ -30,13 +30,11 @@ from collections.abc import Iterator
 
 import torch
 
-from dvlad.gpu.budgets import Budgets
+from dvla.memsize import format_size
+from dvla.spec import JobSpec
+from dvlad.gpu.budgets import Budgets, job_budgets
 
 GIB = 1 << 30
-
-
-def gib(n: float) -> str:
-    return f"{n / GIB:.2f} GiB"
 
 
 class PoolOverflow(RuntimeError):
@@ -44,7 +42,7 @@ class PoolOverflow(RuntimeError):
 
     def __init__(self, pool: str, cap: int, peak: int, key: str):
         self.pool, self.cap, self.peak = pool, cap, peak
-        super().__init__(f"{pool} pool over its cap: peak {gib(peak)} > cap {gib(cap)} ({key})")
+        super().__init__(f"{pool} pool over its cap: peak {format_size(peak)} > cap {format_size(cap)} ({key})")
 
 
 def mem_pools_available() -> bool:
@@ -56,11 +54,19 @@ class DualPool:
     """One process's two pools on ``device``: enter :meth:`weights` to allocate long-lived tensors,
     call :meth:`seal` once they are all in place, :meth:`check` after every update."""
 
-    def __init__(self, device: torch.device, budgets: Budgets, *, expandable: bool = True):
+    @classmethod
+    def for_job(cls, spec: JobSpec, device: torch.device, *, separate: bool = True) -> DualPool:
+        """A job process's pools, with the job's budgets. Without expandable segments: the weight
+        plane shares its staging buffers between processes over CUDA IPC, which expandable segments
+        do not support (the bench measures both). ``separate=False`` for a learner thread: a second
+        MemPool entered from another thread of the actor's process aborted torch 2.11 on the H200."""
+        return cls(device, job_budgets(spec), expandable=False, separate=separate)
+
+    def __init__(self, device: torch.device, budgets: Budgets, *, expandable: bool = True, separate: bool = True):
         if device.type == "cuda" and device.index is None:  # the allocator's calls want an index
             device = torch.device("cuda", torch.cuda.current_device())
         self.device, self.budgets, self.expandable = device, budgets, expandable
-        self.separate = device.type == "cuda" and mem_pools_available()
+        self.separate = separate and device.type == "cuda" and mem_pools_available()
         self.pool = torch.cuda.MemPool() if self.separate else None
         self.weight_bytes = 0
 
@@ -78,10 +84,10 @@ class DualPool:
         them): check them against their budget, switch the activation pool to expandable segments and
         set the process's hard limit to both budgets."""
         self.weight_bytes = weight_bytes
+        if self.device.type != "cuda":  # the budgets are GPU memory: a job on the CPU has no pools
+            return
         if self.budgets.weight is not None and weight_bytes > self.budgets.weight:
             raise PoolOverflow("weight", self.budgets.weight, weight_bytes, "resources.weight_pool")
-        if self.device.type != "cuda":
-            return
         if self.expandable:
             set_settings = getattr(torch._C, "_accelerator_setAllocatorSettings", None)  # torch ≥ 2.10
             (set_settings or torch.cuda.memory._set_allocator_settings)("expandable_segments:True")
@@ -107,9 +113,24 @@ class DualPool:
         if cap is not None and peak > cap:
             raise PoolOverflow("activation", cap, peak, "resources.activation_pool")
 
-    def overflow_from_oom(self) -> PoolOverflow:
+    def overflow_from_oom(self) -> PoolOverflow | None:
         """The reason to give when the hard limit raised out-of-memory: the activation pool reached
-        its cap (the allocator refused before the peak could be measured, so the peak is the cap)."""
-        cap = self.budgets.activation or 0
-        return PoolOverflow("activation", cap, max(cap, torch.cuda.max_memory_allocated(self.device)
-                                                   - self.weight_bytes), "resources.activation_pool")
+        its cap (the allocator refused before the peak could be measured, so the peak is at least the
+        cap); None without a cap (the GPU itself was full)."""
+        cap = self.budgets.activation
+        if cap is None or self.device.type != "cuda":
+            return None
+        peak = torch.cuda.max_memory_allocated(self.device) - self.weight_bytes
+        return PoolOverflow("activation", cap, max(cap, peak), "resources.activation_pool")
+
+
+def adam_state_now(optimizer: torch.optim.Optimizer) -> None:
+    """Make a fused Adam's state now, as its first step would (zero moments, step 0), so that it is
+    allocated inside the weight pool at start rather than in the activation pool at the first update."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state[p]
+            if not state:
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
