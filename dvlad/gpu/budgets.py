@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from dvla.memsize import parse_size
 from dvla.spec import JobSpec
-from dvlad.gpu.memory_estimate import PROCESS_OVERHEAD, SHARED_MARGIN, Estimate, estimate
+from dvlad.gpu.memory_estimate import PROCESS_OVERHEAD, SHARED_MARGIN, estimate
 from dvlad.sched.memory_fit import MemoryAsk
 
 
@@ -37,7 +37,7 @@ def _size(value: str) -> int | None:
     return None if value == "auto" else parse_size(value)
 
 
-def job_budgets(spec: JobSpec, est: Estimate | None = None) -> Budgets:
+def job_budgets(spec: JobSpec, est: MemoryAsk | None = None) -> Budgets:
     """The caps the job's processes enforce (:class:`dvlad.gpu.pools.DualPool`)."""
     r = spec.resources
     weight, activation = _size(r.weight_pool), _size(r.activation_pool)

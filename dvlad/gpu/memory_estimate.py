@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from dvla.spec import JobSpec
+from dvlad.policies.trunk import PRESETS
+from dvlad.sched.memory_fit import MemoryAsk
 
 CALIBRATION = Path(__file__).with_name("memory_calibration.json")
 SHARED_MARGIN = 1.25
@@ -43,17 +45,6 @@ PROCESS_OVERHEAD = 2 << 30
 """GPU memory outside both pools per job process (CUDA context, cuBLAS workspaces, compiled graphs):
 the 1B LoRA job measured through the daemon held 4.0 GiB outside its pools in two processes."""
 ACTION_DIM = 7
-
-# Qwen2 presets of dvlad/policies/trunk.py, restated here so the estimator needs no torch import.
-PRESETS: dict[str, dict[str, int]] = {
-    "tiny": {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
-             "intermediate_size": 384},
-    "50m": {"hidden_size": 512, "num_hidden_layers": 16, "num_attention_heads": 8, "num_key_value_heads": 4,
-            "intermediate_size": 1536},
-    "1b": {"hidden_size": 2048, "num_hidden_layers": 22, "num_attention_heads": 16, "num_key_value_heads": 8,
-           "intermediate_size": 5504},
-}
-
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -65,19 +56,6 @@ class ModelShape:
     """Tokens per observation: image patches, proprio, instruction, action queries, value."""
     observation_bytes: int
     """One observation as the learner's batch holds it (images, proprio, instruction)."""
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """Per-GPU bytes of a job's two pools and what lies outside them."""
-
-    weight: int
-    activation: int
-    other: int
-
-    @property
-    def total(self) -> int:
-        return self.weight + self.activation + self.other
 
 
 @dataclass(frozen=True)
@@ -194,7 +172,7 @@ def actor_peak(shape: ModelShape, lora: bool, batch: int, k: Coefficients) -> in
     return int(k.k["actor", lora] * batch * shape.tokens * shape.hidden * 2 + k.c["actor", lora])
 
 
-def estimate(spec: JobSpec, k: Coefficients | None = None) -> Estimate | None:
+def estimate(spec: JobSpec, k: Coefficients | None = None) -> MemoryAsk | None:
     """The job's per-GPU pool peaks (see the module docstring); None where its model has no shape here."""
     shape = model_shape(spec)
     if shape is None:
@@ -206,4 +184,4 @@ def estimate(spec: JobSpec, k: Coefficients | None = None) -> Estimate | None:
     activation = (learner_peak(shape, lora, minibatch, k) + samples * shape.observation_bytes
                   + actor_peak(shape, lora, spec.env.num_envs, k))
     processes = 1 if spec.pipeline.learner == "thread" else 2
-    return Estimate(weight_bytes(shape, spec.resources.precision), activation, processes * PROCESS_OVERHEAD)
+    return MemoryAsk(weight_bytes(shape, spec.resources.precision), activation, processes * PROCESS_OVERHEAD)
