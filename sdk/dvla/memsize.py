@@ -29,3 +29,20 @@ def format_size(n: float) -> str:
     if abs(n) < 2**30:
         return f"{n / 2**20:.0f} MiB"
     return f"{n / 2**30:.2f} GiB"
+
+
+def describe_pools(summary: dict) -> str:
+    """The GPU pools of a finished job's ``summary.json`` as the end of its one-line reason: each
+    pool's measured peak, its estimate and its budget; "" for a job without GPU pools."""
+    pools = summary.get("gpu_memory")
+    if not isinstance(pools, dict):
+        return ""
+    parts = []
+    for name, key in (("weight pool", "weight_pool"), ("activation pool", "activation_pool")):
+        pool = pools.get(key) or {}
+        if pool.get("peak") is None:
+            continue
+        estimate = "none" if pool.get("estimate") is None else format_size(pool["estimate"])
+        budget = "none" if pool.get("budget") is None else format_size(pool["budget"])
+        parts.append(f"{name} peak {format_size(pool['peak'])} (estimate {estimate}, budget {budget})")
+    return "; " + ", ".join(parts) if parts else ""
