@@ -30,7 +30,7 @@ import queue
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,7 +51,7 @@ from dvlad.lanes.replica import ReplicaSetup, check_segments, knobs, make_actor,
 from dvlad.lanes.reporter import Progress, Reporter
 from dvlad.lanes.timeline import LaneTimeline
 from dvlad.lanes.trajectory import SegmentShape, TrajectoryQueue
-from dvlad.lanes.vram import tensor_bytes
+from dvlad.lanes.vram import GROWTH_UPDATES, activation_growth, tensor_bytes
 from dvlad.lanes.weights import Route, WeightPlane
 from dvlad.policies import build_policy
 
@@ -84,6 +84,7 @@ class Pipeline:
         """This process's weight and activation pools, with the job's budgets (dvlad/gpu/pools.py)."""
         self.pool_peaks: dict[str, float] = {}
         """The largest weight and activation pools the rows reported (the summary's measured peaks)."""
+        self.activation_history: deque[float] = deque(maxlen=GROWTH_UPDATES + 1)
         self.budget = Budget(spec.train, time.monotonic() if started_at is None else started_at)
         """What stops the job (``started_at``: the job's start, so ``train.max_minutes`` counts set-up)."""
 
@@ -110,12 +111,16 @@ class Pipeline:
         return devices, layout
 
     def _watch_pools(self, p: Progress) -> None:
-        """Keep each pool's peak for the summary and fail a job whose activations passed their cap
+        """Keep each pool's peak for the summary, flag an activation pool that keeps growing
+        (:func:`~dvlad.lanes.vram.activation_growth`) and fail a job whose activations passed their cap
         (the job's whole activation pool, actor and learner together, as the row reports it); then
         the row goes on to ``on_progress``."""
         for key in (m.GPU_WEIGHT_BYTES, m.GPU_ACTIVATION_BYTES):
             if key in p.values:
                 self.pool_peaks[key] = max(self.pool_peaks.get(key, 0.0), p.values[key])
+        if m.GPU_ACTIVATION_BYTES in p.values:
+            self.activation_history.append(p.values[m.GPU_ACTIVATION_BYTES])
+            p.values.update(activation_growth(self.activation_history))
         cap = self.pools.budgets.activation if self.pools else None
         if cap is not None and p.values.get(m.GPU_ACTIVATION_BYTES, 0) > cap:
             raise PoolOverflow("activation", cap, int(p.values[m.GPU_ACTIVATION_BYTES]), "resources.activation_pool")
