@@ -58,6 +58,14 @@ class DaemonSection:
     """Deepest nesting of lists/maps a request body may have."""
     max_upload_bytes: int = 4 << 30
     """Largest tar a client may upload (``POST /v1/uploads``: a remote user's checkpoint); 0: no uploads."""
+    header_timeout_s: float = 10.0
+    """Longest a connection may take to send a request's head, from its start or the previous reply."""
+    body_timeout_s: float = 30.0
+    """Longest wait for the next bytes of a request body (a body that stalls gets 408)."""
+    max_tcp_connections: int = 4096
+    """Most TCP connections open at once (at most half the open-file limit: the rest is the Unix socket's)."""
+    max_tcp_unauthenticated: int = 256
+    """Most TCP connections open at once that have not yet sent a valid token."""
 
 
 @dataclass
@@ -162,6 +170,9 @@ def config_from_dict(data: dict[str, Any]) -> Config:
         raise ConfigError("daemon.max_body_bytes", "must be at least 1024")
     if config.daemon.max_upload_bytes < 0:
         raise ConfigError("daemon.max_upload_bytes", "must be ≥ 0")
+    for key in ("header_timeout_s", "body_timeout_s", "max_tcp_connections", "max_tcp_unauthenticated"):
+        if getattr(config.daemon, key) <= 0:
+            raise ConfigError(f"daemon.{key}", "must be > 0")
     if config.node.cpu_slots < 0:
         raise ConfigError("node.cpu_slots", "must be ≥ 0")
     if config.node.cpu_oversubscribe < 0:

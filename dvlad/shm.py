@@ -11,6 +11,8 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
+from dvlad.segments import new_segment_name
+
 _ALIGN = 64  # cache-line alignment so neighbouring arrays never share a line
 
 
@@ -43,7 +45,8 @@ def _offsets(layout: tuple[tuple[str, ArraySpec], ...]) -> tuple[list[int], int]
 class SharedArrays:
     """A set of named arrays backed by one ``SharedMemory`` block.
 
-    The creator owns the block and must :meth:`unlink` it; attachers only :meth:`close`.
+    The creator owns the block and must :meth:`unlink` it; attachers only :meth:`close`. The block
+    is named after the job (:mod:`dvlad.segments`), so what a killed job leaves is found and removed.
     """
 
     def __init__(self, layout: dict[str, ArraySpec] | tuple[tuple[str, ArraySpec], ...],
@@ -51,7 +54,7 @@ class SharedArrays:
         self.layout = tuple(layout.items()) if isinstance(layout, dict) else tuple(layout)
         offsets, size = _offsets(self.layout)
         self.owner = _attach is None
-        self._shm = (shared_memory.SharedMemory(create=True, size=size) if self.owner
+        self._shm = (shared_memory.SharedMemory(name=new_segment_name(), create=True, size=size) if self.owner
                      else shared_memory.SharedMemory(name=_attach))
         self.arrays: dict[str, np.ndarray] = {
             name: np.ndarray(spec.shape, dtype=spec.dtype, buffer=self._shm.buf, offset=off)

@@ -108,11 +108,19 @@ class Dvlad:
             "[daemon]\n", f'[daemon]\ntcp = "127.0.0.1:{port}"\ntokens_file = "{path}"\n'))
         return port
 
-    def start(self, timeout: float = 20.0) -> Dvlad:
+    def start(self, timeout: float = 20.0, open_files: int | None = None) -> Dvlad:
+        """Start dvlad and wait until it answers; ``open_files``: its file limit (soft and hard), as a
+        small ``LimitNOFILE`` of a unit would set it."""
+        limit = None
+        if open_files is not None:
+            def limit() -> None:
+                import resource
+
+                resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
         with self.stderr.open("ab") as err:
             self.proc = subprocess.Popen(
                 [str(PYTHON), "-m", "dvlad.server.main", *self.config_args, *self.args],
-                stdout=subprocess.DEVNULL, stderr=err, env=self.env)
+                stdout=subprocess.DEVNULL, stderr=err, env=self.env, preexec_fn=limit)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

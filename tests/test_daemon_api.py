@@ -109,6 +109,16 @@ BAD_BODIES = [
      "application/json", 400, "bad_body", ""),
     ("NUL bytes", b'{"spec": {"job": {"name": "a\\u0000b"}}}', "application/json", 400, "invalid_spec",
      "spec.job.name"),
+    # numbers a client could not decode back (msgpack 500'd on GET) or strict JSON cannot write
+    ("integer past 64 bits", b'{"spec": {"env": {"args": {"seed": 18446744073709551616}}}}', "application/json",
+     400, "out_of_range", "spec.env.args.seed"),
+    ("integer past 63 bits in msgpack", msgpack.packb({"spec": {"env": {"args": {"seed": 1 << 63}}}}),
+     "application/msgpack", 400, "out_of_range", "spec.env.args.seed"),
+    ("NaN", b'{"spec": {"env": {"args": {"x": NaN}}}}', "application/json", 400, "out_of_range", "spec.env.args.x"),
+    ("Infinity in a list", b'{"spec": {"policy": {"args": {"w": [1, -Infinity]}}}}', "application/json", 400,
+     "out_of_range", "spec.policy.args.w[1]"),
+    ("a float that overflows", b'{"spec": {"env": {"args": {"x": 1e400}}}}', "application/json", 400,
+     "out_of_range", "spec.env.args.x"),
 ]
 
 
@@ -121,16 +131,22 @@ def test_bad_bodies_get_a_clear_4xx_and_the_daemon_keeps_serving(dvlad, what, ra
 
 
 @pytest.mark.parametrize("path,status", [("/v1/jobs/..%2F..%2Fetc%2Fpasswd", 404), ("/v1/jobs/999999", 404),
-                                         ("/v1/jobs/-1", 404), ("/v1/nope", 404), ("/v1/jobs?limit=x", 400),
+                                         ("/v1/jobs/-1", 404), ("/v1/jobs/%C2%B9", 404), ("/v1/nope", 404),
+                                         ("/v1/jobs?limit=x", 400),
                                          ("/v1/jobs/1/logs?offset=-5", 400)])
 def test_bad_paths_and_queries(dvlad, path, status):
     got, body = dvlad.call("GET", path)
     assert got == status and {"code", "field", "reason"} <= set(body), body
 
 
-def test_wrong_method_is_an_error_object(dvlad):
+def test_wrong_method_is_an_error_object_with_the_allowed_methods(dvlad):
     got, body = dvlad.call("DELETE", "/v1/jobs")
     assert got == 405 and body["code"] == "method_not_allowed"
+    conn = testing.UnixConnection(dvlad.socket)
+    conn.request("PUT", "/v1/jobs/1/cancel")
+    reply = conn.getresponse()
+    assert reply.status == 405 and reply.getheader("Allow") == "POST"  # RFC 9110: a 405 says what is allowed
+    conn.close()
 
 
 @pytest.mark.skipif(not FIXTURE.exists(), reason=f"the recorded topology {FIXTURE} is not in this checkout")
@@ -306,3 +322,28 @@ def test_a_large_body_under_the_limit_is_read_whole_and_one_over_it_is_refused(d
     conn.close()
     assert (resp.status, refused["code"]) == (413, "too_large"), refused
     assert d.call("GET", "/v1/nodes")[0] == 200
+
+
+def test_openapi_states_the_limits_the_daemon_enforces(dvlad):
+    """Every integer query parameter's documented range is exactly what the daemon takes; the submit
+    body's size, priority and key limits are the ones it applies (the config's 4096-byte body here)."""
+    doc = dvlad.call("GET", "/v1/openapi.json")[1]
+    job_id = submit(dvlad)[1]["job"]["id"]
+    ranged = [(path, p["name"], p["schema"]) for path, ops in doc["paths"].items() for op in ops.values()
+              for p in op.get("parameters", []) if p["in"] == "query" and p["schema"]["type"] == "integer"]
+    assert {name for _, name, _ in ranged} == {"limit", "last", "offset", "after"}
+    for path, name, schema in ranged:
+        url = path.replace("{job_id}", str(job_id))
+        for value, ok in ((schema["minimum"], True), (schema["maximum"], True),
+                          (schema["minimum"] - 1, False), (schema["maximum"] + 1, False)):
+            assert (dvlad.call("GET", f"{url}?{name}={value}")[0] == 200) == ok, (url, name, value)
+    post = doc["paths"]["/v1/jobs"]["post"]
+    assert post["requestBody"]["x-max-body-bytes"] == 4096
+    body = post["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    for field, value in (("priority", body["priority"]["maximum"] + 1), ("priority", body["priority"]["minimum"] - 1),
+                         ("idempotency_key", "k" * (body["idempotency_key"]["maxLength"] + 1))):
+        status, reply = dvlad.call("POST", "/v1/jobs", {"spec": {}, field: value})
+        assert (status, reply["field"]) == (400, field), reply
+    assert dvlad.call("POST", "/v1/jobs", {"spec": {}, "priority": body["priority"]["maximum"]})[0] == 201
+    job_range = doc["paths"]["/v1/jobs/{job_id}"]["get"]["parameters"][0]["schema"]
+    assert dvlad.call("GET", f"/v1/jobs/{job_range['maximum'] + 1}")[0] == 404

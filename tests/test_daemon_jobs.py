@@ -56,8 +56,14 @@ def test_the_job_directory_is_the_daemons_and_what_the_user_swaps_in_is_not_read
     assert d.wait_state(job_id, {"succeeded", "failed"}, timeout=120)["state"] == "succeeded"
     home = d.state_dir / "jobs" / str(job_id)
     assert (home.stat().st_uid, home.stat().st_mode & 0o777) == (os.geteuid(), 0o711)
-    assert {n: (home / n).stat().st_mode & 0o777 for n in ("job.log", "spec.toml")} == {"job.log": 0o600,
-                                                                                         "spec.toml": 0o600}
+    assert {n: (home / n).stat().st_mode & 0o777 for n in ("job.log", "spec.toml", "pid")} == {
+        "job.log": 0o600, "spec.toml": 0o600, "pid": 0o600}
+    # the user's run/ and all the job wrote (spec, metrics, summary, TensorBoard, checkpoints) are theirs
+    # alone, not their primary group's; the daemon's directories can be passed through, not listed
+    written = {str(p.relative_to(home)): p.stat().st_mode & 0o777 for p in [home / "run", *(home / "run").rglob("*")]}
+    assert {"run", "run/metrics.jsonl", "run/job.json", "run/summary.json"} <= set(written), written
+    assert written["run"] == 0o700 and not {n: oct(m) for n, m in written.items() if m & 0o077}
+    assert {p.name: p.stat().st_mode & 0o777 for p in (d.state_dir, home.parent)} == {"state": 0o711, "jobs": 0o711}
     size = (home / "job.log").stat().st_size
     appended = "x" * (3 << 20) + "\nend\n"
     with (home / "job.log").open("a") as log:

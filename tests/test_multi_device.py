@@ -76,11 +76,12 @@ def test_a_killed_replica_ends_the_job_saying_which(small_spec, tmp_path):
     while "actor replica 1" not in pipeline.lanes or pipeline.actor is None or pipeline.actor.env_steps < 100:
         assert time.monotonic() < deadline and thread.is_alive(), failure
         time.sleep(0.2)
-    os.kill(pipeline.lanes["actor replica 1"].pid, signal.SIGKILL)
+    pid = pipeline.lanes["actor replica 1"].pid
+    os.kill(pid, signal.SIGKILL)
     thread.join(120)
     assert not thread.is_alive()
     assert isinstance(failure[0], JobFailed)
-    assert str(failure[0]) == "actor replica 1 exited with code -9"
+    assert str(failure[0]) == f"actor replica 1 (pid {pid}) killed by signal SIGKILL"
 
 
 def _catch(fn, into: list) -> None:

@@ -166,7 +166,7 @@ def test_cli_failure_is_one_line_and_a_failed_summary(small_spec, tmp_path):
                            str(tmp_path / "out"), "--quiet"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 1
     line, = proc.stderr.splitlines()  # an env worker's failure: no traceback, of the worker or of the job
-    assert line.startswith("job failed: EnvWorkerError: env worker 0 failed: "
+    assert line.startswith("job failed: env 'nosuchpkg.envs:make': worker 0 failed: "
                            "ModuleNotFoundError: No module named 'nosuchpkg'")
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert (summary["status"], summary["reason"]) == ("failed", line.removeprefix("job failed: "))

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -100,6 +101,63 @@ def test_tar_stream_round_trips_and_unsafe_members_are_refused(tmp_path):
         with pytest.raises(ValueError, match=repr(name)):
             safe_extract(raw, tmp_path / "refused")
     assert not (tmp_path / "up").exists() and not (tmp_path / "refused").exists()
+
+
+OLDEST_PYTHON_CANDIDATES = ("/usr/bin/python3.11", "/usr/local/bin/python3.11", sys.executable)
+UNPACK_UNDER_ANOTHER_PYTHON = """
+import io, stat, sys, tarfile, tempfile
+from pathlib import Path
+from dvla.tarball import safe_extract
+
+def tar(*members):
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as out:
+        for name, kind, data, mode in members:
+            member = tarfile.TarInfo(name)
+            member.type, member.mode, member.size = kind, mode, len(data)
+            member.linkname = "/etc/passwd" if kind == tarfile.SYMTYPE else ""
+            out.addfile(member, io.BytesIO(data) if data else None)
+    raw.seek(0)
+    return raw
+
+root = Path(tempfile.mkdtemp())
+names = safe_extract(tar(("w", tarfile.DIRTYPE, b"", 0o777), ("w/a.safetensors", tarfile.REGTYPE, b"a" * 3000, 0o6777)),
+                     root / "ok")
+made = root / "ok" / "w" / "a.safetensors"
+assert names == ["w/a.safetensors"] and made.read_bytes() == b"a" * 3000, names
+assert stat.S_IMODE(made.stat().st_mode) == 0o755, oct(made.stat().st_mode)  # no set-id, no group/other write
+for i, bad in enumerate([[("../up", tarfile.REGTYPE, b"x", 0o644)], [("l", tarfile.SYMTYPE, b"", 0o777)],
+                         [("a", tarfile.REGTYPE, b"x", 0o644), ("a", tarfile.REGTYPE, b"y", 0o644)],
+                         [("a", tarfile.REGTYPE, b"x", 0o644), ("a/b", tarfile.REGTYPE, b"y", 0o644)]]):
+    try:
+        safe_extract(tar(*bad), root / f"bad{i}")
+    except ValueError:
+        continue
+    raise AssertionError(f"not refused: {bad}")
+assert not (root / "up").exists()
+print(".".join(map(str, sys.version_info[:3])))
+"""
+
+
+def _oldest_python() -> str:
+    """The oldest CPython 3.11 on this machine: the CI image has Debian's 3.11.2 beside the default one."""
+    found = {}
+    for candidate in OLDEST_PYTHON_CANDIDATES:
+        if Path(candidate).exists():
+            out = subprocess.run([candidate, "-c", "import sys; print(*sys.version_info[:3])"],
+                                 capture_output=True, text=True, check=True).stdout
+            found[tuple(map(int, out.split()))] = candidate
+    return found[min(found)]
+
+
+def test_uploads_unpack_on_the_oldest_python_the_project_supports():
+    """``requires-python >= 3.11``, and ``extractall(filter=...)`` only exists from 3.11.4: extraction
+    (uploads to dvlad, checkpoints downloaded by the SDK) must work, and refuse the same things, on
+    3.11.0-3.11.3 too (Debian 12's 3.11.2)."""
+    python = _oldest_python()
+    done = subprocess.run([python, "-c", UNPACK_UNDER_ANOTHER_PYTHON], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent / "sdk")})
+    assert done.returncode == 0, f"{python}: {done.stderr[-2000:]}"
 
 
 def test_a_policy_name_stays_a_name_beside_a_directory_of_that_name(tmp_path, monkeypatch):

@@ -12,7 +12,8 @@ from dvlad.policies import ObsBatch, Policy, flatten_parameters, make_policy
 from dvlad.policies.checkpoint import load_checkpoint
 from dvlad.policies.transformer_vla import TransformerVLA
 from dvlad.runtime.job import run_job
-from dvlad.spaces import ACTION_DIM, EnvSpec
+from dvlad.spaces import EnvSpec
+from tests.policy_checks import act_evaluate_value
 
 REACH = EnvSpec(cameras={"image": (64, 64)}, proprio_dim=4, max_episode_steps=40, aux_dim=2)
 """reach's shapes (dvlad/envs/reach.py), without starting MuJoCo."""
@@ -38,21 +39,7 @@ def make_obs(policy: Policy, batch: int = 3, seed: int = 0) -> ObsBatch:
 
 def test_shapes_and_exact_logprobs() -> None:
     policy = build()
-    obs = make_obs(policy)
-    with torch.no_grad():
-        out = policy.act(obs)
-        ev = policy.evaluate(obs, out.tokens)
-        value = policy.value(obs)
-    assert out.tokens.shape == out.actions.shape == (3, 2, ACTION_DIM)
-    assert out.tokens.dtype == torch.int64 and out.tokens.min() >= 0 and out.tokens.max() < 256
-    assert out.actions.abs().max() <= 1.0
-    for t in (out.logprob, ev.logprob, ev.entropy):
-        assert t.shape == (3, 2 * ACTION_DIM) and t.dtype == torch.float32
-    for t in (out.value, ev.value, value):
-        assert t.shape == (3,) and t.dtype == torch.float32
-    assert ev.aux is not None and ev.aux.shape == (3, REACH.aux_dim)
-    torch.testing.assert_close(ev.logprob, out.logprob)  # the behaviour log-prob is the learner's
-    torch.testing.assert_close(ev.value, value)
+    _, ev = act_evaluate_value(policy, make_obs(policy), chunk=2, aux_dim=REACH.aux_dim)
     assert torch.isclose(ev.entropy, torch.full_like(ev.entropy, 256.0).log(), atol=0.05).all()  # ~uniform
 
 

@@ -11,24 +11,31 @@ Why this shape (after Sample Factory's rollout workers):
 - a slot is written between two sequence counters (``seq_begin``/``seq_end``): a reader
   that finds them unequal knows it is looking at a half-written slot;
 - a worker that dies or misses its step deadline is replaced; the episodes it had in
-  flight are reported as dropped so the actor never feeds them to the learner.
+  flight are reported as dropped so the actor never feeds them to the learner. Replacements are
+  budgeted (:class:`ReplacementBudget`): an env that crashes, exits or hangs on every step fails
+  the job, naming the env and how its worker ended, instead of being replaced for ever.
 """
 
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import multiprocessing as mp
 import os
 import signal
 import time
 import traceback
+from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
 import numpy as np
 
 from dvlad.envs.base import Observation
+from dvlad.exits import how_it_ended
 from dvlad.lanes.messages import GroupStepped, Shutdown, StepGroup, WorkerBuilt, WorkerFailed, WorkerReady
+from dvlad.lanes.stderr_tail import StderrTail, redirect_stderr
+from dvlad.proctitle import name_this_process
 from dvlad.shm import ArraySpec, SharedArrays
 from dvlad.spaces import ACTION_DIM, MAX_INSTRUCTION_BYTES, EnvSpec, camera_images, image_key
 
@@ -166,9 +173,12 @@ class _EnvSlots:
         return steps
 
 
-def worker_main(cfg: WorkerConfig, conn: Connection, handle_conn: Connection) -> None:
+def worker_main(cfg: WorkerConfig, conn: Connection, handle_conn: Connection, stderr: Connection) -> None:
     """Entry point of a worker process: build envs, report the spec, then serve steps."""
+    redirect_stderr(stderr)  # through the parent, which keeps its tail for the reason if this dies
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
+    name_this_process(f"dvla-env-{cfg.worker_id}")
+    faulthandler.enable()  # a simulator that crashes leaves the Python stack it crashed in, in the log
     if cfg.cpus:
         os.sched_setaffinity(0, cfg.cpus)
     from dvlad.envs import make_env
@@ -188,7 +198,7 @@ def worker_main(cfg: WorkerConfig, conn: Connection, handle_conn: Connection) ->
             conn.send(GroupStepped(msg.group, t_start, time.monotonic(), steps))
     except (EOFError, KeyboardInterrupt, BrokenPipeError):
         pass
-    except Exception:
+    except (Exception, SystemExit):  # an env that calls sys.exit() is a failure too
         conn.send(WorkerFailed(traceback.format_exc()))
     finally:
         if arrays is not None:
@@ -196,7 +206,21 @@ def worker_main(cfg: WorkerConfig, conn: Connection, handle_conn: Connection) ->
 
 
 class EnvWorkerError(RuntimeError):
-    """An env failed to build or raised while stepping (a bug, not a crash to recover from)."""
+    """An env failed to build or raised while stepping (a bug, not a crash to recover from), or its
+    workers died or hung more often than :class:`ReplacementBudget` allows. The message, written for
+    people, names the env and what happened."""
+
+
+@dataclass(frozen=True)
+class ReplacementBudget:
+    """How many dead or hung workers a pool replaces within a window before it fails the job.
+
+    Why a budget: a worker that crashes once (a simulator's rare bug, a stray signal) is worth
+    replacing; an env that crashes, exits or hangs on every step is not, and replacing it for ever
+    made such a job "succeed" with 0 episodes."""
+
+    replacements: int = 5
+    window_s: float = 600.0
 
 
 class SlotTornError(RuntimeError):
@@ -246,9 +270,11 @@ class _Worker:
         self.cfg = cfg
         self.conn, child = ctx.Pipe()
         self.handle_conn, handle_child = ctx.Pipe()
-        self.process = ctx.Process(target=worker_main, args=(cfg, child, handle_child),
+        self.stderr = StderrTail(ctx)
+        self.process = ctx.Process(target=worker_main, args=(cfg, child, handle_child, self.stderr.writer),
                                    name=f"dvla-env-{cfg.worker_id}", daemon=True)
         self.process.start()
+        self.stderr.started()
         child.close()
         handle_child.close()
         self.pending: set[int] = set()
@@ -258,8 +284,29 @@ class _Worker:
             raise TimeoutError(f"env worker {self.cfg.worker_id} gave no answer in {timeout:.0f} s")
         msg = self.conn.recv()
         if isinstance(msg, WorkerFailed):
-            raise EnvWorkerError(f"env worker {self.cfg.worker_id} failed:\n{msg.traceback}")
+            raise EnvWorkerError(f"{self.describe()} failed:\n{msg.traceback}")
         return msg
+
+    def answer(self, timeout: float, doing: str) -> WorkerBuilt | WorkerReady | GroupStepped:
+        """:meth:`recv`, where a worker that dies or stays silent is an :class:`EnvWorkerError`
+        saying so and what it was ``doing``."""
+        try:
+            return self.recv(timeout)
+        except (EOFError, OSError):
+            raise EnvWorkerError(f"{self.describe()} {self.ended()} while {doing}") from None
+        except TimeoutError:
+            raise EnvWorkerError(f"{self.describe()} gave no answer in {timeout:g} s while {doing}") from None
+
+    def describe(self) -> str:
+        return f"env {self.cfg.env_name!r}: worker {self.cfg.worker_id}"
+
+    def ended(self) -> str:
+        """How the worker's process ended (waited for briefly: its pipe closes just before it exits) and
+        what its last output says."""
+        self.process.join(timeout=2)
+        how = how_it_ended(self.process.exitcode) if self.process.exitcode is not None else "stopped answering"
+        said = self.stderr.summary()
+        return f"{how} ({f'its last output: {said}' if said else 'no output'})"
 
     def kill(self) -> None:
         if self.process.is_alive():
@@ -284,13 +331,16 @@ class EnvWorkerPool:
     def __init__(self, env_name: str, env_args: dict, *, num_envs: int, groups: int, workers: int,
                  action_chunk: int, auto_reset: bool = True, seed: int = 0,
                  step_timeout_s: float = 30.0, build_timeout_s: float = 300.0, envs_per_index: int = 1,
-                 first_env: int = 0, cpus: tuple[int, ...] = ()) -> None:
+                 first_env: int = 0, cpus: tuple[int, ...] = (),
+                 replacement_budget: ReplacementBudget = ReplacementBudget()) -> None:
         if num_envs % (groups * workers):
             raise ValueError(f"num_envs={num_envs} must divide into groups×workers={groups * workers}")
         self.num_envs, self.groups, self.action_chunk = num_envs, groups, action_chunk
         self.envs_per_group = num_envs // groups
         self.step_timeout_s, self.build_timeout_s = step_timeout_s, build_timeout_s
         self.replaced_workers = 0
+        self.budget = replacement_budget
+        self._replaced_at: deque[float] = deque()
         self._ctx = mp.get_context("spawn")
         per_worker = self.envs_per_group // workers
         self._configs = [
@@ -303,7 +353,7 @@ class EnvWorkerPool:
         self.workers = [_Worker(self._ctx, c) for c in self._configs]
         self.slots: SharedArrays | None = None
         try:
-            built = [w.recv(build_timeout_s) for w in self.workers]
+            built = [w.answer(build_timeout_s, "building its envs") for w in self.workers]
             assert isinstance(built[0], WorkerBuilt), built[0]
             self.spec: EnvSpec = built[0].spec
             self.slots = SharedArrays(slot_layout(self.spec, num_envs, action_chunk))
@@ -316,7 +366,7 @@ class EnvWorkerPool:
     def _start_serving(self, worker: _Worker) -> None:
         assert self.slots is not None
         worker.handle_conn.send(self.slots.handle)
-        msg = worker.recv(self.build_timeout_s)
+        msg = worker.answer(self.build_timeout_s, "resetting its envs")
         assert isinstance(msg, WorkerReady), msg
 
     def group_slice(self, group: int) -> slice:
@@ -371,14 +421,15 @@ class EnvWorkerPool:
             ready = wait(list(waiting), timeout=max(0.0, deadline - time.monotonic()))
             if not ready:  # the rest missed the deadline
                 for w in list(waiting.values()):
-                    self._replace(w, result)
+                    self._replace(w, result, f"did not answer a step within {self.step_timeout_s:g} s "
+                                             "(env.step_timeout_s)")
                 break
             for conn in ready:
                 w = waiting[conn]
                 try:
                     msg = w.recv(0)
                 except (EOFError, OSError):
-                    self._replace(w, result)
+                    self._replace(w, result, w.ended())
                     del waiting[conn]
                     continue
                 assert isinstance(msg, GroupStepped), msg
@@ -391,14 +442,25 @@ class EnvWorkerPool:
         result.outcome = {name: self._slots[name][envs].copy() for name in OUTCOME_FIELDS}
         return result
 
-    def _replace(self, worker: _Worker, result: GroupResult) -> None:
-        """Kill ``worker``, start a fresh one on the same slots, and report its envs dropped."""
+    def _replace(self, worker: _Worker, result: GroupResult, what_happened: str) -> None:
+        """Kill ``worker``, start a fresh one on the same slots, and report its envs dropped; or, past
+        the replacement budget, raise :class:`EnvWorkerError` saying ``what_happened``."""
         index = self.workers.index(worker)
         worker.kill()
-        fresh = _Worker(self._ctx, worker.cfg)
-        fresh.recv(self.build_timeout_s)
+        worker.pending.clear()  # nothing more to wait for from it, if this gives up
+        now = time.monotonic()
+        self._replaced_at.append(now)
+        while self._replaced_at and now - self._replaced_at[0] > self.budget.window_s:
+            self._replaced_at.popleft()
+        if len(self._replaced_at) > self.budget.replacements:
+            before = len(self._replaced_at) - 1
+            raise EnvWorkerError(
+                f"{worker.describe()} {what_happened}; {before} worker{'s' * (before != 1)} already replaced "
+                f"in the last {self.budget.window_s / 60:g} min (env.max_worker_replacements = "
+                f"{self.budget.replacements} in env.replacement_window_min): giving up")
+        fresh = self.workers[index] = _Worker(self._ctx, worker.cfg)  # closed with the pool if it fails
+        fresh.answer(self.build_timeout_s, "building its envs")
         self._start_serving(fresh)
-        self.workers[index] = fresh
         dropped = [i for ids in worker.cfg.env_ids for i in ids]
         result.dropped_envs.extend(dropped)
         self.replaced_workers += 1

@@ -12,6 +12,7 @@ Update ``r`` therefore trains on rollout ``r``, and the staleness of a sample is
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import queue
 import signal
@@ -28,6 +29,7 @@ from dvla import metric_names as m
 from dvla.checkpoint import CHECKPOINT_NAME
 from dvla.spec import JobSpec
 from dvlad.gpu.pools import DualPool, adam_state_now
+from dvlad.lanes.demo_batches import DemoBatches
 from dvlad.lanes.device import CPU, LEARNER_PRIORITY, Placement
 from dvlad.lanes.distribute import Distributor
 from dvlad.lanes.messages import (
@@ -45,6 +47,7 @@ from dvlad.lanes.weights import Published, Route, WeightPlane, WeightPlaneHandle
 from dvlad.policies import build_policy
 from dvlad.policies.base import ObsBatch
 from dvlad.policies.checkpoint import load_weights, optimizer_state, save_training_checkpoint
+from dvlad.proctitle import name_this_process
 from dvlad.rl import ALGORITHMS, Minibatch, Rollout, explained_variance
 from dvlad.spaces import EnvSpec
 
@@ -77,6 +80,11 @@ class LearnerConfig:
 Batch = dict[str, torch.Tensor]
 """A rollout's segments stacked along a new first axis: every array of the trajectory layout
 (``trajectory.segment_layout``) as [S, T, E, ...]; observations have T + 1 steps."""
+
+
+class NonFiniteError(ArithmeticError):
+    """A reward, gradient or weight is NaN or infinite: training on would save a checkpoint of
+    NaNs over the last good one."""
 
 
 def _batch_from_segments(segments: list[dict[str, np.ndarray]]) -> Batch:
@@ -127,6 +135,8 @@ class Learner:
                 load_weights(self.flat, Path(cfg.spec.policy.checkpoint))
             if cfg.spec.train.resume and self.checkpoint_path.exists():
                 self.restore(self.checkpoint_path)
+        self.demos = (DemoBatches(self.args.demonstrations, cfg.env_spec, self.policy, cfg.spec.job.seed + cfg.rank)
+                      if self.args.name == "bc" else None)
         self.pools.seal(self.weight_bytes())
         self.ranks: LearnerRanks | None = None
         if cfg.world > 1:
@@ -140,8 +150,15 @@ class Learner:
         return self.train(_batch_from_segments(segments))
 
     def train(self, b: Batch) -> UpdateStats:
-        """One update on a rollout already stacked by :func:`_batch_from_segments`."""
+        """One update on a rollout already stacked by :func:`_batch_from_segments`. Raises
+        :class:`NonFiniteError` before a non-finite reward, gradient or weight reaches the weights
+        (and so a checkpoint)."""
         args = self.args
+        if not torch.isfinite(b["reward"][b["valid"]]).all():
+            bad = int((~torch.isfinite(b["reward"][b["valid"]])).sum())
+            raise NonFiniteError(f"the env {self.cfg.spec.env.name!r} returned {bad} non-finite rewards (NaN or "
+                                 f"Inf) in the rollout of update {self.version + 1}: stopped before training on "
+                                 "them; the last checkpoint is kept")
         staleness = (self.version - b["version"])[b["valid"]]
         b = {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
         rollout = Rollout(rewards=b["reward"], values=b["value"], dones=b["done"], successes=b["success"],
@@ -155,6 +172,11 @@ class Learner:
         b_actions, b_logprobs = _flat(b["tokens"]), _flat(b["logprob"])
         b_advantages, b_values = _flat(advantages), _flat(rollout.values)
         b_returns = b_advantages + b_values
+        if self.demos is not None:  # bc: the rollout measured the policy; the update learns from demonstrations
+            b_obs, b_actions = self.demos.sample(len(b_inds), self.device)
+            b_inds, b_aux = torch.arange(len(b_actions), device=self.device), None
+            b_logprobs = torch.zeros(len(b_actions), b_actions[0].numel(), device=self.device)
+            b_advantages = b_values = b_returns = torch.zeros(len(b_actions), device=self.device)
 
         # optimise the policy (and value) network: update_epochs passes of shuffled minibatches, exactly
         # args.minibatches of them a pass (data-parallel ranks must take the same number of steps)
@@ -188,6 +210,11 @@ class Learner:
                 if self.ranks is not None and not self.ranks.average_gradients(len(mb_inds)):
                     continue  # no rank had a sample
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), args.max_grad_norm))
+                if not math.isfinite(grad_norm):
+                    shown = ", ".join(f"{k} {v:.4g}" for k, v in stats.items())
+                    raise NonFiniteError(f"non-finite gradient (norm {grad_norm}) in update {self.version + 1}"
+                                         f"{f' ({shown})' if shown else ''}: stopped before the step; the last "
+                                         "checkpoint is kept")
                 self.optimizer.step()
                 if stats:
                     stats[m.GRAD_NORM] = grad_norm
@@ -203,6 +230,9 @@ class Learner:
             summed = self.ranks.all_sum([samples, env_steps, *hist])
             samples, env_steps, hist = int(summed[0]), int(summed[1]), np.array(summed[2:], dtype=np.int64)
             hist = hist[:max(1, int(np.flatnonzero(hist).max(initial=0)) + 1)]
+        if not torch.isfinite(self.flat).all():
+            raise NonFiniteError(f"non-finite weights after update {self.version + 1}: stopped before they "
+                                 "were published or saved; the last checkpoint is kept")
         self.version += 1
         self.trained_env_steps += env_steps
         staleness_of = np.arange(len(hist))
@@ -267,6 +297,7 @@ def learner_main(cfg: LearnerConfig, queue_handle: TrajectoryQueueHandle, plane_
     (``Placement.learner_thread``). Talks to the job by the messages of ``messages.py`` only."""
     if not cfg.placement.learner_thread:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the job's process decides how to stop
+        name_this_process(f"dvla-learner-{cfg.rank}")
         torch.set_num_threads(cfg.spec.resources.torch_threads)
     with cfg.placement.lane_stream(LEARNER_PRIORITY):
         _learn(cfg, queue_handle, plane_handle, messages, stop)

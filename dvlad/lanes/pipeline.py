@@ -39,6 +39,7 @@ import torch
 from dvla import metric_names as m
 from dvla import stops
 from dvla.spec import JobSpec
+from dvlad.exits import how_it_ended
 from dvlad.gpu.layout import JobLayout, cpus_near, plan_layout
 from dvlad.gpu.pools import DualPool, PoolOverflow
 from dvlad.lanes.actor import Actor
@@ -292,8 +293,8 @@ def _learner_name(rank: int, ranks: int) -> str:
 
 def _exited(name: str, lane: Lane) -> str:
     """What to say when a lane ended without being asked to."""
-    code = getattr(lane, "exitcode", None)
-    return f"{name} thread ended" if code is None else f"{name} exited with code {code}"
+    code = getattr(lane, "exitcode", None)  # the pid lets dvlad look for an OOM kill of it (supervisor.py)
+    return f"{name} thread ended" if code is None else f"{name} (pid {lane.pid}) {how_it_ended(code)}"
 
 
 def _free_port() -> int:

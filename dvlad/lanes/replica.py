@@ -19,7 +19,7 @@ import torch
 from dvla.spec import JobSpec
 from dvlad.lanes.actor import Actor, ActorConfig
 from dvlad.lanes.device import ACTOR_PRIORITY, Placement
-from dvlad.lanes.env_workers import EnvWorkerPool
+from dvlad.lanes.env_workers import EnvWorkerPool, ReplacementBudget
 from dvlad.lanes.episodes import EpisodeStats
 from dvlad.lanes.messages import ReplicaFailed, ReplicaProgress
 from dvlad.lanes.timeline import LaneRecorder
@@ -66,7 +66,8 @@ def open_pool(spec: JobSpec, setup: ReplicaSetup) -> EnvWorkerPool:
                          workers=setup.workers, action_chunk=spec.policy.action_chunk, auto_reset=not episodic,
                          seed=spec.job.seed, step_timeout_s=spec.env.step_timeout_s,
                          envs_per_index=spec.algo.group_size if episodic else 1, first_env=setup.first_env,
-                         cpus=setup.cpus)
+                         cpus=setup.cpus, replacement_budget=ReplacementBudget(
+                             spec.env.max_worker_replacements, 60 * spec.env.replacement_window_min))
 
 
 def check_segments(spec: JobSpec, env: EnvSpec) -> None:

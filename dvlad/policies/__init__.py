@@ -31,6 +31,7 @@ __all__ = [
 BUILTIN_POLICIES: dict[str, str] = {
     "tiny-vla": "dvlad.policies.tiny_vla:TinyVLA",
     "transformer-vla": "dvlad.policies.transformer_vla:TransformerVLA",
+    "hf-vla": "dvlad.policies.hf_vla:HFVLA",
 }
 """Built-in name -> ``module:attribute`` of its factory."""
 

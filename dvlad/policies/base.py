@@ -59,6 +59,15 @@ class EvalOutput:
     :meth:`Policy.aux_loss` scores (None: the policy predicts none)."""
 
 
+def check_observation(obs: ObsBatch, cameras: list[str], max_instruction_tokens: int) -> None:
+    """Refuse an observation a policy was not built for: a longer instruction or a missing camera."""
+    if obs.instruction.shape[1] > max_instruction_tokens:
+        raise ValueError(f"instruction has {obs.instruction.shape[1]} tokens, max is {max_instruction_tokens}")
+    missing = [name for name in cameras if name not in obs.images]
+    if missing:
+        raise KeyError(f"observation lacks camera(s) {sorted(missing)}")
+
+
 class Policy(nn.Module, ABC):
     """A VLA policy: observations and instruction in, discrete action tokens out, plus a value."""
 

@@ -51,7 +51,7 @@ def save_checkpoint(
     cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
 
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.fchmod(fd, 0o644)  # mkstemp makes 0600; a checkpoint is meant to be read (resume, download)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint gets the mode open() would give it
     os.close(fd)
     try:
         save_file(cpu, tmp, metadata=metadata)
@@ -67,11 +67,26 @@ def save_checkpoint(
 def load_checkpoint(
     path: str | os.PathLike[str], device: str | torch.device = "cpu"
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a checkpoint written by :func:`save_checkpoint`: (tensors, metadata)."""
-    with safe_open(os.fspath(path), framework="pt", device=str(device)) as f:
-        metadata = dict(f.metadata() or {})
-        tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
+    """Read a checkpoint written by :func:`save_checkpoint`: (tensors, metadata). Raises
+    :class:`UnreadableCheckpoint` saying which file and why (missing, permission, corrupt)."""
+    try:
+        with safe_open(os.fspath(path), framework="pt", device=str(device)) as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
+    except FileNotFoundError:
+        raise UnreadableCheckpoint(f"checkpoint {path} is missing (no such file)") from None
+    except PermissionError:
+        raise UnreadableCheckpoint(f"checkpoint {path} is not readable by uid {os.geteuid()}, the user the job "
+                                   "runs as (permission denied)") from None
+    except OSError as exc:
+        raise UnreadableCheckpoint(f"checkpoint {path} could not be read: {exc.strerror or exc}") from None
+    except Exception as exc:  # safetensors' own error: a truncated or foreign file
+        raise UnreadableCheckpoint(f"checkpoint {path} is corrupt or not a safetensors file ({exc})") from None
     return tensors, metadata
+
+
+class UnreadableCheckpoint(ValueError):
+    """A checkpoint that cannot be read; the message names the file and why (written for people)."""
 
 
 def save_training_checkpoint(path: Path, flat: torch.Tensor, optimizer: dict[str, Any], *, version: int,
@@ -107,6 +122,18 @@ def optimizer_state(tensors: dict[str, torch.Tensor], template: dict[str, Any]) 
             _, i, name = key.split(".", 2)
             template["state"].setdefault(int(i), {})[name] = value
     return template
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (``os.umask`` would change it for every thread for
+    a moment): a job under dvlad runs with 077, and its checkpoints must stay its user's alone."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dvlad.policies.action_tokens import ActionTokenizer, sample_tokens
-from dvlad.policies.base import ActOutput, EvalOutput, ObsBatch, Policy
+from dvlad.policies.base import ActOutput, EvalOutput, ObsBatch, Policy, check_observation
 from dvlad.policies.text import WordTokenizer
 from dvlad.spaces import ACTION_DIM, EnvSpec
 
@@ -191,11 +191,7 @@ class TinyVLA(Policy):
         batch = obs.proprio.shape[0]
         instruction = obs.instruction
         length = instruction.shape[1]
-        if length > self.max_instruction_tokens:
-            raise ValueError(f"instruction has {length} tokens, max is {self.max_instruction_tokens}")
-        missing = [name for name in self.camera_names if name not in obs.images]
-        if missing:
-            raise KeyError(f"observation lacks camera(s) {sorted(missing)}")
+        check_observation(obs, self.camera_names, self.max_instruction_tokens)
 
         pos = torch.cat([(self.patch_row + self.patch_col).flatten(0, 1), self.keypoint_pos])  # (G²+1)×d
         words = self.word_embed(instruction)

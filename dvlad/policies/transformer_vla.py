@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dvlad.policies.action_tokens import ActionTokenizer, sample_tokens
-from dvlad.policies.base import ActOutput, EvalOutput, ObsBatch, Policy
+from dvlad.policies.base import ActOutput, EvalOutput, ObsBatch, Policy, check_observation
 from dvlad.policies.text import WordTokenizer
 from dvlad.policies.trunk import DTYPES, apply_lora, build_trunk, load_trunk, trunk_config
 from dvlad.spaces import ACTION_DIM, EnvSpec
@@ -142,11 +142,7 @@ class TransformerVLA(Policy):
     def _features(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Trunk outputs of the action queries B×(K·7)×d and of the value token B×d."""
         instruction = obs.instruction
-        if instruction.shape[1] > self.max_instruction_tokens:
-            raise ValueError(f"instruction has {instruction.shape[1]} tokens, max is {self.max_instruction_tokens}")
-        missing = [name for name in self.camera_names if name not in obs.images]
-        if missing:
-            raise KeyError(f"observation lacks camera(s) {sorted(missing)}")
+        check_observation(obs, self.camera_names, self.max_instruction_tokens)
         batch = instruction.shape[0]
         parts = [enc(obs.images[name]) + self.camera_embed[i]
                  for i, (name, enc) in enumerate(zip(self.camera_names, self.vision, strict=True))]

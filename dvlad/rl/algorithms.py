@@ -21,7 +21,7 @@ from torch import Tensor
 
 from dvla.spec import AlgoSection
 from dvlad.rl.advantages import gae, group_relative_advantages
-from dvlad.rl.losses import grpo_loss, normalize_advantages, ppo_loss
+from dvlad.rl.losses import bc_loss, grpo_loss, normalize_advantages, ppo_loss
 
 
 @dataclass(frozen=True)
@@ -135,8 +135,20 @@ def _flat(x: Tensor | None) -> Tensor | None:
     return None if x is None else x.flatten()
 
 
+def _no_advantages(rollout: Rollout, args: AlgoSection, next_value: NextValue) -> Tensor:
+    """Behaviour cloning scores no rollout: its rollouts only measure the policy."""
+    return torch.zeros_like(rollout.rewards)
+
+
+def _bc_loss(mb: Minibatch, args: AlgoSection) -> tuple[Tensor, dict[str, float]]:
+    """The demonstrated tokens' cross-entropy (the minibatch holds demonstrations, not a rollout)."""
+    return bc_loss(mb.newlogprob, mb.entropy, ent_coef=args.ent_coef)
+
+
 PPO = Algorithm("ppo", advantages=_gae_advantages, loss=_ppo_loss, critic=True, episodic=False)
 GRPO = Algorithm("grpo", advantages=_group_relative_advantages, loss=_grpo_loss, critic=False, episodic=True)
 
-ALGORITHMS = {a.name: a for a in (PPO, GRPO)}
+BC = Algorithm("bc", advantages=_no_advantages, loss=_bc_loss, critic=False, episodic=False)
+
+ALGORITHMS = {a.name: a for a in (PPO, GRPO, BC)}
 """Every algorithm by its ``algo.name``."""

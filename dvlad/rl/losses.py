@@ -315,3 +315,12 @@ def _to_floats(stats: dict[str, Tensor]) -> dict[str, float]:
     """Detach every stat and read them all with one device-to-host transfer."""
     values = torch.stack([v.detach().to(torch.float64) for v in stats.values()]).tolist()
     return dict(zip(stats, values, strict=True))
+
+
+def bc_loss(new_logprob: Tensor, entropy: Tensor, *, ent_coef: float) -> tuple[Tensor, dict[str, float]]:
+    """Behaviour cloning: the cross-entropy of the demonstrated action tokens (their mean negative
+    log-prob under the policy), minus an optional entropy bonus."""
+    nll = -new_logprob.mean()
+    mean_entropy = entropy.mean()
+    loss = nll - ent_coef * mean_entropy
+    return loss, {m.LOSS: float(nll.detach()), m.ENTROPY: float(mean_entropy.detach())}

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import re
 import signal
 import sys
 import time
@@ -30,9 +32,11 @@ from dvla.checkpoint import CHECKPOINT_NAME
 from dvla.spec import JobSpec, SpecError, load_spec, spec_from_dict, spec_to_dict
 from dvlad.gpu.budgets import pool_report
 from dvlad.lanes.budget import ResumePoint, resume_point
+from dvlad.lanes.env_workers import EnvWorkerError
 from dvlad.lanes.pipeline import JobFailed, Pipeline
 from dvlad.lanes.reporter import Progress
 from dvlad.runtime.metrics import MetricsSink
+from dvlad.segments import PREFIX_ENV, reclaim, standalone_prefix
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_CODES = {
@@ -178,11 +182,12 @@ def failure_reason(err: Exception) -> str:
 
     Why cut and prefixed: a failure in an env worker or the learner carries that process's traceback
     in its message, whose last line names the error; and an unexpected exception's message alone
-    (``'obs'`` for a KeyError) says nothing without its type. JobFailed and ValueError are written
-    for people and stay as they are."""
+    (``'obs'`` for a KeyError) says nothing without its type. JobFailed, EnvWorkerError and ValueError
+    are written for people and stay as they are."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [""]
-    reason = lines[0] if len(lines) == 1 else f"{lines[0].rstrip(':')}: {lines[-1]}"
-    if isinstance(err, JobFailed | ValueError) and reason:
+    last = re.sub(r"^(?:\w+\.)+(?=\w+: )", "", lines[-1])  # "dvlad.lanes.learner.NonFiniteError: " without its module
+    reason = lines[0] if len(lines) == 1 else f"{lines[0].rstrip(':')}: {last}"
+    if isinstance(err, JobFailed | EnvWorkerError | ValueError) and reason:
         return reason
     return f"{type(err).__name__}: {reason}" if reason else type(err).__name__
 
@@ -230,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         print(err, file=sys.stderr)
         return EXIT_INVALID
     out = output_dir_of(spec, args.output_dir)
+    # the job's processes name their /dev/shm segments by this (dvlad sets it); whatever a failure left
+    # there goes when the job ends (dvlad also removes it if the job is killed)
+    prefix = os.environ.setdefault(PREFIX_ENV, standalone_prefix())
     try:
         summary = run_job(spec, out, quiet=args.quiet, started_at=started_at)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the job's signal handlers were set
@@ -238,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # every failure: one line and a summary, never a traceback on the terminal
         record_failure(out, err)
         return EXIT_FAILED
+    finally:
+        reclaim(prefix)
     print(final_line(summary, out), flush=True)
     return EXIT_STOPPED if summary["status"] == "stopped" else EXIT_OK
 

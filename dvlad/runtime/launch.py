@@ -23,10 +23,15 @@ import psutil
 
 from dvla.spec import dump_toml, spec_from_dict
 from dvlad.gpu.layout import TOPOLOGY_ENV
+from dvlad.segments import PREFIX_ENV, daemon_tag, job_prefix
 from dvlad.store import Job
 
 PASSED_ENV = ("LANG", "LC_ALL", "TZ", "MUJOCO_GL", "PYOPENGL_PLATFORM", "LIBERO_CONFIG_PATH")
 """Daemon environment variables a job inherits (rendering and locale); everything else is set here."""
+JOB_UMASK = 0o077
+"""What a job creates is its user's alone (0600 files, 0700 directories)."""
+PASS_THROUGH = 0o711
+"""The daemon's directories on the way to a user's files: anyone may pass, nobody but root may list."""
 
 
 @dataclass(frozen=True)
@@ -59,14 +64,19 @@ def process_start(pid: int) -> float | None:
         return None
 
 
-def _environment(job: Job, gpu_ids: list[int], topology_file: Path | None) -> dict[str, str]:
+def segment_prefix(state_dir: Path, job_id: int) -> str:
+    """The prefix of the names of the job's ``/dev/shm`` segments (:mod:`dvlad.segments`)."""
+    return job_prefix(daemon_tag(state_dir), job_id)
+
+
+def _environment(job: Job, gpu_ids: list[int], topology_file: Path | None, shm_prefix: str) -> dict[str, str]:
     try:
         home = pwd.getpwuid(job.uid).pw_dir
     except KeyError:
         home = "/"
     env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
     env.update(PATH=os.defpath + ":" + str(Path(sys.executable).parent), HOME=home, USER=job.user,
-               LOGNAME=job.user, PYTHONUNBUFFERED="1", DVLA_JOB_ID=str(job.id),
+               LOGNAME=job.user, PYTHONUNBUFFERED="1", DVLA_JOB_ID=str(job.id), **{PREFIX_ENV: shm_prefix},
                CUDA_DEVICE_ORDER="PCI_BUS_ID",  # CUDA's default order is not NVML's: indices would differ
                CUDA_VISIBLE_DEVICES=",".join(map(str, gpu_ids)))
     if topology_file is not None:
@@ -79,19 +89,24 @@ def spawn(job: Job, gpu_ids: list[int], state_dir: Path, topology: dict[str, Any
 
     Layout, and why: ``jobs/ID/`` is the daemon's (mode 0711), so the user cannot replace what the
     daemon later writes or reads there as root (``pid``, ``job.log``, ``spec.toml``: a symlink put
-    in their place would turn a root write or read into one of any file). The user owns
-    ``spec.toml`` and ``job.log`` (mode 0600: readable by them, by nobody else) and ``run/`` (0750),
-    the job's working directory and the only place it writes; the daemon reads what is in there
-    only through :func:`dvlad.runtime.jobfiles.open_job_file`. A job on several GPUs also gets the
-    node's ``topology.json`` (0644: the record ``dvla topo`` shows anyone) to plan its layout over."""
+    in their place would turn a root write or read into one of any file), and ``jobs/`` is 0711 too:
+    passed through, never listed. The user owns ``spec.toml`` and ``job.log`` (mode 0600: readable
+    by them, by nobody else) and ``run/`` (0700), the job's working directory and the only place it
+    writes; the job runs with umask 077, so its spec copy, metrics, summary, TensorBoard files and
+    checkpoints are the user's alone, not their primary group's (labs share one). The daemon reads
+    what is in there only through :func:`dvlad.runtime.jobfiles.open_job_file`. A job on several GPUs
+    also gets the node's ``topology.json`` (0644: the record ``dvla topo`` shows anyone) to plan its
+    layout over."""
     home = job_dir(state_dir, job.id)
     run = run_dir(state_dir, job.id)
     if home.exists():  # left by an earlier database of this state dir: kept, out of the way
         home.rename(home.with_name(f"{job.id}.before-{time.strftime('%Y%m%dT%H%M%S')}"))
-    home.mkdir(parents=True)
+    home.parent.mkdir(mode=PASS_THROUGH, exist_ok=True)
+    os.chmod(home.parent, PASS_THROUGH)  # also one made by an older dvlad (0755)
+    home.mkdir()
     run.mkdir()
-    os.chmod(home, 0o711)
-    os.chmod(run, 0o750)
+    os.chmod(home, PASS_THROUGH)
+    os.chmod(run, 0o700)
     spec_file = home / "spec.toml"
     spec_file.write_text(dump_toml(spec_from_dict(job.spec)))
     topology_file = None
@@ -112,10 +127,13 @@ def spawn(job: Job, gpu_ids: list[int], state_dir: Path, topology: dict[str, Any
             identity = {"user": job.uid, "group": job.gid, "extra_groups": os.getgrouplist(job.user, job.gid)}
         popen = subprocess.Popen(
             [sys.executable, "-m", "dvlad.runtime.job", str(spec_file), "--output-dir", str(run)],
-            cwd=run, env=_environment(job, gpu_ids, topology_file), stdin=subprocess.DEVNULL, stdout=log_file,
-            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, **identity)
+            cwd=run, env=_environment(job, gpu_ids, topology_file, segment_prefix(state_dir, job.id)),
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            close_fds=True, umask=JOB_UMASK, **identity)
     create_time = process_start(popen.pid) or psutil.Process(popen.pid).create_time()
-    (home / "pid").write_text(f"{popen.pid} {create_time!r}\n")  # read back if dvlad dies before recording it
+    fd = os.open(home / "pid", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as pid_file:  # read back if dvlad dies before recording it
+        pid_file.write(f"{popen.pid} {create_time!r}\n")
     return Started(popen.pid, create_time, popen)
 
 

@@ -2,7 +2,9 @@
 
 Every tracked job is polled (children with ``Popen.poll``, which also reaps them; jobs adopted after
 a restart, which are not our children, by pid + start time, so a recycled pid is never mistaken for
-the job). The outcome comes from the exit status and the job's own ``summary.json``.
+the job). The outcome comes from the exit status and the job's own ``summary.json``. Whatever the
+job left in ``/dev/shm`` is removed once it has ended, and at start for jobs that are gone
+(:mod:`dvlad.segments`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import time
@@ -23,9 +26,12 @@ from typing import Any
 from dvla import stops
 from dvla.memsize import describe_pools
 from dvla.spec import spec_from_dict
+from dvlad.exits import signal_name
 from dvlad.gpu.layout import plan_layout
 from dvlad.runtime.jobfiles import open_job_file, read_job_file
-from dvlad.runtime.launch import log_path, process_start, recorded_pid, run_dir, spawn
+from dvlad.runtime.launch import log_path, process_start, recorded_pid, run_dir, segment_prefix, spawn
+from dvlad.runtime.oom import cgroup_of, oom_killed, oom_kills
+from dvlad.segments import Segments, daemon_tag, jobs_with_segments, reclaim
 from dvlad.store import IllegalTransition, Job, State, Store
 
 log = logging.getLogger("dvlad")
@@ -43,6 +49,20 @@ class Tracked:
     """None for a job adopted after a restart: not our child, so polled by pid + start time."""
     term_sent_at: float | None = None
     killed: bool = False
+    cgroup: Path | None = None
+    """The job's own cgroup (None where it shares dvlad's), whose ``oom_kill`` counter ..."""
+    oom_kills_at_start: int | None = None
+    """... was this when the job started (:mod:`dvlad.runtime.oom`)."""
+
+    @classmethod
+    def started(cls, job_id: int, pid: int, create_time: float, popen: subprocess.Popen | None) -> Tracked:
+        own = cgroup_of(pid)
+        own = None if own == cgroup_of(os.getpid()) else own
+        return cls(job_id, pid, create_time, popen, cgroup=own, oom_kills_at_start=oom_kills(own))
+
+
+OOM = "killed by the kernel's OOM killer (memory)"
+_PIDS = re.compile(r"\(pid (\d+)\)")
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
@@ -61,22 +81,11 @@ def last_log_line(path: Path) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def signal_name(number: int) -> str:
-    """``SIGKILL``, ``SIGRTMIN+5`` or ``signal 70``: any number a process can die of, without raising.
-
-    Why not ``signal.Signals(n).name`` alone: it knows no real-time signal but SIGRTMIN and SIGRTMAX,
-    and the ValueError it raised once stopped the supervisor, so no job ever finished again."""
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        if signal.SIGRTMIN < number < signal.SIGRTMAX:
-            return f"SIGRTMIN+{number - signal.SIGRTMIN}"
-        return f"signal {number}"
-
-
-def outcome(job: Job, exit_code: int | None, summary: dict, log_tail: str = "") -> tuple[State, str]:
+def outcome(job: Job, exit_code: int | None, summary: dict, log_tail: str = "",
+            oom: bool = False) -> tuple[State, str]:
     """The final state and reason of a job whose process ended (exit_code None: unknown, adopted);
-    ``log_tail``, the log's last line, is the reason when nothing better says why."""
+    ``log_tail``, the log's last line, is the reason when nothing better says why; ``oom``: there is
+    evidence that the OOM killer killed the job or one of its processes."""
     status = summary.get("status")
     finished = status == "succeeded" and exit_code in (0, None)
     if finished:  # which limit stopped it, and how far its budget got: "reached its success target: ..."
@@ -84,11 +93,12 @@ def outcome(job: Job, exit_code: int | None, summary: dict, log_tail: str = "") 
     if job.state is State.CANCELLING:
         return State.CANCELLED, job.reason
     if exit_code is not None and exit_code < 0:
-        return State.FAILED, f"killed by signal {signal_name(-exit_code)}"
+        killed = f"signal {signal_name(-exit_code)}"
+        return State.FAILED, f"{OOM} ({killed})" if oom else f"killed by {killed}"
     if exit_code == 2:
         return State.FAILED, f"the job runner refused the spec (exit 2): {log_tail}"
     if status == "failed":
-        return State.FAILED, f"job failed: {summary.get('reason', 'no reason given')}"
+        return State.FAILED, f"job failed: {summary.get('reason', 'no reason given')}" + f" ({OOM})" * oom
     if status == "stopped":
         sent = "SIGINT" if summary.get("stop_reason") == stops.INTERRUPTED else "SIGTERM"
         got = stops.progress(summary)
@@ -105,6 +115,10 @@ class Supervisor:
         self.topology = topology
         """The node's GPU topology record: a job on several GPUs is planned over it."""
         self.tracked: dict[int, Tracked] = {}
+        self.shm_owner = daemon_tag(state_dir)
+        """The tag in the names of this daemon's jobs' ``/dev/shm`` segments."""
+        self.reclaimed = Segments()
+        """The ``/dev/shm`` segments (and bytes) of ended jobs removed since dvlad started."""
 
     def start(self, job: Job, gpu_ids: list[int]) -> Job:
         """Start a job that is ``placing``; it becomes running, or failed with the reason.
@@ -122,7 +136,7 @@ class Supervisor:
             started = spawn(job, gpu_ids, self.state_dir, self.topology)
         except (OSError, subprocess.SubprocessError, ValueError) as exc:
             return self.store.transition(job.id, State.FAILED, f"could not start: {exc}")
-        self.tracked[job.id] = Tracked(job.id, started.pid, started.create_time, started.popen)
+        self.tracked[job.id] = Tracked.started(job.id, started.pid, started.create_time, started.popen)
         return self.store.transition(job.id, State.RUNNING, f"started as pid {started.pid} on "
                                      f"{'GPUs ' + ','.join(map(str, gpu_ids)) if gpu_ids else 'CPU'}",
                                      pid=started.pid, pid_start=started.create_time)
@@ -147,6 +161,16 @@ class Supervisor:
                 self.store.transition(job.id, State.FAILED, "dvlad stopped while starting it")
             else:
                 self._finish(job, None)
+        for job_id in sorted(jobs_with_segments(self.shm_owner) - set(self.tracked)):
+            self._reclaim(job_id)
+
+    def _reclaim(self, job_id: int) -> None:
+        """Remove what an ended job left in ``/dev/shm``."""
+        removed = reclaim(segment_prefix(self.state_dir, job_id))
+        if removed.count:
+            self.reclaimed += removed
+            log.info("reclaimed shared memory of an ended job",
+                     extra={"job": job_id, "segments": removed.count, "bytes": removed.bytes})
 
     def cancel(self, job: Job, by: str) -> Job:
         """Queued: cancelled at once. Running: SIGTERM to its process group now, SIGKILL after the grace."""
@@ -159,17 +183,27 @@ class Supervisor:
             _signal_group(tracked.pid, signal.SIGTERM)
         return job
 
-    def _finish(self, job: Job, exit_code: int | None) -> None:
+    def _finish(self, job: Job, exit_code: int | None, tracked: Tracked | None = None) -> None:
         try:  # the job's user controls run/: a bounded read of a regular file, or nothing
             summary = json.loads(read_job_file(run_dir(self.state_dir, job.id) / "summary.json", limit=SUMMARY_MAX))
         except (OSError, ValueError):
             summary = {}
-        state, reason = outcome(job, exit_code, summary if isinstance(summary, dict) else {},
-                                last_log_line(log_path(self.state_dir, job.id)))
+        summary = summary if isinstance(summary, dict) else {}
+        state, reason = outcome(job, exit_code, summary, last_log_line(log_path(self.state_dir, job.id)),
+                                tracked is not None and self._oom_evidence(tracked, exit_code, summary))
         with contextlib.suppress(IllegalTransition):  # already settled elsewhere: nothing to record
             self.store.transition(job.id, state, reason, exit_code=exit_code)
 
-    def _settle(self, job_id: int, exit_code: int | None) -> None:
+    @staticmethod
+    def _oom_evidence(t: Tracked, exit_code: int | None, summary: dict) -> bool:
+        """Whether the OOM killer killed the job's leader, or a process of the job whose end its
+        reason gives (``learner (pid N) killed by signal SIGKILL``), by its cgroup's or the kernel's record."""
+        reason = str(summary.get("reason", ""))
+        if exit_code != -signal.SIGKILL and "SIGKILL" not in reason:
+            return False
+        return oom_killed({t.pid, *map(int, _PIDS.findall(reason))}, t.cgroup, t.oom_kills_at_start)
+
+    def _settle(self, job_id: int, exit_code: int | None, tracked: Tracked | None = None) -> None:
         """Record how an ended job ended; if working that out raises, fail it with the error.
 
         Why the fallback: a job left ``running`` in the store holds its GPUs and CPU slots forever."""
@@ -177,7 +211,7 @@ class Supervisor:
         if job is None:
             return
         try:
-            self._finish(job, exit_code)
+            self._finish(job, exit_code, tracked)
         except Exception as exc:
             log.exception("could not settle an ended job; failing it", extra={"job": job_id})
             with contextlib.suppress(IllegalTransition):
@@ -194,7 +228,8 @@ class Supervisor:
         if ended:
             _signal_group(t.pid, signal.SIGKILL)  # leftover env workers of its group
             del self.tracked[t.job_id]
-            self._settle(t.job_id, code)
+            self._reclaim(t.job_id)
+            self._settle(t.job_id, code, t)
             return True
         if t.term_sent_at is not None and not t.killed and time.monotonic() - t.term_sent_at > self.grace_s:
             _signal_group(t.pid, signal.SIGKILL)

@@ -14,7 +14,6 @@ from typing import Any
 
 from aiohttp import web
 
-from dvla.api import PRIORITIES
 from dvla.spec import SpecError
 from dvlad.config import Config
 from dvlad.gpu.inventory import LIVE_FIELDS
@@ -22,12 +21,14 @@ from dvlad.runtime.jobfiles import metrics_rows, read_job_file
 from dvlad.runtime.launch import log_path, run_dir
 from dvlad.server import lifetime, prom, transfer
 from dvlad.server.auth import Identity, authenticate, may_cancel, may_read
-from dvlad.server.codec import read_body, respond
+from dvlad.server.codec import read_body, respond, timed_chunks
+from dvlad.server.connections import GUARD, ConnectionGuard
 from dvlad.server.core import NeverFits
 from dvlad.server.errors import HTTP_CODES, ApiError
 from dvlad.server.host import HostLoad
 from dvlad.server.lifetime import CONFIG, DAEMON, STATE_DIR
-from dvlad.server.openapi import OPENAPI
+from dvlad.server.limits import IDEMPOTENCY_KEY, JOB_ID_DIGITS, PRIORITY_RANGE, QUERY_RANGES
+from dvlad.server.openapi import document
 from dvlad.store import TERMINAL, Job, State
 
 log = logging.getLogger("dvlad")
@@ -39,7 +40,6 @@ FOLLOW_POLL_S = 0.2
 LOG_CHUNK = 1 << 20
 SUBMIT_FIELDS = {"spec", "idempotency_key", "priority"}
 TAR = "application/x-tar"
-IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 @web.middleware
@@ -47,6 +47,7 @@ async def errors_and_identity(request: web.Request, handler):
     """Authenticate every request; turn every failure into ``{code, field, reason}``."""
     try:
         who = authenticate(request, request.app[TOKENS], request.app[CONFIG].daemon)
+        request.app[GUARD].authenticated(request.transport)
         if os.geteuid() != 0 and who.uid != os.geteuid():
             # a daemon that is not root runs every job as its own user: nobody else may submit
             raise ApiError(403, "forbidden", f"this dvlad runs as uid {os.geteuid()} and serves only that user")
@@ -58,7 +59,13 @@ async def errors_and_identity(request: web.Request, handler):
         if exc.status < 400:
             raise
         code = HTTP_CODES.get(exc.status, "error")
-        return respond(request, {"code": code, "field": "", "reason": exc.reason}, exc.status)
+        response = respond(request, {"code": code, "field": "", "reason": exc.reason}, exc.status)
+        if "Allow" in exc.headers:  # a 405 says which methods the path takes
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except (ConnectionError, web.RequestPayloadError) as exc:  # the peer's doing: hung up, or a broken body
+        log.debug("request body broke off", extra={"path": request.path, "reason": str(exc)})
+        return respond(request, {"code": "bad_body", "field": "", "reason": f"the body broke off: {exc}"}, 400)
     except Exception:
         log.exception("request failed", extra={"path": request.path})
         return respond(request, {"code": "internal", "field": "", "reason": "internal error; see the journal"}, 500)
@@ -71,7 +78,7 @@ def _who(request: web.Request) -> Identity:
 def _job(request: web.Request, *, reading: bool) -> Job:
     """The job of the URL, if the caller may see it (``reading``) or act on it."""
     raw = request.match_info["job_id"]
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > JOB_ID_DIGITS:  # "¹".isdigit(), but int() refuses it
         raise ApiError(404, "not_found", f"no job {raw!r}: job ids are decimal numbers", field="job_id")
     job = request.app[DAEMON].store.get(int(raw))
     if job is None:
@@ -88,7 +95,9 @@ def _flag(request: web.Request, name: str) -> bool:
     return request.query.get(name, "0").lower() in ("1", "true", "yes")
 
 
-def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+def _int_query(request: web.Request, name: str, default: int) -> int:
+    """The integer query parameter ``name`` (its range: :data:`~dvlad.server.limits.QUERY_RANGES`)."""
+    lo, hi = QUERY_RANGES[name]
     raw = request.query.get(name)
     if raw is None:
         return default
@@ -103,7 +112,7 @@ def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) 
 
 async def submit(request: web.Request) -> web.Response:
     config = request.app[CONFIG].daemon
-    body = await read_body(request, config.max_body_bytes, config.max_depth)
+    body = await read_body(request, config.max_body_bytes, config.max_depth, config.body_timeout_s)
     if not isinstance(body, dict):
         raise ApiError(400, "bad_body", f"expected an object with {sorted(SUBMIT_FIELDS)}, got {type(body).__name__}")
     for key in body:
@@ -111,11 +120,11 @@ async def submit(request: web.Request) -> web.Response:
             raise ApiError(400, "unknown_field", f"unknown field (known: {', '.join(sorted(SUBMIT_FIELDS))})",
                            field=key)
     key = body.get("idempotency_key")
-    if key is not None and (not isinstance(key, str) or not IDEMPOTENCY_KEY.fullmatch(key)):
+    if key is not None and (not isinstance(key, str) or not re.fullmatch(IDEMPOTENCY_KEY, key)):
         raise ApiError(400, "bad_field", "expected 1-128 characters of letters, digits, . _ : -",
                        field="idempotency_key")
     priority = body.get("priority", 0)
-    lo, hi = PRIORITIES
+    lo, hi = PRIORITY_RANGE
     if not isinstance(priority, int) or isinstance(priority, bool) or not lo <= priority <= hi:
         raise ApiError(400, "bad_field", f"expected an integer in [{lo}, {hi}]", field="priority")
     spec = body.get("spec", {})
@@ -143,7 +152,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     others = everyone or (user is not None and user != who.user)
     if others and not who.sees_all:
         raise ApiError(403, "forbidden", f"{who.user} may list only their own jobs", field="user" if user else "all")
-    limit = _int_query(request, "limit", 1000, 1, 100_000)
+    limit = _int_query(request, "limit", 1000)
     own = user is None and not everyone
     daemon = request.app[DAEMON]
     jobs = daemon.store.list(uid=who.uid if own else None, user=user, limit=limit)
@@ -179,7 +188,7 @@ async def job_logs(request: web.Request) -> web.StreamResponse:
     can grow to gigabytes, and neither the daemon's memory nor its other clients should notice."""
     job = _job(request, reading=True)
     path = log_path(request.app[STATE_DIR], job.id)
-    offset = _int_query(request, "offset", 0, 0, 1 << 62)
+    offset = _int_query(request, "offset", 0)
     follow = _flag(request, "follow")
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     await response.prepare(request)
@@ -199,7 +208,7 @@ async def job_logs(request: web.Request) -> web.StreamResponse:
 
 async def job_metrics(request: web.Request) -> web.Response:
     job = _job(request, reading=True)
-    last = _int_query(request, "last", 0, 0, 100_000)
+    last = _int_query(request, "last", 0)
     rows = await asyncio.to_thread(metrics_rows, run_dir(request.app[STATE_DIR], job.id) / "metrics.jsonl",
                                    last=last or None)
     return respond(request, {"job_id": job.id, "rows": rows})
@@ -210,7 +219,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     who = _who(request)
     store = request.app[DAEMON].store
     uid = None if who.sees_all else who.uid
-    after = _int_query(request, "after", 0, 0, 1 << 62)
+    after = _int_query(request, "after", 0)
     if not _flag(request, "follow"):
         return respond(request, {"events": store.events(after=after, uid=uid)})
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
@@ -295,7 +304,8 @@ async def upload(request: web.Request) -> web.Response:
         raise ApiError(413, "too_large", f"upload of {request.content_length} bytes; the limit is {cap}")
     who = _who(request)
     try:
-        stored = await transfer.receive(request.content.iter_chunked(transfer.CHUNK),
+        chunks = timed_chunks(request.content.iter_chunked(transfer.CHUNK), request.app[CONFIG].daemon.body_timeout_s)
+        stored = await transfer.receive(chunks,
                                         request.app[STATE_DIR] / "uploads", who.uid, who.gid, cap)
     except transfer.TooLarge as exc:
         raise ApiError(413, "too_large", str(exc)) from None
@@ -306,7 +316,7 @@ async def upload(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(OPENAPI)
+    return web.json_response(document(request.app[CONFIG].daemon))
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -339,6 +349,8 @@ def make_app(config: Config, tokens: dict[str, str]) -> web.Application:
     app = web.Application(middlewares=[errors_and_identity], client_max_size=config.daemon.max_body_bytes * 2)
     app[CONFIG], app[STATE_DIR], app[TOKENS] = config, Path(config.daemon.state_dir), tokens
     app[HOST] = HostLoad()
+    d = config.daemon
+    app[GUARD] = ConnectionGuard.for_file_limit(d.max_tcp_connections, d.max_tcp_unauthenticated)
     app.cleanup_ctx.extend(lifetime.CONTEXTS)
     app.add_routes(ROUTES)
     return app

@@ -19,4 +19,5 @@ class ApiError(Exception):
 
 
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-              405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type"}
+              405: "method_not_allowed", 408: "request_timeout", 409: "conflict", 413: "too_large",
+              415: "unsupported_media_type"}

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from dvlad.config import Config
 from dvlad.gpu.inventory import discover
+from dvlad.runtime.launch import PASS_THROUGH
 from dvlad.server import prom
 from dvlad.server.core import Daemon
 from dvlad.server.notify import watchdog, watchdog_interval
@@ -36,7 +37,8 @@ TASKS = web.AppKey("tasks", list)
 async def hold_lock(app: web.Application) -> AsyncIterator[None]:
     """One dvlad per state dir: a second one would supervise the same jobs twice."""
     state_dir = app[STATE_DIR]
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+    state_dir.mkdir(parents=True, exist_ok=True, mode=PASS_THROUGH)
+    os.chmod(state_dir, PASS_THROUGH)  # users pass through to their jobs' run/ and uploads, never list it
     fd = os.open(state_dir / "dvlad.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

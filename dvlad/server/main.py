@@ -21,8 +21,11 @@ from pathlib import Path
 from aiohttp import web
 
 from dvlad.config import DEFAULT_CONFIG, PERSONAL_OVERSUBSCRIBE, Config, ConfigError, DaemonSection, load_config
+from dvlad.server.connections import GUARD, GuardedTCPSite, raise_file_limit
 
 log = logging.getLogger("dvlad")
+LINGER_S = 1.0
+"""How long the rest of a refused body is read (and dropped) so the client sees the reply."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,7 +72,7 @@ def resolve(args: argparse.Namespace, system: Path = DEFAULT_CONFIG) -> Config:
         d.socket = str(args.socket)
     if d.tcp:
         host, _, port = d.tcp.rpartition(":")
-        if not host or not port.isdigit():
+        if not host or not (port.isascii() and port.isdigit()):
             raise ConfigError("daemon.tcp", f"expected host:port, got {d.tcp!r}")
     return config
 
@@ -86,7 +89,7 @@ async def _listen(runner: web.AppRunner, d: DaemonSection) -> Path:
     """Listen on TCP (if configured), then on the Unix socket, which gets its mode and group; returns its path."""
     if d.tcp:  # before the Unix socket: once that answers, every listener is up
         host, _, port = d.tcp.rpartition(":")
-        await web.TCPSite(runner, host, int(port)).start()
+        await GuardedTCPSite(runner, host, int(port), runner.app[GUARD]).start()
     sock_path = Path(d.socket)
     sock_path.parent.mkdir(parents=True, exist_ok=True)
     _unlink_stale_socket(sock_path)
@@ -111,8 +114,14 @@ async def serve(config: Config, tokens: dict[str, str]) -> int:
     from dvlad.server.lifetime import DAEMON, TASKS
     from dvlad.server.notify import sd_notify
 
-    # a short shutdown: open log/event streams must not hold a restart for aiohttp's default minute
-    runner = web.AppRunner(make_app(config, tokens), access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    raise_file_limit()  # before the app sizes its TCP caps on it
+    # a short shutdown: open log/event streams must not hold a restart for aiohttp's default minute;
+    # aiohttp's keep-alive time-out runs from a connection's start and from each reply until the next
+    # request's head is in: it is the head's time-out too (a silent or stalled peer is dropped). After an
+    # early reply (413, 408) aiohttp reads what is left of the body for lingering_time before closing: short,
+    # or a peer that stalled its body holds the connection 10 s more
+    runner = web.AppRunner(make_app(config, tokens), access_log=None, handle_signals=False, shutdown_timeout=2.0,
+                           keepalive_timeout=config.daemon.header_timeout_s, lingering_time=LINGER_S)
     try:
         await runner.setup()
         sock_path = await _listen(runner, config.daemon)
@@ -120,8 +129,10 @@ async def serve(config: Config, tokens: dict[str, str]) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        inventory, tasks = runner.app[DAEMON].inventory, runner.app[TASKS]
+        inventory, tasks, guard = runner.app[DAEMON].inventory, runner.app[TASKS], runner.app[GUARD]
         log.info("listening", extra={"socket": str(sock_path), "tcp": config.daemon.tcp or None,
+                                     "max_tcp_connections": guard.max_tcp,
+                                     "max_tcp_unauthenticated": guard.max_unauthenticated,
                                      "state_dir": config.daemon.state_dir, "gpus": inventory.gpu_indices,
                                      "gpu_source": inventory.source, "cpu_slots": config.cpu_slots,
                                      "pid": os.getpid()})

@@ -11,12 +11,13 @@ from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from dvla import metric_names as m
 from dvlad.runtime.jobfiles import metrics_rows
 from dvlad.runtime.launch import run_dir
+from dvlad.segments import count, owner_prefix
 from dvlad.server.core import Daemon
 from dvlad.store import State
 
@@ -35,6 +36,14 @@ class DaemonCollector(Collector):
         for state, n in counts.items():
             by_state.add_metric([state], n)
         yield by_state
+        supervisor = self.daemon.supervisor
+        live = count(owner_prefix(supervisor.shm_owner))
+        yield GaugeMetricFamily("dvlad_shm_segments", "/dev/shm segments of this daemon's jobs", value=live.count)
+        yield GaugeMetricFamily("dvlad_shm_bytes", "Bytes in /dev/shm segments of this daemon's jobs", value=live.bytes)
+        yield CounterMetricFamily("dvlad_shm_reclaimed_segments", "/dev/shm segments of ended jobs removed",
+                                  value=supervisor.reclaimed.count)
+        yield CounterMetricFamily("dvlad_shm_reclaimed_bytes", "Bytes of /dev/shm segments of ended jobs removed",
+                                  value=supervisor.reclaimed.bytes)
         util = GaugeMetricFamily("dvlad_gpu_utilization_percent", "GPU utilisation (NVML)", labels=["gpu"])
         used = GaugeMetricFamily("dvlad_gpu_memory_used_bytes", "GPU memory used (NVML)", labels=["gpu"])
         total = GaugeMetricFamily("dvlad_gpu_memory_total_bytes", "GPU memory (NVML)", labels=["gpu"])

@@ -22,6 +22,7 @@ from typing import Any
 
 from dvla.tarball import safe_extract, tar_chunks
 from dvlad.runtime.jobfiles import open_job_file
+from dvlad.runtime.launch import PASS_THROUGH
 
 CHUNK = 1 << 20
 
@@ -89,7 +90,8 @@ async def receive(body: AsyncIterator[bytes], uploads: Path, uid: int, gid: int,
     The body is spooled and extracted under ``uploads/.staging`` (the daemon's, 0700), never in the
     user's home, which they may fill with links. Raises :class:`TooLarge` past the cap and
     ValueError for a tar that is broken or unsafe."""
-    uploads.mkdir(mode=0o755, exist_ok=True)
+    uploads.mkdir(mode=PASS_THROUGH, exist_ok=True)
+    os.chmod(uploads, PASS_THROUGH)  # each user reaches their own UID directory; nobody lists whose exist
     private = uploads / ".staging"
     private.mkdir(mode=0o700, exist_ok=True)
     home = uploads / str(uid)

@@ -12,18 +12,27 @@ module, so there is one list.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
-POLICIES: tuple[str, ...] = ("tiny-vla", "transformer-vla")
+POLICIES: tuple[str, ...] = ("tiny-vla", "transformer-vla", "hf-vla")
 """Built-in policy names (``dvlad.policies.BUILTIN_POLICIES`` maps each to its class)."""
 POLICY_ARGS: dict[str, tuple[str, ...]] = {
     "tiny-vla": ("d_model", "layers", "heads", "patch_grid", "vocab_size", "max_instruction_tokens", "bins",
                  "initial_std"),
     "transformer-vla": ("preset", "trunk", "pretrained", "lora", "dtype", "patch_size", "vision_mlp",
                         "max_instruction_tokens", "vocab_size", "bins"),
+    "hf-vla": ("pretrained", "head", "trust_remote_code", "lora", "dtype", "image_prompt", "max_instruction_tokens",
+               "bins"),
 }
 """The ``[policy.args]`` each built-in policy takes: its constructor's keyword arguments but those the
 engine passes itself (``env_spec``; ``action_chunk``, which is ``policy.action_chunk``)."""
+POLICY_ARG_TYPES: dict[str, dict[str, Any]] = {
+    "hf-vla": {"pretrained": str, "head": Literal["parallel", "tokens"], "trust_remote_code": bool,
+               "image_prompt": str},
+}
+"""Types of the ``[policy.args]`` that ``dvla validate`` checks before a job waits its turn: those whose
+wrong value would fail late, or worse (``trust_remote_code = "false"`` is a true string: it must be a
+boolean, since it decides whether a checkpoint's own code runs)."""
 LIBERO_SUITES: dict[str, int] = {
     "libero_spatial": 220,
     "libero_object": 280,
@@ -45,7 +54,8 @@ ENV_ARGS: dict[str, tuple[str, ...]] = {
 }
 """The ``[env.args]`` each built-in env takes: its constructor's keyword arguments but ``env_index``, which
 the engine passes to each env itself."""
-PATH_ARGS: dict[str, tuple[str, ...]] = {"transformer-vla": ("pretrained",), "libero": ("libero_root",)}
+PATH_ARGS: dict[str, tuple[str, ...]] = {"transformer-vla": ("pretrained",), "hf-vla": ("pretrained",),
+                                         "libero": ("libero_root",)}
 """The arguments of a built-in policy or env (above) that name a file or directory: like
 ``policy.checkpoint``, a relative one is the job file's and is resolved before the spec is sent."""
 

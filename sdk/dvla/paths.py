@@ -30,6 +30,9 @@ def _path_keys(data: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
     policy, env = data.get("policy", {}), data.get("env", {})
     if policy.get("checkpoint"):
         yield CHECKPOINT, policy["checkpoint"]
+    demonstrations = data.get("algo", {}).get("demonstrations")
+    if isinstance(demonstrations, str) and demonstrations:
+        yield "algo.demonstrations", demonstrations
     for section, owner in (("policy", policy), ("env", env)):
         for arg in catalog.PATH_ARGS.get(owner.get("name", ""), ()):
             value = owner.get("args", {}).get(arg)

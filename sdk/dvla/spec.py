@@ -105,7 +105,7 @@ class PlacementSection:
 @dataclass
 class PolicySection:
     name: str = "tiny-vla"
-    """A built-in policy name (``tiny-vla``, ``transformer-vla``) or ``"package.module:function"``
+    """A built-in policy name (``tiny-vla``, ``transformer-vla``, ``hf-vla``) or ``"package.module:function"``
     returning a Policy; any other name is refused."""
     action_chunk: int = 1
     """Actions the policy emits per inference call, executed in order."""
@@ -130,14 +130,22 @@ class EnvSection:
     """0: the env's own limit."""
     step_timeout_s: float = 30.0
     """A worker that does not answer within this is replaced and its episodes dropped."""
+    max_worker_replacements: int = 5
+    """Dead or hung env workers replaced within ``replacement_window_min``; one more fails the job
+    with the reason (an env that crashes, exits or hangs on every step must not run for ever)."""
+    replacement_window_min: float = 10.0
+    """The window, in minutes, that ``max_worker_replacements`` counts over."""
     args: dict[str, Any] = field(default_factory=dict)
     """Free-form keyword arguments for the env constructor."""
 
 
 @dataclass
 class AlgoSection:
-    name: Literal["ppo", "grpo"] = "ppo"
-    """ppo: clipped policy gradient with a value head and GAE; grpo: group-relative advantages."""
+    name: Literal["ppo", "grpo", "bc"] = "ppo"
+    """ppo: clipped policy gradient with a value head and GAE; grpo: group-relative advantages; bc:
+    behaviour cloning of ``demonstrations`` (the rollouts only measure the policy)."""
+    demonstrations: str = ""
+    """bc: an HDF5 file of demonstrations in LIBERO's layout, or a folder of them (a LIBERO suite's)."""
     learning_rate: float = 3e-4
     """Adam learning rate (> 0); no weight decay."""
     gamma: float = 0.99
@@ -557,6 +565,12 @@ def _check_values(spec: JobSpec, check: _Checker) -> None:
     at_least("policy.action_chunk", 1)
     if check.ok("policy.name"):
         _check_args(check, "policy", spec.policy.name, spec.policy.args, catalog.POLICY_ARGS)
+        for key, kind in catalog.POLICY_ARG_TYPES.get(spec.policy.name, {}).items():
+            dotted = f"policy.args.{key}"
+            if key in spec.policy.args and check.ok(dotted):
+                reason = _convert(kind, spec.policy.args[key], dotted, check)[1]
+                if reason:
+                    check.add(dotted, reason)
 
     # [env]
     if check.ok("env.name"):
@@ -569,6 +583,8 @@ def _check_values(spec: JobSpec, check: _Checker) -> None:
         at_least(key, 1)
     at_least("env.max_episode_steps", 0)
     above("env.step_timeout_s", 0)
+    at_least("env.max_worker_replacements", 0)
+    above("env.replacement_window_min", 0)
     env = spec.env
     envs_split = False
     if check.ok("env.num_envs", "env.groups", "env.workers"):
@@ -611,6 +627,9 @@ def _check_values(spec: JobSpec, check: _Checker) -> None:
     at_least("train.checkpoint_every", 0)
     at_least("train.log_every", 1)
 
+    if algo.name == "bc" and check.ok("algo.name", "algo.demonstrations") and not algo.demonstrations:
+        check.add("algo.demonstrations", 'algo.name = "bc" needs demonstrations: an HDF5 file in LIBERO\'s layout '
+                  "or a folder of them (python -m dvlad.envs.reach_expert writes some for reach)")
     if algo.name == "grpo" and check.ok("algo.name"):
         _check_grpo(spec, check, envs_split)
     _check_placement(spec, check)

@@ -1,0 +1,41 @@
+"""The demonstrations a behaviour-cloning learner trains on, as the policy takes them.
+
+Why in the learn lane: ``algo.name = "bc"`` runs the same job as PPO (env workers and the actor keep
+acting, so the success rate is measured as the policy learns), but its learner trains on minibatches
+drawn from demonstrations (:mod:`dvlad.demos`) instead of the rollout. They are read, tokenized with
+the policy's own instruction tokenizer and action bins once, and held on the host.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dvlad.demos import read_demonstrations
+from dvlad.policies.action_tokens import ActionTokenizer
+from dvlad.policies.base import Policy
+from dvlad.spaces import EnvSpec, image_key
+
+
+class DemoBatches:
+    """Every demonstrated step as the named arrays of a learner's batch, and draws of them."""
+
+    def __init__(self, path: str, env_spec: EnvSpec, policy: Policy, seed: int = 0) -> None:
+        demos = read_demonstrations(path, env_spec, policy.action_chunk)
+        unique = sorted(set(demos.instructions))
+        ids = policy.tokenize(unique)
+        row = {text: i for i, text in enumerate(unique)}
+        tokenizer = getattr(policy, "action_tokenizer", None) or ActionTokenizer()
+        self.obs = {image_key(c): torch.from_numpy(frames.copy()) for c, frames in demos.images.items()}
+        self.obs["proprio"] = torch.from_numpy(demos.proprio)
+        self.obs["instruction"] = ids[torch.tensor([row[t] for t in demos.instructions])]
+        self.tokens = tokenizer.encode(torch.from_numpy(demos.actions))
+        """int64 N×K×7: the demonstrated actions in the policy's bins."""
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def sample(self, n: int, device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``n`` rows drawn uniformly (with replacement): observation arrays and action tokens on ``device``."""
+        rows = torch.randint(len(self), (n,), generator=self._generator)
+        return {k: v[rows].to(device) for k, v in self.obs.items()}, self.tokens[rows].to(device)
