@@ -25,3 +25,28 @@ def test_a_learner_process_brings_its_own_peak_and_a_learner_thread_shares_the_a
     thread = job_pools(actor_weights, 1200, learner_weights=400, learner_peak=None)  # one allocator holds both
     assert thread == {GPU_WEIGHT_BYTES: 500.0, GPU_ACTIVATION_BYTES: 700.0}
     assert job_pools(100, 50, 400, None)[GPU_ACTIVATION_BYTES] == 0.0  # never negative
+
+
+def test_an_activation_pool_that_grows_at_each_of_five_updates_is_flagged_and_a_steady_one_is_not():
+    from dvla.metric_names import GPU_ACTIVATION_GROWING
+    from dvlad.lanes.vram import activation_growth
+
+    creeping = [100.0, 103, 106, 110, 114, 118]  # +3-4% every update
+    assert activation_growth(creeping) == {GPU_ACTIVATION_GROWING: 1.0}
+    assert activation_growth(creeping[1:]) == {GPU_ACTIVATION_GROWING: 0.0}  # too few updates yet
+    assert activation_growth([100.0, 103, 106, 106.5, 110, 114])[GPU_ACTIVATION_GROWING] == 0.0  # paused once
+    assert activation_growth([100.0, 60, 100, 60, 100, 60])[GPU_ACTIVATION_GROWING] == 0.0  # batch sizes vary
+
+
+def test_dvla_top_marks_a_growing_activation_pool_from_the_jobs_rows():
+    from dvla.metric_names import GPU_ACTIVATION_GROWING
+    from dvla.top.render import pools_cell
+    from dvla.top.snapshot import GpuView, pools_of
+
+    gib = 1 << 30
+    rows = [{GPU_WEIGHT_BYTES: 6 * gib, GPU_ACTIVATION_BYTES: 20 * gib, GPU_ACTIVATION_GROWING: 1.0}]
+    pools = pools_of(rows, memory_used=30 * gib)
+    assert pools.growing and not pools_of([{**rows[0], GPU_ACTIVATION_GROWING: 0.0}], 30 * gib).growing
+    gpu = GpuView(0, "H200", None, 30 * gib, 140 * gib, None, None, None, "#1 ana/x", pools)
+    assert pools_cell(gpu) == "weight 6.0 GiB · act 20.0 GiB ↑ · other 4.0 GiB"
+    assert pools_cell(gpu, "short") == "█6.0 ▓20.0 ↑ ▒4.0 GiB"

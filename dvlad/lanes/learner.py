@@ -28,6 +28,7 @@ import torch
 from dvla import metric_names as m
 from dvla.checkpoint import CHECKPOINT_NAME
 from dvla.spec import JobSpec
+from dvlad.gpu.pools import DualPool, adam_state_now
 from dvlad.lanes.demo_batches import DemoBatches
 from dvlad.lanes.device import CPU, LEARNER_PRIORITY, Placement
 from dvlad.lanes.distribute import Distributor
@@ -119,19 +120,24 @@ class Learner:
         self.cfg, self.args, self.placement = cfg, cfg.spec.algo, cfg.placement
         self.algorithm = ALGORITHMS[self.args.name]
         self.device = self.placement.device
-        self.policy, self.flat = build_policy(cfg.spec, cfg.env_spec, self.device, self.placement.learner_dtype)
-        # Adam without weight decay (CleanRL's eps); on a GPU the fused kernel: one launch per step
-        self.optimizer = torch.optim.Adam(self.policy.published_parameters(), lr=self.args.learning_rate,
-                                          eps=1e-5, fused=self.placement.on_gpu)
+        self.pools = DualPool.for_job(cfg.spec, self.device, separate=not self.placement.learner_thread)
         self.version = 0
         self.trained_env_steps = 0
         self.checkpoint_path = Path(cfg.output_dir) / CHECKPOINT_NAME
-        if cfg.spec.policy.checkpoint:
-            load_weights(self.flat, Path(cfg.spec.policy.checkpoint))
+        with self.pools.weights():  # what lives to the end: weights and optimizer state (dvlad/gpu/pools.py)
+            self.policy, self.flat = build_policy(cfg.spec, cfg.env_spec, self.device, self.placement.learner_dtype)
+            # Adam without weight decay (CleanRL's eps); on a GPU the fused kernel: one launch per step
+            self.optimizer = torch.optim.Adam(self.policy.published_parameters(), lr=self.args.learning_rate,
+                                              eps=1e-5, fused=self.placement.on_gpu)
+            if self.pools.separate:
+                adam_state_now(self.optimizer)
+            if cfg.spec.policy.checkpoint:
+                load_weights(self.flat, Path(cfg.spec.policy.checkpoint))
+            if cfg.spec.train.resume and self.checkpoint_path.exists():
+                self.restore(self.checkpoint_path)
         self.demos = (DemoBatches(self.args.demonstrations, cfg.env_spec, self.policy, cfg.spec.job.seed + cfg.rank)
                       if self.args.name == "bc" else None)
-        if cfg.spec.train.resume and self.checkpoint_path.exists():
-            self.restore(self.checkpoint_path)
+        self.pools.seal(self.weight_bytes())
         self.ranks: LearnerRanks | None = None
         if cfg.world > 1:
             self.ranks = LearnerRanks(cfg.rank, cfg.world, cfg.rendezvous, self.device, cfg.backend)
@@ -259,11 +265,15 @@ class Learner:
         """``stats`` with the weight pool this learner holds (weights and optimizer state; the
         gradients are freed and made again every minibatch, so they count with the activations)
         and, when it is a process of its own, its allocator's peak since the last update (``vram.py``)."""
+        return dataclasses.replace(
+            stats, learner_weight_bytes=self.weight_bytes(),
+            learner_peak_bytes=None if self.placement.learner_thread else peak_allocated(self.device))
+
+    def weight_bytes(self) -> int:
+        """This learner's part of the weight pool: its weights and optimizer state."""
         state = [t for st in self.optimizer.state.values() for t in st.values() if torch.is_tensor(t) and t.is_cuda]
         params = list(self.policy.parameters())  # frozen ones (LoRA's trunk) too; views of flat count once
-        return dataclasses.replace(
-            stats, learner_weight_bytes=tensor_bytes([*params, *self.policy.buffers(), *state]),
-            learner_peak_bytes=None if self.placement.learner_thread else peak_allocated(self.device))
+        return tensor_bytes([*params, *self.policy.buffers(), *state])
 
     # -- checkpoints ----------------------------------------------------------------------
     def save(self, path: Path | None = None) -> Path:
@@ -324,7 +334,10 @@ def _learn(cfg: LearnerConfig, queue_handle: TrajectoryQueueHandle, plane_handle
                 traj.release(s)
             if distributor is not None:
                 distributor.flush()  # the last version has left the weights: the update may write them
-            stats = learner.train(batch)
+            try:
+                stats = learner.train(batch)
+            except torch.OutOfMemoryError as exc:  # the hard cap: say which pool, not only "out of memory"
+                raise (learner.pools.overflow_from_oom() or exc) from exc
             if learner.ranks is not None:
                 learner.ranks.check_identical(learner.flat, learner.version)
             t1 = time.monotonic()

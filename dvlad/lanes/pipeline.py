@@ -30,7 +30,7 @@ import queue
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from dvla import stops
 from dvla.spec import JobSpec
 from dvlad.exits import how_it_ended
 from dvlad.gpu.layout import JobLayout, cpus_near, plan_layout
+from dvlad.gpu.pools import DualPool, PoolOverflow
 from dvlad.lanes.actor import Actor
 from dvlad.lanes.budget import Budget, Carried, carried_for
 from dvlad.lanes.device import ACTOR_PRIORITY, JobDevices, job_devices, placement_for
@@ -51,6 +52,7 @@ from dvlad.lanes.replica import ReplicaSetup, check_segments, knobs, make_actor,
 from dvlad.lanes.reporter import Progress, Reporter
 from dvlad.lanes.timeline import LaneTimeline
 from dvlad.lanes.trajectory import SegmentShape, TrajectoryQueue
+from dvlad.lanes.vram import GROWTH_UPDATES, activation_growth, tensor_bytes
 from dvlad.lanes.weights import Route, WeightPlane
 from dvlad.policies import build_policy
 
@@ -79,6 +81,11 @@ class Pipeline:
         """The learner ranks and the replicas in processes of their own, by the name failures use."""
         self.timeline_origin = 0.0
         """``time.monotonic()`` at which the rows' ``time_s`` starts (to align them with the timeline)."""
+        self.pools: DualPool | None = None
+        """This process's weight and activation pools, with the job's budgets (dvlad/gpu/pools.py)."""
+        self.pool_peaks: dict[str, float] = {}
+        """The largest weight and activation pools the rows reported (the summary's measured peaks)."""
+        self.activation_history: deque[float] = deque(maxlen=GROWTH_UPDATES + 1)
         self.budget = Budget(spec.train, time.monotonic() if started_at is None else started_at)
         """What stops the job (``started_at``: the job's start, so ``train.max_minutes`` counts set-up)."""
 
@@ -104,6 +111,22 @@ class Pipeline:
                              cores=len(os.sched_getaffinity(0)), fanout=spec.placement.replication_fanout)
         return devices, layout
 
+    def _watch_pools(self, p: Progress) -> None:
+        """Keep each pool's peak for the summary, flag an activation pool that keeps growing
+        (:func:`~dvlad.lanes.vram.activation_growth`) and fail a job whose activations passed their cap
+        (the job's whole activation pool, actor and learner together, as the row reports it); then
+        the row goes on to ``on_progress``."""
+        for key in (m.GPU_WEIGHT_BYTES, m.GPU_ACTIVATION_BYTES):
+            if key in p.values:
+                self.pool_peaks[key] = max(self.pool_peaks.get(key, 0.0), p.values[key])
+        if m.GPU_ACTIVATION_BYTES in p.values:
+            self.activation_history.append(p.values[m.GPU_ACTIVATION_BYTES])
+            p.values.update(activation_growth(self.activation_history))
+        cap = self.pools.budgets.activation if self.pools else None
+        if cap is not None and p.values.get(m.GPU_ACTIVATION_BYTES, 0) > cap:
+            raise PoolOverflow("activation", cap, int(p.values[m.GPU_ACTIVATION_BYTES]), "resources.activation_pool")
+        self.on_progress(p)
+
     def run(self) -> dict[str, float]:
         spec, ctx = self.spec, mp.get_context("spawn")
         torch.set_num_threads(spec.resources.torch_threads)
@@ -125,7 +148,9 @@ class Pipeline:
         try:
             check_segments(spec, pool.spec)
             placement = setups[0].placement
-            policy, flat = build_policy(spec, pool.spec, placement.device, placement.actor_dtype)
+            pools = self.pools = DualPool.for_job(spec, placement.device)
+            with pools.weights():  # the replica and the staging buffers live to the end
+                policy, flat = build_policy(spec, pool.spec, placement.device, placement.actor_dtype)
             shape = SegmentShape(spec.pipeline.segment_steps, pool.envs_per_group, spec.policy.action_chunk,
                                  policy.max_instruction_tokens)
             _, max_staleness = knobs(spec)
@@ -133,8 +158,10 @@ class Pipeline:
             queues = [TrajectoryQueue.create(ctx, pool.spec, shape,
                                              spec.pipeline.queue_segments or feeds[k] * (max_staleness + 1))
                       for k in range(ranks)]
-            plane = WeightPlane.create(ctx, flat.numel(), [s.placement.device for s in setups],
-                                       dtype=placement.actor_dtype)
+            with pools.weights():
+                plane = WeightPlane.create(ctx, flat.numel(), [s.placement.device for s in setups],
+                                           dtype=placement.actor_dtype)
+            pools.seal(tensor_bytes([*policy.parameters(), *policy.buffers()]))
             parts += [*queues, plane]
             messages = ctx.Queue()
             rendezvous = f"tcp://127.0.0.1:{_free_port()}" if ranks > 1 else ""
@@ -164,8 +191,10 @@ class Pipeline:
             if carried is not None:  # the episode window and env steps of the checkpoint it resumed
                 carried.restore(actor, self.budget)
             return self._run_actor(actor, lanes, stop, lambda t_start: Reporter(
-                self.timeline, actor, pool, messages, t_start, spec.train.log_every, self.on_progress,
+                self.timeline, actor, pool, messages, t_start, spec.train.log_every, self._watch_pools,
                 queues=queues, replicas=replicas, workers=spec.env.workers, learner_ranks=ranks), early)
+        except torch.OutOfMemoryError as exc:  # the hard cap: say which pool, not only "out of memory"
+            raise ((self.pools and self.pools.overflow_from_oom()) or exc) from exc
         finally:
             stop.set()
             for lane in lanes.values():

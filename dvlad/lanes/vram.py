@@ -9,7 +9,8 @@ the sizes of the tensors themselves, and the caching allocator's own peak.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -32,6 +33,23 @@ def peak_allocated(device: torch.device) -> int:
     peak = torch.cuda.max_memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     return peak
+
+
+GROWTH_UPDATES = 5
+"""Updates in a row the activation pool must grow at for :func:`activation_growth` to flag it."""
+GROWTH_MIN = 0.01
+"""Least rise, as a fraction of the previous peak, that counts as growing (not allocator noise)."""
+
+
+def activation_growth(history: Sequence[float]) -> dict[str, float]:
+    """The row's growth flag from the activation pool of the latest updates (oldest first): 1 when it
+    rose by more than ``GROWTH_MIN`` at each of the last ``GROWTH_UPDATES`` updates. Why: memory that
+    creeps update after update (cached blocks, tensors kept across iterations) is the most common way
+    an RL job dies at step 20+; flagged, a user sees it in ``dvla top`` before the cap stops the job."""
+    recent = list(history)[-(GROWTH_UPDATES + 1):]
+    growing = len(recent) == GROWTH_UPDATES + 1 and all(
+        b > a * (1 + GROWTH_MIN) for a, b in itertools.pairwise(recent))
+    return {m.GPU_ACTIVATION_GROWING: float(growing)}
 
 
 def job_pools(actor_weights: int, actor_peak: int, learner_weights: int, learner_peak: int | None) -> dict[str, float]:

@@ -30,6 +30,7 @@ from dvla import metric_names as m
 from dvla import paths, stops
 from dvla.checkpoint import CHECKPOINT_NAME
 from dvla.spec import JobSpec, SpecError, load_spec, spec_from_dict, spec_to_dict
+from dvlad.gpu.budgets import pool_report
 from dvlad.lanes.budget import ResumePoint, resume_point
 from dvlad.lanes.env_workers import EnvWorkerError
 from dvlad.lanes.pipeline import JobFailed, Pipeline
@@ -155,7 +156,8 @@ def run_job(spec: JobSpec, output_dir: Path, quiet: bool = False, started_at: fl
                m.ENV_STEPS: int(last[m.ENV_STEPS]), stops.TOTAL_ENV_STEPS: spec.train.total_env_steps,
                "wall_s": time.monotonic() - t0, "setup_s": setup_s, "checkpoint": pipeline.checkpoint,
                m.VERSION: int(last.get(m.VERSION, point.version if point else 0)),
-               **episode_numbers(episodes.total, successes, returns)}
+               **episode_numbers(episodes.total, successes, returns),
+               **pool_report(spec, pipeline.pool_peaks, m.GPU_WEIGHT_BYTES, m.GPU_ACTIVATION_BYTES)}
     if pipeline.stop_reason == stops.MAX_MINUTES and setup_s >= 60 * spec.train.max_minutes:
         summary["during_setup"] = True
     _write_summary(output_dir, summary)

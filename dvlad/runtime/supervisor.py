@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dvla import stops
+from dvla.memsize import describe_pools
 from dvla.spec import spec_from_dict
 from dvlad.exits import signal_name
 from dvlad.gpu.layout import plan_layout
@@ -88,7 +89,7 @@ def outcome(job: Job, exit_code: int | None, summary: dict, log_tail: str = "",
     status = summary.get("status")
     finished = status == "succeeded" and exit_code in (0, None)
     if finished:  # which limit stopped it, and how far its budget got: "reached its success target: ..."
-        return State.SUCCEEDED, stops.describe(summary)[:300]
+        return State.SUCCEEDED, stops.describe(summary)[:300] + describe_pools(summary)
     if job.state is State.CANCELLING:
         return State.CANCELLED, job.reason
     if exit_code is not None and exit_code < 0:

@@ -43,6 +43,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from dvlad.sched.memory_fit import MemoryAsk, SharedGpus
+
 LinkScore = Callable[[int, int], float]
 
 
@@ -56,6 +58,9 @@ class QueuedJob(NamedTuple):
     priority: int
     gpus: int
     cpus: int
+    memory: MemoryAsk | None = None
+    """Bytes asked on each GPU by a job that shares GPUs (:mod:`dvlad.sched.memory_fit`); None: it
+    takes its GPUs whole."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,8 @@ class Cluster:
     """Pairwise link quality of two GPU indices (topology hook); None: every set is as good."""
     capacity: Capacity | None = None
     """The whole node; None: unknown, every job is taken to fit it."""
+    shared: SharedGpus = field(default_factory=SharedGpus)
+    """Each GPU's memory and what sharing jobs take of the GPUs they run on (not in ``free_gpus``)."""
 
 
 @dataclass(frozen=True)
@@ -165,6 +172,7 @@ class _Pass:
         self.free_gpus, self.free_cpus = set(cluster.free_gpus), cluster.free_cpus
         self.users = {k: Usage(v.gpus, v.running_jobs) for k, v in cluster.user_usage.items()}
         self.groups = {k: Usage(v.gpus, v.running_jobs) for k, v in cluster.group_usage.items()}
+        self.shared = SharedGpus(dict(cluster.shared.memory), dict(cluster.shared.taken))
 
     def turn(self, user: str, next_job: QueuedJob) -> tuple[int, int, int, str]:
         """The heap key of ``user``'s turn: who holds least goes first (see the module docstring)."""
@@ -194,7 +202,10 @@ class _Pass:
     def short(self, job: QueuedJob) -> str:
         """What ``job`` waits for, of what is free now: the pending reason of a job that does not fit."""
         wants = []
-        if job.gpus > len(self.free_gpus):
+        if job.memory is not None:
+            if self.shared.pick(self.free_gpus, job.gpus, job.memory.total) is None:
+                wants.append(self.shared.wants(self.free_gpus, job.gpus, job.memory))
+        elif job.gpus > len(self.free_gpus):
             wants.append(f"{_count(job.gpus, 'GPU')} ({len(self.free_gpus)} free)")
         if job.cpus > self.free_cpus:
             wants.append(f"{_count(job.cpus, 'CPU slot')} ({self.free_cpus} free)")
@@ -203,6 +214,8 @@ class _Pass:
     def too_big(self, job: QueuedJob) -> str:
         node = self.cluster.capacity
         assert node is not None
+        if job.memory is not None and (why := self.shared.never_fits(job.gpus, job.memory)):
+            return f"bigger than the node: {why}; it waits in case the node grows back"
         return (f"bigger than the node: asks for {_count(job.gpus, 'GPU')} and {_count(job.cpus, 'CPU slot')}, "
                 f"the node has {_count(node.gpus, 'GPU')} and {_count(node.cpus, 'CPU slot')}; "
                 "it waits in case the node grows back")
@@ -211,6 +224,8 @@ class _Pass:
         """GPUs for ``job`` from what is free now, or None when it does not fit now."""
         if job.cpus > self.free_cpus:
             return None
+        if job.memory is not None:
+            return self.shared.pick(self.free_gpus, job.gpus, job.memory.total)
         return pick_gpus(self.free_gpus, job.gpus, self.cluster.link_score)
 
     def has_room(self, gpus: int, cpus: int) -> bool:
@@ -219,6 +234,8 @@ class _Pass:
 
     def fits_node(self, job: QueuedJob) -> bool:
         """Whether ``job`` would fit the idle node (unknown capacity: taken to fit)."""
+        if job.memory is not None and self.shared.never_fits(job.gpus, job.memory):
+            return False
         return self.cluster.capacity is None or self.cluster.capacity.holds(job.gpus, job.cpus)
 
     def start(self, job: QueuedJob, gpu_ids: tuple[int, ...]) -> Decision:
@@ -226,6 +243,8 @@ class _Pass:
         checks of this pass see it."""
         self.free_gpus -= set(gpu_ids)
         self.free_cpus -= job.cpus
+        if job.memory is not None:
+            self.shared.take(gpu_ids, job.memory.total)
         for usage in [self.users[job.user], *(self.groups.setdefault(g, Usage()) for g in job.groups)]:
             usage.gpus += job.gpus
             usage.running_jobs += 1

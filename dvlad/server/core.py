@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from dvla.paths import relative_paths
-from dvla.spec import SpecError, spec_from_dict, spec_to_dict
+from dvla.spec import JobSpec, SpecError, spec_from_dict, spec_to_dict
 from dvlad.config import Config, job_cpu_slots
+from dvlad.gpu.budgets import BudgetUnknown, memory_ask
 from dvlad.gpu.inventory import Inventory
 from dvlad.gpu.links import link_score
 from dvlad.runtime.supervisor import Supervisor
 from dvlad.sched import Capacity, Cluster, Limits, Plan, QueuedJob, Usage, plan
+from dvlad.sched.memory_fit import MemoryAsk, SharedGpus
 from dvlad.server.auth import Identity
 from dvlad.server.looplag import LoopLag
 from dvlad.store import ACTIVE, IllegalTransition, Job, Queued, State, Store, Submission
@@ -42,9 +44,10 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def _decide(queue: list[Queued], cluster: Cluster, limits: Limits) -> Plan:
-    """One pass's decisions from a snapshot of the queue and the cluster (run in a worker thread)."""
-    return plan([QueuedJob._make(q) for q in queue], cluster, limits)
+def _decide(queue: list[Queued], asks: dict[int, MemoryAsk | None], cluster: Cluster, limits: Limits) -> Plan:
+    """One pass's decisions from a snapshot of the queue, what each queued job asks of a shared GPU,
+    and the cluster (run in a worker thread)."""
+    return plan([QueuedJob(*q, asks[q.id]) for q in queue], cluster, limits)
 
 
 class Daemon:
@@ -62,6 +65,9 @@ class Daemon:
         self.last_pass: tuple[int, float] = (0, 0.0)
         """The last scheduling pass: queued jobs it considered, seconds it took (``/metrics``)."""
         self.loop_lag = LoopLag()
+        self._gpu_memory = {d["index"]: d.get("memory_total") for d in inventory.topology.get("devices", [])}
+        self._asks: dict[int, MemoryAsk | None] = {}
+        """Job id -> what it asks of each GPU when it shares GPUs (None: whole GPUs), from its spec."""
 
     def kick(self) -> None:
         """Ask for a scheduling pass soon (after a submit, a cancel or an exit)."""
@@ -80,6 +86,7 @@ class Daemon:
             raise SpecError(relative)
         gpus, cpus = resolved.resources.gpus, job_cpu_slots(resolved.env.workers)
         self._refuse_if_never_fits(gpus, cpus)
+        self._refuse_if_memory_never_fits(resolved)
         future: asyncio.Future[tuple[Job, bool]] = asyncio.get_running_loop().create_future()
         self._pending.append((Submission(
             uid=who.uid, gid=who.gid, user=who.user, groups=list(who.groups), idempotency_key=idempotency_key,
@@ -111,6 +118,30 @@ class Daemon:
                                f"({self.config.cpu_slots_origin}); the job asks for {_count(gpus, 'GPU')} and "
                                f"{_count(cpus, 'CPU slot')} (one per env worker): {'; '.join(fixes)}")
 
+    def _refuse_if_memory_never_fits(self, spec: JobSpec) -> None:
+        """Raise :class:`NeverFits` for a job that shares GPUs and asks more of each than this node's
+        GPUs have, or leaves a budget at "auto" that dvlad cannot estimate, with the figures."""
+        try:
+            ask = memory_ask(spec)
+        except BudgetUnknown as exc:
+            raise NeverFits(f"spec.{exc.key}", str(exc)) from None
+        why = ask and SharedGpus(self._gpu_memory).never_fits(spec.resources.gpus, ask)
+        if why:
+            raise NeverFits("spec.resources.activation_pool",
+                            f"this node's GPUs cannot hold the job: it {why}; lower resources.activation_pool "
+                            "or resources.weight_pool (or the batch sizes behind an \"auto\" budget), or use a "
+                            "node with larger GPUs")
+
+    def _ask(self, job_id: int, job: Job | None = None) -> MemoryAsk | None:
+        """What job ``job_id`` asks of each GPU (None: whole GPUs), computed once from its spec."""
+        if job_id not in self._asks:
+            job = job or self.store.get(job_id)
+            try:
+                self._asks[job_id] = memory_ask(spec_from_dict(job.spec)) if job else None
+            except (BudgetUnknown, SpecError):  # refused at submit; a record from before: whole GPUs
+                self._asks[job_id] = None
+        return self._asks[job_id]
+
     def _commit_pending(self) -> None:
         batch, self._pending = self._pending, []
         try:
@@ -140,16 +171,20 @@ class Daemon:
         users: dict[str, Usage] = defaultdict(Usage)
         groups: dict[str, Usage] = defaultdict(Usage)
         busy: set[int] = set()
+        taken: dict[int, int] = defaultdict(int)
         cpus = 0
         for job in active:
+            if ask := self._ask(job.id, job):
+                for g in job.gpu_ids:
+                    taken[g] += ask.total
             busy.update(job.gpu_ids)
             cpus += job.cpus
             for usage in [users[job.user], *(groups[g] for g in job.groups)]:
                 usage.gpus += job.gpus
                 usage.running_jobs += 1
         free = frozenset(set(self.inventory.gpu_indices) - busy)
-        return Cluster(free, self.config.cpu_slots - cpus, dict(users), dict(groups),
-                       link_score=self._link_score, capacity=self.capacity()), active
+        return Cluster(free, self.config.cpu_slots - cpus, dict(users), dict(groups), link_score=self._link_score,
+                       capacity=self.capacity(), shared=SharedGpus(self._gpu_memory, dict(taken))), active
 
     def public(self, job: Job) -> dict[str, Any]:
         """A job's record as the API shows it: the store's, with a queued job's pending reason (why
@@ -168,12 +203,13 @@ class Daemon:
         runs: only passes start jobs, and they run one at a time; a job that ends meanwhile frees room
         for the next pass (its exit kicks one). A queued job cancelled meanwhile is skipped."""
         queue = self.store.queue()
+        asks = {q.id: self._ask(q.id) for q in queue}  # once per job, cached: a new one reads its spec
         if not queue:
             self.waiting = {}
             return
         cluster, _ = self.cluster()
         began = time.perf_counter()
-        decided = await asyncio.to_thread(_decide, queue, cluster, self.config.limits)
+        decided = await asyncio.to_thread(_decide, queue, asks, cluster, self.config.limits)
         self.last_pass = (len(queue), time.perf_counter() - began)
         self.waiting = decided.waiting
         for decision in decided.starts:

@@ -151,6 +151,9 @@ GPU_WEIGHT_BYTES = _declare("gpu_weight_bytes", "bytes", Group.PIPELINE,
                             "weight pool: weights, optimizer state and staging buffers", when=When.ON_GPU)
 GPU_ACTIVATION_BYTES = _declare("gpu_activation_bytes", "bytes", Group.PIPELINE,
                                 "activation pool: the allocators' peak beyond the weight pool", when=When.ON_GPU)
+GPU_ACTIVATION_GROWING = _declare("gpu_activation_growing", "flag", Group.PIPELINE,
+                                  "1 while the activation pool has grown at each of the last updates (memory "
+                                  "creeping towards its cap), else 0", when=When.ON_GPU)
 
 CSV_COLUMNS = tuple(m.name for m in METRICS.values() if m.csv)
 """The columns of ``metrics.csv``, in order."""

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from dvla import catalog, layouts
+from dvla.memsize import parse_size
 
 # --------------------------------------------------------------------------------------------
 # The schema. Attribute docstrings are the reference text of docs/jobs.md.
@@ -71,6 +72,16 @@ class ResourcesSection:
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """auto: bf16 on a GPU (bf16 actor replica, bf16 autocast in the learner), fp32 on a CPU.
     fp32 on a GPU: the actor's behaviour log-probs are exactly the learner's, at twice the bytes."""
+    weight_pool: str = "auto"
+    """GPU memory of the weight pool on each of the job's GPUs (parameters, optimizer state, the actor
+    replica, staging buffers), as "6GiB", "512MiB" or "20GB"; "auto": the estimate from the model."""
+    activation_pool: str = "auto"
+    """Cap of the activation pool on each of the job's GPUs (activations, gradients, batches); a job
+    that passes it fails, saying so. "auto": the rest of the GPU on GPUs of its own; with
+    share_gpus, the estimate from the model, batch sizes and sequence length plus a margin."""
+    share_gpus: bool = False
+    """Let dvlad put other jobs on this job's GPUs (and this job on theirs) while every job's two
+    budgets fit each GPU's memory; false: the job's GPUs are its own."""
 
 
 @dataclass
@@ -544,6 +555,7 @@ def _check_values(spec: JobSpec, check: _Checker) -> None:
         check.add(check.blame("resources.device", "resources.gpus"),
                   'device "cuda" needs gpus ≥ 1: under dvlad a job with gpus = 0 sees no GPU '
                   '(CUDA_VISIBLE_DEVICES is empty); set gpus, or use device "auto" to run on the CPU')
+    _check_budgets(spec, check)
 
     # [policy]
     if check.ok("policy.name"):
@@ -621,6 +633,22 @@ def _check_values(spec: JobSpec, check: _Checker) -> None:
     if algo.name == "grpo" and check.ok("algo.name"):
         _check_grpo(spec, check, envs_split)
     _check_placement(spec, check)
+
+
+def _check_budgets(spec: JobSpec, check: _Checker) -> None:
+    """The two pools' budgets are sizes or "auto"; sharing GPUs needs GPUs."""
+    for key in ("resources.weight_pool", "resources.activation_pool"):
+        value = _get(spec, key)
+        if not check.ok(key) or value == "auto":
+            continue
+        try:
+            if parse_size(value) <= 0:
+                check.add(key, f'must be more than 0 bytes, got "{value}"')
+        except ValueError as exc:
+            check.add(key, f'{exc}; or "auto"')
+    if check.ok("resources.share_gpus", "resources.gpus") and spec.resources.share_gpus and spec.resources.gpus < 1:
+        check.add(check.blame("resources.share_gpus", "resources.gpus"),
+                  "share_gpus shares the job's GPUs with other jobs, but it asks for none (resources.gpus = 0)")
 
 
 def _check_placement(spec: JobSpec, check: _Checker) -> None:

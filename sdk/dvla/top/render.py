@@ -128,10 +128,12 @@ def pools_cell(gpu: GpuView, form: str = "full") -> str:
     if gpu.pools is None:
         return "pools n/a" if form == "full" else "n/a"
     p = gpu.pools
+    growing = " ↑" if p.growing else ""  # the activation pool keeps growing: memory creeping to its cap
     if form == "full":
-        return f"weight {fmt_bytes(p.weight)} · act {fmt_bytes(p.activation)} · other {fmt_bytes(p.other)}"
+        return (f"weight {fmt_bytes(p.weight)} · act {fmt_bytes(p.activation)}{growing} · "
+                f"other {fmt_bytes(p.other)}")
     gib = 1 << 30
-    return f"█{p.weight / gib:.1f} ▓{p.activation / gib:.1f} ▒{p.other / gib:.1f} GiB"
+    return f"█{p.weight / gib:.1f} ▓{p.activation / gib:.1f}{growing} ▒{p.other / gib:.1f} GiB"
 
 
 def short_name(name: str) -> str:

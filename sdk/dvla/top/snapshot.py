@@ -31,6 +31,8 @@ class Pools:
     weight: int
     activation: int
     other: int
+    growing: bool = False
+    """The activation pool has grown update after update (``gpu_activation_growing``)."""
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,8 @@ def pools_of(rows: Sequence[Mapping[str, Any]], memory_used: int | None) -> Pool
             if memory_used is None:
                 return None
             weight, activation = int(row[m.GPU_WEIGHT_BYTES]), int(row[m.GPU_ACTIVATION_BYTES])
-            return Pools(weight, activation, max(0, memory_used - weight - activation))
+            return Pools(weight, activation, max(0, memory_used - weight - activation),
+                         bool(row.get(m.GPU_ACTIVATION_GROWING)))
     return None
 
 
