@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dvla.api import JOBS_PAGE
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = ROOT / ".venv" / "bin" / "python"
 FIXTURE = next((p for p in (ROOT / "shared", ROOT.parent / "shared") if p.is_dir()),
@@ -139,6 +141,19 @@ class Dvlad:
 
     def call(self, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
         return request(self.socket, method, path, body, **kw)
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """Every job the daemon has, newest first, page by page (``GET /v1/jobs`` gives at most
+        ``JOBS_PAGE[1]`` a call; ``before=`` pages back)."""
+        out: list[dict[str, Any]] = []
+        query = f"limit={JOBS_PAGE[1]}"
+        while True:
+            status, body = self.call("GET", f"/v1/jobs?{query}")
+            assert status == 200, body
+            out += body["jobs"]
+            if len(body["jobs"]) < JOBS_PAGE[1]:
+                return out
+            query = f"limit={JOBS_PAGE[1]}&before={body['jobs'][-1]['id']}"
 
     def job(self, job_id: int) -> dict[str, Any]:
         status, body = self.call("GET", f"/v1/jobs/{job_id}")

@@ -94,11 +94,10 @@ def _faulty(fault: str, **env: object) -> dict:
 
 def _settle(d: Dvlad) -> None:
     """Cancel what is left and wait until every job has ended."""
-    body = d.call("GET", "/v1/jobs?limit=100000")[1]
-    for job in body["jobs"]:
+    for job in d.jobs():
         if job["state"] not in ENDED:
             d.call("POST", f"/v1/jobs/{job['id']}/cancel")
-    _wait(lambda: all(j["state"] in ENDED for j in d.call("GET", "/v1/jobs?limit=100000")[1]["jobs"]), 120,
+    _wait(lambda: all(j["state"] in ENDED for j in d.jobs()), 120,
           "jobs still active")
 
 
@@ -143,7 +142,7 @@ def kill_daemon_during_submits(d: Dvlad, tally: Tally) -> bool:
         c.join(15)
     d.start()
     lost = [job_id for job_id in acknowledged if d.call("GET", f"/v1/jobs/{job_id}")[0] != 200]
-    in_store = len(d.call("GET", "/v1/jobs?limit=100000")[1]["jobs"]) - tally.extra.get("in_store", 0)
+    in_store = len(d.jobs()) - tally.extra.get("in_store", 0)
     tally.extra["in_store"] = tally.extra.get("in_store", 0) + in_store  # ≥ acknowledged: a commit whose reply was cut
     tally.extra["acknowledged"] = tally.extra.get("acknowledged", 0) + len(acknowledged)
     tally.extra["lost"] = tally.extra.get("lost", 0) + len(lost)
