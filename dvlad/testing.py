@@ -22,8 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dvla.api import JOBS_PAGE
-
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = ROOT / ".venv" / "bin" / "python"
 FIXTURE = next((p for p in (ROOT / "shared", ROOT.parent / "shared") if p.is_dir()),
@@ -145,6 +143,8 @@ class Dvlad:
     def jobs(self) -> list[dict[str, Any]]:
         """Every job the daemon has, newest first, page by page (``GET /v1/jobs`` gives at most
         ``JOBS_PAGE[1]`` a call; ``before=`` pages back)."""
+        from dvla.api import JOBS_PAGE  # here, not at the top: this file also runs alone as another user (as_user)
+
         out: list[dict[str, Any]] = []
         query = f"limit={JOBS_PAGE[1]}"
         while True:
