@@ -108,3 +108,15 @@ def test_listings_are_pages_back_from_the_newest(tmp_path):
     assert [j.id for j in store.list(limit=3)] == ids[-3:]
     assert [j.id for j in store.list(limit=3, before=ids[-3])] == ids[-6:-3]
     assert [j.id for j in store.list(uid=1000, limit=10, before=ids[-1])] == [ids[0], ids[3]]
+
+
+def test_the_pass_forgets_what_ended_jobs_asked(tmp_path):
+    """Before: every job's memory ask stayed cached for the daemon's life, one entry per job ever queued."""
+    daemon = _daemon(tmp_path)
+    ids = _queue(daemon.store, 4)
+    asyncio.run(daemon.schedule_pass())
+    assert set(daemon._asks) == set(ids)
+    for job_id in ids[:3]:
+        daemon.store.transition(job_id, State.CANCELLED, "by its user")
+    asyncio.run(daemon.schedule_pass())
+    assert set(daemon._asks) == {ids[3]}

@@ -207,7 +207,9 @@ class Daemon:
         if not queue:
             self.waiting = {}
             return
-        cluster, _ = self.cluster()
+        cluster, active = self.cluster()
+        live = {*asks, *(job.id for job in active)}
+        self._asks = {job_id: ask for job_id, ask in self._asks.items() if job_id in live}  # ended jobs: forgotten
         began = time.perf_counter()
         decided = await asyncio.to_thread(_decide, queue, asks, cluster, self.config.limits)
         self.last_pass = (len(queue), time.perf_counter() - began)
