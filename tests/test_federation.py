@@ -1,0 +1,210 @@
+"""Three real dvlads federated on 127.0.0.1 (separate state dirs, ports and secret files): heartbeats,
+signed requests refused and logged, leases, multi-node jobs and a peer killed mid-job
+(docs/federation.md)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from dvlad.fed.signing import sign
+from dvlad.testing import LONG, Dvlad, federation
+
+SECRET = "cluster-secret-" + "0123456789abcdef" * 3
+FAST = {"heartbeat_s": 0.3, "down_after_s": 2.0, "lease_ttl_s": 1.5}
+"""Short periods, so that the tests see a peer go down and a lease expire within seconds."""
+
+
+def tcp(addr: str, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+        raw: bytes | None = None) -> tuple[int, Any]:
+    host, _, port = addr.rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+        resp = conn.getresponse()
+        payload = resp.read()
+        return resp.status, json.loads(payload) if payload else None
+    finally:
+        conn.close()
+
+
+def signed(addr: str, method: str, path: str, body: Any = None, *, secret: str = SECRET, node: str = "node1",
+           **kw: Any) -> tuple[int, Any, dict[str, str]]:
+    """A request signed as peer ``node``; the reply and the headers it carried (to replay them)."""
+    data = json.dumps(body).encode() if body is not None else b""
+    headers = sign(secret.encode(), method, path, data, node, **kw)
+    return (*tcp(addr, method, path, headers=headers, raw=data), headers)
+
+
+def wait_for(check, timeout: float = 20.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def nodes(daemon: Dvlad) -> dict[str, dict[str, Any]]:
+    status, body = daemon.call("GET", "/v1/nodes")
+    assert status == 200, body
+    return {row["name"]: row for row in body["nodes"]}
+
+
+def all_up(daemon: Dvlad, count: int = 3) -> bool:
+    rows = nodes(daemon)
+    return len(rows) == count and all(r["state"] == "up" for r in rows.values())
+
+
+@pytest.fixture(scope="module")
+def cluster(module_dvlads) -> tuple[list[Dvlad], list[str]]:
+    daemons = [module_dvlads(start=False) for _ in range(3)]
+    addrs = federation(daemons, [SECRET] * 3, **FAST)
+    for daemon in daemons:
+        daemon.start()
+    for daemon in daemons:
+        wait_for(lambda d=daemon: all_up(d), what="every node up")
+    return daemons, addrs
+
+
+@pytest.mark.slow
+def test_every_node_lists_all_three_with_heartbeat_ages(cluster):
+    daemons, addrs = cluster
+    for i, daemon in enumerate(daemons):
+        rows = nodes(daemon)
+        assert set(rows) == {"node0", "node1", "node2"}
+        assert rows[f"node{i}"]["last_heartbeat_age_s"] == 0.0 and rows[f"node{i}"]["addr"] == addrs[i]
+        for name, row in rows.items():
+            assert row["state"] == "up"
+            assert 0 <= row["last_heartbeat_age_s"] < FAST["down_after_s"], (name, row)
+            assert row["cpu_slots"] > 0 and row["ram_total"] > 0 and "free_gpus" in row
+    env = {**os.environ, "COLUMNS": "200", "DVLA_HOST": daemons[0].socket}
+    out = subprocess.run([sys.executable, "-m", "dvla.cli", "nodes"], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    for name in ("node0", "node1", "node2"):
+        assert name in out.stdout
+    assert out.stdout.count(" s ago") == 2 and "HEARTBEAT" in out.stdout and "RAM" in out.stdout
+
+
+@pytest.mark.slow
+def test_bad_signatures_old_timestamps_and_replays_are_refused_and_logged(cluster):
+    daemons, addrs = cluster
+    status, body, headers = signed(addrs[0], "POST", "/v1/fed/leases", {"job_id": 1, "gpus": 0, "cpus": 1})
+    assert status == 201, body
+    assert signed(addrs[0], "DELETE", f"/v1/fed/leases/{body['id']}")[0] == 200
+    replay = tcp(addrs[0], "POST", "/v1/fed/leases", {"job_id": 1, "gpus": 0, "cpus": 1}, headers=headers)
+    assert replay[0] == 401 and "replayed nonce" in replay[1]["reason"]
+    old = signed(addrs[0], "POST", "/v1/fed/leases", {"job_id": 1, "gpus": 0, "cpus": 1}, now=time.time() - 60)
+    assert old[0] == 401 and "window" in old[1]["reason"]
+    forged = signed(addrs[0], "POST", "/v1/fed/leases", {"job_id": 1, "gpus": 0, "cpus": 1}, secret="x" * 40)
+    assert forged[0] == 401 and "bad signature" in forged[1]["reason"]
+    altered = tcp(addrs[0], "POST", "/v1/fed/leases", {"job_id": 1, "gpus": 0, "cpus": 9},
+                  headers=sign(SECRET.encode(), "POST", "/v1/fed/leases", b"{}", "node1"))
+    assert altered[0] == 401 and "bad signature" in altered[1]["reason"]
+    assert not nodes(daemons[0])["node0"]["leases"]  # none of them took anything
+    log = wait_for(lambda: "peer request refused" in daemons[0].stderr.read_text() and daemons[0].stderr.read_text(),
+                   what="a refusal logged")
+    refusals = [json.loads(line) for line in log.splitlines() if '"peer request refused"' in line]
+    assert refusals[0]["level"] == "warning"
+    assert refusals[0]["peer"].startswith("127.0.0.1:") and "replayed nonce" in refusals[0]["reason"]
+    assert len(refusals) == 1  # the next three from the same address within 10 s are counted, not logged
+
+
+@pytest.mark.slow
+def test_user_tokens_never_open_peer_routes_nor_signatures_user_routes(cluster):
+    daemons, addrs = cluster
+    as_user = tcp(addrs[0], "POST", "/v1/fed/leases", {"job_id": 1, "gpus": 0, "cpus": 1},
+                  headers={"Authorization": "Bearer tok"})
+    assert as_user[0] == 401 and "not a signed peer request" in as_user[1]["reason"]
+    assert tcp(addrs[0], "GET", "/v1/jobs", headers={"Authorization": "Bearer tok"})[0] == 200
+    as_peer = signed(addrs[0], "GET", "/v1/jobs")
+    assert as_peer[0] == 401 and "Bearer" in as_peer[1]["reason"]
+    local = daemons[0].call("POST", "/v1/fed/leases", {"job_id": 1, "gpus": 0, "cpus": 1})  # the Unix socket: no
+    assert local[0] == 401
+
+
+@pytest.mark.slow
+def test_a_lease_takes_its_room_until_it_expires(cluster):
+    daemons, addrs = cluster
+    before = nodes(daemons[1])["node1"]["free_cpu_slots"]
+    status, lease, _ = signed(addrs[1], "POST", "/v1/fed/leases", {"job_id": 5, "gpus": 0, "cpus": 1}, node="node0")
+    assert status == 201, lease
+    row = nodes(daemons[1])["node1"]
+    assert row["free_cpu_slots"] == before - 1 and [x["id"] for x in row["leases"]] == [lease["id"]]
+    renewed = signed(addrs[1], "POST", f"/v1/fed/leases/{lease['id']}/renew", node="node0")
+    assert renewed[0] == 200 and renewed[1]["part"] is None
+    assert signed(addrs[1], "POST", f"/v1/fed/leases/{lease['id']}/renew", node="node2")[0] == 404  # not node2's
+    wait_for(lambda: not nodes(daemons[1])["node1"]["leases"], timeout=FAST["lease_ttl_s"] + 3, what="lease expired")
+    assert nodes(daemons[1])["node1"]["free_cpu_slots"] == before
+    too_big = signed(addrs[1], "POST", "/v1/fed/leases", {"job_id": 5, "gpus": 0, "cpus": 10**6}, node="node0")
+    assert too_big[0] == 409 and "CPU slots are free" in too_big[1]["reason"]
+
+
+@pytest.mark.slow
+def test_a_part_for_a_user_missing_on_the_peer_is_refused(cluster):
+    _, addrs = cluster
+    status, lease, _ = signed(addrs[2], "POST", "/v1/fed/leases", {"job_id": 6, "gpus": 0, "cpus": 1}, node="node0")
+    assert status == 201
+    env = dict.fromkeys(("DVLA_NODES", "DVLA_NODE_RANK", "DVLA_FED_RENDEZVOUS", "DVLA_RANK_OFFSET", "DVLA_WORLD"), "1")
+    refused = signed(addrs[2], "POST", "/v1/fed/parts", {"lease_id": lease["id"], "user": "no-such-user-here",
+                                                         "spec": LONG, "env": env}, node="node0")
+    assert refused[0] == 403 and "does not exist on this node" in refused[1]["reason"]
+    assert signed(addrs[2], "DELETE", f"/v1/fed/leases/{lease['id']}", node="node0")[0] == 200
+
+
+@pytest.mark.slow
+def test_a_peer_with_another_secret_cannot_join(dvlads):
+    daemons = [dvlads(start=False) for _ in range(2)]
+    federation(daemons, [SECRET, "another-" + SECRET], **FAST)
+    for daemon in daemons:
+        daemon.start()
+    time.sleep(FAST["down_after_s"])
+    for i, daemon in enumerate(daemons):
+        (peer,) = (row for name, row in nodes(daemon).items() if name != f"node{i}")
+        assert peer["state"] == "down" and peer["last_heartbeat_age_s"] is None
+        assert "bad signature" in daemon.stderr.read_text()
+
+
+def multi_node_job(daemon: Dvlad, spec: dict[str, Any]) -> int:
+    status, body = daemon.call("POST", "/v1/jobs", {"spec": spec})
+    assert status == 201, body
+    return body["job"]["id"]
+
+
+@pytest.mark.slow
+def test_killing_a_peer_mid_job_fails_the_job_and_frees_every_lease(dvlads):
+    daemons = [dvlads(start=False) for _ in range(3)]
+    federation(daemons, [SECRET] * 3, **FAST)
+    for daemon in daemons:
+        daemon.start()
+    for daemon in daemons:
+        wait_for(lambda d=daemon: all_up(d), what="every node up")
+    job_id = multi_node_job(daemons[0], {**LONG, "job": {"name": "two-nodes"}, "placement": {"nodes": 2}})
+    job = daemons[0].wait_state(job_id, {"running", "failed"}, timeout=60)
+    assert job["state"] == "running", job["reason"]
+    (part,) = job["parts"]
+    assert "node 0 of 2" in job["reason"] and part["node"] in job["reason"]
+    peer = daemons[int(part["node"][-1])]
+    other = daemons[3 - int(part["node"][-1])]
+    assert [lease["job_id"] for lease in nodes(peer)[part["node"]]["leases"]] == [job_id]
+    peer_job = peer.job(part["part_id"])
+    assert peer_job["state"] == "running" and f"of job {job_id} on node0" in peer_job["reason"]
+    killed_at = time.monotonic()
+    peer.kill9()
+    failed = daemons[0].wait_state(job_id, {"failed", "succeeded", "cancelled"}, timeout=30)
+    took = time.monotonic() - killed_at
+    assert failed["state"] == "failed" and f"node {part['node']} down: no heartbeat for" in failed["reason"]
+    assert took < FAST["down_after_s"] + 3 * FAST["heartbeat_s"] + 2, took
+    for survivor in (daemons[0], other):
+        rows = nodes(survivor)
+        assert all(not row["leases"] for row in rows.values() if row["state"] == "up")
+    wait_for(lambda: nodes(daemons[0])["node0"]["running_jobs"] == 0, what="the coordinator's part stopped")
