@@ -208,3 +208,99 @@ def test_killing_a_peer_mid_job_fails_the_job_and_frees_every_lease(dvlads):
         rows = nodes(survivor)
         assert all(not row["leases"] for row in rows.values() if row["state"] == "up")
     wait_for(lambda: nodes(daemons[0])["node0"]["running_jobs"] == 0, what="the coordinator's part stopped")
+
+
+QUICK_REACH = {"job": {"name": "reach-two-nodes"}, "env": {"name": "reach", "num_envs": 4, "groups": 2, "workers": 1,
+                                                           "args": {"image_size": 16}},
+               "policy": {"args": {"d_model": 16, "layers": 1, "heads": 2, "patch_grid": 2}},
+               "algo": {"update_epochs": 1, "minibatches": 2}, "pipeline": {"segment_steps": 8},
+               "train": {"total_env_steps": 256, "resume": False}, "placement": {"nodes": 2}}
+"""A reach job on two nodes that ends within seconds."""
+
+
+def no_leases_anywhere(daemons: list[Dvlad]) -> bool:
+    return all(not row["leases"] for d in daemons if d.proc.poll() is None for row in nodes(d).values()
+               if row["state"] == "up")
+
+
+@pytest.mark.slow
+def test_a_two_node_job_succeeds_with_a_part_on_a_peer_and_leaves_no_lease(cluster):
+    daemons, _ = cluster
+    job_id = multi_node_job(daemons[1], QUICK_REACH)
+    job = daemons[1].wait_state(job_id, {"running", "succeeded", "failed"}, timeout=60)
+    assert job["state"] != "failed", job["reason"]
+    done = daemons[1].wait_state(job_id, {"succeeded", "failed", "cancelled"}, timeout=180)
+    assert done["state"] == "succeeded", done["reason"]
+    started = next(e for e in done["events"] if e["to_state"] == "running")["reason"]
+    peer_name = started.rsplit("with ", 1)[1].split(" ")[0]
+    part_id = int(started.rsplit("(part ", 1)[1].rstrip(")"))
+    part = daemons[int(peer_name[-1])].wait_state(part_id, {"succeeded", "failed", "cancelled"}, timeout=60)
+    assert part["state"] == "succeeded", part["reason"]
+    env_of_part = (daemons[int(peer_name[-1])].state_dir / "jobs" / str(part_id) / "job.log")
+    assert env_of_part.exists()
+    wait_for(lambda: no_leases_anywhere(daemons), what="every lease released")
+
+
+@pytest.mark.slow
+def test_cancelling_a_multi_node_job_stops_its_parts_and_frees_their_leases(cluster):
+    daemons, _ = cluster
+    job_id = multi_node_job(daemons[2], {**LONG, "placement": {"nodes": 3}})
+    job = daemons[2].wait_state(job_id, {"running", "failed"}, timeout=60)
+    assert job["state"] == "running", job["reason"]
+    assert sorted(p["node"] for p in job["parts"]) == ["node0", "node1"]
+    assert daemons[2].call("POST", f"/v1/jobs/{job_id}/cancel")[0] == 200
+    assert daemons[2].wait_state(job_id, {"cancelled", "failed", "succeeded"}, timeout=30)["state"] == "cancelled"
+    for part in job["parts"]:
+        stopped = daemons[int(part["node"][-1])].wait_state(part["part_id"], {"cancelled", "failed", "succeeded"},
+                                                            timeout=30)
+        assert stopped["state"] == "cancelled" and "coordinator node2" in stopped["reason"]
+    wait_for(lambda: no_leases_anywhere(daemons), what="every lease released")
+
+
+@pytest.mark.slow
+def test_a_job_asking_more_nodes_than_the_cluster_has_is_refused_at_submit(cluster):
+    daemons, _ = cluster
+    status, body = daemons[0].call("POST", "/v1/jobs", {"spec": {**LONG, "placement": {"nodes": 4}}})
+    assert status == 409 and body["field"] == "spec.placement.nodes" and "2 peers" in body["reason"]
+
+
+@pytest.mark.slow
+def test_a_restarted_coordinator_finds_its_multi_node_job_again(dvlads):
+    daemons = [dvlads(start=False) for _ in range(2)]
+    federation(daemons, [SECRET] * 2, **{**FAST, "lease_ttl_s": 30.0})
+    for daemon in daemons:
+        daemon.start()
+    for daemon in daemons:
+        wait_for(lambda d=daemon: all_up(d, 2), what="both nodes up")
+    job_id = multi_node_job(daemons[0], {**LONG, "placement": {"nodes": 2}})
+    job = daemons[0].wait_state(job_id, {"running", "failed"}, timeout=60)
+    assert job["state"] == "running", job["reason"]
+    daemons[0].stop()  # SIGTERM: its jobs keep running, to be re-adopted
+    daemons[0].start()
+    again = daemons[0].job(job_id)
+    assert again["state"] == "running" and again["parts"] == job["parts"]
+    lease = nodes(daemons[1])["node1"]["leases"][0]
+    time.sleep(4 * FAST["heartbeat_s"])
+    renewed = nodes(daemons[1])["node1"]["leases"][0]
+    assert renewed["id"] == lease["id"] and renewed["expires_in_s"] > lease["expires_in_s"] - 0.5
+    assert daemons[1].job(job["parts"][0]["part_id"])["state"] == "running"
+    daemons[0].call("POST", f"/v1/jobs/{job_id}/cancel")
+    wait_for(lambda: no_leases_anywhere(daemons), what="every lease released")
+
+
+@pytest.mark.slow
+def test_a_killed_coordinator_leaves_its_parts_stopped_when_their_leases_expire(dvlads):
+    daemons = [dvlads(start=False) for _ in range(2)]
+    federation(daemons, [SECRET] * 2, **FAST)
+    for daemon in daemons:
+        daemon.start()
+    for daemon in daemons:
+        wait_for(lambda d=daemon: all_up(d, 2), what="both nodes up")
+    job_id = multi_node_job(daemons[0], {**LONG, "placement": {"nodes": 2}})
+    job = daemons[0].wait_state(job_id, {"running", "failed"}, timeout=60)
+    assert job["state"] == "running", job["reason"]
+    daemons[0].kill9()
+    part = daemons[1].wait_state(job["parts"][0]["part_id"], {"cancelled", "failed", "succeeded"},
+                                 timeout=FAST["lease_ttl_s"] + 10)
+    assert part["state"] == "cancelled" and "lease expired" in part["reason"]
+    assert not nodes(daemons[1])["node1"]["leases"]

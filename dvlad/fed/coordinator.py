@@ -137,10 +137,8 @@ class Coordinator:
             return
         for part in parts:
             peer = self.peers.peers.get(part.addr)
-            if peer is not None and not self.peers.up(peer):
-                age = peer.age()
-                silent = f"no heartbeat for {age:.0f} s" if age is not None else "never heard since this dvlad started"
-                self._fail(job_id, f"node {part.node} down: {silent}")
+            if peer is not None and self.peers.down(peer):
+                self._fail(job_id, f"node {part.node} down: no heartbeat for {self.peers.silent_for(peer):.0f} s")
                 return
             try:
                 reply = await self.client.call(part.addr, "POST", f"/v1/fed/leases/{part.lease_id}/renew")
@@ -164,7 +162,7 @@ class Coordinator:
         done = True
         for part in parts:
             peer = self.peers.peers.get(part.addr)
-            if part.state == "released" or (peer is not None and not self.peers.up(peer)):
+            if part.state == "released" or (peer is not None and self.peers.down(peer)):
                 continue
             try:
                 await self.client.call(part.addr, "DELETE", f"/v1/fed/leases/{part.lease_id}")

@@ -117,6 +117,15 @@ class PartHost:
             log.warning("lease expired", extra={"lease": lease.id, "coordinator": lease.coordinator})
             self.release(lease, f"dvlad: the lease expired (coordinator {lease.coordinator} stopped renewing it)")
 
+    def sweep(self) -> None:
+        """Stop the active parts no lease holds any more: this dvlad restarted (leases live in memory),
+        so no coordinator renews them and nothing else would ever stop them."""
+        held = {lease.part_id for lease in self.daemon.leases.held.values()}
+        for job in self.daemon.store.list(states=ACTIVE, limit=1 << 30):
+            if job.id not in held and job.state is not State.CANCELLING and self.records.part_owner(job.id):
+                log.warning("node part without a lease; stopping it", extra={"job": job.id})
+                self.stop(job, "dvlad: its lease was lost (this dvlad restarted)")
+
     @staticmethod
     def state(job: Job) -> dict[str, Any]:
         return {"part_id": job.id, "state": job.state.value, "reason": job.reason, "active": job.state in ACTIVE}

@@ -30,6 +30,7 @@ class PeerTable:
     def __init__(self, addrs: list[str], down_after_s: float):
         self.down_after_s = down_after_s
         self.peers = {addr: Peer(addr) for addr in addrs}
+        self.since = time.monotonic()
 
     def heard(self, report: dict[str, Any]) -> Peer | None:
         """Record a heartbeat; None if it comes from a daemon this one does not list as a peer."""
@@ -43,8 +44,15 @@ class PeerTable:
         age = peer.age()
         return age is not None and age < self.down_after_s
 
-    def by_name(self, name: str) -> Peer | None:
-        return next((p for p in self.peers.values() if p.name == name), None)
+    def silent_for(self, peer: Peer) -> float:
+        """Seconds since its last heartbeat, or since this daemon started if none came yet."""
+        age = peer.age()
+        return time.monotonic() - self.since if age is None else age
+
+    def down(self, peer: Peer) -> bool:
+        """Silent for ``down_after_s``. Why not merely "not up": a daemon just restarted has heard nobody
+        yet, and its multi-node jobs' peers must get ``down_after_s`` to be heard before they fail them."""
+        return self.silent_for(peer) >= self.down_after_s
 
     def row(self, peer: Peer) -> dict[str, Any]:
         """The peer as ``GET /v1/nodes`` lists it (the heartbeat's fields, its age and its state)."""

@@ -70,10 +70,12 @@ class Federation:
         return [self.local_row(), *(self.peers.row(p) for p in self.peers.peers.values())]
 
     async def _watch(self) -> None:
-        """Every heartbeat period: free expired leases, then renew and check this coordinator's jobs."""
+        """Every heartbeat period: free expired leases, stop parts left without one, then renew and check
+        this coordinator's jobs."""
         while True:
             try:
                 self.parts.expire()
+                self.parts.sweep()
                 await self.coordinator.round()
             except Exception:  # one bad round must not end federation
                 log.exception("a federation round failed")
