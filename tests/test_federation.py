@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import pwd
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ import pytest
 
 from dvlad.fed.signing import sign
 from dvlad.testing import LONG, Dvlad, federation
+from tests.test_daemon_api import as_user, users  # noqa: F401 (a fixture)
 
 SECRET = "cluster-secret-" + "0123456789abcdef" * 3
 FAST = {"heartbeat_s": 0.3, "down_after_s": 2.0, "lease_ttl_s": 1.5}
@@ -304,3 +306,22 @@ def test_a_killed_coordinator_leaves_its_parts_stopped_when_their_leases_expire(
                                  timeout=FAST["lease_ttl_s"] + 10)
     assert part["state"] == "cancelled" and "lease expired" in part["reason"]
     assert not nodes(daemons[1])["node1"]["leases"]
+
+
+@pytest.mark.slow
+def test_a_part_runs_as_the_user_who_submitted_to_the_coordinator(cluster, users):  # noqa: F811
+    daemons, _ = cluster
+    user = users[0]
+    status, body = as_user(user, daemons[0].socket, "POST", "/v1/jobs", {"spec": {**LONG, "placement": {"nodes": 2}}})
+    assert status == 201, body
+    job_id = body["job"]["id"]
+    job = daemons[0].wait_state(job_id, {"running", "failed"}, timeout=60)
+    assert job["user"] == user
+    # its part on a peer is a job of that user, looked up there by name (where the checkout is not readable
+    # by the test user, the part fails to exec; its record still shows whom it was started as)
+    parts = [j for d in daemons[1:] for j in d.call("GET", "/v1/jobs?all=1")[1]["jobs"]
+             if f"of job {job_id} on node0" in j["reason"] or j["user"] == user]
+    assert [(j["user"], j["uid"]) for j in parts] == [(user, pwd.getpwnam(user).pw_uid)]
+    assert job["state"] == "running" or "Permission denied" in job["reason"], job["reason"]
+    daemons[0].call("POST", f"/v1/jobs/{job_id}/cancel")
+    wait_for(lambda: no_leases_anywhere(daemons), what="every lease released")
