@@ -212,12 +212,14 @@ def test_killing_a_peer_mid_job_fails_the_job_and_frees_every_lease(dvlads):
     wait_for(lambda: nodes(daemons[0])["node0"]["running_jobs"] == 0, what="the coordinator's part stopped")
 
 
-QUICK_REACH = {"job": {"name": "reach-two-nodes"}, "env": {"name": "reach", "num_envs": 4, "groups": 2, "workers": 1,
-                                                           "args": {"image_size": 16}},
+QUICK_REACH = {"job": {"name": "reach-two-nodes", "seed": 3}, "resources": {"device": "cpu", "torch_threads": 1},
+               "env": {"name": "reach", "num_envs": 8, "groups": 2, "workers": 1},
                "policy": {"args": {"d_model": 16, "layers": 1, "heads": 2, "patch_grid": 2}},
                "algo": {"update_epochs": 1, "minibatches": 2}, "pipeline": {"segment_steps": 8},
-               "train": {"total_env_steps": 256, "resume": False}, "placement": {"nodes": 2}}
-"""A reach job on two nodes that ends within seconds."""
+               "train": {"total_env_steps": 1280, "max_minutes": 0, "stop_at_success": 0, "checkpoint_every": 0,
+                         "resume": False},
+               "placement": {"nodes": 2}}
+"""A reach job on two nodes that ends within a minute or two (tests/test_node_parts.py's)."""
 
 
 def no_leases_anywhere(daemons: list[Dvlad]) -> bool:
@@ -236,10 +238,15 @@ def test_a_two_node_job_succeeds_with_a_part_on_a_peer_and_leaves_no_lease(clust
     started = next(e for e in done["events"] if e["to_state"] == "running")["reason"]
     peer_name = started.rsplit("with ", 1)[1].split(" ")[0]
     part_id = int(started.rsplit("(part ", 1)[1].rstrip(")"))
-    part = daemons[int(peer_name[-1])].wait_state(part_id, {"succeeded", "failed", "cancelled"}, timeout=60)
+    peer = daemons[int(peer_name[-1])]
+    part = peer.wait_state(part_id, {"succeeded", "failed", "cancelled"}, timeout=60)
     assert part["state"] == "succeeded", part["reason"]
-    env_of_part = (daemons[int(peer_name[-1])].state_dir / "jobs" / str(part_id) / "job.log")
-    assert env_of_part.exists()
+    # the two parts trained as one job: the budget counts both nodes' steps, the weights agree after the last update
+    first = json.loads((daemons[1].state_dir / "jobs" / str(job_id) / "run" / "summary.json").read_text())
+    second = json.loads((peer.state_dir / "jobs" / str(part_id) / "run" / "summary.json").read_text())
+    assert first["node_env_steps"] > 0 and second["node_env_steps"] > 0
+    assert first["weights_digest"] == second["weights_digest"] and first["checkpoint"] and not second["checkpoint"]
+    assert daemons[1].call("GET", f"/v1/jobs/{job_id}/metrics")[1]["rows"]  # node 0 writes the job's rows
     wait_for(lambda: no_leases_anywhere(daemons), what="every lease released")
 
 
@@ -325,3 +332,19 @@ def test_a_part_runs_as_the_user_who_submitted_to_the_coordinator(cluster, users
     assert job["state"] == "running" or "Permission denied" in job["reason"], job["reason"]
     daemons[0].call("POST", f"/v1/jobs/{job_id}/cancel")
     wait_for(lambda: no_leases_anywhere(daemons), what="every lease released")
+
+
+@pytest.mark.slow
+def test_peers_talk_over_tls_when_certificates_are_configured(dvlads, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    daemons = [dvlads(start=False) for _ in range(2)]
+    addrs = federation(daemons, [SECRET] * 2, **FAST, tls_cert=str(cert), tls_key=str(key), tls_ca=str(cert))
+    for daemon in daemons:
+        daemon.start()
+    for daemon in daemons:
+        wait_for(lambda d=daemon: all_up(d, 2), what="both nodes up over TLS")
+    with pytest.raises((http.client.HTTPException, ConnectionError)):  # plain HTTP to the TLS listener gets nowhere
+        signed(addrs[0], "POST", "/v1/fed/leases", {"job_id": 1, "gpus": 0, "cpus": 1})
