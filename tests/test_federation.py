@@ -87,7 +87,8 @@ def test_every_node_lists_all_three_with_heartbeat_ages(cluster):
         for name, row in rows.items():
             assert row["state"] == "up"
             assert 0 <= row["last_heartbeat_age_s"] < FAST["down_after_s"], (name, row)
-            assert row["cpu_slots"] > 0 and row["ram_total"] > 0 and "free_gpus" in row
+            assert row["cpu_slots"] > 0 and row["ram_total"] > 0 and row["cpu_count"] > 0
+            assert {"free_gpus", "pools", "topology", "leases"} <= set(row)
     env = {**os.environ, "COLUMNS": "200", "DVLA_HOST": daemons[0].socket}
     out = subprocess.run([sys.executable, "-m", "dvla.cli", "nodes"], capture_output=True, text=True, env=env,
                          timeout=60)

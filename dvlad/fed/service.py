@@ -57,12 +57,17 @@ class Federation:
         self.coordinator.coordinate(job, gpu_ids)
 
     def local_row(self) -> dict[str, Any]:
-        """This node as a heartbeat carries it and ``GET /v1/nodes`` lists it."""
+        """This node as a heartbeat carries it and ``GET /v1/nodes`` lists it: also its free GPUs' ids,
+        a topology summary (NVLink islands), the memory jobs that share GPUs took of each (``pools``)
+        and the leases it holds for coordinators."""
         row = self.daemon.node(self.host_load.reading())
         topology = self.daemon.inventory.topology
+        shared = self.daemon.cluster()[0].shared
         return {**row, "name": self.name, "addr": self.addr, "state": "up", "last_heartbeat_age_s": 0.0,
                 "free_gpus": [g["index"] for g in row["gpus"] if g["free"]],
                 "topology": {"host": topology.get("host", ""), "islands": islands(topology)},
+                "pools": [{"gpu": g, "taken": taken, "room": shared.room(g)}
+                          for g, taken in sorted(shared.taken.items())],
                 "leases": [lease.public() for lease in self.daemon.leases.held.values()]}
 
     def rows(self) -> list[dict[str, Any]]:

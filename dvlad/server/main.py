@@ -171,6 +171,14 @@ async def serve(config: Config, tokens: dict[str, str]) -> int:
     return 1 if died else 0
 
 
+def _federation_line(config: Config) -> str:
+    fed = config.federation
+    if not fed.enabled:
+        return "off"
+    return (f"{len(fed.peers)} peer(s), advertised at {fed.advertise or config.daemon.tcp}"
+            f"{', TLS' if fed.tls_cert else ''}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from dvlad.server.auth import load_tokens
@@ -188,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             tls_context(config)
         if args.check_config:
             print(f"config ok: state_dir {config.daemon.state_dir}, socket {config.daemon.socket}, "
-                  f"{config.cpu_slots} CPU slots ({config.cpu_slots_origin}), tcp {config.daemon.tcp or 'off'}")
+                  f"{config.cpu_slots} CPU slots ({config.cpu_slots_origin}), tcp {config.daemon.tcp or 'off'}, "
+                  f"federation {_federation_line(config)}")
             return 0
     except (ConfigError, OSError, ValueError) as err:
         print(f"dvlad: config: {err}", file=sys.stderr)

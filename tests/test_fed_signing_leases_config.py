@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -95,3 +97,28 @@ def test_the_secret_file_must_be_private_and_long(tmp_path: Path):
     path.write_text("short\n")
     with pytest.raises(ConfigError, match="at least 32"):
         load_secret(path)
+
+
+def check_config(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "dvlad.toml"
+    path.write_text(text)
+    return subprocess.run([sys.executable, "-m", "dvlad.server.main", "--config", str(path), "--check-config"],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_check_config_reads_the_secret_and_says_what_federation_does(tmp_path: Path):
+    secret = tmp_path / "cluster.secret"
+    secret.write_text("k" * 64)
+    secret.chmod(0o644)
+    tokens = tmp_path / "tokens"
+    tokens.write_text("")
+    tokens.chmod(0o600)
+    daemon = f'[daemon]\ntcp = "127.0.0.1:7070"\ntokens_file = "{tokens}"\n'
+    fed = f'[federation]\npeers = ["10.0.0.2:7070", "10.0.0.3:7070"]\nsecret_file = "{secret}"\n'
+    loose = check_config(tmp_path, daemon + fed)
+    assert loose.returncode == 1 and "must be owned by root and mode 0600" in loose.stderr
+    secret.chmod(0o600)
+    ok = check_config(tmp_path, daemon + fed)
+    assert ok.returncode == 0 and "federation 2 peer(s), advertised at 127.0.0.1:7070" in ok.stdout, ok.stderr
+    no_tcp = check_config(tmp_path, fed)
+    assert no_tcp.returncode == 1 and "federation needs daemon.tcp" in no_tcp.stderr
