@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from typing import Any
 
 from dvla.spec import JobSpec, spec_from_dict
@@ -133,7 +134,7 @@ class Coordinator:
     async def _check(self, job_id: int, parts: list[RemotePart]) -> None:
         job = self.daemon.store.get(job_id)
         if job is None or job.state in TERMINAL:
-            await self._wind_down(job_id, parts, job.reason if job else "gone")
+            await self._wind_down(job, job_id, parts)
             return
         for part in parts:
             peer = self.peers.peers.get(part.addr)
@@ -156,15 +157,25 @@ class Coordinator:
                 return
         self.records.save_coordinated(job_id, parts)
 
-    async def _wind_down(self, job_id: int, parts: list[RemotePart], why: str) -> None:
+    async def _wind_down(self, job: Job | None, job_id: int, parts: list[RemotePart]) -> None:
         """Stop the ended job's parts that still run and release its leases; forget it once every up
-        peer has done so (a down peer's leases run out on their own)."""
+        peer has done so (a down peer's leases run out on their own).
+
+        A job that succeeded gives its parts ``down_after_s`` to end on their own (its node 0 ended
+        first; the ranks stop together, so the others follow within moments) before they are stopped."""
         done = True
         for part in parts:
             peer = self.peers.peers.get(part.addr)
             if part.state == "released" or (peer is not None and self.peers.down(peer)):
                 continue
             try:
+                if job is not None and job.state is State.SUCCEEDED and part.state in ("placing", "running") \
+                        and time.time() - (job.ended_at or 0) < self.peers.down_after_s:
+                    reply = await self.client.call(part.addr, "POST", f"/v1/fed/leases/{part.lease_id}/renew")
+                    part.state = (reply.get("part") or {}).get("state", part.state)
+                    if part.state in ("placing", "running", "cancelling"):
+                        done = False
+                        continue
                 await self.client.call(part.addr, "DELETE", f"/v1/fed/leases/{part.lease_id}")
                 part.state = "released"
             except PeerError as exc:
@@ -175,7 +186,7 @@ class Coordinator:
         if done:
             self.jobs.pop(job_id, None)
             self.records.forget_coordinated(job_id)
-            log.info("multi-node job wound down", extra={"job": job_id, "reason": why[:200]})
+            log.info("multi-node job wound down", extra={"job": job_id, "reason": job.reason[:200] if job else "gone"})
         else:
             self.records.save_coordinated(job_id, parts)
 
