@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import pwd
+import signal
 import subprocess
 import sys
 import time
@@ -349,3 +350,22 @@ def test_peers_talk_over_tls_when_certificates_are_configured(dvlads, tmp_path):
         wait_for(lambda d=daemon: all_up(d, 2), what="both nodes up over TLS")
     with pytest.raises((http.client.HTTPException, ConnectionError)):  # plain HTTP to the TLS listener gets nowhere
         signed(addrs[0], "POST", "/v1/fed/leases", {"job_id": 1, "gpus": 0, "cpus": 1})
+
+
+@pytest.mark.slow
+def test_a_part_that_dies_on_its_peer_fails_the_job_naming_the_node(cluster):
+    daemons, _ = cluster
+    job_id = multi_node_job(daemons[0], {**LONG, "placement": {"nodes": 2}})
+    job = daemons[0].wait_state(job_id, {"running", "failed"}, timeout=60)
+    assert job["state"] == "running", job["reason"]
+    (part,) = job["parts"]
+    peer = daemons[int(part["node"][-1])]
+    os.killpg(peer.job(part["part_id"])["pid"], signal.SIGKILL)  # the part and its lanes, as an OOM kill would
+    failed = daemons[0].wait_state(job_id, {"failed", "succeeded", "cancelled"}, timeout=60)
+    # the coordinator hears it from the peer (the part failed), or node 0's ranks saw node 1's go first
+    assert failed["state"] == "failed"
+    assert f"node {part['node']} part {part['part_id']} failed: killed by signal SIGKILL" in failed["reason"] \
+        or "node 1's ranks went away" in failed["reason"], failed["reason"]
+    wait_for(lambda: no_leases_anywhere(daemons), what="every lease released")
+    wait_for(lambda: all(nodes(d)[f"node{i}"]["running_jobs"] == 0 for i, d in enumerate(daemons)),
+             what="no part left running")
