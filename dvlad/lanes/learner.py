@@ -346,6 +346,8 @@ def _learn(cfg: LearnerConfig, queue_handle: TrajectoryQueueHandle, plane_handle
                 traj.release(s)
             if distributor is not None:
                 distributor.flush()  # the last version has left the weights: the update may write them
+            if learner.ranks is not None:
+                learner.ranks.take_collective_s()  # the agreement's wait is for the slowest rollout, not the update
             try:
                 stats = learner.train(batch)
             except torch.OutOfMemoryError as exc:  # the hard cap: say which pool, not only "out of memory"
@@ -357,7 +359,8 @@ def _learn(cfg: LearnerConfig, queue_handle: TrajectoryQueueHandle, plane_handle
                 distributor.publish(learner.flat, learner.version)
             messages.put(LaneBusy("learn", t0, t1, stats.samples))
             if reports:
-                stats = dataclasses.replace(stats, learn_s=t1 - t0)
+                stats = dataclasses.replace(stats, learn_s=t1 - t0, collective_s=None if learner.ranks is None else
+                                            learner.ranks.take_collective_s())
                 if cfg.placement.on_gpu:
                     stats = learner.with_gpu_memory(stats)
                 messages.put(stats)
