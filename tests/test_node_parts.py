@@ -4,6 +4,7 @@ learner ranks joined by Gloo over TCP. No daemon: this is the job-process side o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,8 +17,7 @@ import pytest
 
 from dvla import metric_names as m
 from dvla.checkpoint import CHECKPOINT_NAME
-from dvlad.lanes.node_part import NodePart, NodeState
-from dvlad.lanes.pipeline import _free_port
+from dvlad.lanes.node_part import NodePart, NodeState, loopback
 from dvlad.lanes.ranks import weights_digest
 from dvlad.policies.checkpoint import load_checkpoint
 from dvlad.runtime.metrics import read_jsonl
@@ -66,10 +66,9 @@ def job_file(tmp_path: Path, nodes: int, budget: int, timeout: float = 60.0) -> 
 
 def start_parts(job: Path, tmp_path: Path, nodes: int) -> list[subprocess.Popen]:
     """The node parts of ``job``, one learner rank each, as a coordinator would start them."""
-    rendezvous = f"tcp://127.0.0.1:{_free_port()}"
     procs = []
-    for node in range(nodes):
-        env = {**os.environ, **NodePart(nodes, node, rendezvous, node, nodes).environ()}
+    for node, part in enumerate(loopback([1] * nodes)):
+        env = {**os.environ, **part.environ()}
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "dvlad.runtime.job", str(job), "--output-dir", str(tmp_path / f"node{node}"),
              "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -108,7 +107,11 @@ def test_two_node_parts_train_reach_as_one_job(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_node_fails_the_other_within_the_timeout_naming_it(tmp_path):
+@pytest.mark.parametrize(("kill", "said"), [
+    ("part", "node 1's ranks went away: "),  # every process of it, as a dead server goes: Gloo sees them go
+    ("main process", "node 1 failed (its part's summary says why)"),  # its learner rank sees it go, and says so
+])
+def test_a_killed_node_fails_the_other_within_the_timeout_naming_it(tmp_path, kill, said):
     timeout = 30.0
     procs = start_parts(job_file(tmp_path, 2, 10**9, timeout), tmp_path, 2)
     deadline = time.monotonic() + 300
@@ -116,15 +119,23 @@ def test_a_killed_node_fails_the_other_within_the_timeout_naming_it(tmp_path):
     while not (rows.exists() and len(rows.read_text().splitlines()) >= 3):  # a few updates together
         assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
         time.sleep(0.5)
-    os.killpg(procs[1].pid, signal.SIGKILL)  # node 1's part and its lanes, as a dead server would go
+    if kill == "part":
+        os.killpg(procs[1].pid, signal.SIGKILL)
+    else:
+        procs[1].kill()
     killed = time.monotonic()
-    _, err = procs[0].communicate(timeout=timeout + 60)
-    assert procs[0].returncode == 1
-    assert time.monotonic() - killed < timeout + 30
-    reason = summary(tmp_path, 0)["reason"]
-    assert reason.startswith("node 1's ranks went away: "), reason
-    assert f"job failed: {reason}" in err
-    procs[1].communicate(timeout=30)
+    try:
+        _, err = procs[0].communicate(timeout=timeout + 60)
+        assert procs[0].returncode == 1
+        assert time.monotonic() - killed < timeout + 30
+        reason = summary(tmp_path, 0)["reason"]
+        assert reason.startswith(said), reason
+        assert f"job failed: {reason}" in err
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # what a failure left behind
+            proc.communicate(timeout=30)
 
 
 def test_a_part_reads_its_place_from_the_environment_and_refuses_what_does_not_add_up():
@@ -147,6 +158,9 @@ def test_a_part_reads_its_place_from_the_environment_and_refuses_what_does_not_a
     with pytest.raises(ValueError, match="past DVLA_WORLD = 4"):
         part.check(3)
     assert NodePart(3, 1, "tcp://h:1", 1, 3).others() == "the ranks of one of nodes 0, 2"
+    parts = loopback([2, 1, 2])
+    assert [(p.node, p.rank_offset, p.world) for p in parts] == [(0, 0, 5), (1, 2, 5), (2, 3, 5)]
+    assert len({p.rendezvous for p in parts}) == 1 and parts[0].leads and not parts[1].leads
 
 
 def test_node_k_samples_with_a_seed_of_its_own(small_spec):
