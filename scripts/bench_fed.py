@@ -93,9 +93,11 @@ def main() -> None:
     print(f"job {args.job.name}: env {base.env.name}, per node {base.env.num_envs} envs on {base.env.workers} "
           f"workers and 1 learner rank (Gloo over loopback); {os.cpu_count()} cores shared by every node part; "
           f"{args.steps} env steps a row")
+    print(f"load average (1 min) before the run: {os.getloadavg()[0]:.1f}")
     print(f"{'nodes':>5} {'steps/s':>8} {'updates':>7} {'learn ms':>8} {'allred ms':>9} {'publish ms':>10}  "
           "env steps by node")
     rows = []
+    load_before = os.getloadavg()[0]  # other work on the machine shares its cores: the figures say how much
     with tempfile.TemporaryDirectory(prefix="bench-fed-") as tmp:
         for nodes in (1, 2):
             row = run_nodes(configured(base, nodes, args.steps), nodes, Path(tmp))
@@ -105,7 +107,7 @@ def main() -> None:
     if args.json:
         print(json.dumps({"job": args.job.name, "env": base.env.name, "cores": os.cpu_count(),
                           "cpu": platform.machine(), "steps_per_row": args.steps, "transport": "gloo, loopback",
-                          "rows": rows}))
+                          "load_avg_1min": [load_before, os.getloadavg()[0]], "rows": rows}))
 
 
 if __name__ == "__main__":
