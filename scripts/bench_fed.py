@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from dvla import metric_names as m
+from dvla.checkpoint import metadata
 from dvla.spec import JobSpec, dump_toml, load_spec, spec_from_dict, spec_to_dict
 from dvlad.lanes.node_part import loopback
 from dvlad.runtime.metrics import read_jsonl
@@ -70,7 +71,8 @@ def run_nodes(spec: JobSpec, nodes: int, workdir: Path) -> dict:
         return scale * float(np.mean(values)) if values else None
 
     train_s = first["wall_s"] - first["setup_s"]
-    return {"nodes": nodes, "env_steps": first[m.ENV_STEPS], "updates": first[m.VERSION],
+    weights = int(metadata(Path(first["checkpoint"]))["numel"])  # fp32 on CPU: the gradient all-reduced
+    return {"nodes": nodes, "gradient_bytes": 4 * weights, "env_steps": first[m.ENV_STEPS], "updates": first[m.VERSION],
             "node_env_steps": [s.get("node_env_steps", s[m.ENV_STEPS]) for s in summaries],
             "train_s": train_s, "setup_s": first["setup_s"], "steps_per_s": first[m.ENV_STEPS] / train_s,
             "samples_per_update": mean(m.SAMPLES), "learn_ms": mean(m.LEARN_S, 1e3),
@@ -104,6 +106,8 @@ def main() -> None:
             rows.append(row)
             print(f"{nodes:5d} {row['steps_per_s']:8.1f} {row['updates']:7d} {_ms(row['learn_ms'])} "
                   f"{_ms(row['allreduce_ms']):>9} {_ms(row['publish_ms']):>10}  {row['node_env_steps']}")
+    print(f"each minibatch all-reduces the flat gradient: {rows[0]['gradient_bytes'] / 1e6:.2f} MB "
+          f"({base.algo.update_epochs} × {base.algo.minibatches} minibatches an update)")
     if args.json:
         print(json.dumps({"job": args.job.name, "env": base.env.name, "cores": os.cpu_count(),
                           "cpu": platform.machine(), "steps_per_row": args.steps, "transport": "gloo, loopback",
