@@ -17,51 +17,30 @@ import pytest
 
 from dvla import metric_names as m
 from dvla.checkpoint import CHECKPOINT_NAME
+from dvla.spec import dump_toml, spec_from_dict, spec_to_dict
 from dvlad.lanes.node_part import NodePart, NodeState, loopback
 from dvlad.lanes.ranks import weights_digest
 from dvlad.policies.checkpoint import load_checkpoint
 from dvlad.runtime.metrics import read_jsonl
 
-JOB = """
-[job]
-name = "fed-reach"
-seed = 3
-[resources]
-device = "cpu"
-torch_threads = 1
-[placement]
-nodes = {nodes}
-collective_timeout_s = {timeout}
-[policy.args]
-d_model = 16
-layers = 1
-heads = 2
-patch_grid = 2
-[env]
-name = "reach"
-num_envs = 8
-groups = 2
-workers = 1
-[algo]
-update_epochs = 1
-minibatches = 2
-[pipeline]
-segment_steps = 8
-[train]
-total_env_steps = {budget}
-max_minutes = 0
-stop_at_success = 0
-checkpoint_every = 0
-resume = false
-"""
 ROLLOUT = 8 * 8
 """Env steps of one node's rollout: num_envs × segment_steps."""
 
 
-def job_file(tmp_path: Path, nodes: int, budget: int, timeout: float = 60.0) -> Path:
-    path = tmp_path / f"job{nodes}.toml"
-    path.write_text(JOB.format(nodes=nodes, budget=budget, timeout=timeout))
-    return path
+@pytest.fixture
+def job_file(small_spec, tmp_path):
+    """A file of the reach job on ``nodes`` nodes with a budget of ``budget`` env steps over all of them."""
+
+    def write(nodes: int, budget: int, timeout: float = 60.0) -> Path:
+        spec = small_spec("async", train__total_env_steps=budget, train__max_minutes=0.0,
+                          train__checkpoint_every=0, placement__nodes=nodes, placement__collective_timeout_s=timeout)
+        spec.env.name, spec.env.args, spec.env.workers = "reach", {}, 1
+        spec.resources.device, spec.resources.torch_threads = "cpu", 1
+        path = tmp_path / f"job{nodes}.toml"
+        path.write_text(dump_toml(spec_from_dict(spec_to_dict(spec))))
+        return path
+
+    return write
 
 
 def start_parts(job: Path, tmp_path: Path, nodes: int) -> list[subprocess.Popen]:
@@ -81,9 +60,9 @@ def summary(tmp_path: Path, node: int) -> dict:
 
 
 @pytest.mark.slow
-def test_two_node_parts_train_reach_as_one_job(tmp_path):
+def test_two_node_parts_train_reach_as_one_job(job_file, tmp_path):
     budget = 1280
-    procs = start_parts(job_file(tmp_path, 2, budget), tmp_path, 2)
+    procs = start_parts(job_file(2, budget), tmp_path, 2)
     outs = [p.communicate(timeout=420) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     first, second = summary(tmp_path, 0), summary(tmp_path, 1)
@@ -111,9 +90,9 @@ def test_two_node_parts_train_reach_as_one_job(tmp_path):
     ("part", "node 1's ranks went away: "),  # every process of it, as a dead server goes: Gloo sees them go
     ("main process", "node 1 failed (its part's summary says why)"),  # its learner rank sees it go, and says so
 ])
-def test_a_killed_node_fails_the_other_within_the_timeout_naming_it(tmp_path, kill, said):
+def test_a_killed_node_fails_the_other_within_the_timeout_naming_it(job_file, tmp_path, kill, said):
     timeout = 30.0
-    procs = start_parts(job_file(tmp_path, 2, 10**9, timeout), tmp_path, 2)
+    procs = start_parts(job_file(2, 10**9, timeout), tmp_path, 2)
     deadline = time.monotonic() + 300
     rows = tmp_path / "node0" / "metrics.jsonl"
     while not (rows.exists() and len(rows.read_text().splitlines()) >= 3):  # a few updates together
