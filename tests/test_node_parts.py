@@ -4,6 +4,7 @@ learner ranks joined by Gloo over TCP. No daemon: this is the job-process side o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,60 +17,37 @@ import pytest
 
 from dvla import metric_names as m
 from dvla.checkpoint import CHECKPOINT_NAME
-from dvlad.lanes.node_part import NodePart, NodeState
-from dvlad.lanes.pipeline import _free_port
+from dvla.spec import dump_toml, spec_from_dict, spec_to_dict
+from dvlad.lanes.node_part import NodePart, NodeState, loopback
 from dvlad.lanes.ranks import weights_digest
 from dvlad.policies.checkpoint import load_checkpoint
 from dvlad.runtime.metrics import read_jsonl
 
-JOB = """
-[job]
-name = "fed-reach"
-seed = 3
-[resources]
-device = "cpu"
-torch_threads = 1
-[placement]
-nodes = {nodes}
-collective_timeout_s = {timeout}
-[policy.args]
-d_model = 16
-layers = 1
-heads = 2
-patch_grid = 2
-[env]
-name = "reach"
-num_envs = 8
-groups = 2
-workers = 1
-[algo]
-update_epochs = 1
-minibatches = 2
-[pipeline]
-segment_steps = 8
-[train]
-total_env_steps = {budget}
-max_minutes = 0
-stop_at_success = 0
-checkpoint_every = 0
-resume = false
-"""
 ROLLOUT = 8 * 8
 """Env steps of one node's rollout: num_envs × segment_steps."""
 
 
-def job_file(tmp_path: Path, nodes: int, budget: int, timeout: float = 60.0) -> Path:
-    path = tmp_path / f"job{nodes}.toml"
-    path.write_text(JOB.format(nodes=nodes, budget=budget, timeout=timeout))
-    return path
+@pytest.fixture
+def job_file(small_spec, tmp_path):
+    """A file of the reach job on ``nodes`` nodes with a budget of ``budget`` env steps over all of them."""
+
+    def write(nodes: int, budget: int, timeout: float = 60.0) -> Path:
+        spec = small_spec("async", train__total_env_steps=budget, train__max_minutes=0.0,
+                          train__checkpoint_every=0, placement__nodes=nodes, placement__collective_timeout_s=timeout)
+        spec.env.name, spec.env.args, spec.env.workers = "reach", {}, 1
+        spec.resources.device, spec.resources.torch_threads = "cpu", 1
+        path = tmp_path / f"job{nodes}.toml"
+        path.write_text(dump_toml(spec_from_dict(spec_to_dict(spec))))
+        return path
+
+    return write
 
 
 def start_parts(job: Path, tmp_path: Path, nodes: int) -> list[subprocess.Popen]:
     """The node parts of ``job``, one learner rank each, as a coordinator would start them."""
-    rendezvous = f"tcp://127.0.0.1:{_free_port()}"
     procs = []
-    for node in range(nodes):
-        env = {**os.environ, **NodePart(nodes, node, rendezvous, node, nodes).environ()}
+    for node, part in enumerate(loopback([1] * nodes)):
+        env = {**os.environ, **part.environ()}
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "dvlad.runtime.job", str(job), "--output-dir", str(tmp_path / f"node{node}"),
              "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -82,9 +60,9 @@ def summary(tmp_path: Path, node: int) -> dict:
 
 
 @pytest.mark.slow
-def test_two_node_parts_train_reach_as_one_job(tmp_path):
+def test_two_node_parts_train_reach_as_one_job(job_file, tmp_path):
     budget = 1280
-    procs = start_parts(job_file(tmp_path, 2, budget), tmp_path, 2)
+    procs = start_parts(job_file(2, budget), tmp_path, 2)
     outs = [p.communicate(timeout=420) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     first, second = summary(tmp_path, 0), summary(tmp_path, 1)
@@ -108,23 +86,35 @@ def test_two_node_parts_train_reach_as_one_job(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_node_fails_the_other_within_the_timeout_naming_it(tmp_path):
+@pytest.mark.parametrize(("kill", "said"), [
+    ("part", "node 1's ranks went away: "),  # every process of it, as a dead server goes: Gloo sees them go
+    ("main process", "node 1 failed (its part's summary says why)"),  # its learner rank sees it go, and says so
+])
+def test_a_killed_node_fails_the_other_within_the_timeout_naming_it(job_file, tmp_path, kill, said):
     timeout = 30.0
-    procs = start_parts(job_file(tmp_path, 2, 10**9, timeout), tmp_path, 2)
+    procs = start_parts(job_file(2, 10**9, timeout), tmp_path, 2)
     deadline = time.monotonic() + 300
     rows = tmp_path / "node0" / "metrics.jsonl"
     while not (rows.exists() and len(rows.read_text().splitlines()) >= 3):  # a few updates together
         assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
         time.sleep(0.5)
-    os.killpg(procs[1].pid, signal.SIGKILL)  # node 1's part and its lanes, as a dead server would go
+    if kill == "part":
+        os.killpg(procs[1].pid, signal.SIGKILL)
+    else:
+        procs[1].kill()
     killed = time.monotonic()
-    _, err = procs[0].communicate(timeout=timeout + 60)
-    assert procs[0].returncode == 1
-    assert time.monotonic() - killed < timeout + 30
-    reason = summary(tmp_path, 0)["reason"]
-    assert reason.startswith("node 1's ranks went away: "), reason
-    assert f"job failed: {reason}" in err
-    procs[1].communicate(timeout=30)
+    try:
+        _, err = procs[0].communicate(timeout=timeout + 60)
+        assert procs[0].returncode == 1
+        assert time.monotonic() - killed < timeout + 30
+        reason = summary(tmp_path, 0)["reason"]
+        assert reason.startswith(said), reason
+        assert f"job failed: {reason}" in err
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # what a failure left behind
+            proc.communicate(timeout=30)
 
 
 def test_a_part_reads_its_place_from_the_environment_and_refuses_what_does_not_add_up():
@@ -147,6 +137,9 @@ def test_a_part_reads_its_place_from_the_environment_and_refuses_what_does_not_a
     with pytest.raises(ValueError, match="past DVLA_WORLD = 4"):
         part.check(3)
     assert NodePart(3, 1, "tcp://h:1", 1, 3).others() == "the ranks of one of nodes 0, 2"
+    parts = loopback([2, 1, 2])
+    assert [(p.node, p.rank_offset, p.world) for p in parts] == [(0, 0, 5), (1, 2, 5), (2, 3, 5)]
+    assert len({p.rendezvous for p in parts}) == 1 and parts[0].leads and not parts[1].leads
 
 
 def test_node_k_samples_with_a_seed_of_its_own(small_spec):

@@ -332,7 +332,7 @@ def _learn(cfg: LearnerConfig, queue_handle: TrajectoryQueueHandle, plane_handle
             distributor = Distributor(plane, cfg.placement.device, cfg.routes, on_published=published)
             distributor.publish(learner.flat, learner.version)
         messages.put(LearnerReady(learner.version, learner.trained_env_steps, os.getpid(), cfg.rank))
-        rollouts = _Rollouts(traj, cfg.rollout_segments)
+        rollouts = _Rollouts(traj, cfg.rollout_segments, os.getppid())
         every = cfg.spec.train.checkpoint_every
         while True:
             slots = rollouts.take(learner.version, stop)
@@ -346,6 +346,8 @@ def _learn(cfg: LearnerConfig, queue_handle: TrajectoryQueueHandle, plane_handle
                 traj.release(s)
             if distributor is not None:
                 distributor.flush()  # the last version has left the weights: the update may write them
+            if learner.ranks is not None:
+                learner.ranks.take_collective_s()  # the agreement's wait is for the slowest rollout, not the update
             try:
                 stats = learner.train(batch)
             except torch.OutOfMemoryError as exc:  # the hard cap: say which pool, not only "out of memory"
@@ -357,7 +359,8 @@ def _learn(cfg: LearnerConfig, queue_handle: TrajectoryQueueHandle, plane_handle
                 distributor.publish(learner.flat, learner.version)
             messages.put(LaneBusy("learn", t0, t1, stats.samples))
             if reports:
-                stats = dataclasses.replace(stats, learn_s=t1 - t0)
+                stats = dataclasses.replace(stats, learn_s=t1 - t0, collective_s=None if learner.ranks is None else
+                                            learner.ranks.take_collective_s())
                 if cfg.placement.on_gpu:
                     stats = learner.with_gpu_memory(stats)
                 messages.put(stats)
@@ -431,17 +434,19 @@ class _Rollouts:
     slot held) until its update. The staleness gate bounds how far ahead a replica runs, and the
     queue has room for that many rollouts (``pipeline.py``)."""
 
-    def __init__(self, traj: TrajectoryQueue, count: int) -> None:
-        self.traj, self.count = traj, count
+    def __init__(self, traj: TrajectoryQueue, count: int, parent: int) -> None:
+        self.traj, self.count, self.parent = traj, count, parent
         self.held: dict[int, list[int]] = defaultdict(list)
 
     def take(self, rollout: int, stop) -> list[int] | None:
-        """The slots of rollout ``rollout``'s segments, or None once asked to stop."""
+        """The slots of rollout ``rollout``'s segments, or None once asked to stop, or once the job's
+        process is gone (killed: nothing will set ``stop``; the ranks then learn that this node failed
+        rather than wait out their timeout)."""
         while len(self.held[rollout]) < self.count:
             try:
                 slot = self.traj.take(timeout=0.2)
             except queue.Empty:
-                if stop.is_set():
+                if stop.is_set() or os.getppid() != self.parent:
                     return None
                 continue
             self.held[int(self.traj.arrays["rollout"][slot])].append(slot)

@@ -110,6 +110,8 @@ class UpdateStats:
     explained_variance: float | None
     """How well the critic's values predicted the returns (algorithms with a critic); None otherwise."""
     learn_s: float | None = None
+    collective_s: float | None = None
+    """Of ``learn_s``, the seconds in collectives with the other learner ranks (none: one rank)."""
     """Seconds the lane spent on the update, from taking the rollout out of the queue (set by the lane)."""
     learner_weight_bytes: int | None = None
     """On a GPU: the learner's part of the weight pool (weights and optimizer state)."""

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+import socket
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,6 +125,21 @@ def _int(environ: Mapping[str, str], name: str) -> int:
         return int(environ[name])
     except ValueError:
         raise ValueError(f"{name} = {environ[name]!r} is not an integer") from None
+
+
+def free_port() -> int:
+    """A TCP port of the loopback that nothing listens on (now): the rendezvous of ranks on one machine."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def loopback(ranks: Sequence[int]) -> list[NodePart]:
+    """The parts of a job whose nodes, with ``ranks[k]`` learner ranks on node k, all run on this
+    machine and meet on 127.0.0.1 (tests/test_node_parts.py, scripts/bench_fed.py)."""
+    rendezvous = f"tcp://127.0.0.1:{free_port()}"
+    offsets = [sum(ranks[:k]) for k in range(len(ranks))]
+    return [NodePart(len(ranks), k, rendezvous, offsets[k], sum(ranks)) for k in range(len(ranks))]
 
 
 class NodeState:

@@ -27,7 +27,6 @@ import contextlib
 import multiprocessing as mp
 import os
 import queue
-import socket
 import threading
 import time
 from collections import Counter, deque
@@ -48,7 +47,7 @@ from dvlad.lanes.device import ACTOR_PRIORITY, JobDevices, job_devices, placemen
 from dvlad.lanes.env_workers import EnvWorkerPool
 from dvlad.lanes.learner import LearnerConfig, learner_main
 from dvlad.lanes.messages import LearnerFailed, LearnerReady
-from dvlad.lanes.node_part import NodePart, NodeState
+from dvlad.lanes.node_part import NodePart, NodeState, free_port
 from dvlad.lanes.replica import ReplicaSetup, check_segments, knobs, make_actor, open_pool, replica_main
 from dvlad.lanes.reporter import Progress, Reporter
 from dvlad.lanes.timeline import LaneTimeline
@@ -172,7 +171,7 @@ class Pipeline:
             pools.seal(tensor_bytes([*policy.parameters(), *policy.buffers()]))
             parts += [*queues, plane]
             messages = ctx.Queue()
-            part = self.part or NodePart.alone(ranks, f"tcp://127.0.0.1:{_free_port()}" if ranks > 1 else "")
+            part = self.part or NodePart.alone(ranks, f"tcp://127.0.0.1:{free_port()}" if ranks > 1 else "")
             part.check(ranks)
             node = self.node = NodeState(ctx)
             learner_devices = [devices.device_of(d) for d in layout.learner_devices]
@@ -315,9 +314,3 @@ def _exited(name: str, lane: Lane) -> str:
     code = getattr(lane, "exitcode", None)  # the pid lets dvlad look for an OOM kill of it (supervisor.py)
     return f"{name} thread ended" if code is None else f"{name} (pid {lane.pid}) {how_it_ended(code)}"
 
-
-def _free_port() -> int:
-    """A TCP port of the loopback that nothing listens on (now): the learner ranks' rendezvous."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]

@@ -17,6 +17,7 @@ zero gradient and a zero weight.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -59,11 +60,13 @@ class LearnerRanks:
     def __init__(self, rank: int, world: int, rendezvous: str, device: torch.device, backend: str = "gloo",
                  timeout: timedelta = TIMEOUT, others: str = "another learner rank") -> None:
         self.rank, self.world, self.device, self.backend, self.others = rank, world, device, backend, others
+        self.grads: torch.Tensor | None = None
+        self._positions: torch.Tensor | None = None
+        self.collective_s = 0.0
+        """Seconds spent in collectives since :meth:`take_collective_s` (waits for the others included)."""
         with self._collective(f"did not join within {timeout.total_seconds():g} s"):
             dist.init_process_group(self.backend, init_method=rendezvous, rank=rank, world_size=world,
                                     timeout=timeout, **({"device_id": device} if self.backend == "nccl" else {}))
-        self.grads: torch.Tensor | None = None
-        self._positions: torch.Tensor | None = None
 
     def bind(self, params: Sequence[nn.Parameter], flat: torch.Tensor) -> None:
         """Make ``params``' gradients views of one buffer shaped like ``flat`` (the flat weights they
@@ -95,7 +98,7 @@ class LearnerRanks:
                          device=self.device if self.backend == "nccl" else "cpu")
         with self._collective():
             dist.all_reduce(t)
-        return t.tolist()
+            return t.tolist()  # NCCL: the wait for the result counts as the collective's
 
     def agree(self, ready: bool, node: int, nodes: int, *, failed: bool = False, stop_reason: str | None = None,
               env_steps: int = 0) -> Verdict:
@@ -165,11 +168,19 @@ class LearnerRanks:
     def _collective(self, what: str = "went away") -> Iterator[None]:
         """A failed collective as :class:`PeersGone`, naming whose ranks it waited for and with the
         backend's first line (Gloo's "Connection closed by peer", a timeout)."""
+        t0 = time.monotonic()
         try:
             yield
         except RuntimeError as exc:  # DistBackendError, DistNetworkError, DistStoreError are RuntimeErrors
             said = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             raise PeersGone(f"{self.others} {what}: {said}") from exc
+        finally:
+            self.collective_s += time.monotonic() - t0
+
+    def take_collective_s(self) -> float:
+        """The seconds spent in collectives since the last call."""
+        seconds, self.collective_s = self.collective_s, 0.0
+        return seconds
 
 
 def digest_positions(flat: torch.Tensor) -> torch.Tensor:

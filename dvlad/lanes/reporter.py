@@ -208,4 +208,6 @@ def _update_metrics(stats: UpdateStats) -> dict[str, float]:
         values[m.EXPLAINED_VARIANCE] = stats.explained_variance
     if stats.learn_s is not None:
         values[m.LEARN_S] = stats.learn_s
+    if stats.collective_s is not None:
+        values[m.COLLECTIVE_S] = stats.collective_s
     return values

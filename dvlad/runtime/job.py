@@ -33,7 +33,7 @@ from dvla.spec import JobSpec, SpecError, load_spec, spec_from_dict, spec_to_dic
 from dvlad.gpu.budgets import pool_report
 from dvlad.lanes.budget import ResumePoint, resume_point
 from dvlad.lanes.env_workers import EnvWorkerError
-from dvlad.lanes.node_part import NodePart
+from dvlad.lanes.node_part import VARIABLES, NodePart
 from dvlad.lanes.pipeline import JobFailed, Pipeline
 from dvlad.lanes.reporter import Progress
 from dvlad.runtime.metrics import MetricsSink
@@ -228,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog=prog, description="Run a D-VLA job file in this process, without the daemon.",
         epilog=f"example: {prog} examples/reach_ppo.toml --output-dir runs/try1\n\nexit status: "
-               + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()),
+               + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items())
+               + f"\n\na job of placement.nodes > 1 runs as one part per node, each this command with "
+               f"{', '.join(VARIABLES)} set by the coordinating dvlad (docs/planes.md, \"Several nodes\")",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("job_file", help="the job's TOML file (see docs/jobs.md); its relative paths are "
                                          "taken from its folder")
