@@ -369,3 +369,34 @@ def test_a_part_that_dies_on_its_peer_fails_the_job_naming_the_node(cluster):
     wait_for(lambda: no_leases_anywhere(daemons), what="every lease released")
     wait_for(lambda: all(nodes(d)[f"node{i}"]["running_jobs"] == 0 for i, d in enumerate(daemons)),
              what="no part left running")
+
+
+@pytest.mark.slow
+def test_a_job_that_asks_restarts_from_its_checkpoint_when_a_node_goes_down(dvlads):
+    daemons = [dvlads(start=False) for _ in range(3)]
+    federation(daemons, [SECRET] * 3, **FAST)
+    for daemon in daemons:
+        daemon.start()
+    for daemon in daemons:
+        wait_for(lambda d=daemon: all_up(d), what="every node up")
+    spec = {**LONG, "placement": {"nodes": 2},
+            "train": {**LONG["train"], "checkpoint_every": 1, "restart_on_node_failure": True}}
+    job_id = multi_node_job(daemons[0], spec)
+    job = daemons[0].wait_state(job_id, {"running", "failed"}, timeout=60)
+    assert job["state"] == "running", job["reason"]
+    wait_for(lambda: daemons[0].call("GET", f"/v1/jobs/{job_id}/checkpoint")[0] == 200, timeout=120,
+             what="a checkpoint written")
+    (part,) = job["parts"]
+    daemons[int(part["node"][-1])].kill9()
+    failed = daemons[0].wait_state(job_id, {"failed", "succeeded", "cancelled"}, timeout=30)
+    assert f"node {part['node']} down" in failed["reason"] and "from its last checkpoint" in failed["reason"]
+    again_id = int(failed["reason"].split("restarted as job ")[1].split()[0])
+    again = daemons[0].wait_state(again_id, {"running", "failed"}, timeout=60)
+    assert again["state"] == "running", again["reason"]
+    assert again["spec"]["policy"]["checkpoint"] == job["run_dir"]
+    (moved,) = again["parts"]
+    assert moved["node"] not in (part["node"], "node0")  # the node still up
+    wait_for(lambda: daemons[0].call("GET", f"/v1/jobs/{again_id}/metrics")[1]["rows"], timeout=180,
+             what="the restarted job trains from the checkpoint")
+    daemons[0].call("POST", f"/v1/jobs/{again_id}/cancel")
+    wait_for(lambda: no_leases_anywhere(daemons), what="every lease released")

@@ -24,8 +24,10 @@ from dvlad.fed.client import PeerClient, PeerError
 from dvlad.fed.peers import Peer, PeerTable
 from dvlad.fed.records import Records, RemotePart
 from dvlad.gpu.layout import plan_layout
+from dvlad.runtime.launch import run_dir
 from dvlad.server.core import Daemon
-from dvlad.store import TERMINAL, IllegalTransition, Job, State
+from dvlad.server.transfer import checkpoint_files
+from dvlad.store import TERMINAL, IllegalTransition, Job, State, Submission
 
 log = logging.getLogger("dvlad")
 
@@ -75,6 +77,28 @@ class Coordinator:
             log.warning("multi-node job failed", extra={"job": job_id, "reason": reason})
         self.daemon.supervisor.terminate(job_id)
         self.daemon.kick()
+
+    def _node_failed(self, job: Job, reason: str) -> None:
+        """Fail a job whose node went down, and submit it again when its spec asks for that."""
+        if spec_from_dict(job.spec).train.restart_on_node_failure:
+            again, warm = self._resubmit(job)
+            reason += f"; restarted as job {again.id} " + ("from its last checkpoint" if warm else
+                                                             "from the start (it had written no checkpoint)")
+        self._fail(job.id, reason)
+
+    def _resubmit(self, job: Job) -> tuple[Job, bool]:
+        """A copy of ``job`` queued as a new job of the same user, its policy starting from the job's last
+        checkpoint if it wrote one (whether it did); one copy per job, however often this is asked."""
+        spec = job.spec
+        run = run_dir(self.daemon.supervisor.state_dir, job.id)
+        warm = bool(checkpoint_files(run))
+        if warm:
+            spec["policy"]["checkpoint"] = str(run)
+        (again, _), = self.daemon.store.submit(Submission(
+            uid=job.uid, gid=job.gid, user=job.user, groups=list(job.groups), idempotency_key=f"fed-restart-{job.id}",
+            name=job.name, priority=job.priority, gpus=job.gpus, cpus=job.cpus, spec=spec))
+        log.warning("multi-node job restarted after a node failure", extra={"job": job.id, "as_job": again.id})
+        return again, warm
 
     async def _place(self, job: Job, gpu_ids: list[int]) -> None:
         spec = spec_from_dict(job.spec)
@@ -139,13 +163,13 @@ class Coordinator:
         for part in parts:
             peer = self.peers.peers.get(part.addr)
             if peer is not None and self.peers.down(peer):
-                self._fail(job_id, f"node {part.node} down: no heartbeat for {self.peers.silent_for(peer):.0f} s")
+                self._node_failed(job, f"node {part.node} down: no heartbeat for {self.peers.silent_for(peer):.0f} s")
                 return
             try:
                 reply = await self.client.call(part.addr, "POST", f"/v1/fed/leases/{part.lease_id}/renew")
             except PeerError as exc:
                 if exc.status == 404:
-                    self._fail(job_id, f"node {part.node} lost the job's lease: {exc.reason}")
+                    self._node_failed(job, f"node {part.node} lost the job's lease: {exc.reason}")
                     return
                 continue  # unreachable once: its heartbeats decide whether it is down
             state = reply.get("part")

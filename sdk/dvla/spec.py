@@ -222,6 +222,10 @@ class TrainSection:
     """Updates between metric rows."""
     resume: bool = True
     """Continue from the output directory's last checkpoint if there is one."""
+    restart_on_node_failure: bool = False
+    """A multi-node job (``placement.nodes`` > 1) whose node goes down (no heartbeat for the daemons'
+    ``down_after_s``) is submitted again by its coordinator, starting from its last checkpoint, on
+    the nodes up then (docs/federation.md); false: it fails."""
 
 
 @dataclass
