@@ -122,3 +122,18 @@ def test_check_config_reads_the_secret_and_says_what_federation_does(tmp_path: P
     assert ok.returncode == 0 and "federation 2 peer(s), advertised at 127.0.0.1:7070" in ok.stdout, ok.stderr
     no_tcp = check_config(tmp_path, fed)
     assert no_tcp.returncode == 1 and "federation needs daemon.tcp" in no_tcp.stderr
+
+
+def test_a_daemon_listening_on_every_address_must_say_where_peers_reach_it(tmp_path: Path):
+    secret = tmp_path / "cluster.secret"
+    secret.write_text("k" * 64)
+    secret.chmod(0o600)
+    tokens = tmp_path / "tokens"
+    tokens.write_text("")
+    tokens.chmod(0o600)
+    text = (f'[daemon]\ntcp = "0.0.0.0:7070"\ntokens_file = "{tokens}"\n'
+            f'[federation]\npeers = ["10.0.0.2:7070"]\nsecret_file = "{secret}"\n')
+    wildcard = check_config(tmp_path, text)
+    assert wildcard.returncode == 1 and "set federation.advertise" in wildcard.stderr
+    ok = check_config(tmp_path, text + 'advertise = "10.0.0.1:7070"\n')
+    assert ok.returncode == 0 and "advertised at 10.0.0.1:7070" in ok.stdout, ok.stderr

@@ -80,7 +80,7 @@ class Coordinator:
 
     def _node_failed(self, job: Job, reason: str) -> None:
         """Fail a job whose node went down, and submit it again when its spec asks for that."""
-        if spec_from_dict(job.spec).train.restart_on_node_failure:
+        if job.state is State.RUNNING and spec_from_dict(job.spec).train.restart_on_node_failure:
             again, warm = self._resubmit(job)
             reason += f"; restarted as job {again.id} " + ("from its last checkpoint" if warm else
                                                              "from the start (it had written no checkpoint)")

@@ -82,6 +82,10 @@ def resolve(args: argparse.Namespace, system: Path = DEFAULT_CONFIG) -> Config:
             raise ConfigError("daemon.tcp", f"expected host:port, got {d.tcp!r}")
     if config.federation.enabled and not d.tcp:
         raise ConfigError("federation.secret_file", "federation needs daemon.tcp: peers talk to each other over TCP")
+    advertised = (config.federation.advertise or d.tcp).rpartition(":")[0].strip("[]")
+    if config.federation.enabled and advertised in ("", "0.0.0.0", "::"):
+        raise ConfigError("federation.advertise", f"daemon.tcp listens on every address ({d.tcp}); set "
+                          "federation.advertise to the host:port peers reach this node at")
     return config
 
 
