@@ -80,10 +80,44 @@ class NodeSection:
 
 
 @dataclass
+class FederationSection:
+    """Peer daemons that run multi-node jobs with this one (docs/federation.md). Off while
+    ``secret_file`` is empty."""
+
+    name: str = ""
+    """This node's name in ``dvla nodes`` and in failure reasons; empty: the host name."""
+    advertise: str = ""
+    """``host:port`` peers reach this daemon at (its TCP listener); empty: ``daemon.tcp``. Its host is
+    also where the node parts of this daemon's multi-node jobs meet (``torch.distributed``'s rendezvous)."""
+    peers: list[str] = field(default_factory=list)
+    """The other daemons' ``host:port``."""
+    secret_file: str = ""
+    """The cluster's shared secret (one line, at least 32 characters); owned by root, mode 0600."""
+    tls_cert: str = ""
+    """PEM certificate of this daemon's TCP listener; with ``tls_key``, TCP speaks TLS (users too)."""
+    tls_key: str = ""
+    tls_ca: str = ""
+    """PEM CA bundle peers' certificates are checked against; set: peer requests go over https."""
+    heartbeat_s: float = 2.0
+    """How often this daemon tells every peer it is alive (and what it has free)."""
+    down_after_s: float = 10.0
+    """A peer not heard from for this long is down: its parts' jobs fail, their leases are freed."""
+    lease_ttl_s: float = 15.0
+    """How long a lease on this node's GPUs and CPU slots lives without its coordinator renewing it."""
+    replay_window_s: float = 30.0
+    """A signed request whose timestamp is further than this from now is refused; nonces are kept as long."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.secret_file)
+
+
+@dataclass
 class Config:
     daemon: DaemonSection = field(default_factory=DaemonSection)
     node: NodeSection = field(default_factory=NodeSection)
     limits: Limits = field(default_factory=Limits)
+    federation: FederationSection = field(default_factory=FederationSection)
 
     @property
     def cpu_slots(self) -> int:
@@ -122,6 +156,11 @@ def _section(cls: Any, table: Any, prefix: str) -> Any:
         if key not in hints:
             raise ConfigError(f"{prefix}.{key}", f"unknown key (known: {', '.join(hints)})")
         kind = hints[key]
+        if typing.get_origin(kind) is list:  # a list of strings (federation.peers)
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{prefix}.{key}", "expected a list of strings")
+            values[key] = value
+            continue
         ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value, ok = float(value), True
@@ -160,10 +199,11 @@ def _limits(table: Any) -> Limits:
 def config_from_dict(data: dict[str, Any]) -> Config:
     unknown = set(data) - {f.name for f in dataclasses.fields(Config)}
     if unknown:
-        raise ConfigError(sorted(unknown)[0], "unknown section (known: daemon, node, limits)")
+        raise ConfigError(sorted(unknown)[0], "unknown section (known: daemon, node, limits, federation)")
     config = Config(_section(DaemonSection, data.get("daemon", {}), "daemon"),
                     _section(NodeSection, data.get("node", {}), "node"),
-                    _limits(data.get("limits", {})))
+                    _limits(data.get("limits", {})),
+                    _section(FederationSection, data.get("federation", {}), "federation"))
     if config.daemon.cancel_grace_s < 0:
         raise ConfigError("daemon.cancel_grace_s", "must be ≥ 0")
     if config.daemon.max_body_bytes < 1024:
@@ -177,7 +217,33 @@ def config_from_dict(data: dict[str, Any]) -> Config:
         raise ConfigError("node.cpu_slots", "must be ≥ 0")
     if config.node.cpu_oversubscribe < 0:
         raise ConfigError("node.cpu_oversubscribe", "must be ≥ 0")
+    _check_federation(config.federation)
     return config
+
+
+def _host_port(key: str, value: str) -> None:
+    host, _, port = value.rpartition(":")
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise ConfigError(key, f"expected host:port, got {value!r}")
+
+
+def _check_federation(fed: FederationSection) -> None:
+    for key in ("heartbeat_s", "down_after_s", "lease_ttl_s", "replay_window_s"):
+        if getattr(fed, key) <= 0:
+            raise ConfigError(f"federation.{key}", "must be > 0")
+    if fed.down_after_s <= fed.heartbeat_s:
+        raise ConfigError("federation.down_after_s", f"must be more than heartbeat_s ({fed.heartbeat_s})")
+    if fed.lease_ttl_s <= fed.heartbeat_s:
+        raise ConfigError("federation.lease_ttl_s", f"must be more than heartbeat_s ({fed.heartbeat_s}): "
+                          "leases are renewed every heartbeat")
+    if fed.advertise:
+        _host_port("federation.advertise", fed.advertise)
+    for i, peer in enumerate(fed.peers):
+        _host_port(f"federation.peers[{i}]", peer)
+    if bool(fed.tls_cert) != bool(fed.tls_key):
+        raise ConfigError("federation.tls_key", "tls_cert and tls_key go together")
+    if (fed.peers or fed.tls_cert) and not fed.secret_file:
+        raise ConfigError("federation.secret_file", "federation needs the cluster's secret file")
 
 
 def load_config(path: Path | None) -> Config:

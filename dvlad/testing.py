@@ -111,6 +111,16 @@ class Dvlad:
             "[daemon]\n", f'[daemon]\ntcp = "127.0.0.1:{port}"\ntokens_file = "{path}"\n'))
         return port
 
+    def federate(self, name: str, peers: list[str], secret: str, **settings: float | str) -> None:
+        """Join a federation (call after :meth:`serve_tcp`): this node's ``name``, its ``peers``
+        (``host:port``), the cluster ``secret`` (written to a 0600 file) and other ``[federation]`` keys."""
+        path = self.home / "cluster.secret"
+        path.write_text(secret + "\n")
+        path.chmod(0o600)
+        lines = [f'name = "{name}"', f"peers = {json.dumps(peers)}", f'secret_file = "{path}"',
+                 *(f"{key} = {json.dumps(value)}" for key, value in settings.items())]
+        self.config.write_text(self.config.read_text() + "\n[federation]\n" + "\n".join(lines) + "\n")
+
     def start(self, timeout: float = 20.0, open_files: int | None = None) -> Dvlad:
         """Start dvlad and wait until it answers; ``open_files``: its file limit (soft and hard), as a
         small ``LimitNOFILE`` of a unit would set it."""
@@ -200,6 +210,19 @@ class Dvlad:
                 except (psutil.Error, ProcessLookupError, PermissionError):
                     pass
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+ROOT_TOKEN = "tok root\n"
+
+
+def federation(daemons: list[Dvlad], secrets: list[str], **settings: float | str) -> list[str]:
+    """Make ``daemons`` (made, not started) peers of each other on 127.0.0.1, ``node0``, ``node1``, ...,
+    each with its secret of ``secrets`` (the same one for a working cluster); returns their addresses.
+    Every daemon's token ``tok`` is root's (tests run as root)."""
+    addrs = [f"127.0.0.1:{d.serve_tcp(ROOT_TOKEN)}" for d in daemons]
+    for i, (daemon, secret) in enumerate(zip(daemons, secrets, strict=True)):
+        daemon.federate(f"node{i}", [a for a in addrs if a != addrs[i]], secret, **settings)
+    return addrs
 
 
 if __name__ == "__main__":

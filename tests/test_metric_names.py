@@ -67,7 +67,8 @@ def _qualifies(when: When, algo: str, rows: list[dict]) -> bool:
     """Whether a job of ``algo`` without auxiliary labels (on the GPU where torch sees one: device
     ``auto``) should write a metric present ``when``."""
     return {When.ALWAYS: True, When.AFTER_EPISODES: any(r[metric_names.EPISODES] for r in rows),
-            When.WITH_CRITIC: algo == "ppo", When.WITH_AUX: False, When.ON_GPU: torch.cuda.is_available()}[when]
+            When.WITH_CRITIC: algo == "ppo", When.WITH_AUX: False, When.ON_GPU: torch.cuda.is_available(),
+            When.WITH_RANKS: False}[when]
 
 
 @pytest.mark.slow  # a whole job per algorithm

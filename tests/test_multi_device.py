@@ -15,6 +15,7 @@ import torch
 
 from dvla import metric_names as m
 from dvla.spec import SpecError, spec_from_dict, spec_to_dict
+from dvlad.lanes.node_part import free_port
 from dvlad.lanes.pipeline import JobFailed, Pipeline
 from dvlad.lanes.ranks import LearnerRanks
 from dvlad.lanes.replica import knobs
@@ -114,11 +115,9 @@ def _rank(rank: int, rendezvous: str, nudge: bool, out) -> None:
 
 @pytest.mark.parametrize("nudge", [False, True])
 def test_ranks_average_gradients_by_samples_and_catch_a_divergence(nudge):
-    from dvlad.lanes.pipeline import _free_port
-
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    rendezvous = f"tcp://127.0.0.1:{_free_port()}"
+    rendezvous = f"tcp://127.0.0.1:{free_port()}"
     procs = [ctx.Process(target=_rank, args=(r, rendezvous, nudge, out)) for r in range(2)]
     for p in procs:
         p.start()

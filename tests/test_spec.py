@@ -236,6 +236,8 @@ def test_multiline_strings_and_arrays_do_not_confuse_the_locator():
         ('[job]\noutput_dir = "runs/{user}"\n', "job.output_dir", 2),
         ('[policy]\nname = "pkg.mod:"\n', "policy.name", 2),
         ('[resources]\ndevice = "cuda"\n', "resources.device", 2),
+        ("[placement]\nnodes = 0\n", "placement.nodes", 2),
+        ("[placement]\n\ncollective_timeout_s = 0\n", "placement.collective_timeout_s", 3),
     ],
 )
 def test_value_checks(text, key, line):

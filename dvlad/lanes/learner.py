@@ -20,6 +20,7 @@ import time
 import traceback
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +38,12 @@ from dvlad.lanes.messages import (
     LaneBusy,
     LearnerFailed,
     LearnerReady,
+    OtherNodes,
     UpdateStats,
     VersionPublished,
 )
-from dvlad.lanes.ranks import LearnerRanks
+from dvlad.lanes.node_part import NodePart, NodeState
+from dvlad.lanes.ranks import TIMEOUT, LearnerRanks, PeersGone, Verdict
 from dvlad.lanes.trajectory import TrajectoryQueue, TrajectoryQueueHandle
 from dvlad.lanes.vram import peak_allocated, tensor_bytes
 from dvlad.lanes.weights import Published, Route, WeightPlane, WeightPlaneHandle
@@ -65,10 +68,11 @@ class LearnerConfig:
     rollout_segments: int = 1
     """Segments of one rollout this rank trains on (one per env group of the replicas it serves)."""
     rank: int = 0
-    world: int = 1
-    """Data-parallel learner ranks of the job (:mod:`dvlad.lanes.ranks`); rank 0 reports and checkpoints."""
-    rendezvous: str = ""
-    """Where the ranks meet (``tcp://HOST:PORT``), when there are several."""
+    """This learner's rank among its node's learner ranks; local rank 0 reports the node's updates."""
+    part: NodePart | None = None
+    """Where the job's data-parallel learner ranks meet (:mod:`dvlad.lanes.ranks`), on this node and
+    the others (:mod:`dvlad.lanes.node_part`); global rank 0 writes the checkpoints. None: this
+    learner alone."""
     backend: str = "gloo"
     """torch.distributed's backend between the ranks: NCCL between distinct GPUs, Gloo otherwise
     (CPU devices, or ranks sharing a GPU, which NCCL refuses)."""
@@ -135,14 +139,19 @@ class Learner:
                 load_weights(self.flat, Path(cfg.spec.policy.checkpoint))
             if cfg.spec.train.resume and self.checkpoint_path.exists():
                 self.restore(self.checkpoint_path)
-        self.demos = (DemoBatches(self.args.demonstrations, cfg.env_spec, self.policy, cfg.spec.job.seed + cfg.rank)
+        part = cfg.part
+        self.rank = part.global_rank(cfg.rank) if part else 0
+        self.demos = (DemoBatches(self.args.demonstrations, cfg.env_spec, self.policy, cfg.spec.job.seed + self.rank)
                       if self.args.name == "bc" else None)
         self.pools.seal(self.weight_bytes())
         self.ranks: LearnerRanks | None = None
-        if cfg.world > 1:
-            self.ranks = LearnerRanks(cfg.rank, cfg.world, cfg.rendezvous, self.device, cfg.backend)
+        if part is not None and part.world > 1:
+            timeout = timedelta(seconds=cfg.spec.placement.collective_timeout_s) if part.nodes > 1 else TIMEOUT
+            self.ranks = LearnerRanks(self.rank, part.world, part.rendezvous, self.device, cfg.backend, timeout,
+                                      part.others())
             self.ranks.bind(self.policy.published_parameters(), self.flat)
             self.ranks.broadcast_(self.flat)  # one start for all, however each was built
+            self.ranks.check_same_start(self.version, self.trained_env_steps)
 
     # -- updates --------------------------------------------------------------------------
     def update(self, segments: list[dict[str, np.ndarray]]) -> UpdateStats:
@@ -292,24 +301,27 @@ class Learner:
 
 
 def learner_main(cfg: LearnerConfig, queue_handle: TrajectoryQueueHandle, plane_handle: WeightPlaneHandle,
-                 messages, stop) -> None:
+                 messages, stop, node: NodeState | None = None) -> None:
     """Entry point of the learn lane, a process of its own or a thread of the actor's process
-    (``Placement.learner_thread``). Talks to the job by the messages of ``messages.py`` only."""
+    (``Placement.learner_thread``). Talks to the job by the messages of ``messages.py`` only, and
+    reads what its node's main process tells the ranks in ``node`` (needed with several ranks)."""
     if not cfg.placement.learner_thread:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the job's process decides how to stop
         name_this_process(f"dvla-learner-{cfg.rank}")
         torch.set_num_threads(cfg.spec.resources.torch_threads)
     with cfg.placement.lane_stream(LEARNER_PRIORITY):
-        _learn(cfg, queue_handle, plane_handle, messages, stop)
+        _learn(cfg, queue_handle, plane_handle, messages, stop, node)
 
 
 def _learn(cfg: LearnerConfig, queue_handle: TrajectoryQueueHandle, plane_handle: WeightPlaneHandle,
-           messages, stop) -> None:
+           messages, stop, node: NodeState | None) -> None:
     traj = plane = distributor = learner = None
     try:
         learner = Learner(cfg)
         traj, plane = TrajectoryQueue.attach(queue_handle), WeightPlane.attach(plane_handle)
-        lead = cfg.rank == 0  # reports the job's updates and writes its checkpoints
+        reports = cfg.rank == 0  # local rank 0 reports this node's updates
+        saves = learner.rank == 0  # global rank 0 writes the job's checkpoints
+        agreement = _Agreement(cfg, learner.ranks, node, messages) if learner.ranks is not None else None
 
         def published(version: int, t0: float, published: Published) -> None:
             messages.put(LaneBusy("distribute", t0, t0 + published.seconds, 1))
@@ -320,12 +332,12 @@ def _learn(cfg: LearnerConfig, queue_handle: TrajectoryQueueHandle, plane_handle
             distributor = Distributor(plane, cfg.placement.device, cfg.routes, on_published=published)
             distributor.publish(learner.flat, learner.version)
         messages.put(LearnerReady(learner.version, learner.trained_env_steps, os.getpid(), cfg.rank))
-        rollouts = _Rollouts(traj, cfg.rollout_segments)
+        rollouts = _Rollouts(traj, cfg.rollout_segments, os.getppid())
         every = cfg.spec.train.checkpoint_every
         while True:
             slots = rollouts.take(learner.version, stop)
-            if learner.ranks is not None and learner.ranks.all_sum([slots is not None])[0] < cfg.world:
-                break  # some rank was asked to stop: all stop together, before the next all-reduce
+            if agreement is not None and not agreement.before_update(slots is not None):
+                break  # some rank stops: all stop together, before the next all-reduce
             if slots is None:
                 break
             t0 = time.monotonic()
@@ -334,6 +346,8 @@ def _learn(cfg: LearnerConfig, queue_handle: TrajectoryQueueHandle, plane_handle
                 traj.release(s)
             if distributor is not None:
                 distributor.flush()  # the last version has left the weights: the update may write them
+            if learner.ranks is not None:
+                learner.ranks.take_collective_s()  # the agreement's wait is for the slowest rollout, not the update
             try:
                 stats = learner.train(batch)
             except torch.OutOfMemoryError as exc:  # the hard cap: say which pool, not only "out of memory"
@@ -344,17 +358,23 @@ def _learn(cfg: LearnerConfig, queue_handle: TrajectoryQueueHandle, plane_handle
             if distributor is not None:
                 distributor.publish(learner.flat, learner.version)
             messages.put(LaneBusy("learn", t0, t1, stats.samples))
-            if lead:
-                stats = dataclasses.replace(stats, learn_s=t1 - t0)
+            if reports:
+                stats = dataclasses.replace(stats, learn_s=t1 - t0, collective_s=None if learner.ranks is None else
+                                            learner.ranks.take_collective_s())
                 if cfg.placement.on_gpu:
                     stats = learner.with_gpu_memory(stats)
                 messages.put(stats)
-                if every and learner.version % every == 0:
+                if saves and every and learner.version % every == 0:
                     messages.put(Checkpointed(str(learner.save()), learner.version))
-        if lead:
+        if saves:
             messages.put(Checkpointed(str(learner.save()), learner.version))
+        if agreement is not None:
+            agreement.after_stop(stop, learner.flat)
         if distributor is not None:
             distributor.close()
+    except PeersGone as exc:  # in a job of several nodes: "node 1's ranks went away: ..." says it all
+        messages.put(OtherNodes(0, failure=str(exc)) if cfg.part and cfg.part.nodes > 1
+                     else LearnerFailed(traceback.format_exc(), cfg.rank))
     except BaseException:
         messages.put(LearnerFailed(traceback.format_exc(), cfg.rank))
     finally:
@@ -365,6 +385,47 @@ def _learn(cfg: LearnerConfig, queue_handle: TrajectoryQueueHandle, plane_handle
                 part.close()
 
 
+class _Agreement:
+    """A learner rank's side of the ranks' agreement before each update (:meth:`LearnerRanks.agree`):
+    all train the update or all stop, and in a job of several nodes a node stops when another does
+    (for its reason), fails when another fails, and counts the env steps of all (the job's budget)."""
+
+    def __init__(self, cfg: LearnerConfig, ranks: LearnerRanks, node: NodeState | None, messages) -> None:
+        assert cfg.part is not None and node is not None, "several ranks need their part and their node's state"
+        self.part, self.ranks, self.node, self.messages = cfg.part, ranks, node, messages
+        self.speaks = cfg.rank == 0  # the node's env steps and stop reason come from its local rank 0
+        self.last: Verdict | None = None
+
+    def before_update(self, ready: bool) -> bool:
+        """Whether every rank trains this update (False: all stop now)."""
+        node, part = self.node, self.part
+        failed = node.failed or (not ready and node.stop_reason is None)  # a node stopping for no reason fails
+        verdict = self.last = self.ranks.agree(
+            ready, part.node, part.nodes, failed=failed, stop_reason=node.stop_reason if self.speaks else None,
+            env_steps=node.env_steps if self.speaks else 0)
+        if part.nodes > 1 and self.speaks:
+            others = [k for k in verdict.failed if k != part.node]
+            self.messages.put(OtherNodes(
+                self._others_steps(verdict), None if verdict.train else verdict.stop_reason,
+                f"node {others[0]} failed (its part's summary says why)" if others else None))
+        return verdict.train
+
+    def after_stop(self, stop, flat: torch.Tensor) -> None:
+        """In a job of several nodes that stopped cleanly: once this node's actors have stopped, one more
+        exchange of every node's env steps (the job's final count), then this node's weights digest."""
+        verdict = self.last
+        if self.part.nodes == 1 or verdict is None or verdict.failed:
+            return
+        stop.wait()  # its actors stop on the OtherNodes message, or already have
+        final = self.ranks.agree(False, self.part.node, self.part.nodes, stop_reason=self.node.stop_reason if
+                                 self.speaks else None, env_steps=self.node.env_steps if self.speaks else 0)
+        if self.speaks:
+            self.messages.put(OtherNodes(self._others_steps(final), weights_digest=self.ranks.digest(flat)))
+
+    def _others_steps(self, verdict: Verdict) -> int:
+        return sum(verdict.env_steps) - verdict.env_steps[self.part.node]
+
+
 class _Rollouts:
     """A learner rank's side of its trajectory queue, one rollout at a time.
 
@@ -373,17 +434,19 @@ class _Rollouts:
     slot held) until its update. The staleness gate bounds how far ahead a replica runs, and the
     queue has room for that many rollouts (``pipeline.py``)."""
 
-    def __init__(self, traj: TrajectoryQueue, count: int) -> None:
-        self.traj, self.count = traj, count
+    def __init__(self, traj: TrajectoryQueue, count: int, parent: int) -> None:
+        self.traj, self.count, self.parent = traj, count, parent
         self.held: dict[int, list[int]] = defaultdict(list)
 
     def take(self, rollout: int, stop) -> list[int] | None:
-        """The slots of rollout ``rollout``'s segments, or None once asked to stop."""
+        """The slots of rollout ``rollout``'s segments, or None once asked to stop, or once the job's
+        process is gone (killed: nothing will set ``stop``; the ranks then learn that this node failed
+        rather than wait out their timeout)."""
         while len(self.held[rollout]) < self.count:
             try:
                 slot = self.traj.take(timeout=0.2)
             except queue.Empty:
-                if stop.is_set():
+                if stop.is_set() or os.getppid() != self.parent:
                     return None
                 continue
             self.held[int(self.traj.arrays["rollout"][slot])].append(slot)

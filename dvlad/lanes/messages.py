@@ -9,7 +9,7 @@ version, a few timings or statistics, or a traceback.
 From the learn lane to the job's reporter (``reporter.py``): :class:`LearnerReady` once, then per
 update a :class:`LaneBusy` for the learn lane and one for the distribute lane, an
 :class:`UpdateStats`, a :class:`Checkpointed` whenever it wrote a checkpoint; :class:`LearnerFailed`
-if it died.
+if it died; in a job of several nodes an :class:`OtherNodes` per update.
 """
 
 from __future__ import annotations
@@ -110,6 +110,8 @@ class UpdateStats:
     explained_variance: float | None
     """How well the critic's values predicted the returns (algorithms with a critic); None otherwise."""
     learn_s: float | None = None
+    collective_s: float | None = None
+    """Of ``learn_s``, the seconds in collectives with the other learner ranks (none: one rank)."""
     """Seconds the lane spent on the update, from taking the rollout out of the queue (set by the lane)."""
     learner_weight_bytes: int | None = None
     """On a GPU: the learner's part of the weight pool (weights and optimizer state)."""
@@ -131,6 +133,22 @@ class LearnerFailed:
 
     traceback: str
     rank: int = 0
+
+
+@dataclass(frozen=True)
+class OtherNodes:
+    """From a node's local learner rank 0, in a job of several nodes (``node_part.py``): what the
+    ranks agreed before an update, or once more at the end, of the other nodes."""
+
+    env_steps: int
+    """The env steps the other nodes had sampled (the job's budget counts every node's)."""
+    stop_reason: str | None = None
+    """Another node stopped (its budget, a stop asked for): this one stops too, for that reason."""
+    failure: str | None = None
+    """Another node failed or went away: this node's part fails, with this reason."""
+    weights_digest: tuple[float, float] | None = None
+    """At the end: this node's final weights, as :func:`dvlad.lanes.ranks.weights_digest` sums them
+    (every node's summary has it: equal on all nodes, and to that of the checkpoint)."""
 
 
 @dataclass(frozen=True)

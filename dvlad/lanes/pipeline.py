@@ -27,7 +27,6 @@ import contextlib
 import multiprocessing as mp
 import os
 import queue
-import socket
 import threading
 import time
 from collections import Counter, deque
@@ -48,6 +47,7 @@ from dvlad.lanes.device import ACTOR_PRIORITY, JobDevices, job_devices, placemen
 from dvlad.lanes.env_workers import EnvWorkerPool
 from dvlad.lanes.learner import LearnerConfig, learner_main
 from dvlad.lanes.messages import LearnerFailed, LearnerReady
+from dvlad.lanes.node_part import NodePart, NodeState, free_port
 from dvlad.lanes.replica import ReplicaSetup, check_segments, knobs, make_actor, open_pool, replica_main
 from dvlad.lanes.reporter import Progress, Reporter
 from dvlad.lanes.timeline import LaneTimeline
@@ -65,8 +65,11 @@ class JobFailed(RuntimeError):
 
 class Pipeline:
     def __init__(self, spec: JobSpec, output_dir: Path, on_progress: Callable[[Progress], None] | None = None,
-                 on_log: Callable[[str], None] | None = None, started_at: float | None = None) -> None:
-        self.spec, self.output_dir = spec, output_dir
+                 on_log: Callable[[str], None] | None = None, started_at: float | None = None,
+                 part: NodePart | None = None) -> None:
+        self.part = part
+        """This node's part of a job of several nodes (``node_part.py``); None: the whole job is here."""
+        self.spec, self.output_dir = (part.own(spec) if part else spec), output_dir
         self.on_progress = on_progress or (lambda p: None)
         self.on_log = on_log or (lambda line: None)
         self.timeline = LaneTimeline()
@@ -88,6 +91,10 @@ class Pipeline:
         self.activation_history: deque[float] = deque(maxlen=GROWTH_UPDATES + 1)
         self.budget = Budget(spec.train, time.monotonic() if started_at is None else started_at)
         """What stops the job (``started_at``: the job's start, so ``train.max_minutes`` counts set-up)."""
+        self.reporter: Reporter | None = None
+        """The job's reporter, once it runs (the env steps of this node and of the others)."""
+        self.node: NodeState | None = None
+        """What this process tells its learner ranks for their agreement before each update."""
 
     def request_stop(self, reason: str = stops.SIGTERM) -> None:
         """Finish the update in hand, checkpoint and stop (SIGTERM and Ctrl-C do this)."""
@@ -164,18 +171,21 @@ class Pipeline:
             pools.seal(tensor_bytes([*policy.parameters(), *policy.buffers()]))
             parts += [*queues, plane]
             messages = ctx.Queue()
-            rendezvous = f"tcp://127.0.0.1:{_free_port()}" if ranks > 1 else ""
+            part = self.part or NodePart.alone(ranks, f"tcp://127.0.0.1:{free_port()}" if ranks > 1 else "")
+            part.check(ranks)
+            node = self.node = NodeState(ctx)
             learner_devices = [devices.device_of(d) for d in layout.learner_devices]
+            # every node decides alike: the coordinator gives a job's nodes the same kind of devices
             backend = "nccl" if all(d.type == "cuda" for d in learner_devices) and \
                 len(set(learner_devices)) == ranks else "gloo"
             for rank, device_id in enumerate(layout.learner_devices):
                 cfg = LearnerConfig(spec, pool.spec, str(self.output_dir),
                                     placement_for(spec, devices.device_of(device_id)), rollout_segments=feeds[rank],
-                                    rank=rank, world=ranks, rendezvous=rendezvous, backend=backend,
+                                    rank=rank, part=part if part.world > 1 else None, backend=backend,
                                     routes=_routes(layout, rank) if ranks > 1 or replicas > 1 else None)
                 lane = threading.Thread if cfg.placement.learner_thread else ctx.Process
                 lanes[_learner_name(rank, ranks)] = lane(
-                    target=learner_main, args=(cfg, queues[rank].handle, plane.handle, messages, stop),
+                    target=learner_main, args=(cfg, queues[rank].handle, plane.handle, messages, stop, node),
                     name=f"dvla-learner-{rank}", daemon=True)
                 lanes[_learner_name(rank, ranks)].start()
             ready, early = self._await_ready(messages, lanes, ranks)
@@ -230,7 +240,9 @@ class Pipeline:
                    early: list[object]) -> dict[str, float]:
         t_start = self.timeline_origin = time.monotonic()
         budget = self.budget
-        reporter = reporter_from(t_start)
+        reporter = self.reporter = reporter_from(t_start)
+        node = self.node
+        assert node is not None
         reporter.on_row = budget.see_row
         reporter.on_checkpoint = lambda version: self._carry(reporter, version)
         for msg in early:
@@ -241,6 +253,9 @@ class Pipeline:
             return next((_exited(name, lane) for name, lane in lanes.items() if not lane.is_alive()), None)
 
         def should_stop() -> bool:
+            node.tell(reporter.node_env_steps)
+            if reporter.other_nodes.stop_reason is not None:  # another node stopped: all do, for its reason
+                budget.stop(reporter.other_nodes.stop_reason)
             return ended() is not None or reporter.failure is not None or budget.check(reporter.env_steps) is not None
 
         try:
@@ -248,6 +263,9 @@ class Pipeline:
                 actor.run(should_stop)
         finally:
             lane_ended = ended()  # before any was asked to stop
+            # the ranks learn why this node stops (or that it fails) before it asks them to
+            node.tell(reporter.node_env_steps, budget.reason,
+                      failed=budget.reason is None or lane_ended is not None or reporter.failure is not None)
             stop.set()
             for lane in lanes.values():
                 lane.join(timeout=120 if lane_ended is None else 10)
@@ -296,9 +314,3 @@ def _exited(name: str, lane: Lane) -> str:
     code = getattr(lane, "exitcode", None)  # the pid lets dvlad look for an OOM kill of it (supervisor.py)
     return f"{name} thread ended" if code is None else f"{name} (pid {lane.pid}) {how_it_ended(code)}"
 
-
-def _free_port() -> int:
-    """A TCP port of the loopback that nothing listens on (now): the learner ranks' rendezvous."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]

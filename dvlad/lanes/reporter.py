@@ -24,6 +24,7 @@ from dvlad.lanes.messages import (
     Checkpointed,
     LaneBusy,
     LearnerFailed,
+    OtherNodes,
     ReplicaFailed,
     ReplicaProgress,
     UpdateStats,
@@ -62,7 +63,9 @@ class Reporter(threading.Thread):
         self.checkpoint: str | None = None
         """The latest complete checkpoint."""
         self.failure: str | None = None
-        """Why the learn lane died, with its traceback; None while it has not."""
+        """Why the learn lane died, with its traceback (or another node failed); None while it has not."""
+        self.other_nodes = OtherNodes(0)
+        """The latest the learner ranks agreed of the other nodes, in a job of several nodes."""
         self.on_row: Callable[[dict[str, float]], None] = lambda values: None
         """Called with every update's row, given to ``on_progress`` or not (the job's stop rule)."""
         self.on_checkpoint: Callable[[int], None] = lambda version: None
@@ -75,7 +78,13 @@ class Reporter(threading.Thread):
 
     @property
     def env_steps(self) -> int:
-        """The job's env steps: replica 0's and the latest the others reported."""
+        """The job's env steps: this node's and, in a job of several, the other nodes' as of the ranks'
+        latest agreement."""
+        return self.node_env_steps + self.other_nodes.env_steps
+
+    @property
+    def node_env_steps(self) -> int:
+        """This node's env steps: replica 0's and the latest the others reported."""
         return self.actor.env_steps + sum(r.env_steps for r in self._others.values())
 
     def run(self) -> None:
@@ -117,6 +126,10 @@ class Reporter(threading.Thread):
             case Checkpointed(path, version):
                 self.checkpoint = path
                 self.on_checkpoint(version)
+            case OtherNodes(failure=str(failure)):
+                self.failure = failure
+            case OtherNodes():
+                self.other_nodes = msg
             case LearnerFailed(tb, rank):
                 self.failure = f"learner{f' rank {rank}' if self.learner_ranks > 1 else ''} failed:\n{tb}"
             case ReplicaFailed(replica, tb):
@@ -195,4 +208,6 @@ def _update_metrics(stats: UpdateStats) -> dict[str, float]:
         values[m.EXPLAINED_VARIANCE] = stats.explained_variance
     if stats.learn_s is not None:
         values[m.LEARN_S] = stats.learn_s
+    if stats.collective_s is not None:
+        values[m.COLLECTIVE_S] = stats.collective_s
     return values

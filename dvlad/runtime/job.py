@@ -33,6 +33,7 @@ from dvla.spec import JobSpec, SpecError, load_spec, spec_from_dict, spec_to_dic
 from dvlad.gpu.budgets import pool_report
 from dvlad.lanes.budget import ResumePoint, resume_point
 from dvlad.lanes.env_workers import EnvWorkerError
+from dvlad.lanes.node_part import VARIABLES, NodePart
 from dvlad.lanes.pipeline import JobFailed, Pipeline
 from dvlad.lanes.reporter import Progress
 from dvlad.runtime.metrics import MetricsSink
@@ -113,6 +114,7 @@ def run_job(spec: JobSpec, output_dir: Path, quiet: bool = False, started_at: fl
     metrics, checkpoints and a summary to ``output_dir``. ``started_at`` (``time.monotonic()``, default:
     now) is when the job began, which ``train.max_minutes`` counts from."""
     t0 = time.monotonic() if started_at is None else started_at
+    part = NodePart.from_env(spec.placement.nodes)  # one node's part of a job of several (node_part.py)
     output_dir.mkdir(parents=True, exist_ok=True)
     point = resume_point(output_dir, spec.train.resume)
     if point is not None:
@@ -131,7 +133,8 @@ def run_job(spec: JobSpec, output_dir: Path, quiet: bool = False, started_at: fl
         if not quiet:
             print(format_progress(p.values, spec.train.total_env_steps), flush=True)
 
-    pipeline = Pipeline(spec, output_dir, on_progress=progress, on_log=None if quiet else print, started_at=t0)
+    pipeline = Pipeline(spec, output_dir, on_progress=progress, on_log=None if quiet else print, started_at=t0,
+                        part=part)
 
     def interrupt(*_) -> None:
         if pipeline.stop_reason == stops.INTERRUPTED:
@@ -160,6 +163,10 @@ def run_job(spec: JobSpec, output_dir: Path, quiet: bool = False, started_at: fl
                **pool_report(spec, pipeline.pool_peaks, m.GPU_WEIGHT_BYTES, m.GPU_ACTIVATION_BYTES)}
     if pipeline.stop_reason == stops.MAX_MINUTES and setup_s >= 60 * spec.train.max_minutes:
         summary["during_setup"] = True
+    if part is not None and pipeline.reporter is not None:  # env_steps above: every node's
+        digest = pipeline.reporter.other_nodes.weights_digest
+        summary.update(node=part.node, nodes=part.nodes, node_env_steps=pipeline.reporter.node_env_steps,
+                       weights_digest=list(digest) if digest else None)
     _write_summary(output_dir, summary)
     return summary
 
@@ -221,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog=prog, description="Run a D-VLA job file in this process, without the daemon.",
         epilog=f"example: {prog} examples/reach_ppo.toml --output-dir runs/try1\n\nexit status: "
-               + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()),
+               + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items())
+               + f"\n\na job of placement.nodes > 1 runs as one part per node, each this command with "
+               f"{', '.join(VARIABLES)} set by the coordinating dvlad (docs/planes.md, \"Several nodes\")",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("job_file", help="the job's TOML file (see docs/jobs.md); its relative paths are "
                                          "taken from its folder")

@@ -120,8 +120,11 @@ class Supervisor:
         self.reclaimed = Segments()
         """The ``/dev/shm`` segments (and bytes) of ended jobs removed since dvlad started."""
 
-    def start(self, job: Job, gpu_ids: list[int]) -> Job:
+    def start(self, job: Job, gpu_ids: list[int], extra_env: dict[str, str] | None = None,
+              note: str = "") -> Job:
         """Start a job that is ``placing``; it becomes running, or failed with the reason.
+        ``extra_env``: what a node part of a multi-node job is told (:mod:`dvlad.fed`); ``note`` ends
+        the reason of its running state (which node part it is).
 
         A job on several GPUs is laid out by the planner the job itself will follow
         (:func:`dvlad.gpu.layout.plan_layout`, over the same topology record, handed to the job): the
@@ -133,12 +136,12 @@ class Supervisor:
                                    learners=spec.placement.learner_gpus, workers=spec.env.workers,
                                    groups=spec.env.groups, fanout=spec.placement.replication_fanout)
                 log.info("job layout", extra={"job": job.id, **plan.as_dict()})
-            started = spawn(job, gpu_ids, self.state_dir, self.topology)
+            started = spawn(job, gpu_ids, self.state_dir, self.topology, extra_env)
         except (OSError, subprocess.SubprocessError, ValueError) as exc:
             return self.store.transition(job.id, State.FAILED, f"could not start: {exc}")
         self.tracked[job.id] = Tracked.started(job.id, started.pid, started.create_time, started.popen)
         return self.store.transition(job.id, State.RUNNING, f"started as pid {started.pid} on "
-                                     f"{'GPUs ' + ','.join(map(str, gpu_ids)) if gpu_ids else 'CPU'}",
+                                     f"{'GPUs ' + ','.join(map(str, gpu_ids)) if gpu_ids else 'CPU'}{note}",
                                      pid=started.pid, pid_start=started.create_time)
 
     def recover(self) -> None:
@@ -177,11 +180,16 @@ class Supervisor:
         if job.state in (State.QUEUED, State.PLACING):
             return self.store.transition(job.id, State.CANCELLED, f"cancelled by {by} before it started")
         job = self.store.transition(job.id, State.CANCELLING, f"cancelled by {by}")
-        tracked = self.tracked.get(job.id)
-        if tracked is not None:
+        self.terminate(job.id)
+        return job
+
+    def terminate(self, job_id: int) -> None:
+        """SIGTERM to the job's process group now, SIGKILL after the grace (a job whose state is already
+        settled elsewhere: a multi-node job failed by its coordinator)."""
+        tracked = self.tracked.get(job_id)
+        if tracked is not None and tracked.term_sent_at is None:
             tracked.term_sent_at = time.monotonic()
             _signal_group(tracked.pid, signal.SIGTERM)
-        return job
 
     def _finish(self, job: Job, exit_code: int | None, tracked: Tracked | None = None) -> None:
         try:  # the job's user controls run/: a bounded read of a regular file, or nothing

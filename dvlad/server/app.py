@@ -17,6 +17,7 @@ from aiohttp import web
 from dvla.api import JOBS_PAGE
 from dvla.spec import SpecError
 from dvlad.config import Config
+from dvlad.fed.routes import FED_PREFIX, FED_ROUTES, verify_peer
 from dvlad.gpu.inventory import LIVE_FIELDS
 from dvlad.runtime.jobfiles import metrics_rows, read_job_file
 from dvlad.runtime.launch import log_path, run_dir
@@ -27,7 +28,7 @@ from dvlad.server.connections import GUARD, ConnectionGuard
 from dvlad.server.core import NeverFits
 from dvlad.server.errors import HTTP_CODES, ApiError
 from dvlad.server.host import HostLoad
-from dvlad.server.lifetime import CONFIG, DAEMON, STATE_DIR
+from dvlad.server.lifetime import CONFIG, DAEMON, HOST, STATE_DIR
 from dvlad.server.limits import IDEMPOTENCY_KEY, JOB_ID_DIGITS, PRIORITY_RANGE, QUERY_RANGES
 from dvlad.server.openapi import document
 from dvlad.store import TERMINAL, Job, State
@@ -35,7 +36,6 @@ from dvlad.store import TERMINAL, Job, State
 log = logging.getLogger("dvlad")
 
 TOKENS = web.AppKey("tokens", dict)
-HOST = web.AppKey("host", HostLoad)
 IDENTITY = "dvlad.identity"
 FOLLOW_POLL_S = 0.2
 LOG_CHUNK = 1 << 20
@@ -47,6 +47,10 @@ TAR = "application/x-tar"
 async def errors_and_identity(request: web.Request, handler):
     """Authenticate every request; turn every failure into ``{code, field, reason}``."""
     try:
+        if request.path.startswith(FED_PREFIX):  # peers' endpoints: signed requests only, never a user's
+            await verify_peer(request)
+            request.app[GUARD].authenticated(request.transport)
+            return await handler(request)
         who = authenticate(request, request.app[TOKENS], request.app[CONFIG].daemon)
         request.app[GUARD].authenticated(request.transport)
         if os.geteuid() != 0 and who.uid != os.geteuid():
@@ -168,6 +172,8 @@ async def get_job(request: web.Request) -> web.Response:
     body["run_dir"] = str(run_dir(request.app[STATE_DIR], job.id))
     body["spec"] = job.spec
     body["events"] = request.app[DAEMON].store.events(job_id=job.id)
+    if (federation := request.app[DAEMON].federation) is not None:
+        body["parts"] = federation.coordinator.public(job.id)
     return respond(request, body)
 
 
@@ -237,19 +243,11 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 
 async def nodes(request: web.Request) -> web.Response:
+    """This node, and with federation every peer with the age of its last heartbeat."""
     daemon = request.app[DAEMON]
-    cluster, active = daemon.cluster()
-    node = {
-        "name": daemon.inventory.topology.get("host", ""),
-        "gpu_source": daemon.inventory.source,
-        "gpus": [{"index": d["index"], "name": d.get("name", ""), "memory_total": d.get("memory_total", 0),
-                  "free": d["index"] in cluster.free_gpus} for d in daemon.inventory.topology.get("devices", [])],
-        "cpu_slots": request.app[CONFIG].cpu_slots,
-        "free_cpu_slots": cluster.free_cpus,
-        "running_jobs": len(active),
-        **request.app[HOST].reading(),
-    }
-    return respond(request, {"nodes": [node]})
+    if daemon.federation is not None:
+        return respond(request, {"nodes": daemon.federation.rows()})
+    return respond(request, {"nodes": [daemon.node(request.app[HOST].reading())]})
 
 
 async def topology(request: web.Request) -> web.Response:
@@ -356,4 +354,5 @@ def make_app(config: Config, tokens: dict[str, str]) -> web.Application:
     app[GUARD] = ConnectionGuard.for_file_limit(d.max_tcp_connections, d.max_tcp_unauthenticated)
     app.cleanup_ctx.extend(lifetime.CONTEXTS)
     app.add_routes(ROUTES)
+    app.add_routes(FED_ROUTES)
     return app

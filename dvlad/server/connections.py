@@ -22,6 +22,7 @@ import asyncio
 import logging
 import resource
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -117,17 +118,18 @@ class GuardedTCPSite(web.BaseSite):
     """A TCP listener whose connections go through a :class:`ConnectionGuard` (aiohttp's ``TCPSite``
     hands each straight to the server)."""
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard, backlog: int = 128):
-        super().__init__(runner, backlog=backlog)
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard, backlog: int = 128,
+                 ssl_context: ssl.SSLContext | None = None):
+        super().__init__(runner, backlog=backlog, ssl_context=ssl_context)
         self._host, self._port, self.guard = host, port, guard
 
     @property
     def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
+        return f"{'https' if self._ssl_context else 'http'}://{self._host}:{self._port}"
 
     async def start(self) -> None:
         await super().start()
         server: Callable[[], Any] = self._runner.server
         self._server = await asyncio.get_running_loop().create_server(
             lambda: _Guarded(server(), self.guard), self._host, self._port, reuse_address=True,
-            family=socket.AF_UNSPEC, backlog=self._backlog)
+            family=socket.AF_UNSPEC, backlog=self._backlog, ssl=self._ssl_context)

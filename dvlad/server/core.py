@@ -17,6 +17,7 @@ from typing import Any
 from dvla.paths import relative_paths
 from dvla.spec import JobSpec, SpecError, spec_from_dict, spec_to_dict
 from dvlad.config import Config, job_cpu_slots
+from dvlad.fed.leases import Leases
 from dvlad.gpu.budgets import BudgetUnknown, memory_ask
 from dvlad.gpu.inventory import Inventory
 from dvlad.gpu.links import link_score
@@ -68,6 +69,10 @@ class Daemon:
         self._gpu_memory = {d["index"]: d.get("memory_total") for d in inventory.topology.get("devices", [])}
         self._asks: dict[int, MemoryAsk | None] = {}
         """Job id -> what it asks of each GPU when it shares GPUs (None: whole GPUs), from its spec."""
+        self.leases = Leases()
+        """GPUs and CPU slots of this node that peers' multi-node jobs hold (:mod:`dvlad.fed.leases`)."""
+        self.federation: Any = None
+        """The :class:`dvlad.fed.service.Federation` when ``[federation]`` is on: it starts multi-node jobs."""
 
     def kick(self) -> None:
         """Ask for a scheduling pass soon (after a submit, a cancel or an exit)."""
@@ -87,6 +92,7 @@ class Daemon:
         gpus, cpus = resolved.resources.gpus, job_cpu_slots(resolved.env.workers)
         self._refuse_if_never_fits(gpus, cpus)
         self._refuse_if_memory_never_fits(resolved)
+        self._refuse_if_too_few_nodes(resolved.placement.nodes)
         future: asyncio.Future[tuple[Job, bool]] = asyncio.get_running_loop().create_future()
         self._pending.append((Submission(
             uid=who.uid, gid=who.gid, user=who.user, groups=list(who.groups), idempotency_key=idempotency_key,
@@ -131,6 +137,17 @@ class Daemon:
                             f"this node's GPUs cannot hold the job: it {why}; lower resources.activation_pool "
                             "or resources.weight_pool (or the batch sizes behind an \"auto\" budget), or use a "
                             "node with larger GPUs")
+
+    def _refuse_if_too_few_nodes(self, nodes: int) -> None:
+        """Raise :class:`NeverFits` for a multi-node job this daemon cannot coordinate: no federation,
+        or fewer peers configured than the job needs besides this node."""
+        if nodes == 1:
+            return
+        peers = len(self.config.federation.peers) if self.federation is not None else 0
+        if nodes - 1 > peers:
+            where = (f"this dvlad has {_count(peers, 'peer')} in [federation] peers" if self.federation is not None
+                     else "this dvlad is not federated (no [federation] secret_file in its config)")
+            raise NeverFits("spec.placement.nodes", f"the job asks for {nodes} nodes; {where}; see docs/federation.md")
 
     def _ask(self, job_id: int, job: Job | None = None) -> MemoryAsk | None:
         """What job ``job_id`` asks of each GPU (None: whole GPUs), computed once from its spec."""
@@ -182,9 +199,27 @@ class Daemon:
             for usage in [users[job.user], *(groups[g] for g in job.groups)]:
                 usage.gpus += job.gpus
                 usage.running_jobs += 1
+        leased_gpus, leased_cpus = self.leases.reserved({job.id for job in active})
+        busy.update(leased_gpus)
+        cpus += leased_cpus
         free = frozenset(set(self.inventory.gpu_indices) - busy)
         return Cluster(free, self.config.cpu_slots - cpus, dict(users), dict(groups), link_score=self._link_score,
                        capacity=self.capacity(), shared=SharedGpus(self._gpu_memory, dict(taken))), active
+
+    def node(self, host_reading: dict[str, Any]) -> dict[str, Any]:
+        """This node as ``GET /v1/nodes`` lists it: GPUs (free or not), CPU slots, running jobs, and
+        ``host_reading`` (the machine's CPU and RAM)."""
+        cluster, active = self.cluster()
+        return {
+            "name": self.inventory.topology.get("host", ""),
+            "gpu_source": self.inventory.source,
+            "gpus": [{"index": d["index"], "name": d.get("name", ""), "memory_total": d.get("memory_total", 0),
+                      "free": d["index"] in cluster.free_gpus} for d in self.inventory.topology.get("devices", [])],
+            "cpu_slots": self.config.cpu_slots,
+            "free_cpu_slots": cluster.free_cpus,
+            "running_jobs": len(active),
+            **host_reading,
+        }
 
     def public(self, job: Job) -> dict[str, Any]:
         """A job's record as the API shows it: the store's, with a queued job's pending reason (why
@@ -220,6 +255,9 @@ class Daemon:
                 job = self.store.transition(decision.job_id, State.PLACING, "resources free; starting",
                                             gpu_ids=gpu_ids)
             except IllegalTransition:  # cancelled while the pass decided: its room stays free
+                continue
+            if self.federation is not None and self.federation.multi_node(job):
+                self.federation.coordinate(job, gpu_ids)  # places the other parts, then starts this one
                 continue
             job = self.supervisor.start(job, gpu_ids)
             if job.state is State.FAILED:  # it could not start: its room is free again for the next pass

@@ -23,6 +23,7 @@ from dvlad.gpu.inventory import discover
 from dvlad.runtime.launch import PASS_THROUGH
 from dvlad.server import prom
 from dvlad.server.core import Daemon
+from dvlad.server.host import HostLoad
 from dvlad.server.notify import watchdog, watchdog_interval
 from dvlad.store import Store
 
@@ -30,6 +31,8 @@ CONFIG = web.AppKey("config", Config)
 STATE_DIR = web.AppKey("state_dir", Path)
 STORE = web.AppKey("store", Store)
 DAEMON = web.AppKey("daemon", Daemon)
+HOST = web.AppKey("host", HostLoad)
+"""The machine's CPU and RAM readings, shared by ``/v1/nodes`` and the heartbeats."""
 TASKS = web.AppKey("tasks", list)
 """The daemon's background tasks: one that ends on its own ends dvlad (``main`` waits on them)."""
 
@@ -68,14 +71,27 @@ async def run_daemon(app: web.Application) -> AsyncIterator[None]:
     except (OSError, ValueError) as exc:  # a recorded topology that cannot be read: say which
         raise SystemExit(f"dvlad: cannot read the recorded topology: {exc}") from None
     daemon = app[DAEMON] = Daemon(config, app[STORE], inventory, app[STATE_DIR])
+    federation = None
+    if config.federation.enabled:  # before the scheduling loop: it may meet multi-node jobs at once
+        from dvlad.config import ConfigError
+        from dvlad.fed.service import Federation
+
+        try:
+            federation = Federation(config, daemon, app[HOST], app[STATE_DIR])
+        except ConfigError as exc:  # the secret file changed since the config was checked
+            raise SystemExit(f"dvlad: config: {exc}") from None
     app[prom.REGISTRY] = prom.registry_for(daemon, app[STATE_DIR])
     tasks = app[TASKS] = [asyncio.create_task(daemon.run(), name="daemon")]
+    if federation is not None:
+        tasks += federation.tasks()
     if interval := watchdog_interval():
         tasks.append(asyncio.create_task(watchdog(interval), name="watchdog"))
     yield
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)  # one that died is main's to report
+    if federation is not None:
+        await federation.close()
 
 
 CONTEXTS = (hold_lock, open_store, run_daemon)

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import stat
 import sys
 from pathlib import Path
@@ -79,7 +80,24 @@ def resolve(args: argparse.Namespace, system: Path = DEFAULT_CONFIG) -> Config:
         host, _, port = d.tcp.rpartition(":")
         if not host or not (port.isascii() and port.isdigit()):
             raise ConfigError("daemon.tcp", f"expected host:port, got {d.tcp!r}")
+    if config.federation.enabled and not d.tcp:
+        raise ConfigError("federation.secret_file", "federation needs daemon.tcp: peers talk to each other over TCP")
+    advertised = (config.federation.advertise or d.tcp).rpartition(":")[0].strip("[]")
+    if config.federation.enabled and advertised in ("", "0.0.0.0", "::"):
+        raise ConfigError("federation.advertise", f"daemon.tcp listens on every address ({d.tcp}); set "
+                          "federation.advertise to the host:port peers reach this node at")
     return config
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The TCP listener's TLS context when ``federation.tls_cert`` and ``tls_key`` are set; peers are
+    checked against ``tls_ca`` by the client side (:mod:`dvlad.fed.client`)."""
+    fed = config.federation
+    if not fed.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(fed.tls_cert, fed.tls_key)
+    return context
 
 
 def _unlink_stale_socket(path: Path) -> None:
@@ -90,11 +108,13 @@ def _unlink_stale_socket(path: Path) -> None:
         path.unlink()
 
 
-async def _listen(runner: web.AppRunner, d: DaemonSection) -> Path:
-    """Listen on TCP (if configured), then on the Unix socket, which gets its mode and group; returns its path."""
+async def _listen(runner: web.AppRunner, d: DaemonSection, tls: ssl.SSLContext | None = None) -> Path:
+    """Listen on TCP (if configured; over TLS with ``tls``), then on the Unix socket, which gets its mode
+    and group; returns its path."""
     if d.tcp:  # before the Unix socket: once that answers, every listener is up
         host, _, port = d.tcp.rpartition(":")
-        await GuardedTCPSite(runner, host, int(port), runner.app[GUARD], backlog=LISTEN_BACKLOG).start()
+        await GuardedTCPSite(runner, host, int(port), runner.app[GUARD], backlog=LISTEN_BACKLOG,
+                             ssl_context=tls).start()
     sock_path = Path(d.socket)
     sock_path.parent.mkdir(parents=True, exist_ok=True)
     _unlink_stale_socket(sock_path)
@@ -129,7 +149,7 @@ async def serve(config: Config, tokens: dict[str, str]) -> int:
                            keepalive_timeout=config.daemon.header_timeout_s, lingering_time=LINGER_S)
     try:
         await runner.setup()
-        sock_path = await _listen(runner, config.daemon)
+        sock_path = await _listen(runner, config.daemon, tls_context(config))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -155,6 +175,14 @@ async def serve(config: Config, tokens: dict[str, str]) -> int:
     return 1 if died else 0
 
 
+def _federation_line(config: Config) -> str:
+    fed = config.federation
+    if not fed.enabled:
+        return "off"
+    return (f"{len(fed.peers)} peer(s), advertised at {fed.advertise or config.daemon.tcp}"
+            f"{', TLS' if fed.tls_cert else ''}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from dvlad.server.auth import load_tokens
@@ -165,9 +193,15 @@ def main(argv: list[str] | None = None) -> int:
         config = resolve(args)
         # checked before serving too: a bad tokens file is a one-line config error, not a traceback
         tokens = load_tokens(Path(config.daemon.tokens_file)) if config.daemon.tcp else {}
+        if config.federation.enabled:
+            from dvlad.fed.secret import load_secret
+
+            load_secret(Path(config.federation.secret_file))
+            tls_context(config)
         if args.check_config:
             print(f"config ok: state_dir {config.daemon.state_dir}, socket {config.daemon.socket}, "
-                  f"{config.cpu_slots} CPU slots ({config.cpu_slots_origin}), tcp {config.daemon.tcp or 'off'}")
+                  f"{config.cpu_slots} CPU slots ({config.cpu_slots_origin}), tcp {config.daemon.tcp or 'off'}, "
+                  f"federation {_federation_line(config)}")
             return 0
     except (ConfigError, OSError, ValueError) as err:
         print(f"dvlad: config: {err}", file=sys.stderr)

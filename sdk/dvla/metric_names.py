@@ -28,6 +28,7 @@ class When(Enum):
     WITH_CRITIC = "PPO (a learned value function)"
     WITH_AUX = "algo.aux_coef > 0 on an env with auxiliary labels"
     ON_GPU = "jobs on a GPU"
+    WITH_RANKS = "jobs of several learner ranks"
 
 
 class Group(Enum):
@@ -121,6 +122,10 @@ STALENESS_MAX = _declare("staleness_max", "versions", Group.PIPELINE, "largest s
 STALENESS_HIST = _declare("staleness_hist", "samples", Group.PIPELINE,
                           "trained samples per staleness 0, 1, ... since the previous row", scalar=False)
 LEARN_S = _declare("learn_s", "s", Group.PIPELINE, "seconds the update took")
+COLLECTIVE_S = _declare("collective_s", "s", Group.PIPELINE,
+                        "seconds of the update (learn_s) learner rank 0 of the node spent in collectives with "
+                        "the other ranks: the gradient all-reduces and the weight check, waits for the slowest "
+                        "rank included", when=When.WITH_RANKS)
 
 # -- the lanes, over the updates since the previous row ---------------------------------------------------
 LANE_BUSY = {lane: _declare(f"{lane}_busy", "fraction", Group.LANES, f"share of the time the {lane} lane was busy"

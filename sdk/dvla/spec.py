@@ -100,6 +100,14 @@ class PlacementSection:
     replication_fanout: int = 2
     """How many copies of a new version one device sends at most when it passes it on (≥ 1): 2 is a
     binary tree, 1 a pipelined chain (see dvlad/gpu/replication.py)."""
+    nodes: int = 1
+    """Servers the job spans (≥ 1): each runs this layout on its own devices, with its own env
+    workers and actor replicas, and every node's learner ranks join one data-parallel group
+    (docs/federation.md). 1: one server, no federation."""
+    collective_timeout_s: float = 60.0
+    """With ``nodes`` > 1: how long a learner rank waits for the other nodes' ranks in one collective
+    (a rollout's sampling on the slowest node included) before the job fails (> 0). A peer whose
+    process died ends the job at once; this bounds the wait for one that went silent."""
 
 
 @dataclass
@@ -214,6 +222,10 @@ class TrainSection:
     """Updates between metric rows."""
     resume: bool = True
     """Continue from the output directory's last checkpoint if there is one."""
+    restart_on_node_failure: bool = False
+    """A multi-node job (``placement.nodes`` > 1) whose node goes down (no heartbeat for the daemons'
+    ``down_after_s``) is submitted again by its coordinator, starting from its last checkpoint, on
+    the nodes up then (docs/federation.md); false: it fails."""
 
 
 @dataclass
@@ -659,6 +671,10 @@ def _check_placement(spec: JobSpec, check: _Checker) -> None:
             check.add(key, f"must be at least 0, got {_get(spec, key)}")
     if check.ok("placement.replication_fanout") and placement.replication_fanout < 1:
         check.add("placement.replication_fanout", f"must be at least 1, got {placement.replication_fanout}")
+    if check.ok("placement.nodes") and placement.nodes < 1:
+        check.add("placement.nodes", f"must be at least 1, got {placement.nodes}")
+    if check.ok("placement.collective_timeout_s") and not placement.collective_timeout_s > 0:
+        check.add("placement.collective_timeout_s", f"must be above 0, got {placement.collective_timeout_s}")
     keys = ("placement.layout", "placement.learner_gpus", "placement.cpu_devices", "resources.gpus",
             "resources.device", "env.workers", "env.groups")
     if not check.ok(*keys) or min(placement.learner_gpus, placement.cpu_devices, resources.gpus) < 0 \

@@ -24,16 +24,19 @@ Examples:
 @connection_options
 @pass_state
 def nodes(state: State, as_json: bool) -> None:
-    """The nodes: GPUs, CPU slots, running jobs."""
+    """The nodes: GPUs, CPU slots, running jobs, CPU and RAM; with federation, every peer too, its state
+    (up/down) and the age of its last heartbeat."""
     rows = state.client().nodes()
     if as_json:
         output.print_json(rows)
         return
     con = output.console()
-    summary = output.table("NODE", "GPUS FREE", "CPU SLOTS FREE", "RUNNING JOBS", "GPU SOURCE", flex_last=True)
+    summary = output.table("NODE", "STATE", "HEARTBEAT", "GPUS FREE", "CPU SLOTS FREE", "CPU", "RAM",
+                           "RUNNING JOBS", "GPU SOURCE", flex_last=True)
     for node in rows:
-        free = sum(1 for g in node["gpus"] if g["free"])
-        summary.add_row(node["name"], f"{free}/{len(node['gpus'])}", f"{node['free_cpu_slots']}/{node['cpu_slots']}",
+        summary.add_row(node["name"], _state(node), _age(node.get("last_heartbeat_age_s", 0.0)),
+                        f"{sum(1 for g in node['gpus'] if g['free'])}/{len(node['gpus'])}",
+                        f"{node['free_cpu_slots']}/{node['cpu_slots']}", _cpu(node), _ram(node),
                         str(node["running_jobs"]), node["gpu_source"])
     con.print(summary)
     for node in rows:
@@ -44,6 +47,27 @@ def nodes(state: State, as_json: bool) -> None:
                 gpus.add_row(str(g["index"]), g["name"], output.gib(g["memory_total"]),
                              "[green]free[/]" if g["free"] else "[cyan]held[/]")
             con.print(gpus)
+
+
+def _state(node: dict[str, Any]) -> str:
+    return "[green]up[/]" if node.get("state", "up") == "up" else "[red]down[/]"
+
+
+def _age(seconds: float | None) -> str:
+    """The age of a node's last heartbeat (this node's own: ``-``)."""
+    if seconds is None:
+        return "never"
+    return "-" if seconds == 0 else f"{seconds:.1f} s ago"
+
+
+def _cpu(node: dict[str, Any]) -> str:
+    busy, cores = node.get("cpu_percent"), node.get("cpu_count")
+    return f"{'?' if busy is None else f'{busy:.0f}%'} of {cores or '?'}"
+
+
+def _ram(node: dict[str, Any]) -> str:
+    used, total = node.get("ram_used"), node.get("ram_total")
+    return f"{output.gib(used)}/{output.gib(total)} GiB" if used is not None and total else "?"
 
 
 def _heading(con: Console, host: str, source: str, gpus: list[Any]) -> bool:
