@@ -82,7 +82,9 @@ def test_two_node_parts_train_reach_as_one_job(job_file, tmp_path):
     assert not (tmp_path / "node1" / CHECKPOINT_NAME).exists()
     tensors, meta = load_checkpoint(Path(first["checkpoint"]))
     assert int(meta["version"]) == first[m.VERSION]
-    assert second["weights_digest"] == first["weights_digest"] == list(weights_digest(tensors["policy.flat"]))
+    assert second["weights_digest"] == first["weights_digest"]  # summed alike on both nodes: bit for bit
+    # summed here with other threads, in another order: equal to the last rounding
+    assert first["weights_digest"] == pytest.approx(list(weights_digest(tensors["policy.flat"])), rel=1e-12)
 
 
 @pytest.mark.slow
