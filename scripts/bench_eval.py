@@ -89,26 +89,28 @@ def main() -> None:
     parser.add_argument("--action-chunk", type=int, default=1, help="actions per forward pass (default: 1)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="parallel run's env workers (default: one per core)")
-    parser.add_argument("--envs", type=int, default=0, help="parallel run's envs (default: one per episode, "
-                                                           "at most 16)")
+    parser.add_argument("--envs", type=int, default=0, help="parallel run's envs (default: one per worker: "
+                                                           "on a CPU more only cost builds)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where inference runs (default: cuda when torch sees a GPU)")
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
     parser.add_argument("--json", action="store_true", help="print the JSON report as the last line")
     args = parser.parse_args()
-    configure_mujoco_gl()
+    mujoco_gl = configure_mujoco_gl()
+    load_before = os.getloadavg()[0]
 
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
         run = Path(tmp)
         write_checkpoint(run, args)
         serial = evaluate(run, args, 1, 1)
-        parallel = evaluate(run, args, args.workers, args.envs)
+        parallel = evaluate(run, args, args.workers, args.envs or args.workers)
     same = serial["per_episode"] == parallel["per_episode"]
     keys = ("workers", "envs", "device", "build_s", "run_s", "wall_s", "episodes_per_s", "env_steps_per_s")
     result = {
         "cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
         "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
-        "mujoco_gl": os.environ.get("MUJOCO_GL"), "suite": args.suite, "tasks": args.tasks,
+        "mujoco_gl": mujoco_gl, "load_average_before": load_before, "load_average_after": os.getloadavg()[0],
+        "suite": args.suite, "tasks": args.tasks,
         "episodes_per_task": args.episodes, "max_episode_steps": args.max_episode_steps,
         "image_size": args.image_size, "cameras": list(CAMERAS), "policy": args.policy,
         "policy_args": json.loads(args.policy_args) if args.policy_args else POLICY_ARGS[args.policy],

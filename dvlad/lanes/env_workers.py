@@ -440,16 +440,19 @@ class EnvWorkerPool:
             with contextlib.suppress(BrokenPipeError, OSError):  # found dead in wait() and replaced
                 w.conn.send(StepGroup(group))
 
-    def wait(self, group: int) -> GroupResult:
-        """Block until every worker has stepped ``group``; replace any that died or hung."""
+    def wait(self, group: int, timeout_s: float | None = None) -> GroupResult:
+        """Block until every worker has stepped ``group``; replace any that died or hung (that gave no
+        answer within ``timeout_s``, default ``step_timeout_s``: a round that rebuilds an env for
+        another task, :data:`CMD_START`, may take ``build_timeout_s``)."""
         result = GroupResult(group, 0)
-        deadline = time.monotonic() + self.step_timeout_s
+        timeout_s = self.step_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
         waiting = {w.conn: w for w in self.workers if group in w.pending}
         while waiting:
             ready = wait(list(waiting), timeout=max(0.0, deadline - time.monotonic()))
             if not ready:  # the rest missed the deadline
                 for w in list(waiting.values()):
-                    self._replace(w, result, f"did not answer a step within {self.step_timeout_s:g} s "
+                    self._replace(w, result, f"did not answer a step within {timeout_s:g} s "
                                              "(env.step_timeout_s)")
                 break
             for conn in ready:

@@ -106,9 +106,11 @@ def run_episodes(pool: EnvWorkerPool, policy: Policy, placement: Placement, star
     seeds, tasks = np.zeros(envs, np.int64), np.full(envs, -1, np.int32)
     done: list[Episode] = []
     while True:
+        rebuilds = False
         for j in np.flatnonzero(commands == CMD_HOLD):  # free envs take their next start
             start = queue.next_for(serving[j])
             if start is not None:
+                rebuilds |= start.task != serving[j]
                 running[j], seeds[j] = start, start.index
                 commands[j] = CMD_RESET if start.task is None else CMD_START
                 tasks[j] = -1 if start.task is None else start.task
@@ -116,7 +118,7 @@ def run_episodes(pool: EnvWorkerPool, policy: Policy, placement: Placement, star
         if all(r is None for r in running):
             break
         pool.command(0, commands, actions=actions, seeds=seeds, tasks=tasks)
-        result = pool.wait(0)
+        result = pool.wait(0, pool.build_timeout_s if rebuilds else None)  # a new task: a new simulator
         if result.dropped_envs:
             raise RuntimeError(f"env worker(s) of env(s) {result.dropped_envs} stopped answering: their "
                                "episodes are lost (env.step_timeout_s bounds a step)")
