@@ -127,7 +127,7 @@ def main() -> None:
           f"{parallel['build_s']:.1f} s: speed-up {result['speedup_run']:.2f}× on the episodes, "
           f"{result['speedup_wall']:.2f}× wall; every start the same episode: {same}")
     if args.out:
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        args.out.write_text(json.dumps(result) + "\n")
     if args.json:
         print(json.dumps(result))
     if not same:

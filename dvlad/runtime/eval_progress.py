@@ -26,7 +26,7 @@ class EvalProgress:
     def __init__(self, total: int, stream: TextIO | None = None, every_s: float = 10.0) -> None:
         self.total, self.every_s = total, every_s
         self.stream = stream if stream is not None else sys.stderr
-        self.done = self.successes = 0
+        self.done = self.successes = self._shown = 0
         self.t0 = self._last = time.monotonic()
         self._bar: Progress | None = None
         if self.stream.isatty():
@@ -53,11 +53,15 @@ class EvalProgress:
         if self._bar is not None:
             self._bar.update(self._task, completed=self.done, success=self._success())
         elif time.monotonic() - self._last >= self.every_s:
-            self._last = time.monotonic()
-            print(self.line(), file=self.stream, flush=True)
+            self._print()
+
+    def _print(self) -> None:
+        self._last, self._shown = time.monotonic(), self.done
+        print(self.line(), file=self.stream, flush=True)
 
     def close(self) -> None:
+        """Stop the bar, or print the last line unless it is already printed."""
         if self._bar is not None:
             self._bar.stop()
-        else:
-            print(self.line(), file=self.stream, flush=True)
+        elif self._shown != self.done or not self.done:
+            self._print()
