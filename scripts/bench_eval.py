@@ -8,7 +8,9 @@ default, or ``transformer-vla`` with ``--policy-args``, e.g. ``{"preset": "1b"}`
 forward pass) and in parallel (``--workers`` env worker processes, ``--envs`` envs, one batched
 forward pass a round). Each is its own process; the figures are the evaluator's own (``build_s``:
 starting the workers and building the envs; ``run_s``: the episodes) and the process's wall time.
-A random policy rarely ends an episode early, so episodes run to ``--max-episode-steps``.
+A random policy rarely ends an episode early, so episodes run to ``--max-episode-steps``. On a GPU,
+inference runs in bf16 (the job's precision), whose rounding depends on the batch size: where a start
+then gives another episode in parallel, the count is reported (``episodes_differing``), not an error.
 
     python scripts/bench_eval.py --json                                         # this machine (CPU)
     python scripts/bench_eval.py --device cuda --workers 16 --envs 16 --tasks 0 1 2 3 --episodes 4 \\
@@ -75,9 +77,9 @@ def evaluate(run: Path, args: argparse.Namespace, workers: int, envs: int) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.split("\n")[1:]))
+    head, _, rest = __doc__.partition("\n\n")
+    parser = argparse.ArgumentParser(description=head, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=rest)
     parser.add_argument("--suite", default="libero_spatial", choices=list(MAX_EPISODE_STEPS))
     parser.add_argument("--tasks", type=int, nargs="+", default=[0, 1], help="task indices (default: 0 1)")
     parser.add_argument("--episodes", type=int, default=3, help="init states per task (default: 3)")
@@ -104,7 +106,8 @@ def main() -> None:
         write_checkpoint(run, args)
         serial = evaluate(run, args, 1, 1)
         parallel = evaluate(run, args, args.workers, args.envs or args.workers)
-    same = serial["per_episode"] == parallel["per_episode"]
+    differing = sum(a != b for a, b in zip(serial["per_episode"], parallel["per_episode"], strict=True))
+    same = not differing
     keys = ("workers", "envs", "device", "build_s", "run_s", "wall_s", "episodes_per_s", "env_steps_per_s")
     result = {
         "cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
@@ -119,7 +122,8 @@ def main() -> None:
         "serial": {k: serial[k] for k in keys}, "parallel": {k: parallel[k] for k in keys},
         "speedup_run": round(serial["run_s"] / parallel["run_s"], 3),
         "speedup_wall": round(serial["wall_s"] / parallel["wall_s"], 3),
-        "same_episodes": same, "mean_success": [serial["mean_success"], parallel["mean_success"]],
+        "same_episodes": same, "episodes_differing": differing,
+        "mean_success": [serial["mean_success"], parallel["mean_success"]],
     }
     print(f"{result['episodes']} episodes ({result['env_steps']} env steps) of {args.suite} tasks {args.tasks}: "
           f"serial {serial['run_s']:.1f} s + {serial['build_s']:.1f} s to build, parallel ({parallel['workers']} "
@@ -130,8 +134,9 @@ def main() -> None:
         args.out.write_text(json.dumps(result) + "\n")
     if args.json:
         print(json.dumps(result))
-    if not same:
-        sys.exit("serial and parallel evaluation gave different episodes for the same starts")
+    if not same:  # said, not fatal: a bf16 GPU forward pass rounds by batch size, and an argmax tie may flip
+        print(f"{differing} of {result['episodes']} starts gave another episode in parallel than serially",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -191,6 +191,8 @@ class Report:
 def evaluate(path: Path, spec: JobSpec, plan: Plan, workers: int, envs: int, placement: Placement,
              progress: bool = True) -> Report:
     """Every start of ``plan`` once, greedy, over ``envs`` envs in ``workers`` env worker processes."""
+    if progress:
+        print(f"building {envs} {plan.env} env(s) in {workers} worker(s)", file=sys.stderr, flush=True)
     t0 = time.monotonic()
     pool = EnvWorkerPool(plan.env, plan.env_args, num_envs=envs, groups=1, workers=workers,
                          action_chunk=spec.policy.action_chunk, auto_reset=False, seed=spec.job.seed,
@@ -225,9 +227,10 @@ def pool_size(total: int, workers: int, envs: int) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dvlad.runtime.evaluate", description=__doc__.split("\n")[0],
-                                     epilog="Greedy actions from fixed starts, the same for every policy; the "
-                                            "progress bar goes to stderr, the result to stdout.")
+    parser = argparse.ArgumentParser(prog="python -m dvlad.runtime.evaluate",
+                                     description=__doc__.partition("\nWhy here")[0].replace("``", "`"),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="The progress bar goes to stderr, the result to stdout.")
     parser.add_argument("checkpoint", help="a run directory or its checkpoint.safetensors")
     parser.add_argument("--suite", help="LIBERO suite (default: the job's)")
     parser.add_argument("--tasks", nargs="+", help="LIBERO task indices or names (default: the job's tasks, else "
