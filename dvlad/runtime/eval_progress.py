@@ -21,15 +21,16 @@ def _clock(seconds: float) -> str:
 
 
 class EvalProgress:
-    """Told of each finished episode (:meth:`episode`); :meth:`close` when the evaluation ends."""
+    """Told of each finished episode (:meth:`episode`); :meth:`close` when the evaluation ends.
+    ``enabled`` False: silent (``--no-progress``)."""
 
-    def __init__(self, total: int, stream: TextIO | None = None, every_s: float = 10.0) -> None:
-        self.total, self.every_s = total, every_s
+    def __init__(self, total: int, stream: TextIO | None = None, every_s: float = 10.0, enabled: bool = True) -> None:
+        self.total, self.every_s, self.enabled = total, every_s, enabled
         self.stream = stream if stream is not None else sys.stderr
         self.done = self.successes = self._shown = 0
         self.t0 = self._last = time.monotonic()
         self._bar: Progress | None = None
-        if self.stream.isatty():
+        if enabled and self.stream.isatty():
             self._bar = Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("episodes, success {task.fields[success]}"), TimeElapsedColumn(),
                                  TextColumn("ETA"), TimeRemainingColumn(),
@@ -52,7 +53,7 @@ class EvalProgress:
         self.successes += int(success)
         if self._bar is not None:
             self._bar.update(self._task, completed=self.done, success=self._success())
-        elif time.monotonic() - self._last >= self.every_s:
+        elif self.enabled and time.monotonic() - self._last >= self.every_s:
             self._print()
 
     def _print(self) -> None:
@@ -63,5 +64,5 @@ class EvalProgress:
         """Stop the bar, or print the last line unless it is already printed."""
         if self._bar is not None:
             self._bar.stop()
-        elif self._shown != self.done or not self.done:
+        elif self.enabled and (self._shown != self.done or not self.done):
             self._print()

@@ -204,14 +204,14 @@ def evaluate(path: Path, spec: JobSpec, plan: Plan, workers: int, envs: int, pla
                              "init states")
         policy = load_policy(path, spec, pool.spec, placement)
         build_s = time.monotonic() - t0
-        bar = EvalProgress(len(plan.starts)) if progress else None
+        bar = EvalProgress(len(plan.starts), enabled=progress)
         t1 = time.monotonic()
         serving = [plan.serving[j % len(plan.serving)] for j in range(envs)]
-        episodes = run_episodes(pool, policy, placement, plan.starts, serving,
-                                (lambda e: bar.episode(e.success)) if bar else (lambda e: None))
+        try:
+            episodes = run_episodes(pool, policy, placement, plan.starts, serving, lambda e: bar.episode(e.success))
+        finally:
+            bar.close()  # a live bar left running would hold the terminal
         run_s = time.monotonic() - t1
-        if bar:
-            bar.close()
     finally:
         pool.close()
     return Report(plan, episodes, workers, envs, str(placement.device), build_s, run_s)
