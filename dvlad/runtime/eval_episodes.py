@@ -30,6 +30,8 @@ from dvlad.lanes.env_workers import (
     CMD_RESET,
     CMD_START,
     CMD_STEP,
+    KEEP_TASK,
+    EnvWorkerError,
     EnvWorkerPool,
     GroupObs,
     decode_instruction,
@@ -96,14 +98,14 @@ def run_episodes(pool: EnvWorkerPool, policy: Policy, placement: Placement, star
                  ) -> list[Episode]:
     """One greedy episode of ``policy`` from each of ``starts`` over ``pool`` (env group 0), whose env
     ``j`` serves task ``serving[j]`` when this begins; ``on_episode`` is told of each as it ends.
-    Returns the episodes sorted by start. Raises RuntimeError if a worker died or hung (its
-    episodes are lost, and an evaluation must not report fewer than it was asked for)."""
+    Returns the episodes in the order of ``starts``. Raises :class:`EnvWorkerError` if a worker died
+    or hung (its episodes are lost, and an evaluation must not report fewer than it was asked for)."""
     envs = pool.envs_per_group
     queue, serving = StartQueue(starts), list(serving)
     running: list[Start | None] = [None] * envs
     commands = np.full(envs, CMD_HOLD, np.int8)
     actions = np.zeros((envs, pool.action_chunk, ACTION_DIM), np.float32)
-    seeds, tasks = np.zeros(envs, np.int64), np.full(envs, -1, np.int32)
+    seeds, tasks = np.zeros(envs, np.int64), np.full(envs, KEEP_TASK, np.int32)
     done: list[Episode] = []
     while True:
         rebuilds = False
@@ -113,15 +115,15 @@ def run_episodes(pool: EnvWorkerPool, policy: Policy, placement: Placement, star
                 rebuilds |= start.task != serving[j]
                 running[j], seeds[j] = start, start.index
                 commands[j] = CMD_RESET if start.task is None else CMD_START
-                tasks[j] = -1 if start.task is None else start.task
+                tasks[j] = KEEP_TASK if start.task is None else start.task
                 serving[j] = start.task
         if all(r is None for r in running):
             break
         pool.command(0, commands, actions=actions, seeds=seeds, tasks=tasks)
         result = pool.wait(0, pool.build_timeout_s if rebuilds else None)  # a new task: a new simulator
         if result.dropped_envs:
-            raise RuntimeError(f"env worker(s) of env(s) {result.dropped_envs} stopped answering: their "
-                               "episodes are lost (env.step_timeout_s bounds a step)")
+            raise EnvWorkerError(f"the env worker(s) of env(s) {result.dropped_envs} died or stopped answering: "
+                                 "their episodes are lost (env.step_timeout_s bounds a step)")
         out, obs = result.outcome, pool.read(0)  # an ended episode's slot keeps its last observation
         for j in np.flatnonzero((commands == CMD_STEP) & result.done):
             start = running[j]
