@@ -17,7 +17,7 @@ import pytest
 from dvla.spec import JobSpec
 from dvlad.envs import make_env
 from dvlad.envs.base import Env
-from dvlad.envs.libero import CAMERAS, MAX_EPISODE_STEPS, NOOP, evaluate, resolve_task, served_task, suite_tasks
+from dvlad.envs.libero import CAMERAS, MAX_EPISODE_STEPS, NOOP, resolve_task, served_task, suite_tasks
 from dvlad.envs.libero_config import LiberoSetupError, data_root, prepare_libero
 from dvlad.lanes.env_workers import EnvWorkerPool, decode_instruction
 from dvlad.spaces import MAX_INSTRUCTION_BYTES
@@ -184,21 +184,6 @@ def test_success_comes_from_libero_predicate(envs):
 
 
 @pytest.mark.slow
-def test_evaluate_reports_per_task_and_mean_success(envs):
-    env = envs["libero_90"]  # physics only
-    chunks = []
-
-    def act(obs):
-        chunks.append(obs.instruction)
-        return np.tile(NOOP, (3, 1))  # a chunk of 3 actions
-
-    result = evaluate(act, env, tasks=[5], episodes_per_task=2)
-    assert [(t.task, t.episodes, t.successes) for t in result.tasks] == [(5, 2, 0)]
-    assert result.tasks[0].lengths == [10, 10] and len(chunks) == 2 * 4  # ceil(10 / 3) chunks an episode
-    assert result.mean_success == 0.0 and json.loads(json.dumps(result.as_dict()))["tasks"][0]["task"] == 5
-
-
-@pytest.mark.slow
 def test_killed_worker_is_replaced_and_the_batch_goes_on():
     args = {"suite": "libero_spatial", "tasks": [0, 1], "image_size": 32}
     pool = EnvWorkerPool("libero", args, num_envs=2, groups=1, workers=2, action_chunk=1, seed=0, step_timeout_s=60)
@@ -249,6 +234,55 @@ def test_tiny_vla_trains_on_a_libero_task_and_is_evaluated(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["suite"] == "libero_goal" and [t["task"] for t in report["tasks"]] == [4]
     assert report["tasks"][0]["episodes"] == 1
+
+
+def _untrained_checkpoint(run: Path, policy: str, policy_args: dict) -> JobSpec:
+    """A run directory holding a random (untrained) LIBERO policy in the training checkpoint format:
+    libero_spatial tasks 0 and 1, 32² images, chunks of 2 actions."""
+    import torch
+
+    from dvlad.policies import build_policy
+    from dvlad.policies.checkpoint import save_training_checkpoint
+    from dvlad.spaces import EnvSpec
+
+    spec = JobSpec()
+    spec.env.name, spec.env.args = "libero", {"suite": "libero_spatial", "tasks": [0, 1], "image_size": 32}
+    spec.policy.name, spec.policy.args, spec.policy.action_chunk = policy, policy_args, 2
+    env_spec = EnvSpec(cameras={c: (32, 32) for c in CAMERAS}, proprio_dim=8, max_episode_steps=220,
+                       num_init_states=50)
+    torch.manual_seed(0)
+    _, flat = build_policy(spec, env_spec)
+    flat.copy_(torch.randn_like(flat) * 0.5)  # far from the initialisation: actions that differ by start
+    save_training_checkpoint(run / "checkpoint.safetensors", flat, {"state": {}}, version=0, trained_env_steps=0,
+                             spec=spec)
+    return spec
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # five LIBERO env builds, 10-20 s each, more on a busy machine
+def test_parallel_evaluation_gives_the_serial_episodes(tmp_path, capsys):
+    """Three tasks' fixed starts over 2 workers and 2 envs, envs switching tasks, give every start the
+    episode one env gives it alone (greedy, fixed starts), in start order, with per-task results."""
+    from dvlad.runtime.evaluate import main as evaluate_main
+
+    _untrained_checkpoint(tmp_path, "tiny-vla", {"d_model": 16, "layers": 1, "heads": 2, "patch_grid": 2})
+    common = [str(tmp_path), "--tasks", "0", "1", "2", "--episodes", "2", "--max-episode-steps", "12",
+              "--device", "cpu", "--no-progress", "--json"]
+    runs = {}
+    for workers, envs in ((1, 1), (2, 2)):  # one env walks the 3 tasks; 2 envs serve tasks 0, 1, then both take 2
+        assert evaluate_main([*common, "--workers", str(workers), "--envs", str(envs)]) == 0
+        out = capsys.readouterr().out.strip().splitlines()
+        runs[workers, envs] = json.loads(out[-1])
+        assert out[-3].startswith("libero_spatial: success ")
+        assert "from init states 0..1 of each of 3 task(s)" in out[-3]
+    serial = runs[1, 1]
+    assert [(e["task"], e["start"]) for e in serial["per_episode"]] == [(t, i) for t in (0, 1, 2) for i in (0, 1)]
+    assert [t["task"] for t in serial["tasks"]] == [0, 1, 2] and all(t["episodes"] == 2 for t in serial["tasks"])
+    ends = [tuple(e["final_proprio"]) for e in serial["per_episode"]]
+    assert len(set(ends)) == 6  # the starts (and the tasks) differ, so a mixed-up start would show
+    parallel = runs[2, 2]
+    assert parallel["per_episode"] == serial["per_episode"]
+    assert parallel["tasks"] == serial["tasks"] and (parallel["workers"], parallel["envs"]) == (2, 2)
 
 
 def test_evaluate_refuses_what_is_not_a_d_vla_checkpoint_in_one_line(tmp_path):

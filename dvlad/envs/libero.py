@@ -7,8 +7,8 @@ Why these choices:
   is overwritten with a fixed start), so a worker builds each of its envs once per job and
   reuses it for every episode. A job spreads a suite (or a list of tasks) over its envs: env
   ``i`` serves ``tasks[env_index % len(tasks)]`` (``env_index`` comes from the worker pool).
-  Evaluation walks one env through several tasks with :meth:`LiberoEnv.set_task`, which
-  rebuilds only when the task changes.
+  Evaluation (:mod:`dvlad.runtime.evaluate`) moves an env from task to task with
+  :meth:`LiberoEnv.set_task`, which rebuilds only when the task changes.
 - **Fixed starts.** Each task ships 50 init states (full MuJoCo states). ``reset(init_state=i)``
   replays start ``i``; ``reset(seed=s)`` picks one deterministically from the seed (equal seeds,
   equal starts), so GRPO can replay a start across a group.
@@ -41,8 +41,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -282,73 +282,3 @@ class LiberoEnv:
         ]).astype(np.float32)
         assert self.task is not None
         return Observation(images=images, proprio=proprio, instruction=self.task.instruction)
-
-
-# -- evaluation -------------------------------------------------------------------------------
-
-Act = Callable[[Observation], np.ndarray]
-"""A policy for evaluation: an observation in, one action (7) or a chunk (K×7) out."""
-
-
-@dataclass
-class TaskResult:
-    task: int
-    name: str
-    instruction: str
-    successes: int
-    episodes: int
-    lengths: list[int] = field(default_factory=list)
-
-    @property
-    def success_rate(self) -> float:
-        return self.successes / self.episodes if self.episodes else 0.0
-
-
-@dataclass
-class EvalResult:
-    suite: str
-    tasks: list[TaskResult]
-
-    @property
-    def mean_success(self) -> float:
-        """The mean of the per-task success rates (LIBERO's reported number)."""
-        return float(np.mean([t.success_rate for t in self.tasks])) if self.tasks else 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"suite": self.suite, "mean_success": self.mean_success,
-                "tasks": [{"task": t.task, "name": t.name, "instruction": t.instruction,
-                           "success_rate": t.success_rate, "successes": t.successes,
-                           "episodes": t.episodes} for t in self.tasks]}
-
-
-def run_episode(env: LiberoEnv, act: Act, init_state: int) -> StepResult:
-    """One episode from a fixed start; returns its last step. A chunk runs until the episode ends."""
-    obs = env.reset(init_state=init_state)
-    while True:
-        for action in np.asarray(act(obs), dtype=np.float32).reshape(-1, ACTION_DIM):
-            result = env.step(action)
-            if result.terminated or result.truncated:
-                return result
-        obs = result.obs
-
-
-def evaluate(act: Act, env: LiberoEnv, tasks: Sequence[int | str] | None = None,
-             episodes_per_task: int = 50) -> EvalResult:
-    """Run ``episodes_per_task`` episodes of every task of ``env``'s suite (or of ``tasks``) from
-    init states 0, 1, … (the same starts for every policy evaluated) and report per-task and mean
-    success. ``env`` is switched from task to task (:meth:`LiberoEnv.set_task`)."""
-    count = len(suite_tasks(env.suite))
-    chosen = [resolve_task(env.suite, t) for t in (tasks if tasks is not None else range(count))]
-    results = []
-    for task in chosen:
-        env.set_task(task.index)
-        if not 1 <= episodes_per_task <= env.spec.num_init_states:
-            raise ValueError(f"episodes_per_task must be in 1..{env.spec.num_init_states}, got {episodes_per_task}")
-        result = TaskResult(task.index, task.name, task.instruction, 0, 0)
-        for start in range(episodes_per_task):
-            last = run_episode(env, act, start)
-            result.episodes += 1
-            result.successes += int(last.success)
-            result.lengths.append(env.episode_steps)
-        results.append(result)
-    return EvalResult(env.suite, results)

@@ -39,9 +39,13 @@ from dvlad.proctitle import name_this_process
 from dvlad.shm import ArraySpec, SharedArrays
 from dvlad.spaces import ACTION_DIM, MAX_INSTRUCTION_BYTES, EnvSpec, camera_images, image_key
 
-CMD_STEP, CMD_RESET, CMD_HOLD = 0, 1, 2
-"""Per-env command the pool writes beside the action: step it, reset it to ``seed``, or
-leave it untouched (an env whose episode ended and must wait, as GRPO's do)."""
+CMD_STEP, CMD_RESET, CMD_HOLD, CMD_START = 0, 1, 2, 3
+"""Per-env command the pool writes beside the action: step it, reset it to ``seed``, leave it
+untouched (an env whose episode ended and must wait, as GRPO's do), or start it from fixed start
+``seed`` (``reset(init_state=seed)``) of task ``task`` (evaluation: the same starts for every policy)."""
+
+KEEP_TASK = -1
+"""``task`` of a :data:`CMD_START`: the env's own task (an env with one task, e.g. reach)."""
 
 
 def slot_layout(spec: EnvSpec, num_envs: int, action_chunk: int) -> dict[str, ArraySpec]:
@@ -64,6 +68,7 @@ def slot_layout(spec: EnvSpec, num_envs: int, action_chunk: int) -> dict[str, Ar
         action=ArraySpec((n, action_chunk, ACTION_DIM), "float32"),
         command=ArraySpec((n,), "int8"),
         seed=ArraySpec((n,), "int64"),
+        task=ArraySpec((n,), "int32"),
         seq_begin=ArraySpec((n,), "int64"),
         seq_end=ArraySpec((n,), "int64"),
     )
@@ -132,12 +137,21 @@ class _EnvSlots:
             self.reset(i, self._next_seed(i))
             self.a["seq_end"][i] = self.a["seq_begin"][i]
 
-    def reset(self, i: int, seed: int) -> None:
+    def reset(self, i: int, seed: int | None, init_state: int | None = None) -> None:
         self.episodes[i] += 1
         self.returns[i], self.lengths[i] = 0.0, 0
-        obs = self.envs[i].reset(seed=seed)
+        obs = self.envs[i].reset(seed=seed, init_state=init_state)
         self._write_obs(i, obs)
         self.a["instruction"][i] = encode_instruction(obs.instruction)
+
+    def _switch_task(self, i: int, task: int) -> None:
+        """Make env ``i`` serve ``task`` (an env that serves several, e.g. LIBERO's ``set_task``)."""
+        if task == KEEP_TASK:
+            return
+        set_task = getattr(self.envs[i], "set_task", None)
+        if set_task is None:
+            raise ValueError(f"env {self.cfg.env_name!r} serves one task: it has no set_task() to start task {task}")
+        set_task(task)
 
     def step(self, i: int) -> int:
         """Run env ``i``'s command; returns env steps taken. Slot writes are fenced by seq."""
@@ -147,6 +161,9 @@ class _EnvSlots:
         a["reward"][i], a["terminated"][i], a["truncated"][i], a["success"][i] = 0.0, False, False, False
         if cmd == CMD_RESET:
             self.reset(i, int(a["seed"][i]))
+        elif cmd == CMD_START:
+            self._switch_task(i, int(a["task"][i]))
+            self.reset(i, None, init_state=int(a["seed"][i]))
         elif cmd == CMD_STEP:
             reward, result = 0.0, None
             for action in a["action"][i]:  # an action chunk runs in order, stopping at the end
@@ -375,17 +392,28 @@ class EnvWorkerPool:
     def reset(self, group: int, seeds: np.ndarray) -> None:
         """Start fresh episodes in every env of ``group``, env ``j`` from ``seeds[j]`` (non-blocking;
         :meth:`wait` for it)."""
-        envs = self.group_slice(group)
-        self._slots["seed"][envs] = seeds
-        self._slots["command"][envs] = CMD_RESET
-        self._send(group)
+        self.command(group, np.full(self.envs_per_group, CMD_RESET, np.int8), seeds=seeds)
 
     def step(self, group: int, actions: np.ndarray, active: np.ndarray | None = None) -> None:
         """Step every env of ``group`` with its action chunk, ``actions[j]`` [chunk, ACTION_DIM]; envs
         where ``active`` is False hold still (non-blocking; :meth:`wait` for it)."""
-        envs = self.group_slice(group)
-        self._slots["action"][envs] = actions
-        self._slots["command"][envs] = CMD_STEP if active is None else np.where(active, CMD_STEP, CMD_HOLD)
+        commands = np.full(self.envs_per_group, CMD_STEP, np.int8) if active is None else \
+            np.where(active, CMD_STEP, CMD_HOLD).astype(np.int8)
+        self.command(group, commands, actions=actions)
+
+    def command(self, group: int, commands: np.ndarray, *, actions: np.ndarray | None = None,
+                seeds: np.ndarray | None = None, tasks: np.ndarray | None = None) -> None:
+        """Run a command per env of ``group`` (:data:`CMD_STEP` with ``actions[j]``, :data:`CMD_RESET` to
+        ``seeds[j]``, :data:`CMD_START` from fixed start ``seeds[j]`` of task ``tasks[j]``,
+        :data:`CMD_HOLD`), mixed in one round trip: an evaluation starts its next episodes in the envs
+        that finished while the others step on (non-blocking; :meth:`wait` for it)."""
+        envs, a = self.group_slice(group), self._slots
+        if actions is not None:
+            a["action"][envs] = actions
+        if seeds is not None:
+            a["seed"][envs] = seeds
+        a["task"][envs] = KEEP_TASK if tasks is None else tasks
+        a["command"][envs] = commands
         self._send(group)
 
     def read(self, group: int) -> GroupObs:
@@ -412,16 +440,19 @@ class EnvWorkerPool:
             with contextlib.suppress(BrokenPipeError, OSError):  # found dead in wait() and replaced
                 w.conn.send(StepGroup(group))
 
-    def wait(self, group: int) -> GroupResult:
-        """Block until every worker has stepped ``group``; replace any that died or hung."""
+    def wait(self, group: int, timeout_s: float | None = None) -> GroupResult:
+        """Block until every worker has stepped ``group``; replace any that died or hung (that gave no
+        answer within ``timeout_s``, default ``step_timeout_s``: a round that rebuilds an env for
+        another task, :data:`CMD_START`, may take ``build_timeout_s``)."""
         result = GroupResult(group, 0)
-        deadline = time.monotonic() + self.step_timeout_s
+        timeout_s = self.step_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
         waiting = {w.conn: w for w in self.workers if group in w.pending}
         while waiting:
             ready = wait(list(waiting), timeout=max(0.0, deadline - time.monotonic()))
             if not ready:  # the rest missed the deadline
                 for w in list(waiting.values()):
-                    self._replace(w, result, f"did not answer a step within {self.step_timeout_s:g} s "
+                    self._replace(w, result, f"did not answer a step within {timeout_s:g} s "
                                              "(env.step_timeout_s)")
                 break
             for conn in ready:

@@ -3,15 +3,17 @@
 The policy and the env are rebuilt from the job spec stored in the checkpoint, so the cameras, image
 size and policy arguments are the ones it was trained with; every action is the policy's most likely
 one (greedy), and every episode starts from a fixed start, the same for every policy, so numbers
-compare. ``--json`` adds the result as one JSON object on the last line.
+compare. Any env the job trained on is evaluated the same way (:mod:`dvlad.runtime.eval_episodes`):
+``--workers`` env worker processes step ``--envs`` envs at once, one batched forward pass on
+``--device`` (the GPU where there is one) acts for all of them, and a progress bar on stderr says how
+far it is. ``--workers 1 --envs 1`` is the serial evaluation: one env, one observation a forward pass.
 
-- LIBERO: N episodes per task from the tasks' fixed init states 0 … N−1, per-task and mean success;
-  ``--suite``, ``--tasks`` choose what to evaluate on (by default: the job's suite and tasks).
-- Any other env (``reach``, ``synthetic``, a user env): N episodes, episode ``i`` from seed ``i``,
-  stepped in parallel over env worker processes (the job's own :class:`EnvWorkerPool`, ``--workers``
-  of them stepping ``--envs`` envs at once, in waves); mean success, return and length.
+- LIBERO: ``--episodes`` N per task, from the tasks' fixed init states 0 … N−1; per-task and mean
+  success. ``--suite``, ``--tasks`` choose what to evaluate on (by default: the job's suite and tasks).
+- Any other env (``reach``, ``synthetic``, a user env): N episodes, episode ``i`` from seed ``i``;
+  success, mean return and length.
 
-``--episodes`` (default 50) and ``--max-episode-steps`` (default: the job's limit) apply to both.
+``--json`` adds the result, with every episode's outcome, as one JSON object on the last line.
 
 Why here and not in :mod:`dvlad.envs`: simulators know nothing of models; this module joins the two
 (a checkpoint's policy, an evaluation loop).
@@ -23,7 +25,8 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +37,23 @@ from dvla.catalog import DEFAULT_LIBERO_SUITE
 from dvla.checkpoint import checkpoint_file, spec_dict
 from dvla.errors import InvalidSpec
 from dvla.spec import JobSpec, SpecError, spec_from_dict
-from dvlad.envs.base import Observation
-from dvlad.envs.libero import Act, EvalResult, LiberoEnv, evaluate
-from dvlad.lanes.env_workers import EnvWorkerPool, decode_instruction
-from dvlad.policies import ObsBatch, Policy, build_policy
+from dvlad.envs.libero import resolve_task, suite_tasks
+from dvlad.lanes.device import Placement, placement_for
+from dvlad.lanes.env_workers import EnvWorkerError, EnvWorkerPool
+from dvlad.policies import Policy, build_policy
 from dvlad.policies.checkpoint import load_weights
+from dvlad.runtime.eval_episodes import Episode, Start, run_episodes
+from dvlad.runtime.eval_progress import EvalProgress
 from dvlad.spaces import EnvSpec
 
 
-def load_policy(path: Path, spec: JobSpec, env_spec: EnvSpec) -> Policy:
+def load_policy(path: Path, spec: JobSpec, env_spec: EnvSpec, placement: Placement | None = None) -> Policy:
     """The checkpoint's policy, built for an env of ``env_spec`` as the job built it (:func:`build_policy`:
     the job's seed, so a frozen part the checkpoint does not hold, e.g. a LoRA trunk made from a config,
-    comes out the same), with the checkpoint's weights."""
-    policy, flat = build_policy(spec, env_spec)
+    comes out the same), with the checkpoint's weights; on ``placement``'s device and in its actor
+    dtype (default: the CPU, fp32)."""
+    placement = placement or Placement(torch.device("cpu"), torch.float32)
+    policy, flat = build_policy(spec, env_spec, placement.device, placement.actor_dtype)
     load_weights(flat, path)
     return policy.eval()
 
@@ -61,130 +68,169 @@ def checkpoint_spec(given: str) -> tuple[Path, JobSpec]:
     return file, spec_from_dict(spec_dict(file))
 
 
-def greedy_act(policy: Policy) -> Act:
-    """The policy's most likely action chunk for one observation."""
-
-    def act(obs: Observation) -> np.ndarray:
-        batch = ObsBatch(
-            images={k: torch.from_numpy(v).unsqueeze(0) for k, v in obs.images.items()},
-            proprio=torch.from_numpy(obs.proprio).unsqueeze(0),
-            instruction=policy.tokenize([obs.instruction]),
-        )
-        with torch.no_grad():
-            return policy.act(batch, deterministic=True).actions[0].numpy()
-
-    return act
-
-
-def format_result(result: EvalResult) -> str:
-    lines = [f"{'task':>4}  {'success':>7}  instruction"]
-    lines += [f"{t.task:>4}  {t.successes:>3}/{t.episodes:<3}  {t.instruction}" for t in result.tasks]
-    lines.append(f"{result.suite}: mean success {result.mean_success:.3f} over {len(result.tasks)} task(s)")
-    return "\n".join(lines)
+def eval_placement(spec: JobSpec, device: str) -> Placement:
+    """Where inference runs: ``auto`` is the GPU when torch sees one (in the job's precision: bf16
+    unless it asked for fp32, as its actor ran), else the CPU in fp32."""
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        return Placement(torch.device("cpu"), torch.float32)
+    spec.resources.device, spec.resources.gpus, spec.placement.cpu_devices = "cuda", 0, 0
+    return placement_for(spec)
 
 
 @dataclass
-class Episode:
-    seed: int
-    success: bool
-    ret: float
-    length: int
-
-
-@dataclass
-class EnvResult:
-    """The episodes of a non-LIBERO evaluation, in seed order."""
+class Plan:
+    """What to evaluate: the env to build (``env_args``), the starts, and what each task is called."""
 
     env: str
-    episodes: list[Episode]
+    env_args: dict[str, Any]
+    starts: list[Start]
+    tasks: dict[int | None, tuple[str, str]]
+    """task -> (name, instruction); the single key None for an env of one task."""
+    suite: str | None = None
 
     @property
-    def mean_success(self) -> float:
-        return float(np.mean([e.success for e in self.episodes]))
-
-    @property
-    def mean_return(self) -> float:
-        return float(np.mean([e.ret for e in self.episodes]))
-
-    @property
-    def mean_length(self) -> float:
-        return float(np.mean([e.length for e in self.episodes]))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"env": self.env, "episodes": len(self.episodes), "successes": sum(e.success for e in self.episodes),
-                "mean_success": self.mean_success, "mean_return": self.mean_return, "mean_length": self.mean_length,
-                "per_episode": [{"seed": e.seed, "success": e.success, "return": e.ret, "length": e.length}
-                                for e in self.episodes]}
+    def serving(self) -> list[int | None]:
+        """The task env ``j`` of the pool is built for: ``tasks[j % len(tasks)]`` (LIBERO's
+        ``env_index`` spread, :func:`dvlad.envs.libero.served_task`)."""
+        return list(self.tasks)
 
 
-def evaluate_in_workers(path: Path, spec: JobSpec, env_args: dict[str, Any], episodes: int, workers: int,
-                        envs: int) -> EnvResult:
-    """``episodes`` greedy episodes of the checkpoint's policy, episode ``i`` from seed ``i``, on ``envs``
-    envs stepped by ``workers`` worker processes at once: a wave of ``envs`` episodes starts together,
-    an env whose episode ended holds still until the wave's last ends, and one batched forward pass
-    acts for the whole wave."""
-    pool = EnvWorkerPool(spec.env.name, env_args, num_envs=envs, groups=1, workers=workers,
-                         action_chunk=spec.policy.action_chunk, auto_reset=False, seed=spec.job.seed,
-                         step_timeout_s=spec.env.step_timeout_s)
-    done: list[Episode] = []
-    try:
-        policy = load_policy(path, spec, pool.spec)
-        for first in range(0, episodes, envs):
-            pool.reset(0, np.arange(first, first + envs))
-            pool.wait(0)
-            alive = np.arange(envs) < episodes - first  # the last wave may be partial
-            while alive.any():
-                obs = pool.read(0)
-                batch = ObsBatch(images={cam: torch.from_numpy(v) for cam, v in obs.images.items()},
-                                 proprio=torch.from_numpy(obs.proprio),
-                                 instruction=policy.tokenize([decode_instruction(row) for row in obs.instruction]))
-                with torch.no_grad():
-                    actions = policy.act(batch, deterministic=True).actions.float().numpy()
-                pool.step(0, actions, alive)
-                result = pool.wait(0)
-                if result.dropped_envs:
-                    raise RuntimeError(f"an env worker stopped answering (env.step_timeout_s = "
-                                       f"{spec.env.step_timeout_s}): its episodes are lost")
-                out = result.outcome
-                for j in np.flatnonzero(result.done & alive):
-                    done.append(Episode(first + int(j), bool(out["success"][j]), float(out["episode_return"][j]),
-                                        int(out["episode_length"][j])))
-                alive &= ~result.done
-    finally:
-        pool.close()
-    return EnvResult(spec.env.name, sorted(done, key=lambda e: e.seed))
-
-
-def format_env_result(result: EnvResult) -> str:
-    n = len(result.episodes)
-    return (f"{result.env}: success {result.mean_success:.3f} ({sum(e.success for e in result.episodes)}/{n}), "
-            f"mean return {result.mean_return:.3f}, mean length {result.mean_length:.1f} over {n} episodes "
-            f"from seeds 0..{n - 1}, greedy")
-
-
-def _evaluate_libero(args: argparse.Namespace, path: Path, spec: JobSpec) -> EvalResult:
+def libero_plan(spec: JobSpec, suite: str | None, tasks: list[str] | None, episodes: int,
+                max_episode_steps: int) -> Plan:
+    """The suite's tasks (``tasks``, else the job's when it trained on that suite, else all of them),
+    init states 0 … ``episodes``−1 of each."""
     job_args = dict(spec.env.args)
     job_suite = job_args.pop("suite", DEFAULT_LIBERO_SUITE)
     job_task, job_tasks = job_args.pop("task", None), job_args.pop("tasks", None)
-    suite = args.suite or job_suite
-    if args.tasks:
-        tasks = [int(t) if t.isdigit() else t for t in args.tasks]
+    suite = suite or job_suite
+    if tasks:
+        chosen: list[int | str] = [int(t) if t.isdigit() else t for t in tasks]
     elif suite == job_suite and (job_task is not None or job_tasks is not None):
-        tasks = [job_task] if job_task is not None else list(job_tasks)  # the tasks it was trained on
+        chosen = [job_task] if job_task is not None else list(job_tasks)  # the tasks it was trained on
     else:
-        tasks = None
-    env_args = job_args
-    env_args["max_episode_steps"] = args.max_episode_steps or None
-    env = LiberoEnv(suite, task=tasks[0] if tasks else 0, **env_args)
+        chosen = list(range(len(suite_tasks(suite))))
+    resolved = [resolve_task(suite, t) for t in chosen]
+    indices = list(dict.fromkeys(t.index for t in resolved))  # a task named twice runs once
+    env_args = {**job_args, "suite": suite, "tasks": indices,
+                "max_episode_steps": max_episode_steps or None}  # None: the suite's limit
+    return Plan("libero", env_args, [Start(t, i) for t in indices for i in range(episodes)],
+                {t.index: (t.name, t.instruction) for t in resolved}, suite)
+
+
+def env_plan(spec: JobSpec, episodes: int, max_episode_steps: int) -> Plan:
+    """``episodes`` episodes of the job's env, from seeds 0 … ``episodes``−1."""
+    env_args = dict(spec.env.args)
+    if max_episode_steps or spec.env.max_episode_steps:
+        env_args["max_episode_steps"] = max_episode_steps or spec.env.max_episode_steps
+    return Plan(spec.env.name, env_args, [Start(None, i) for i in range(episodes)], {None: (spec.env.name, "")})
+
+
+@dataclass
+class Report:
+    """An evaluation's outcome: every episode, and how it ran."""
+
+    plan: Plan
+    episodes: list[Episode]
+    workers: int
+    envs: int
+    device: str
+    build_s: float
+    """Starting the env workers (building the envs) and loading the policy."""
+    run_s: float
+    """Running the episodes."""
+    per_task: list[dict[str, Any]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.per_task = []
+        for task, (name, instruction) in self.plan.tasks.items():
+            mine = [e for e in self.episodes if e.start.task == task]
+            successes = sum(e.success for e in mine)
+            self.per_task.append({"task": task, "name": name, "instruction": instruction, "episodes": len(mine),
+                                  "successes": successes, "success_rate": successes / len(mine),
+                                  "mean_length": float(np.mean([e.length for e in mine]))})
+
+    @property
+    def mean_success(self) -> float:
+        """The mean of the per-task success rates (LIBERO's reported number; with one task, the rate)."""
+        return float(np.mean([t["success_rate"] for t in self.per_task]))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"env": self.plan.env, "suite": self.plan.suite, "episodes": len(self.episodes),
+                "successes": sum(e.success for e in self.episodes), "mean_success": self.mean_success,
+                "mean_return": float(np.mean([e.ret for e in self.episodes])),
+                "mean_length": float(np.mean([e.length for e in self.episodes])),
+                "tasks": self.per_task,
+                "per_episode": [{"task": e.start.task, "start": e.start.index, "success": e.success,
+                                 "return": e.ret, "length": e.length, "final_proprio": list(e.final_proprio)}
+                                for e in self.episodes],
+                "workers": self.workers, "envs": self.envs, "device": self.device,
+                "build_s": round(self.build_s, 2), "run_s": round(self.run_s, 2),
+                "episodes_per_s": round(len(self.episodes) / self.run_s, 4) if self.run_s > 0 else None,
+                "env_steps_per_s": round(sum(e.length for e in self.episodes) / self.run_s, 2) if self.run_s > 0
+                else None}
+
+    def format(self) -> str:
+        n, per = len(self.episodes), len(self.episodes) // len(self.per_task)
+        lines = []
+        if self.plan.suite is not None:
+            lines.append(f"{'task':>4}  {'success':>7}  {'mean len':>8}  instruction")
+            lines += [f"{t['task']:>4}  {t['successes']:>3}/{t['episodes']:<3}  {t['mean_length']:>8.1f}  "
+                      f"{t['instruction']}" for t in self.per_task]
+            starts = f"init states 0..{per - 1} of each of {len(self.per_task)} task(s)"
+        else:
+            starts = f"seeds 0..{n - 1}"
+        d = self.as_dict()
+        lines.append(f"{self.plan.suite or self.plan.env}: success {self.mean_success:.3f} ({d['successes']}/{n}), "
+                     f"mean return {d['mean_return']:.3f}, mean length {d['mean_length']:.1f} over {n} episodes "
+                     f"from {starts}, greedy")
+        lines.append(f"{self.envs} env(s) in {self.workers} worker(s), inference on {self.device}: "
+                     f"{self.build_s:.1f} s to build, {self.run_s:.1f} s to run ({d['env_steps_per_s']} env steps/s)")
+        return "\n".join(lines)
+
+
+def evaluate(path: Path, spec: JobSpec, plan: Plan, workers: int, envs: int, placement: Placement,
+             progress: bool = True) -> Report:
+    """Every start of ``plan`` once, greedy, over ``envs`` envs in ``workers`` env worker processes."""
+    if progress:
+        print(f"building {envs} {plan.env} env(s) in {workers} worker(s)", file=sys.stderr, flush=True)
+    t0 = time.monotonic()
+    pool = EnvWorkerPool(plan.env, plan.env_args, num_envs=envs, groups=1, workers=workers,
+                         action_chunk=spec.policy.action_chunk, auto_reset=False, seed=spec.job.seed,
+                         step_timeout_s=spec.env.step_timeout_s)
     try:
-        policy = load_policy(path, spec, env.spec)
-        return evaluate(greedy_act(policy), env, tasks, args.episodes)
+        per_task = max(s.index for s in plan.starts) + 1
+        if plan.suite is not None and per_task > pool.spec.num_init_states:
+            raise ValueError(f"--episodes {per_task}: a task of {plan.suite} has {pool.spec.num_init_states} "
+                             "init states")
+        policy = load_policy(path, spec, pool.spec, placement)
+        build_s = time.monotonic() - t0
+        bar = EvalProgress(len(plan.starts), enabled=progress)
+        t1 = time.monotonic()
+        serving = [plan.serving[j % len(plan.serving)] for j in range(envs)]
+        try:
+            episodes = run_episodes(pool, policy, placement, plan.starts, serving, lambda e: bar.episode(e.success))
+        finally:
+            bar.close()  # a live bar left running would hold the terminal
+        run_s = time.monotonic() - t1
     finally:
-        env.close()
+        pool.close()
+    return Report(plan, episodes, workers, envs, str(placement.device), build_s, run_s)
+
+
+def pool_size(total: int, workers: int, envs: int) -> tuple[int, int]:
+    """(workers, envs): no more workers than episodes, no more envs than episodes (an env with no
+    start to run is built for nothing), and envs a multiple of the workers (each steps an equal slice),
+    rounded down."""
+    workers = max(1, min(workers, total))
+    envs = min(envs or 16, total)
+    return workers, max(envs // workers, 1) * workers
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dvlad.runtime.evaluate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dvlad.runtime.evaluate",
+                                     description=__doc__.partition("\nWhy here")[0].replace("``", "`"),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="The progress bar goes to stderr, the result to stdout.")
     parser.add_argument("checkpoint", help="a run directory or its checkpoint.safetensors")
     parser.add_argument("--suite", help="LIBERO suite (default: the job's)")
     parser.add_argument("--tasks", nargs="+", help="LIBERO task indices or names (default: the job's tasks, else "
@@ -192,13 +238,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=50, help="LIBERO: episodes per task, from init states "
                                                                  "0..N-1; other envs: episodes, from seeds 0..N-1")
     parser.add_argument("--max-episode-steps", type=int, default=0, help="0: the job's limit (LIBERO: the suite's)")
-    parser.add_argument("--workers", type=int, default=0, help="other envs: env worker processes (default: the "
-                                                              "job's env.workers, at most one per core)")
-    parser.add_argument("--envs", type=int, default=0, help="other envs: envs stepped at once (default: up to 16)")
+    parser.add_argument("--workers", type=int, default=0, help="env worker processes (default: the job's "
+                                                              "env.workers, at most one per core)")
+    parser.add_argument("--envs", type=int, default=0, help="envs stepped at once, at most one per episode, rounded "
+                                                           "down to a multiple of the workers (default: 16)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="where the batched inference runs (auto: cuda when torch sees a GPU)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or lines on stderr")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error("--episodes must be at least 1")
+    if args.workers < 0 or args.envs < 0:
+        parser.error("--workers and --envs must be at least 1 (0: the default)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device cuda: torch {torch.__version__} sees no GPU")
 
     try:
         path, spec = checkpoint_spec(args.checkpoint)
@@ -208,23 +262,23 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as err:
         print(f"{args.checkpoint}: its job spec does not load: {err.issues[0]}", file=sys.stderr)
         return 2
-    if spec.env.name == "libero":
-        result: EvalResult | EnvResult = _evaluate_libero(args, path, spec)
-        print(format_result(result))
-    else:
-        if args.suite or args.tasks:
+    try:
+        if spec.env.name == "libero":
+            plan = libero_plan(spec, args.suite, args.tasks, args.episodes, args.max_episode_steps)
+        elif args.suite or args.tasks:
             print(f"{path} was trained on env {spec.env.name!r}: --suite and --tasks are LIBERO's", file=sys.stderr)
             return 2
-        workers = args.workers or max(1, min(spec.env.workers, os.cpu_count() or 1))
-        envs = args.envs or min(args.episodes, 16)
-        envs = -(-max(envs, workers) // workers) * workers  # a multiple of the workers: each steps a slice
-        env_args = dict(spec.env.args)
-        if args.max_episode_steps or spec.env.max_episode_steps:
-            env_args["max_episode_steps"] = args.max_episode_steps or spec.env.max_episode_steps
-        result = evaluate_in_workers(path, spec, env_args, args.episodes, workers, envs)
-        print(format_env_result(result))
+        else:
+            plan = env_plan(spec, args.episodes, args.max_episode_steps)
+        workers, envs = pool_size(len(plan.starts), args.workers or min(spec.env.workers, os.cpu_count() or 1),
+                                  args.envs)
+        report = evaluate(path, spec, plan, workers, envs, eval_placement(spec, args.device), not args.no_progress)
+    except (ValueError, EnvWorkerError) as err:
+        print(f"{path}: {err}", file=sys.stderr)
+        return 2
+    print(report.format())
     if args.json:
-        print(json.dumps(result.as_dict()))
+        print(json.dumps(report.as_dict()))
     return 0
 
 
