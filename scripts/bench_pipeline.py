@@ -50,6 +50,7 @@ from dvlad.lanes.timeline import GPU_LANES, LaneTimeline, covered_seconds
 REPO = Path(__file__).resolve().parents[1]
 LIBERO_STEP_MS = 29.0
 """LIBERO's measured physics-only CPU cost per step (docs/benchmarks.md): the GPU renders."""
+ENV_ARGS = "env.args."
 ACTOR_CORES = "actor_cores"
 """A variant key of the bench's own: pin the actor and learner to that many cores (_pinning.py)."""
 LANE_COSTS = ("sample", "render", "infer", "learn", "publish")
@@ -211,13 +212,20 @@ def variant_settings(spec: JobSpec, variant: str) -> Iterator[None]:
     """Apply ``variant``'s settings to ``spec`` for the ``with`` block, then restore them.
 
     ``variant`` is ``KEY=VALUE`` pairs joined by commas; KEY is a ``[pipeline]`` setting or
-    ``SECTION.KEY`` (``actor_cores``, the bench's own, is left to :func:`actor_cores_of`). Each
+    ``SECTION.KEY`` (``actor_cores``, the bench's own, is left to :func:`actor_cores_of`), or
+    ``env.args.NAME`` (an env argument, its value read as JSON, else as a string). Each other
     value is parsed as the type the setting has (booleans from true/false/1/0/yes/no). Raises
     ValueError naming what is wrong."""
     changes = []
+    env_args: dict = {}
     for pair in variant.split(","):
         key, eq, value = pair.partition("=")
         if key == ACTOR_CORES:
+            continue
+        if key.startswith(ENV_ARGS) and eq:
+            with contextlib.suppress(json.JSONDecodeError):
+                value = json.loads(value)
+            env_args[key.removeprefix(ENV_ARGS)] = value
             continue
         section, _, name = key.rpartition(".")
         table = getattr(spec, section or "pipeline", None)
@@ -234,13 +242,17 @@ def variant_settings(spec: JobSpec, variant: str) -> Iterator[None]:
         else:
             parsed = type(kept)(value)
         changes.append((table, name, kept, parsed))
+    kept_args = dict(spec.env.args)
     try:
         for table, name, _, parsed in changes:
             setattr(table, name, parsed)
+        spec.env.args.update(env_args)
         yield
     finally:
         for table, name, kept, _ in reversed(changes):
             setattr(table, name, kept)
+        spec.env.args.clear()
+        spec.env.args.update(kept_args)
 
 
 def actor_cores_of(variant: str) -> int:
@@ -368,7 +380,8 @@ def main() -> None:
                         help="one more async run with these job settings, reported beside the job's own "
                              "(repeatable). KEY is a [pipeline] setting or SECTION.KEY: e.g. "
                              "max_staleness=2, learner=thread, compile_actor=true,learner=thread, env.groups=4; "
-                             "actor_cores=K pins the actor and learner to K cores, the env workers to the rest")
+                             "actor_cores=K pins the actor and learner to K cores, the env workers to the rest; "
+                             "env.args.NAME=JSON sets an env argument, e.g. env.args.fast_render=true")
     parser.add_argument("--plots", type=Path, help="with --gpu: write the three PNGs per workload here")
     parser.add_argument("--report-dir", type=Path, help="with --gpu: write pipeline_gpu[_libero].json here "
                                                         "(--workload job: pipeline_gpu_ENV_real.json)")
