@@ -281,13 +281,17 @@ def measure(spec: JobSpec, placement: Placement, costs: dict[str, float], steps:
     print(f"\n[{label}] lane cost alone (ms per env step): " + ", ".join(
         f"{k} {1e3 * costs[k]:.3f}" for k in LANE_COSTS)
           + f"   (synthetic step {spec.env.args.get('step_ms', '-')} ms)", flush=True)
-    results = {mode: run_mode(spec, mode, steps, placement) for mode in ("sync", "async")}
+    results = {}
+    for mode in ("sync", "async"):  # each printed as soon as measured: a run cut short keeps what it had
+        results[mode] = run_mode(spec, mode, steps, placement)
+        _measured(mode, results[mode], placement)
     sync, asyn = results["sync"], results["async"]
     extra = {}
     for variant in variants:
         with variant_settings(spec, variant):
             extra[variant] = run_mode(spec, "async", steps, placement_for(spec), actor_cores_of(variant))
             extra[variant]["slowdown_vs_alone"] = slowdowns(spec, costs, extra[variant])  # at its sizes
+        _measured(f"async with {variant}", extra[variant], placement)
     ratio = asyn["steps_per_s"] / sync["steps_per_s"]
     ideal_ratio = sync_ideal / async_ideal
     report = {
@@ -336,6 +340,13 @@ def measure(spec: JobSpec, placement: Placement, costs: dict[str, float], steps:
         for path in plot(results, plots, label):
             print(f"wrote {path}")
     return report
+
+
+def _measured(name: str, r: dict, placement: Placement) -> None:
+    """One run's figures, printed as soon as it ends (the table follows once every run has)."""
+    print(f"measured {name}: {r['steps_per_s']:.1f} env steps/s, GPU busy {_gpu(r, placement)}, "
+          f"NVML {r['gpu_util_nvml'] if r['gpu_util_nvml'] is None else format(r['gpu_util_nvml'], '.0%')}, "
+          f"inference batch {r['infer_s_each']} s, learner update {r['learn_s_each']} s", flush=True)
 
 
 def _summary(r: dict, async_ideal: float, sync_steps_per_s: float) -> dict:
