@@ -20,7 +20,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "libero_bundle.py"
 
-pytest.importorskip("libero")
 
 
 def without(site: Path, names: set[str], into: Path) -> Path:
@@ -36,6 +35,7 @@ def without(site: Path, names: set[str], into: Path) -> Path:
 
 @pytest.mark.slow
 def test_a_one_task_bundle_builds_resets_and_steps_its_task_alone(tmp_path):
+    pytest.importorskip("libero")
     archive = tmp_path / "bundle.tar.xz"
     env = {**os.environ, "MUJOCO_GL": "osmesa", "XDG_CACHE_HOME": str(tmp_path / "cache")}
     built = subprocess.run([sys.executable, str(SCRIPT), "--suite", "libero_spatial", "--tasks", "0",
@@ -63,3 +63,26 @@ def test_a_one_task_bundle_builds_resets_and_steps_its_task_alone(tmp_path):
     assert Path(result["libero"]).is_relative_to(unpacked) and Path(result["robosuite"]).is_relative_to(unpacked)
     assert result["image_shape"] == [128, 128, 3] and result["image_mean"] > 10  # a scene was drawn
     assert "bowl" in result["instruction"]
+
+
+def test_the_plan_takes_pure_code_the_target_lacks_and_the_data_files_opened(tmp_path):
+    """What is packed from a trace: the rules, on a site-packages laid out here."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from libero_bundle import plan
+
+    site = tmp_path / "site"
+    files = ["pure/__init__.py", "pure/sub/mod.py", "pure/model.xml", "pure/unused.xml", "pure/__pycache__/m.pyc",
+             "compiled/__init__.py", "compiled/_ext.so", "compiled/table.bin", "yaml/__init__.py",
+             "assets_only/assets/bowl.png", "assets_only/assets/other.png", "single.py"]
+    for name in files:
+        (site / name).parent.mkdir(parents=True, exist_ok=True)
+        (site / name).write_text(name)
+    traced = {"modules": {"pure": str(site / "pure/__init__.py"), "compiled": str(site / "compiled/__init__.py"),
+                          "yaml": str(site / "yaml/__init__.py"), "single": str(site / "single.py"),
+                          "json": json.__file__},
+              "opened": [str(site / n) for n in ("pure/model.xml", "pure/__pycache__/m.pyc", "compiled/table.bin",
+                                                 "assets_only/assets/bowl.png")] + ["relative.xml", "/etc/hostname"]}
+    packed, packages = plan(traced, [site])
+    assert packages == ["pure", "single"]  # compiled: the target's own; yaml: the image has PyYAML
+    assert sorted(str(a) for a in packed.values()) == [
+        "assets_only/assets/bowl.png", "pure/__init__.py", "pure/model.xml", "pure/sub/mod.py", "single.py"]
