@@ -1,6 +1,9 @@
 """Each lane's cost measured alone, with the job's own code and sizes (for bench_pipeline.py).
 
   sample  — the env workers stepping every group with random actions (no inference),
+  render  — on a GPU, the GPU time of that sampling (NVML's utilisation while it runs × its
+            seconds per step): the env workers' EGL rendering, which shares the GPU with the
+            infer, learn and publish lanes (0 for envs that draw on the CPU),
   infer   — the actor's replica acting on one env group's batch (host in, host out),
   learn   — one learner update on a rollout of the job's size,
   publish — one weight publication through the distribute lane and the weight plane.
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import threading
 import time
 from collections.abc import Iterator
 from tempfile import TemporaryDirectory
@@ -28,6 +32,33 @@ from dvlad.lanes.trajectory import SegmentShape, TrajectoryQueue
 from dvlad.lanes.weights import WeightPlane
 from dvlad.policies import build_policy
 from dvlad.spaces import ACTION_DIM, image_key
+
+
+class NvmlSampler(threading.Thread):
+    """NVML's GPU utilisation every 100 ms while a mode runs (None where NVML is absent)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[tuple[float, float]] = []  # (time.monotonic(), utilisation %)
+        self._stop_event = threading.Event()
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._read = lambda: pynvml.nvmlDeviceGetUtilizationRates(
+                pynvml.nvmlDeviceGetHandleByIndex(index)).gpu
+        except Exception:  # no driver, no library: the interval-based figure stands alone
+            self._read = None
+
+    def run(self) -> None:
+        while self._read is not None and not self._stop_event.wait(0.1):
+            self.samples.append((time.monotonic(), float(self._read())))
+
+    def mean(self, since: float, until: float) -> float | None:
+        """Mean utilisation over the measured window (model building and start-up left out)."""
+        self._stop_event.set()
+        inside = [u for t, u in self.samples if since <= t <= until]
+        return float(np.mean(inside)) / 100 if inside else None
 
 
 @contextlib.contextmanager
@@ -87,7 +118,12 @@ def lane_costs(spec: JobSpec, placement: Placement, seconds: float) -> dict[str,
     ctx = mp.get_context("spawn")
     with open_pool(spec) as pool:
         sample_seconds_per_step(pool, min(1.0, seconds / 4))  # warm-up
+        nvml = NvmlSampler(placement.device.index or 0) if placement.on_gpu else None
+        if nvml is not None:
+            nvml.start()
+        since = time.monotonic()
         sample = sample_seconds_per_step(pool, seconds)
+        render_util = nvml.mean(since, time.monotonic()) if nvml is not None else None
         with TemporaryDirectory() as tmp:
             learner = Learner(LearnerConfig(spec, pool.spec, tmp, placement, pool.groups))
         policy, flat = build_policy(spec, pool.spec, placement.device, placement.actor_dtype)
@@ -127,6 +163,7 @@ def lane_costs(spec: JobSpec, placement: Placement, seconds: float) -> dict[str,
         finally:
             traj.close()
             plane.close()
-    return {"sample": sample, "infer": infer, "learn": learn, "publish": publish_s / rollout_steps,
+    return {"sample": sample, "render": sample * (render_util or 0.0), "infer": infer, "learn": learn,
+            "publish": publish_s / rollout_steps,
             "publish_ms": publish_s * 1e3, "raw_copy_ms": raw_copy_s * 1e3, "model_params": float(model_params),
             "published_params": float(flat.numel())}

@@ -1,10 +1,11 @@
 """Async vs sync throughput of the same job, measured side by side in one run.
 
 First each lane's cost is measured alone (``_lane_probe.py``): sample, infer, learn,
-publish. From them come two ideals, in seconds per env step:
-  sync  = sample + infer + learn + publish           (the lanes take turns)
+publish, and on a GPU the GPU time of sampling (render: EGL-rendered cameras). From them come
+two ideals, in seconds per env step:
+  sync  = sample + infer + learn + publish           (the lanes take turns; sample includes render)
   async = the busiest resource: lanes sharing cores (or a GPU) add up there, and no lane
-          can go faster than it does alone.
+          can go faster than it does alone. On a GPU: max(sample, render + infer + learn + publish).
 Then the job runs in sync mode and in async mode, same spec otherwise, and the script
 prints env steps/s of each, their ratio, the ideal ratio, each mode's efficiency against
 its ideal and each lane's busy fraction. ``--json`` prints one JSON object as the last line.
@@ -31,15 +32,14 @@ import gc
 import json
 import os
 import platform
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import numpy as np
 import torch
-from _lane_probe import lane_costs, open_pool, sample_scaling, sample_seconds_per_step
+from _lane_probe import NvmlSampler, lane_costs, open_pool, sample_scaling, sample_seconds_per_step
+from _pinning import pinned
 
 from dvla import metric_names as m
 from dvla.spec import JobSpec, load_spec
@@ -50,6 +50,11 @@ from dvlad.lanes.timeline import GPU_LANES, LaneTimeline, covered_seconds
 REPO = Path(__file__).resolve().parents[1]
 LIBERO_STEP_MS = 29.0
 """LIBERO's measured physics-only CPU cost per step (docs/benchmarks.md): the GPU renders."""
+ENV_ARGS = "env.args."
+ACTOR_CORES = "actor_cores"
+"""A variant key of the bench's own: pin the actor and learner to that many cores (_pinning.py)."""
+LANE_COSTS = ("sample", "render", "infer", "learn", "publish")
+"""The lanes' costs alone, in the report's order (render: the GPU time of sampling, within sample)."""
 
 
 def ideals(costs: dict[str, float], spec: JobSpec, placement: Placement, cores: int) -> tuple[float, float]:
@@ -57,37 +62,11 @@ def ideals(costs: dict[str, float], spec: JobSpec, placement: Placement, cores: 
     s, i, lrn, p = costs["sample"], costs["infer"], costs["learn"], costs["publish"]
     sync = s + i + lrn + p
     sim_cpu = s * min(spec.env.workers, cores)  # core-seconds the workers burn per env step
-    # on a GPU, inference, learning and publication share it and simulation has the cores;
-    # on a CPU everything shares the cores. No lane goes faster than it does alone.
-    busiest = max(s, i + lrn + p) if placement.on_gpu else max(s, i, lrn + p, (sim_cpu + i + lrn + p) / cores)
+    # on a GPU, rendering, inference, learning and publication share it and simulation has the
+    # cores; on a CPU everything shares the cores. No lane goes faster than it does alone.
+    gpu = costs.get("render", 0.0) + i + lrn + p
+    busiest = max(s, gpu) if placement.on_gpu else max(s, i, lrn + p, (sim_cpu + i + lrn + p) / cores)
     return sync, busiest
-
-
-class NvmlSampler(threading.Thread):
-    """NVML's GPU utilisation every 100 ms while a mode runs (None where NVML is absent)."""
-
-    def __init__(self, index: int) -> None:
-        super().__init__(daemon=True)
-        self.samples: list[tuple[float, float]] = []  # (time.monotonic(), utilisation %)
-        self._stop_event = threading.Event()
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self._read = lambda: pynvml.nvmlDeviceGetUtilizationRates(
-                pynvml.nvmlDeviceGetHandleByIndex(index)).gpu
-        except Exception:  # no driver, no library: the interval-based figure stands alone
-            self._read = None
-
-    def run(self) -> None:
-        while self._read is not None and not self._stop_event.wait(0.1):
-            self.samples.append((time.monotonic(), float(self._read())))
-
-    def mean(self, since: float, until: float) -> float | None:
-        """Mean utilisation over the measured window (model building and start-up left out)."""
-        self._stop_event.set()
-        inside = [u for t, u in self.samples if since <= t <= until]
-        return float(np.mean(inside)) / 100 if inside else None
 
 
 def release_gpu() -> None:
@@ -98,7 +77,9 @@ def release_gpu() -> None:
         torch.cuda.empty_cache()
 
 
-def run_mode(spec: JobSpec, mode: str, steps: int, placement: Placement) -> dict:
+def run_mode(spec: JobSpec, mode: str, steps: int, placement: Placement, actor_cores: int = 0) -> dict:
+    """One mode of the job; ``actor_cores`` > 0 pins the actor and learner to that many cores and
+    the env workers to the rest (:mod:`_pinning`)."""
     spec.job.mode, spec.train.total_env_steps, spec.train.resume = mode, steps, False
     rows: list[dict] = []
     hist: list[int] = []
@@ -114,7 +95,10 @@ def run_mode(spec: JobSpec, mode: str, steps: int, placement: Placement) -> dict
         pipeline = Pipeline(spec, Path(tmp), on_progress=progress)
         if nvml is not None:
             nvml.start()
-        pipeline.run()
+        pins = pinned(actor_cores, lambda run=pipeline: run.pool.pids() if run.pool else []) if actor_cores \
+            else contextlib.nullcontext()
+        with pins:
+            pipeline.run()
     steady = rows[1:] if len(rows) > 2 else rows  # the first update includes warm-up
     t0 = pipeline.timeline_origin
     since, until = t0 + steady[0][m.TIME_S], t0 + steady[-1][m.TIME_S]
@@ -228,11 +212,21 @@ def variant_settings(spec: JobSpec, variant: str) -> Iterator[None]:
     """Apply ``variant``'s settings to ``spec`` for the ``with`` block, then restore them.
 
     ``variant`` is ``KEY=VALUE`` pairs joined by commas; KEY is a ``[pipeline]`` setting or
-    ``SECTION.KEY``. Each value is parsed as the type the setting has (booleans from
-    true/false/1/0/yes/no). Raises ValueError naming what is wrong."""
+    ``SECTION.KEY`` (``actor_cores``, the bench's own, is left to :func:`actor_cores_of`), or
+    ``env.args.NAME`` (an env argument, its value read as JSON, else as a string). Each other
+    value is parsed as the type the setting has (booleans from true/false/1/0/yes/no). Raises
+    ValueError naming what is wrong."""
     changes = []
+    env_args: dict = {}
     for pair in variant.split(","):
         key, eq, value = pair.partition("=")
+        if key == ACTOR_CORES:
+            continue
+        if key.startswith(ENV_ARGS) and eq:
+            with contextlib.suppress(json.JSONDecodeError):
+                value = json.loads(value)
+            env_args[key.removeprefix(ENV_ARGS)] = value
+            continue
         section, _, name = key.rpartition(".")
         table = getattr(spec, section or "pipeline", None)
         if not eq or table is None or not hasattr(table, name):
@@ -248,13 +242,23 @@ def variant_settings(spec: JobSpec, variant: str) -> Iterator[None]:
         else:
             parsed = type(kept)(value)
         changes.append((table, name, kept, parsed))
+    kept_args = dict(spec.env.args)
     try:
         for table, name, _, parsed in changes:
             setattr(table, name, parsed)
+        spec.env.args.update(env_args)
         yield
     finally:
         for table, name, kept, _ in reversed(changes):
             setattr(table, name, kept)
+        spec.env.args.clear()
+        spec.env.args.update(kept_args)
+
+
+def actor_cores_of(variant: str) -> int:
+    """The variant's ``actor_cores=K`` (0: not pinned)."""
+    pairs = dict(pair.partition("=")[::2] for pair in variant.split(","))
+    return int(pairs.get(ACTOR_CORES, 0))
 
 
 def _gpu(r: dict, placement: Placement) -> str:
@@ -275,15 +279,19 @@ def measure(spec: JobSpec, placement: Placement, costs: dict[str, float], steps:
     cores = len(os.sched_getaffinity(0))
     sync_ideal, async_ideal = ideals(costs, spec, placement, cores)
     print(f"\n[{label}] lane cost alone (ms per env step): " + ", ".join(
-        f"{k} {1e3 * costs[k]:.3f}" for k in ("sample", "infer", "learn", "publish"))
+        f"{k} {1e3 * costs[k]:.3f}" for k in LANE_COSTS)
           + f"   (synthetic step {spec.env.args.get('step_ms', '-')} ms)", flush=True)
-    results = {mode: run_mode(spec, mode, steps, placement) for mode in ("sync", "async")}
+    results = {}
+    for mode in ("sync", "async"):  # each printed as soon as measured: a run cut short keeps what it had
+        results[mode] = run_mode(spec, mode, steps, placement)
+        _measured(mode, results[mode], placement)
     sync, asyn = results["sync"], results["async"]
     extra = {}
     for variant in variants:
         with variant_settings(spec, variant):
-            extra[variant] = run_mode(spec, "async", steps, placement_for(spec))
+            extra[variant] = run_mode(spec, "async", steps, placement_for(spec), actor_cores_of(variant))
             extra[variant]["slowdown_vs_alone"] = slowdowns(spec, costs, extra[variant])  # at its sizes
+        _measured(f"async with {variant}", extra[variant], placement)
     ratio = asyn["steps_per_s"] / sync["steps_per_s"]
     ideal_ratio = sync_ideal / async_ideal
     report = {
@@ -291,7 +299,7 @@ def measure(spec: JobSpec, placement: Placement, costs: dict[str, float], steps:
         "ratio": ratio, "ideal_ratio": ideal_ratio,
         "sync_efficiency": sync["steps_per_s"] * sync_ideal,
         "async_efficiency": asyn["steps_per_s"] * async_ideal,
-        "lane_ms_per_step": {k: 1e3 * costs[k] for k in ("sample", "infer", "learn", "publish")},
+        "lane_ms_per_step": {k: 1e3 * costs[k] for k in LANE_COSTS},
         "publish_ms": costs["publish_ms"], "raw_copy_ms": costs["raw_copy_ms"],
         "staleness_mean": asyn["staleness_mean"], "staleness_max": asyn["staleness_max"],
         "busy": {mode: {lane: r[f"{lane}_busy"] for lane in m.LANES} for mode, r in results.items()},
@@ -306,7 +314,8 @@ def measure(spec: JobSpec, placement: Placement, costs: dict[str, float], steps:
         "device": torch.cuda.get_device_name(placement.device) if placement.on_gpu else "cpu",
         "cpu": platform.processor() or platform.machine(), "cores": cores,
         "model_params": int(costs["model_params"]), "published_params": int(costs["published_params"]),
-        "policy": spec.policy.name, "policy_args": spec.policy.args, "env": spec.env.name,
+        "policy": spec.policy.name, "policy_args": spec.policy.args,
+        "env": ":".join(filter(None, (spec.env.name, spec.env.args.get("suite")))),
         "env_args": dict(spec.env.args), "workers": spec.env.workers, "num_envs": spec.env.num_envs,
         "workload": label, "env_steps_per_mode": steps,
     }
@@ -331,6 +340,13 @@ def measure(spec: JobSpec, placement: Placement, costs: dict[str, float], steps:
         for path in plot(results, plots, label):
             print(f"wrote {path}")
     return report
+
+
+def _measured(name: str, r: dict, placement: Placement) -> None:
+    """One run's figures, printed as soon as it ends (the table follows once every run has)."""
+    print(f"measured {name}: {r['steps_per_s']:.1f} env steps/s, GPU busy {_gpu(r, placement)}, "
+          f"NVML {r['gpu_util_nvml'] if r['gpu_util_nvml'] is None else format(r['gpu_util_nvml'], '.0%')}, "
+          f"inference batch {r['infer_s_each']} s, learner update {r['learn_s_each']} s", flush=True)
 
 
 def _summary(r: dict, async_ideal: float, sync_steps_per_s: float) -> dict:
@@ -363,9 +379,10 @@ def main() -> None:
                                                     "stay divisible by groups × workers")
     parser.add_argument("--quick", action="store_true", help="small run, under a minute")
     parser.add_argument("--gpu", action="store_true", help="the headline GPU run (see above)")
-    parser.add_argument("--workload", choices=("balanced", "libero", "both"), default="balanced",
+    parser.add_argument("--workload", choices=("balanced", "libero", "both", "job"), default="balanced",
                         help="with --gpu: the synthetic env's step cost (default: balanced); both share "
-                             "one measurement of the GPU lanes")
+                             "one measurement of the GPU lanes; job: the job's env as it is (real LIBERO "
+                             "with examples/gpu_bench_libero.toml)")
     parser.add_argument("--libero-steps", type=int, help="with --workload both: env steps per mode of the "
                                                          "LIBERO-cost runs (default: --steps)")
     parser.add_argument("--scaling", default="1,2,4,8,16",
@@ -373,9 +390,13 @@ def main() -> None:
     parser.add_argument("--async-variant", action="append", default=[], metavar="KEY=VALUE[,...]",
                         help="one more async run with these job settings, reported beside the job's own "
                              "(repeatable). KEY is a [pipeline] setting or SECTION.KEY: e.g. "
-                             "max_staleness=2, learner=thread, compile_actor=true,learner=thread, env.groups=4")
+                             "max_staleness=2, learner=thread, compile_actor=true,learner=thread, env.groups=4; "
+                             "actor_cores=K pins the actor and learner to K cores, the env workers to the rest; "
+                             "env.args.NAME=JSON sets an env argument, e.g. env.args.fast_render=true")
     parser.add_argument("--plots", type=Path, help="with --gpu: write the three PNGs per workload here")
-    parser.add_argument("--report-dir", type=Path, help="with --gpu: write pipeline_gpu[_libero].json here")
+    parser.add_argument("--report-dir", type=Path, help="with --gpu: write pipeline_gpu[_libero].json here "
+                                                        "(--workload job: pipeline_gpu_ENV_real.json)")
+    parser.add_argument("--report-name", help="with --report-dir: the file name instead")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line "
                                                             "(with --workload both: {workload: report})")
     args = parser.parse_args()
@@ -424,7 +445,9 @@ def main() -> None:
         report.update(scaling)
         if args.report_dir:  # each workload's report as soon as it is measured
             args.report_dir.mkdir(parents=True, exist_ok=True)
-            name = "pipeline_gpu.json" if workload == "balanced" else f"pipeline_gpu_{workload}.json"
+            name = args.report_name or ("pipeline_gpu.json" if workload == "balanced" else
+                                        f"pipeline_gpu_{spec.env.name}_real.json" if workload == "job" else
+                                        f"pipeline_gpu_{workload}.json")
             path = args.report_dir / name
             path.write_text(json.dumps(report, indent=1) + "\n")
             print(f"wrote {path}", flush=True)

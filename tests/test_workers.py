@@ -147,3 +147,14 @@ def test_slots_get_their_env_index_in_blocks():
             ["env index 0", "env index 0", "env index 1", "env index 1"]
     finally:
         pool.close()
+
+
+def test_workers_close_their_envs_when_the_pool_closes(tmp_path):
+    """A worker closes its envs before it exits: renderers free their GL contexts while the display
+    lives (at interpreter exit robosuite's EGL display is terminated first, and every context's
+    finaliser then fails, hundreds of lines a pool)."""
+    closed = tmp_path / "closed"
+    pool = EnvWorkerPool("closing_env:make", {"closed": str(closed), "step_ms": 0.1, "image_size": 8,
+                                              "cameras": ["a"]}, num_envs=4, groups=1, workers=2, action_chunk=1)
+    pool.close()
+    assert sorted(closed.read_text().split()) == ["0", "1", "2", "3"]

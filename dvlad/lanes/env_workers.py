@@ -201,6 +201,7 @@ def worker_main(cfg: WorkerConfig, conn: Connection, handle_conn: Connection, st
     from dvlad.envs import make_env
 
     arrays = None
+    envs: dict = {}
     try:
         envs = {i: make_env(cfg.env_name, env_index=(cfg.first_env + i) // cfg.envs_per_index, **cfg.env_args)
                 for ids in cfg.env_ids for i in ids}
@@ -220,6 +221,9 @@ def worker_main(cfg: WorkerConfig, conn: Connection, handle_conn: Connection, st
     finally:
         if arrays is not None:
             arrays.close()
+        for env in envs.values():  # while the process lives: GL contexts are freed before EGL's atexit terminate
+            with contextlib.suppress(Exception):
+                env.close()
 
 
 class EnvWorkerError(RuntimeError):
