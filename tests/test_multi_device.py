@@ -15,10 +15,10 @@ import torch
 
 from dvla import metric_names as m
 from dvla.spec import SpecError, spec_from_dict, spec_to_dict
-from dvlad.lanes.node_part import free_port
 from dvlad.lanes.pipeline import JobFailed, Pipeline
 from dvlad.lanes.ranks import LearnerRanks
 from dvlad.lanes.replica import knobs
+from dvlad.ports import free_port
 
 pytestmark = pytest.mark.slow  # whole jobs of several processes
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from typing import Any
 
@@ -24,6 +23,7 @@ from dvlad.fed.client import PeerClient, PeerError
 from dvlad.fed.peers import Peer, PeerTable
 from dvlad.fed.records import Records, RemotePart
 from dvlad.gpu.layout import plan_layout
+from dvlad.ports import free_port
 from dvlad.runtime.launch import run_dir
 from dvlad.server.core import Daemon
 from dvlad.server.transfer import checkpoint_files
@@ -40,13 +40,6 @@ def learners_per_node(spec: JobSpec) -> int:
     plan = plan_layout(range(devices), None, layout=spec.placement.layout, learners=spec.placement.learner_gpus,
                        workers=spec.env.workers, groups=spec.env.groups, fanout=spec.placement.replication_fanout)
     return len(plan.learner_devices)
-
-
-def free_port(host: str) -> int:
-    """A TCP port of ``host`` nothing listens on now (the rendezvous of a job's parts)."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
 
 
 def _free(peer: Peer) -> tuple[int, int]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +26,7 @@ import numpy as np
 
 from dvla import stops
 from dvla.spec import JobSpec
+from dvlad.ports import free_port
 
 NODES = "DVLA_NODES"
 NODE_RANK = "DVLA_NODE_RANK"
@@ -125,13 +125,6 @@ def _int(environ: Mapping[str, str], name: str) -> int:
         return int(environ[name])
     except ValueError:
         raise ValueError(f"{name} = {environ[name]!r} is not an integer") from None
-
-
-def free_port() -> int:
-    """A TCP port of the loopback that nothing listens on (now): the rendezvous of ranks on one machine."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def loopback(ranks: Sequence[int]) -> list[NodePart]:

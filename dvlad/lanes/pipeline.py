@@ -47,7 +47,7 @@ from dvlad.lanes.device import ACTOR_PRIORITY, JobDevices, job_devices, placemen
 from dvlad.lanes.env_workers import EnvWorkerPool
 from dvlad.lanes.learner import LearnerConfig, learner_main
 from dvlad.lanes.messages import LearnerFailed, LearnerReady
-from dvlad.lanes.node_part import NodePart, NodeState, free_port
+from dvlad.lanes.node_part import NodePart, NodeState
 from dvlad.lanes.replica import ReplicaSetup, check_segments, knobs, make_actor, open_pool, replica_main
 from dvlad.lanes.reporter import Progress, Reporter
 from dvlad.lanes.timeline import LaneTimeline
@@ -55,6 +55,7 @@ from dvlad.lanes.trajectory import SegmentShape, TrajectoryQueue
 from dvlad.lanes.vram import GROWTH_UPDATES, activation_growth, tensor_bytes
 from dvlad.lanes.weights import Route, WeightPlane
 from dvlad.policies import build_policy
+from dvlad.ports import free_port
 
 Lane = threading.Thread | mp.process.BaseProcess
 
