@@ -52,7 +52,7 @@ from dvlad.lanes.replica import ReplicaSetup, check_segments, knobs, make_actor,
 from dvlad.lanes.reporter import Progress, Reporter
 from dvlad.lanes.timeline import LaneTimeline
 from dvlad.lanes.trajectory import SegmentShape, TrajectoryQueue
-from dvlad.lanes.vram import GROWTH_UPDATES, activation_growth, tensor_bytes
+from dvlad.lanes.vram import GROWTH_UPDATES, activation_growth, running_peaks, tensor_bytes
 from dvlad.lanes.weights import Route, WeightPlane
 from dvlad.policies import build_policy
 
@@ -116,9 +116,7 @@ class Pipeline:
         (:func:`~dvlad.lanes.vram.activation_growth`) and fail a job whose activations passed their cap
         (the job's whole activation pool, actor and learner together, as the row reports it); then
         the row goes on to ``on_progress``."""
-        for key in (m.GPU_WEIGHT_BYTES, m.GPU_ACTIVATION_BYTES):
-            if key in p.values:
-                self.pool_peaks[key] = max(self.pool_peaks.get(key, 0.0), p.values[key])
+        p.values.update(running_peaks(self.pool_peaks, p.values))
         if m.GPU_ACTIVATION_BYTES in p.values:
             self.activation_history.append(p.values[m.GPU_ACTIVATION_BYTES])
             p.values.update(activation_growth(self.activation_history))

@@ -17,13 +17,14 @@ from typing import Any
 from dvla.paths import relative_paths
 from dvla.spec import JobSpec, SpecError, spec_from_dict, spec_to_dict
 from dvlad.config import Config, job_cpu_slots
-from dvlad.gpu.budgets import BudgetUnknown, memory_ask
+from dvlad.gpu.budgets import Budgets, BudgetUnknown, memory_ask
 from dvlad.gpu.inventory import Inventory
 from dvlad.gpu.links import link_score
 from dvlad.runtime.supervisor import Supervisor
 from dvlad.sched import Capacity, Cluster, Limits, Plan, QueuedJob, Usage, plan
 from dvlad.sched.memory_fit import MemoryAsk, SharedGpus
 from dvlad.server.auth import Identity
+from dvlad.server.gpu_jobs import MemoryPlan
 from dvlad.server.looplag import LoopLag
 from dvlad.store import ACTIVE, IllegalTransition, Job, Queued, State, Store, Submission
 
@@ -68,6 +69,7 @@ class Daemon:
         self._gpu_memory = {d["index"]: d.get("memory_total") for d in inventory.topology.get("devices", [])}
         self._asks: dict[int, MemoryAsk | None] = {}
         """Job id -> what it asks of each GPU when it shares GPUs (None: whole GPUs), from its spec."""
+        self._plans: dict[int, MemoryPlan] = {}
 
     def kick(self) -> None:
         """Ask for a scheduling pass soon (after a submit, a cancel or an exit)."""
@@ -142,6 +144,15 @@ class Daemon:
                 self._asks[job_id] = None
         return self._asks[job_id]
 
+    def memory_plan(self, job: Job) -> MemoryPlan:
+        """The budgets and estimate of a job's pools (``/v1/gpus``, ``/metrics``), once from its spec."""
+        if job.id not in self._plans:
+            try:
+                self._plans[job.id] = MemoryPlan.of(spec_from_dict(job.spec))
+            except (BudgetUnknown, SpecError, ValueError):  # a record from before: nothing promised
+                self._plans[job.id] = MemoryPlan(Budgets(), None)
+        return self._plans[job.id]
+
     def _commit_pending(self) -> None:
         batch, self._pending = self._pending, []
         try:
@@ -171,12 +182,11 @@ class Daemon:
         users: dict[str, Usage] = defaultdict(Usage)
         groups: dict[str, Usage] = defaultdict(Usage)
         busy: set[int] = set()
-        taken: dict[int, int] = defaultdict(int)
+        shared = SharedGpus(self._gpu_memory)
         cpus = 0
         for job in active:
             if ask := self._ask(job.id, job):
-                for g in job.gpu_ids:
-                    taken[g] += ask.total
+                shared.take(job.gpu_ids, ask)
             busy.update(job.gpu_ids)
             cpus += job.cpus
             for usage in [users[job.user], *(groups[g] for g in job.groups)]:
@@ -184,7 +194,7 @@ class Daemon:
                 usage.running_jobs += 1
         free = frozenset(set(self.inventory.gpu_indices) - busy)
         return Cluster(free, self.config.cpu_slots - cpus, dict(users), dict(groups), link_score=self._link_score,
-                       capacity=self.capacity(), shared=SharedGpus(self._gpu_memory, dict(taken))), active
+                       capacity=self.capacity(), shared=shared), active
 
     def public(self, job: Job) -> dict[str, Any]:
         """A job's record as the API shows it: the store's, with a queued job's pending reason (why
