@@ -93,8 +93,10 @@ def test_gpus_and_metrics_list_every_job_on_a_shared_gpu_with_its_budgets_and_es
         assert job["activation_pool"]["used"] is None and job["activation_growing"] is False  # no row yet
 
     def gauge(name: str, job: int, pool: str) -> float | None:
-        found = re.search(rf'^{name}{{job="{job}",user="[^"]*",name="[^"]*",gpu="0",pool="{pool}"}} (\S+)$', text, re.M)
-        return None if found is None else float(found.group(1))
+        for labels, value in re.findall(rf"^{name}{{(.*)}} (\S+)$", text, re.M):
+            if {f'job="{job}"', 'gpu="0"', f'pool="{pool}"'} <= set(labels.split(",")):
+                return float(value)
+        return None
 
     for job, (weight, activation) in expected.items():
         assert gauge("dvlad_job_gpu_pool_budget_bytes", job, "weight") == weight["budget"], text

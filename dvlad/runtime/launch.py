@@ -84,7 +84,8 @@ def _environment(job: Job, gpu_ids: list[int], topology_file: Path | None, shm_p
     return env
 
 
-def spawn(job: Job, gpu_ids: list[int], state_dir: Path, topology: dict[str, Any] | None = None) -> Started:
+def spawn(job: Job, gpu_ids: list[int], state_dir: Path, topology: dict[str, Any] | None = None,
+          extra_env: dict[str, str] | None = None) -> Started:
     """Write the job's files and start it. Raises OSError/SubprocessError if it cannot start.
 
     Layout, and why: ``jobs/ID/`` is the daemon's (mode 0711), so the user cannot replace what the
@@ -96,7 +97,7 @@ def spawn(job: Job, gpu_ids: list[int], state_dir: Path, topology: dict[str, Any
     checkpoints are the user's alone, not their primary group's (labs share one). The daemon reads
     what is in there only through :func:`dvlad.runtime.jobfiles.open_job_file`. A job on several GPUs
     also gets the node's ``topology.json`` (0644: the record ``dvla topo`` shows anyone) to plan its
-    layout over."""
+    layout over. ``extra_env``: more of the job's environment (the manifest of a shared base)."""
     home = job_dir(state_dir, job.id)
     run = run_dir(state_dir, job.id)
     if home.exists():  # left by an earlier database of this state dir: kept, out of the way
@@ -127,7 +128,8 @@ def spawn(job: Job, gpu_ids: list[int], state_dir: Path, topology: dict[str, Any
             identity = {"user": job.uid, "group": job.gid, "extra_groups": os.getgrouplist(job.user, job.gid)}
         popen = subprocess.Popen(
             [sys.executable, "-m", "dvlad.runtime.job", str(spec_file), "--output-dir", str(run)],
-            cwd=run, env=_environment(job, gpu_ids, topology_file, segment_prefix(state_dir, job.id)),
+            cwd=run, env={**_environment(job, gpu_ids, topology_file, segment_prefix(state_dir, job.id)),
+                          **(extra_env or {})},
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
             close_fds=True, umask=JOB_UMASK, **identity)
     create_time = process_start(popen.pid) or psutil.Process(popen.pid).create_time()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -57,7 +58,8 @@ class Daemon:
     def __init__(self, config: Config, store: Store, inventory: Inventory, state_dir: Path):
         self.config, self.store, self.inventory = config, store, inventory
         self._link_score = link_score(inventory.topology)  # the topology is read once, at start
-        self.supervisor = Supervisor(store, state_dir, config.daemon.cancel_grace_s, self.kick, inventory.topology)
+        self.supervisor = Supervisor(store, state_dir, config.daemon.cancel_grace_s, self.kick, inventory.topology,
+                                     config.node.share_base_group)
         self._wake = asyncio.Event()
         self._pending: list[tuple[Submission, asyncio.Future[tuple[Job, bool]]]] = []
         self.waiting: dict[int, str] = {}
@@ -139,8 +141,12 @@ class Daemon:
         if job_id not in self._asks:
             job = job or self.store.get(job_id)
             try:
-                self._asks[job_id] = memory_ask(spec_from_dict(job.spec)) if job else None
-            except (BudgetUnknown, SpecError):  # refused at submit; a record from before: whole GPUs
+                spec = spec_from_dict(job.spec) if job else None
+                ask = memory_ask(spec) if spec else None
+                if ask and spec.resources.share_base:  # its base counts once per GPU among those sharing it
+                    ask = dataclasses.replace(ask, base_key=self.supervisor.bases.admission_key(job, spec))
+                self._asks[job_id] = ask
+            except (BudgetUnknown, SpecError, OSError):  # refused at submit; a record from before: whole GPUs
                 self._asks[job_id] = None
         return self._asks[job_id]
 
