@@ -55,6 +55,7 @@ from dvlad.lanes.trajectory import SegmentShape, TrajectoryQueue
 from dvlad.lanes.vram import GROWTH_UPDATES, activation_growth, running_peaks, tensor_bytes
 from dvlad.lanes.weights import Route, WeightPlane
 from dvlad.policies import build_policy
+from dvlad.sharing import base as shared
 
 Lane = threading.Thread | mp.process.BaseProcess
 
@@ -159,7 +160,7 @@ class Pipeline:
             with pools.weights():
                 plane = WeightPlane.create(ctx, flat.numel(), [s.placement.device for s in setups],
                                            dtype=placement.actor_dtype)
-            pools.seal(tensor_bytes([*policy.parameters(), *policy.buffers()]))
+            pools.seal(tensor_bytes(shared.private([*policy.parameters(), *policy.buffers()])))
             parts += [*queues, plane]
             messages = ctx.Queue()
             rendezvous = f"tcp://127.0.0.1:{_free_port()}" if ranks > 1 else ""

@@ -26,7 +26,7 @@ import json
 import os
 import pickle
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,6 +181,13 @@ def from_environment() -> SharedBase | None:
     if path not in _ATTACHED:
         _ATTACHED[path] = attach(wait_for_manifest(Path(path)))
     return _ATTACHED[path]
+
+
+def private(tensors: Iterable[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    """``tensors`` without those of a shared base this process mapped: those are their holder's
+    memory, not in this job's weight pool."""
+    bases = list(_ATTACHED.values())
+    return [t for t in tensors if t is None or not any(b.holds(t) for b in bases)]
 
 
 @contextlib.contextmanager

@@ -1,0 +1,113 @@
+"""One base model for many LoRA jobs (dvlad/sharing/): a real holder process builds the base once,
+job processes map it, and what they compute is what each computes alone on its own copy.
+
+On the CPU the base is a /dev/shm segment; on a GPU the same code shares it over CUDA IPC."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dvla.spec import dump_toml, spec_from_dict
+from dvlad.segments import count, standalone_prefix
+from dvlad.sharing import base as shared
+from dvlad.sharing.base import MANIFEST, MANIFEST_ENV, BaseChanged
+from dvlad.sharing.holder import build_base
+from dvlad.sharing.holders import base_key, sharing_domain
+
+HERE = Path(__file__).resolve().parent
+PROBE = HERE / "share_base_probe.py"
+sys.path.insert(0, str(HERE))
+from share_base_probe import adapter_grads, job_policy  # noqa: E402
+
+LORA_JOB = {"job": {"name": "lora", "seed": 3},
+            "policy": {"name": "transformer-vla", "args": {"preset": "tiny", "patch_size": 8,
+                                                           "trunk": {"num_hidden_layers": 2}, "lora": {"r": 4}}},
+            "env": {"name": "synthetic", "num_envs": 4, "groups": 2, "workers": 1,
+                    "args": {"image_size": 16, "cameras": ["image"]}},
+            "resources": {"share_base": True}}
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """A real holder process of LORA_JOB's base on the CPU; yields its manifest's path."""
+    spec_file = tmp_path / "spec.toml"
+    spec_file.write_text(dump_toml(spec_from_dict(LORA_JOB)))
+    prefix = standalone_prefix() + "base-"
+    proc = subprocess.Popen([sys.executable, "-m", "dvlad.sharing.holder", str(spec_file), "--device", "cpu",
+                             "--dir", str(tmp_path), "--prefix", prefix])
+    try:
+        shared.wait_for_manifest(tmp_path / MANIFEST, timeout=120)
+        yield tmp_path / MANIFEST, prefix
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+    assert count(prefix).count == 0  # the holder removed its segment
+
+
+def probe(spec_file: Path, manifest: Path, seed: int, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(PROBE), str(spec_file), str(seed), str(out), *extra],
+                            env={**os.environ, MANIFEST_ENV: str(manifest)}, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_two_jobs_on_one_shared_base_get_the_gradients_each_gets_alone_on_its_own_copy(holder, tmp_path):
+    manifest, prefix = holder
+    segment = count(prefix)
+    assert segment.count == 1 and segment.bytes > 0  # one copy: fp32 on the CPU, one segment
+    spec_file = tmp_path / "job.toml"
+    spec_file.write_text(dump_toml(spec_from_dict(LORA_JOB)))
+    jobs = [probe(spec_file, manifest, seed, tmp_path / f"{seed}.pt") for seed in (1, 2)]  # at once, interleaved
+    for job in jobs:
+        assert job.wait(120) == 0, job.stderr.read()
+    assert count(prefix) == segment  # neither made a copy of its own
+    mapped = shared.attach(shared.wait_for_manifest(manifest)).tensors
+    own = build_base(spec_from_dict(LORA_JOB), torch.device("cpu"))
+    assert mapped.keys() == shared.base_tensors(own).keys()
+    assert all(torch.equal(mapped[n], t) for n, t in shared.base_tensors(own).items())  # the base a job builds alone
+    alone = spec_from_dict({**LORA_JOB, "resources": {"share_base": False}})
+    for seed in (1, 2):
+        got = torch.load(tmp_path / f"{seed}.pt")
+        policy, flat = job_policy(alone)  # its own private base, built as a job without sharing builds it
+        flat.copy_(got["flat"])  # the job's own adapters, vision and heads
+        mine = adapter_grads(policy, alone, seed)
+        assert mine.keys() == got["grads"].keys()
+        for name, grad in mine.items():
+            assert torch.equal(grad, got["grads"][name]), name  # bit for bit: nothing of the other job mixed in
+    other = torch.load(tmp_path / "2.pt")["grads"]
+    assert any(not torch.equal(g, other[n]) for n, g in torch.load(tmp_path / "1.pt")["grads"].items())
+
+
+@pytest.mark.slow
+def test_a_job_that_writes_into_the_shared_base_is_caught_by_the_hash_check(holder, tmp_path):
+    manifest, _ = holder
+    spec_file = tmp_path / "job.toml"
+    spec_file.write_text(dump_toml(spec_from_dict(LORA_JOB)))
+    job = probe(spec_file, manifest, 1, tmp_path / "1.pt", "--write-base")
+    assert job.wait(120) != 0
+    assert "BaseChanged: the shared base weights changed: SHA-256" in job.stderr.read()
+    with pytest.raises(BaseChanged, match="a job must never write the shared base"):
+        shared.attach(shared.wait_for_manifest(manifest))  # the next job to map it refuses it too
+
+
+def test_jobs_share_a_base_only_within_a_user_unless_a_group_is_allowed():
+    assert sharing_domain("ann", ["lab"], "") == "user:ann"
+    assert sharing_domain("bob", ["lab"], "") == "user:bob"  # off by default: ann's and bob's do not share
+    assert sharing_domain("ann", ["lab"], "lab") == sharing_domain("bob", ["lab", "x"], "lab") == "group:lab"
+    assert sharing_domain("eve", ["other"], "lab") == "user:eve"  # not a member: her own
+
+
+def test_the_base_key_is_its_content_not_its_job():
+    spec = spec_from_dict(LORA_JOB)
+    same = spec_from_dict({**LORA_JOB, "job": {"name": "other", "seed": 3},
+                           "env": {**LORA_JOB["env"], "num_envs": 8}, "algo": {"minibatches": 2}})
+    reseeded = spec_from_dict({**LORA_JOB, "job": {"name": "lora", "seed": 4}})
+    bigger = spec_from_dict({**LORA_JOB, "policy": {**LORA_JOB["policy"], "args": {
+        **LORA_JOB["policy"]["args"], "trunk": {"num_hidden_layers": 3}}}})
+    assert base_key(spec) == base_key(same)  # another job, batch or name: the same base bytes
+    assert base_key(spec) != base_key(reseeded) and base_key(spec) != base_key(bigger)
