@@ -150,6 +150,9 @@ class Pipeline:
             pools = self.pools = DualPool.for_job(spec, placement.device)
             with pools.weights():  # the replica and the staging buffers live to the end
                 policy, flat = build_policy(spec, pool.spec, placement.device, placement.actor_dtype)
+            if spec.resources.share_base and (base := shared.from_environment()) is not None:
+                self.on_log(f"shared base: mapped {base.manifest['bytes'] / 2**20:.1f} MiB on "
+                            f"{base.manifest['device']} from its holder (SHA-256 {base.sha256[:16]}…)")
             shape = SegmentShape(spec.pipeline.segment_steps, pool.envs_per_group, spec.policy.action_chunk,
                                  policy.max_instruction_tokens)
             _, max_staleness = knobs(spec)

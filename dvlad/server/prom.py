@@ -80,6 +80,20 @@ class DaemonCollector(Collector):
                     busy.add_metric([*key, lane], row[field])
         yield from (steps, busy, stale, stale_max, depth)
         yield from self.pools()
+        yield from self.bases()
+
+    def bases(self) -> Iterator[GaugeMetricFamily]:
+        """Each shared base's holder: the jobs mapping it and its bytes (once built)."""
+        labels = ["device", "base"]
+        jobs = GaugeMetricFamily("dvlad_shared_base_jobs", "Jobs mapping a shared base model", labels=labels)
+        size = GaugeMetricFamily("dvlad_shared_base_bytes", "Bytes of a shared base model, held once on its "
+                                 "device by its holder process", labels=labels)
+        for holder in self.daemon.supervisor.bases.holders.values():
+            _, device, base = holder.key.split("|")
+            jobs.add_metric([device, base], len(holder.jobs))
+            if manifest := holder.manifest():
+                size.add_metric([device, base], manifest["bytes"])
+        yield from (jobs, size)
 
     def pools(self) -> Iterator[GaugeMetricFamily]:
         """Each job's two pools on each of its GPUs: size, peak, budget and estimate (bytes; a figure
