@@ -111,3 +111,27 @@ def test_the_base_key_is_its_content_not_its_job():
         **LORA_JOB["policy"]["args"], "trunk": {"num_hidden_layers": 3}}}})
     assert base_key(spec) == base_key(same)  # another job, batch or name: the same base bytes
     assert base_key(spec) != base_key(reseeded) and base_key(spec) != base_key(bigger)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("share_group", ["", "lab"])
+def test_another_users_job_gets_a_copy_of_its_own_unless_their_group_may_share(tmp_path, share_group):
+    from types import SimpleNamespace
+
+    from dvlad.sharing.holders import BaseHolders
+
+    owner = f"t{os.getpid()}{len(share_group)}"
+    holders = BaseHolders(tmp_path, owner, share_group)
+    spec = spec_from_dict(LORA_JOB)
+    ann, bob = (SimpleNamespace(id=i, user=u, groups=["lab"], uid=0, gid=0) for i, u in ((1, "ann"), (2, "bob")))
+    try:
+        manifests = {holders.acquire(job, spec, []) for job in (ann, bob)}  # the same base, on the CPU
+        for path in manifests:
+            shared.wait_for_manifest(path, timeout=120)
+        assert len(manifests) == len(holders.holders) == (1 if share_group else 2)
+        assert count(f"dvla-{owner}-base").count == len(manifests)  # a segment per holder
+        holders.release(1)
+        assert len(holders.holders) == 1  # shared: kept for bob; apart: ann's ended, bob's stays
+    finally:
+        holders.stop_all()
+    assert count(f"dvla-{owner}-base").count == 0
