@@ -26,8 +26,9 @@ from dvlad.gpu.layout import TOPOLOGY_ENV
 from dvlad.segments import PREFIX_ENV, daemon_tag, job_prefix
 from dvlad.store import Job
 
-PASSED_ENV = ("LANG", "LC_ALL", "TZ", "MUJOCO_GL", "PYOPENGL_PLATFORM", "LIBERO_CONFIG_PATH")
-"""Daemon environment variables a job inherits (rendering and locale); everything else is set here."""
+PASSED_ENV = ("LANG", "LC_ALL", "TZ", "MUJOCO_GL", "PYOPENGL_PLATFORM", "LIBERO_CONFIG_PATH", "PYTHONPATH")
+"""Daemon environment variables a job inherits (rendering, locale, and where the daemon's own Python
+finds dvlad, for a checkout run without installing it); everything else is set here."""
 JOB_UMASK = 0o077
 """What a job creates is its user's alone (0600 files, 0700 directories)."""
 PASS_THROUGH = 0o711

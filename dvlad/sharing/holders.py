@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dvla.spec import JobSpec, dump_toml
+from dvlad.runtime.launch import PASSED_ENV
 from dvlad.segments import owner_prefix, reclaim
 from dvlad.sharing.base import MANIFEST
 from dvlad.store import Job
@@ -142,7 +143,8 @@ class BaseHolders:
             identity = {"user": job.uid, "group": gid, "extra_groups": os.getgrouplist(job.user, job.gid)}
             os.chown(directory, job.uid, gid)
         prefix = f"{owner_prefix(self.owner)}base{name}-"
-        env = {"PATH": os.defpath + ":" + str(Path(sys.executable).parent), "PYTHONUNBUFFERED": "1",
+        env = {**{k: os.environ[k] for k in PASSED_ENV if k in os.environ},
+               "PATH": os.defpath + ":" + str(Path(sys.executable).parent), "PYTHONUNBUFFERED": "1",
                "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpu_ids[:1]))}
         with (directory / "holder.log").open("ab") as log:
             popen = subprocess.Popen(
