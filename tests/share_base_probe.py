@@ -23,8 +23,10 @@ BATCH, STEPS = 4, 5
 
 
 def job_policy(spec: JobSpec) -> tuple[Policy, torch.Tensor]:
+    """The job's policy as its learner builds it: fp32 on its device (a GPU for ``resources.gpus``)."""
     torch.set_num_threads(1)
-    return build_policy(spec, make_env(spec.env.name, **spec.env.args).spec)
+    device = "cuda" if spec.resources.gpus else "cpu"
+    return build_policy(spec, make_env(spec.env.name, **spec.env.args).spec, device)
 
 
 def adapter_grads(policy: Policy, spec: JobSpec, seed: int, pause_s: float = 0.0) -> dict[str, torch.Tensor]:
@@ -32,14 +34,16 @@ def adapter_grads(policy: Policy, spec: JobSpec, seed: int, pause_s: float = 0.0
     (``pause_s`` between them, so that two jobs' steps interleave)."""
     env = make_env(spec.env.name, **spec.env.args).spec
     g = torch.Generator().manual_seed(seed)
+    device = next(policy.parameters()).device
     policy.zero_grad()
     for _ in range(STEPS):
         obs = ObsBatch(images={c: torch.randint(0, 256, (BATCH, h, w, 3), dtype=torch.uint8, generator=g)
                                for c, (h, w) in env.cameras.items()},
                        proprio=torch.randn(BATCH, env.proprio_dim, generator=g),
-                       instruction=policy.tokenize([f"task {seed}"] * BATCH))
-        tokens = torch.randint(0, policy.bins, (BATCH, policy.action_chunk, 7), generator=g)
-        out = policy.evaluate(obs, tokens)
+                       instruction=policy.tokenize([f"task {seed}"] * BATCH)).to(device)
+        tokens = torch.randint(0, policy.bins, (BATCH, policy.action_chunk, 7), generator=g).to(device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = policy.evaluate(obs, tokens)
         (-out.logprob.sum() + out.value.square().sum()).backward()
         time.sleep(pause_s)
     return {n: p.grad.clone() for n, p in policy.named_parameters() if p.requires_grad and p.grad is not None}

@@ -33,13 +33,18 @@ LORA_JOB = {"job": {"name": "lora", "seed": 3},
             "resources": {"share_base": True}}
 
 
+GPU_JOB = {**LORA_JOB, "resources": {"share_base": True, "gpus": 1}}
+
+
 @pytest.fixture
-def holder(tmp_path):
-    """A real holder process of LORA_JOB's base on the CPU; yields its manifest's path."""
+def holder(tmp_path, request):
+    """A real holder process of LORA_JOB's base on the CPU (or, parametrized ``"cuda"``, the GPU);
+    yields its manifest's path and its segments' prefix."""
+    device = getattr(request, "param", "cpu")
     spec_file = tmp_path / "spec.toml"
-    spec_file.write_text(dump_toml(spec_from_dict(LORA_JOB)))
+    spec_file.write_text(dump_toml(spec_from_dict(LORA_JOB if device == "cpu" else GPU_JOB)))
     prefix = standalone_prefix() + "base-"
-    proc = subprocess.Popen([sys.executable, "-m", "dvlad.sharing.holder", str(spec_file), "--device", "cpu",
+    proc = subprocess.Popen([sys.executable, "-m", "dvlad.sharing.holder", str(spec_file), "--device", device,
                              "--dir", str(tmp_path), "--prefix", prefix])
     try:
         shared.wait_for_manifest(tmp_path / MANIFEST, timeout=120)
@@ -135,3 +140,23 @@ def test_another_users_job_gets_a_copy_of_its_own_unless_their_group_may_share(t
     finally:
         holders.stop_all()
     assert count(f"dvla-{owner}-base").count == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the base over CUDA IPC")
+@pytest.mark.parametrize("holder", ["cuda"], indirect=True)
+def test_on_a_gpu_two_jobs_map_the_base_over_cuda_ipc_and_a_write_is_caught(holder, tmp_path):
+    manifest, prefix = holder
+    assert count(prefix).count == 0  # on a GPU the base is CUDA memory, not a segment
+    assert shared.wait_for_manifest(manifest)["device"].startswith("cuda")
+    spec_file = tmp_path / "job.toml"
+    spec_file.write_text(dump_toml(spec_from_dict(GPU_JOB)))
+    jobs = [probe(spec_file, manifest, seed, tmp_path / f"{seed}.pt") for seed in (1, 2)]
+    for job in jobs:
+        assert job.wait(300) == 0, job.stderr.read()
+    first, second = (torch.load(tmp_path / f"{s}.pt") for s in (1, 2))
+    assert all(torch.isfinite(g).all() for g in first["grads"].values())
+    assert any(not torch.equal(g, second["grads"][n]) for n, g in first["grads"].items())
+    writer = probe(spec_file, manifest, 3, tmp_path / "3.pt", "--write-base")
+    assert writer.wait(300) != 0 and "BaseChanged" in writer.stderr.read()
