@@ -115,6 +115,29 @@ def test_each_job_on_a_gpu_shows_its_pools_against_its_budgets_and_estimate():
         "█6.0/8.0 ▓20.0/30.0 ↑ GiB"
 
 
+def test_dvla_gpus_lists_each_job_on_a_shared_gpu_with_its_pools_budgets_and_estimates(monkeypatch):
+    from click.testing import CliRunner
+
+    from dvla.cli.main import State, cli
+
+    lora = {"id": 7, "user": "ann", "name": "lora-a", "weight_pool": pool(6 * GIB, 6 * GIB, 8 * GIB, int(6.5 * GIB)),
+            "activation_pool": pool(20 * GIB, 27 * GIB, 30 * GIB, 25 * GIB), "activation_growing": True}
+    other = {"id": 8, "user": "bob", "weight_pool": pool(None), "activation_pool": pool(None)}  # no row yet
+
+    class Fake:
+        def gpus(self) -> dict:
+            return shared_gpu(lora, other)
+
+    monkeypatch.setattr(State, "client", lambda self: Fake())
+    shown = CliRunner().invoke(cli, ["gpus"], env={"COLUMNS": "200"}).output
+    assert "#7 ann/lora-a, #8 bob" in shown, shown
+    row = next(line for line in shown.splitlines() if "#7 ann/lora-a" in line and "jobs" not in line.lower()
+               and "6.0/8.0" in line)
+    assert row.split()[3:] == ["6.0/8.0", "20.0/30.0", "↑", "27.0", "25.0", "6.5"], shown
+    assert next(line for line in shown.splitlines() if line.startswith("0 ") and "#8 bob" in line
+                and "-/-" in line).split()[3:] == ["-/-", "-/-", "-", "-", "-"], shown
+
+
 def test_the_selected_jobs_lanes_staleness_and_series():
     rows = [{"success_rate": 0.1, "env_steps_per_s": 100.0, "sample_busy": 0.5},
             {"success_rate": 0.3, "env_steps_per_s": 120.0, "sample_busy": 0.9, "sample_items_per_s": 118.0,
