@@ -118,12 +118,30 @@ def learned(daemon, job_id: int) -> dict[str, Any]:
             "mapped_shared_base": "shared base: mapped" in log}
 
 
-def phase(daemon, specs: list[dict[str, Any]], read, period: float, timeout: float) -> dict[str, Any]:
+def submit(daemon, spec: dict[str, Any]) -> int:
+    status, body = daemon.call("POST", "/v1/jobs", {"spec": spec})
+    if status != 201:
+        raise SystemExit(f"dvlad refused job {spec['job']['name']}: {status} {body}")
+    return body["job"]["id"]
+
+
+def settled(read, idle: int, slack: int = 256 << 20, wait_s: float = 30.0) -> int:
+    """The figure once the previous phase's processes have let go of their memory (within ``slack``
+    of ``idle``, or after ``wait_s``)."""
+    deadline = time.monotonic() + wait_s
+    now = read()
+    while now > idle + slack and time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = read()
+    return now
+
+
+def phase(daemon, specs: list[dict[str, Any]], read, period: float, timeout: float, idle: int) -> dict[str, Any]:
     """Run ``specs`` at once; the peak of ``read`` over the run less its value before."""
-    before = read()
+    before = settled(read, idle)
     t0 = time.monotonic()
     with Sampler(read, period) as sampler:
-        ids = [daemon.call("POST", "/v1/jobs", {"spec": s})[1]["job"]["id"] for s in specs]
+        ids = [submit(daemon, s) for s in specs]
         for i in ids:
             daemon.wait_state(i, {"succeeded", "failed", "cancelled"}, timeout=timeout)
     return {"bytes": sampler.peak - before, "wall_s": round(time.monotonic() - t0, 1),
@@ -132,8 +150,8 @@ def phase(daemon, specs: list[dict[str, Any]], read, period: float, timeout: flo
 
 def overflow(daemon, args: argparse.Namespace, timeout: float) -> dict[str, Any]:
     """Two tiny jobs on the GPU, one capped at 1 MiB of activations."""
-    over = daemon.call("POST", "/v1/jobs", {"spec": job_spec("over", args, False, "1MiB", "tiny")})[1]["job"]["id"]
-    fine = daemon.call("POST", "/v1/jobs", {"spec": job_spec("fine", args, False, "4GiB", "tiny")})[1]["job"]["id"]
+    over = submit(daemon, job_spec("over", args, False, "1MiB", "tiny"))
+    fine = submit(daemon, job_spec("fine", args, False, "4GiB", "tiny"))
     ended = {i: daemon.wait_state(i, {"succeeded", "failed", "cancelled"}, timeout=timeout) for i in (over, fine)}
     reason = ended[over].get("reason") or ""
     return {"over": {"state": ended[over]["state"], "reason": reason}, "neighbour": ended[fine]["state"],
@@ -169,11 +187,12 @@ def main() -> int:
     try:
         read = gpu_used if not args.cpu else (lambda: children_pss(daemon.proc.pid))
         period = 0.1 if not args.cpu else 0.5
+        idle = read()
         result: dict[str, Any] = {"device": "cpu" if args.cpu else "cuda:0",
                                   "preset": "tiny" if args.tiny else args.preset, "jobs": args.jobs}
         for name, share in (("apart", False), ("shared", True)):
             specs = [job_spec(f"{name}{i}", args, share) for i in range(args.jobs)]
-            result[name] = phase(daemon, specs, read, period, args.timeout)
+            result[name] = phase(daemon, specs, read, period, args.timeout, idle)
             print(f"{name}: {result[name]['bytes'] / GIB:.2f} GiB for {args.jobs} jobs in "
                   f"{result[name]['wall_s']} s; " + ", ".join(
                       f"job {j['id']} {j['state']} v{j['version']}" for j in result[name]["jobs"]), flush=True)

@@ -100,6 +100,25 @@ def test_a_job_that_writes_into_the_shared_base_is_caught_by_the_hash_check(hold
         shared.attach(shared.wait_for_manifest(manifest))  # the next job to map it refuses it too
 
 
+@pytest.mark.slow
+def test_the_learner_checks_the_shared_base_before_each_checkpoint(holder, tmp_path, monkeypatch):
+    from dvlad.envs import make_env
+    from dvlad.lanes.learner import Learner, LearnerConfig
+
+    manifest, _ = holder
+    monkeypatch.setenv(MANIFEST_ENV, str(manifest))
+    spec = spec_from_dict(LORA_JOB)
+    learner = Learner(LearnerConfig(spec, make_env(spec.env.name, **spec.env.args).spec, str(tmp_path / "run")))
+    assert learner.base is not None and learner.save().exists()  # untouched: checkpointed
+    frozen = next(p for n, p in learner.policy.named_parameters() if not p.requires_grad)
+    assert learner.base.holds(frozen) and all(frozen is not p for g in learner.optimizer.param_groups
+                                              for p in g["params"])  # the base is never optimised
+    frozen.data.mul_(1.5)  # a job writing into the base in place
+    with pytest.raises(BaseChanged, match="a job must never write the shared base"):
+        learner.save(tmp_path / "next.safetensors")
+    assert not (tmp_path / "next.safetensors").exists()  # refused before writing
+
+
 def test_jobs_share_a_base_only_within_a_user_unless_a_group_is_allowed():
     assert sharing_domain("ann", ["lab"], "") == "user:ann"
     assert sharing_domain("bob", ["lab"], "") == "user:bob"  # off by default: ann's and bob's do not share
