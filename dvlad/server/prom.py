@@ -88,7 +88,7 @@ class DaemonCollector(Collector):
         jobs = GaugeMetricFamily("dvlad_shared_base_jobs", "Jobs mapping a shared base model", labels=labels)
         size = GaugeMetricFamily("dvlad_shared_base_bytes", "Bytes of a shared base model, held once on its "
                                  "device by its holder process", labels=labels)
-        for holder in self.daemon.supervisor.bases.holders.values():
+        for holder in list(self.daemon.supervisor.bases.holders.values()):
             _, device, base = holder.key.split("|")
             jobs.add_metric([device, base], len(holder.jobs))
             if manifest := holder.manifest():
