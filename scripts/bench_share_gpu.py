@@ -47,7 +47,7 @@ def job_spec(name: str, args: argparse.Namespace, share_base: bool, activation: 
                                    "lora": {"r": 16}}
     if args.tiny:
         policy_args["trunk"] = {"num_hidden_layers": 2}
-    envs, workers = (4, 1) if tiny and args.cpu else (8, 2)
+    envs, workers = (4, 1) if args.cpu else (8, 2)
     resources: dict[str, Any] = {"share_base": share_base}
     if not args.cpu:
         resources.update(device="cuda", gpus=1, share_gpus=True, weight_pool="16GiB",
