@@ -77,6 +77,9 @@ class NodeSection:
     ``dvlad --user``."""
     fake_topology: str = ""
     """A recorded topology.json replayed instead of NVML (machines without GPUs; tests)."""
+    share_base_group: str = ""
+    """Members of this group may share one base model between their LoRA jobs (``resources.share_base``);
+    empty: only a user's own jobs share one (docs/memory.md, the security rule)."""
 
 
 @dataclass

@@ -47,6 +47,10 @@ def test_budgets_default_to_auto_on_gpus_of_the_jobs_own():
      'must be more than 0 bytes, got "0MiB"'),
     ("[resources]\nactivation_pool = 6\n", "resources.activation_pool", 2, 1, "expected a string, got 6"),
     ("[resources]\nshare_gpus = true\n", "resources.share_gpus", 2, 1, "but it asks for none (resources.gpus = 0)"),
+    ("[resources]\nshare_base = true\n", "resources.share_base", 2, 1,
+     'it needs policy.name = "transformer-vla" with policy.args.lora (full fine-tuning writes the base)'),
+    ('[resources]\ngpus = 2\nshare_base = true\n[policy]\nname = "transformer-vla"\n[policy.args.lora]\nr = 4\n',
+     "resources.share_base", 3, 1, "share_base maps the base on one device; the job asks for 2 GPUs"),
 ])
 def test_validate_names_the_budget_key_its_line_and_the_reason(tmp_path: Path, text, key, line, column, reason):
     with pytest.raises(SpecError) as info:

@@ -42,6 +42,7 @@ RULES = [
      "the losses are pure maths"),
     ("dvlad/store", ["dvlad.server", "dvlad.runtime", "dvlad.lanes", "dvlad.sched"], "the server acts on the store"),
     ("dvlad/gpu", ["dvlad.server", "dvlad.runtime", "dvlad.lanes"], "inventory and plans are read, not acted on"),
+    ("dvlad/sharing", ["dvlad.server", "dvlad.lanes"], "a shared base is held for jobs, below the lanes"),
     ("sdk/dvla", ["dvlad"], "the client speaks HTTP only"),
     ("scripts", ["tests"], "scripts never import tests"),
 ]

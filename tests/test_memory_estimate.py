@@ -67,3 +67,16 @@ def test_a_1b_lora_job_is_estimated_at_its_pools_and_other_policies_have_no_esti
     assert est.other == 2 * me.PROCESS_OVERHEAD
     assert me.estimate(spec_from_dict({"env": {"name": "synthetic"}})) is None  # tiny-vla
     assert me.estimate(spec_from_dict({**job, "env": {"name": "my.envs:make"}})) is None
+
+
+def test_a_job_on_a_shared_base_asks_for_its_base_apart_and_holds_no_copy_of_it():
+    job = {"policy": {"name": "transformer-vla", "args": {"preset": "1b", "lora": {"r": 16}}},
+           "env": {"name": "synthetic", "num_envs": 16, "groups": 2, "workers": 2}}
+    own = me.estimate(spec_from_dict(job))
+    sharing = me.estimate(spec_from_dict({**job, "resources": {"share_base": True}}))
+    shape = me.model_shape(spec_from_dict(job))
+    assert shape.base > 0.9 * shape.params  # a LoRA job's parameters are nearly all its trunk's
+    assert sharing.base == 2 * shape.base and own.base == 0  # one bf16 copy, counted once per GPU
+    assert own.weight - sharing.weight == 4 * shape.base + 2 * shape.base  # no fp32 master, no bf16 replica
+    assert own.activation - sharing.activation == 2 * shape.base  # autocast copies none of a bf16 base
+    assert sharing.total < own.total

@@ -83,3 +83,21 @@ def test_a_job_larger_than_any_gpu_is_bigger_than_the_node_with_the_figures():
     assert SharedGpus({0: None}).never_fits(1, small) == ("asks for 1.00 GiB a GPU (weight pool 0.50 GiB, activation "
                                                           "pool 0.25 GiB, outside the pools 0.25 GiB) on one GPU; no "
                                                           "GPU of the node has a known memory size")
+
+
+def test_jobs_that_share_a_base_count_it_once_per_gpu():
+    # each LoRA job: 4 GiB weights + 8 GiB activations + 2 GiB outside the pools, and a 6 GiB base
+    lora = MemoryAsk(4 * GIB, 8 * GIB, 2 * GIB, base=6 * GIB, base_key="user:ana|b1")
+    bobs = MemoryAsk(4 * GIB, 8 * GIB, 2 * GIB, base=6 * GIB, base_key="user:bob|b1")  # another user: his own copy
+    # on 79.65 GiB: sharing, 20 + 4 × 14 = 76 GiB holds five jobs (a sixth: 90); each with its own base,
+    # 20 GiB each, three (a fourth: 80)
+    assert [d.job_id for d in plan([job(i, lora) for i in range(1, 7)], cluster(1), Limits()).starts] == [1, 2, 3, 4, 5]
+    alone = MemoryAsk(4 * GIB, 8 * GIB, 2 * GIB, base=6 * GIB)  # no key: nothing to share
+    assert [d.job_id for d in plan([job(i, alone) for i in range(1, 7)], cluster(1), Limits()).starts] == [1, 2, 3]
+    shared = SharedGpus({0: H100})
+    for _ in range(5):
+        shared.take([0], lora)
+    assert shared.taken[0] == 76 * GIB and shared.bases[0] == {"user:ana|b1"}
+    assert (shared.need(0, lora), shared.need(0, bobs)) == (14 * GIB, 20 * GIB)
+    assert lora.describe() == ("20.00 GiB a GPU (weight pool 4.00 GiB, activation pool 8.00 GiB, outside the "
+                               "pools 2.00 GiB, shared base 6.00 GiB once per GPU)")

@@ -24,8 +24,8 @@ from dvla import sdk
 from dvla.metric_names import SUCCESS_MIN_EPISODES
 from dvla.top.app import capture
 from dvla.top.poller import Poller, RateMeter
-from dvla.top.render import NodeLine, Sparkline, gpu_table, lanes_table, sparklines
-from dvla.top.snapshot import build, job_row, pick_selected
+from dvla.top.render import NodeLine, Sparkline, gpu_table, job_pools_cell, lanes_table, sparklines
+from dvla.top.snapshot import Pools, build, job_row, pick_selected
 from dvlad.runtime.jobfiles import metrics_rows
 from dvlad.testing import FIXTURE, LONG, PYTHON, ROOT
 
@@ -74,18 +74,68 @@ def test_a_recorded_topology_shows_dashes_and_says_so_never_invented_numbers():
     assert build([], {"source": "none", "host": "lab1", "gpus": []}, None, [], 0).notes == ("no GPUs on lab1",)
 
 
-def test_memory_splits_into_pools_only_for_the_selected_job_that_reports_them():
-    live = {"source": "nvml", "host": "lab1", "gpus": [
+def pool(used: int | None, peak: int | None = None, budget: int | None = None, estimate: int | None = None) -> dict:
+    return {"used": used, "peak": peak, "budget": budget, "estimate": estimate}
+
+
+def shared_gpu(*jobs: dict) -> dict:
+    """A live /v1/gpus reply of one H100 30 GiB used, with ``jobs`` on it."""
+    return {"source": "nvml", "host": "lab1", "gpus": [
         {**FIXTURE_GPUS["gpus"][0], "utilization": 87.0, "memory_used": 30 * GIB, "temperature": 61.0,
-         "power_draw": 420.0, "power_limit": 700.0, "job": {"id": 2, "user": "bob", "name": "b"}}]}
-    rows = [{"gpu_weight_bytes": 9 * GIB, "gpu_activation_bytes": 1 * GIB},
-            {"gpu_weight_bytes": 16 * GIB, "gpu_activation_bytes": 10 * GIB, "env_steps_per_s": 5.0}]
-    pools = build(JOBS, live, 2, rows, 230.0).gpus[0].pools
-    assert pools is not None and (pools.weight, pools.activation, pools.other) == (16 * GIB, 10 * GIB, 4 * GIB)
-    assert build(JOBS, live, 1, rows, 230.0).gpus[0].pools is None  # rows of another job: not this GPU's
-    assert build(JOBS, live, 2, [{"env_steps_per_s": 5.0}], 230.0).gpus[0].pools is None  # not reported
-    shown = text_of(gpu_table(build(JOBS, live, 2, rows, 230.0)))
-    assert "weight 16.0 GiB · act 10.0 GiB · other 4.0 GiB" in shown and "#2 bob/b" in shown and "87%" in shown
+         "power_draw": 420.0, "power_limit": 700.0, "job": jobs[0] if jobs else None, "jobs": list(jobs)}]}
+
+
+def test_memory_splits_into_the_pools_of_every_job_on_the_gpu():
+    bob = {"id": 2, "user": "bob", "name": "b", "weight_pool": pool(9 * GIB), "activation_pool": pool(10 * GIB)}
+    ann = {"id": 4, "user": "ann", "weight_pool": pool(7 * GIB), "activation_pool": pool(1 * GIB),
+           "activation_growing": True}  # no name: bob may not read ann's job
+    gpu = build(JOBS, shared_gpu(bob, ann), 2, [], 230.0).gpus[0]
+    assert gpu.pools == Pools(16 * GIB, 11 * GIB, 3 * GIB, growing=True) and gpu.holder == "2 jobs"
+    assert [j.label for j in gpu.jobs] == ["#2 bob/b", "#4 ann"]
+    unreported = {**ann, "weight_pool": pool(None), "activation_pool": pool(None)}  # no row yet: no split
+    assert build(JOBS, shared_gpu(bob, unreported), 2, [], 230.0).gpus[0].pools is None
+    older = {**shared_gpu(), "gpus": [{**shared_gpu()["gpus"][0], "job": {"id": 2, "user": "bob"}}]}
+    del older["gpus"][0]["jobs"]  # a daemon from before "jobs": its one holder, without pools
+    assert build(JOBS, older, 2, [], 230.0).gpus[0].holder == "#2 bob"
+    shown = text_of(gpu_table(build(JOBS, shared_gpu(bob, ann), 2, [], 230.0)))
+    assert "weight 16.0 GiB · act 11.0 GiB ↑ · other 3.0 GiB" in shown and "2 jobs" in shown and "87%" in shown
+
+
+def test_each_job_on_a_gpu_shows_its_pools_against_its_budgets_and_estimate():
+    lora = {"id": 7, "user": "ann", "name": "lora-a", "weight_pool": pool(6 * GIB, 6 * GIB, 8 * GIB, int(6.5 * GIB)),
+            "activation_pool": pool(20 * GIB, 27 * GIB, 30 * GIB, 25 * GIB), "activation_growing": True}
+    free = {"id": 8, "user": "bob", "name": "whole", "weight_pool": pool(2 * GIB, 2 * GIB),
+            "activation_pool": pool(1 * GIB, 1 * GIB)}
+    shown = text_of(gpu_table(build(JOBS, shared_gpu(lora, free), 7, [], 230.0)))
+    lines = {line.split("└ ")[1].strip(): line for line in shown.splitlines() if "└ " in line}
+    assert set(lines) == {"#7 ann/lora-a", "#8 bob/whole"}, shown
+    assert "weight 6.0/8.0 · act 20.0/30.0 ↑ · peak 27.0 est 25.0 GiB" in lines["#7 ann/lora-a"], shown
+    assert "weight 2.0 · act 1.0 · peak 1.0 est – GiB" in lines["#8 bob/whole"], shown  # no budget, no estimate
+    assert job_pools_cell(build(JOBS, shared_gpu(lora), 7, [], 230.0).gpus[0].jobs[0], "short") == \
+        "█6.0/8.0 ▓20.0/30.0 ↑ GiB"
+
+
+def test_dvla_gpus_lists_each_job_on_a_shared_gpu_with_its_pools_budgets_and_estimates(monkeypatch):
+    from click.testing import CliRunner
+
+    from dvla.cli.main import State, cli
+
+    lora = {"id": 7, "user": "ann", "name": "lora-a", "weight_pool": pool(6 * GIB, 6 * GIB, 8 * GIB, int(6.5 * GIB)),
+            "activation_pool": pool(20 * GIB, 27 * GIB, 30 * GIB, 25 * GIB), "activation_growing": True}
+    other = {"id": 8, "user": "bob", "weight_pool": pool(None), "activation_pool": pool(None)}  # no row yet
+
+    class Fake:
+        def gpus(self) -> dict:
+            return shared_gpu(lora, other)
+
+    monkeypatch.setattr(State, "client", lambda self: Fake())
+    shown = CliRunner().invoke(cli, ["gpus"], env={"COLUMNS": "200"}).output
+    assert "#7 ann/lora-a, #8 bob" in shown, shown
+    row = next(line for line in shown.splitlines() if "#7 ann/lora-a" in line and "jobs" not in line.lower()
+               and "6.0/8.0" in line)
+    assert row.split()[3:] == ["6.0/8.0", "20.0/30.0", "↑", "27.0", "25.0", "6.5"], shown
+    assert next(line for line in shown.splitlines() if line.startswith("0 ") and "#8 bob" in line
+                and "-/-" in line).split()[3:] == ["-/-", "-/-", "-", "-", "-"], shown
 
 
 def test_the_selected_jobs_lanes_staleness_and_series():
@@ -135,7 +185,11 @@ def test_importing_top_pulls_no_torch_or_dvlad():
 H200 = {"source": "nvml", "host": "gpu-h200", "gpus": [
     {"index": i, "name": "NVIDIA H200", "uuid": f"GPU-{i}", "utilization": 99.0, "memory_used": int(130.2 * GIB),
      "memory_total": int(139.8 * GIB), "temperature": 61.0, "power_draw": 607.0, "power_limit": 700.0,
-     "job": {"id": 12, "user": "alice", "name": "reach-ppo"} if i == 0 else None} for i in range(2)]}
+     "job": {"id": 12, "user": "alice", "name": "reach-ppo"} if i == 0 else None,
+     "jobs": [{"id": 12, "user": "alice", "name": "reach-ppo",
+               "weight_pool": {"used": 100 * GIB, "peak": 100 * GIB, "budget": None, "estimate": None},
+               "activation_pool": {"used": 20 * GIB, "peak": 20 * GIB, "budget": None, "estimate": None},
+               "activation_growing": False}] if i == 0 else []} for i in range(2)]}
 NODE = {"name": "gpu-h200", "gpu_source": "nvml", "gpus": [{"index": 0, "free": False}, {"index": 1, "free": True}],
         "cpu_slots": 16, "free_cpu_slots": 12, "running_jobs": 1, "cpu_percent": 43.0, "cpu_count": 16,
         "ram_used": 50 * GIB, "ram_total": 125 * GIB}

@@ -39,14 +39,26 @@ def test_an_activation_pool_that_grows_at_each_of_five_updates_is_flagged_and_a_
 
 
 def test_dvla_top_marks_a_growing_activation_pool_from_the_jobs_rows():
-    from dvla.metric_names import GPU_ACTIVATION_GROWING
     from dvla.top.render import pools_cell
-    from dvla.top.snapshot import GpuView, pools_of
+    from dvla.top.snapshot import GpuJob, GpuView, PoolUse, pools_of
 
     gib = 1 << 30
-    rows = [{GPU_WEIGHT_BYTES: 6 * gib, GPU_ACTIVATION_BYTES: 20 * gib, GPU_ACTIVATION_GROWING: 1.0}]
-    pools = pools_of(rows, memory_used=30 * gib)
-    assert pools.growing and not pools_of([{**rows[0], GPU_ACTIVATION_GROWING: 0.0}], 30 * gib).growing
-    gpu = GpuView(0, "H200", None, 30 * gib, 140 * gib, None, None, None, "#1 ana/x", pools)
+    job = GpuJob("#1 ana/x", PoolUse(6 * gib), PoolUse(20 * gib), growing=True)
+    pools = pools_of([job], memory_used=30 * gib)
+    assert pools.growing and not pools_of([GpuJob("#1 ana/x", PoolUse(6 * gib), PoolUse(20 * gib))], 30 * gib).growing
+    gpu = GpuView(0, "H200", None, 30 * gib, 140 * gib, None, None, None, "#1 ana/x", pools, (job,))
     assert pools_cell(gpu) == "weight 6.0 GiB · act 20.0 GiB ↑ · other 4.0 GiB"
     assert pools_cell(gpu, "short") == "█6.0 ▓20.0 ↑ ▒4.0 GiB"
+
+
+def test_each_row_carries_the_largest_pools_so_far_for_top_and_metrics_to_compare_with_the_cap():
+    from dvla.metric_names import GPU_ACTIVATION_PEAK_BYTES, GPU_WEIGHT_PEAK_BYTES
+    from dvlad.lanes.vram import running_peaks
+
+    peaks: dict[str, float] = {}
+    rows = [{GPU_WEIGHT_BYTES: 5.0, GPU_ACTIVATION_BYTES: 30.0}, {GPU_WEIGHT_BYTES: 5.0, GPU_ACTIVATION_BYTES: 20.0},
+            {GPU_WEIGHT_BYTES: 6.0, GPU_ACTIVATION_BYTES: 25.0}]
+    seen = [running_peaks(peaks, row) for row in rows]
+    assert [s[GPU_ACTIVATION_PEAK_BYTES] for s in seen] == [30.0, 30.0, 30.0]  # a smaller update keeps the peak
+    assert [s[GPU_WEIGHT_PEAK_BYTES] for s in seen] == [5.0, 5.0, 6.0]
+    assert running_peaks(peaks, {"env_steps": 1.0}) == {}  # a job on the CPU reports no pools

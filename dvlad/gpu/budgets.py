@@ -63,7 +63,7 @@ def memory_ask(spec: JobSpec) -> MemoryAsk | None:
     activation = job_budgets(spec, est).activation
     processes = 1 if spec.pipeline.learner == "thread" else 2
     other = est.other if est else processes * PROCESS_OVERHEAD
-    return MemoryAsk(weight if weight is not None else est.weight, activation, other)
+    return MemoryAsk(weight if weight is not None else est.weight, activation, other, base=est.base if est else 0)
 
 
 def pool_report(spec: JobSpec, peaks: dict[str, float], weight_key: str, activation_key: str) -> dict:

@@ -56,6 +56,9 @@ class ModelShape:
     """Tokens per observation: image patches, proprio, instruction, action queries, value."""
     observation_bytes: int
     """One observation as the learner's batch holds it (images, proprio, instruction)."""
+    base: int = 0
+    """Parameters of the trunk itself (embeddings, blocks, final norm): what LoRA freezes, and what
+    jobs with ``resources.share_base`` hold once per device."""
 
 
 @dataclass(frozen=True)
@@ -115,14 +118,21 @@ def model_shape(spec: JobSpec) -> ModelShape | None:
     trainable = params if lora is None else adapters + vision + heads
     tokens = sum(patches) + 1 + instruction + queries
     observation_bytes = sum(H * W * 3 for H, W in cameras) + 4 * proprio + 8 * instruction
-    return ModelShape(params, trainable, h, n_layers, tokens, observation_bytes)
+    return ModelShape(params, trainable, h, n_layers, tokens, observation_bytes, base)
 
 
-def weight_bytes(shape: ModelShape, precision: str = "auto") -> int:
+def weight_bytes(shape: ModelShape, precision: str = "auto", shared_base: bool = False) -> int:
     """The weight pool: fp32 master weights and Adam moments, the actor replica and staging buffer
-    (bf16, fp32 with ``precision = "fp32"``)."""
+    (bf16, fp32 with ``precision = "fp32"``); with a shared base, none of the base's copies (its
+    holder's one copy is :func:`base_bytes`)."""
     actor = 4 if precision == "fp32" else 2
-    return 4 * shape.params + 8 * shape.trainable + actor * (shape.params + shape.trainable)
+    params = shape.params - (shape.base if shared_base else 0)
+    return 4 * params + 8 * shape.trainable + actor * (params + shape.trainable)
+
+
+def base_bytes(shape: ModelShape, precision: str = "auto") -> int:
+    """The one shared copy of the base on a GPU: in the actor's dtype (bf16 unless fp32 is asked)."""
+    return (4 if precision == "fp32" else 2) * shape.base
 
 
 def _learner_fixed(params: int, trainable: int, lora: bool) -> int:
@@ -162,10 +172,12 @@ def calibration() -> Coefficients:
     return fit(json.loads(CALIBRATION.read_text())["rows"])
 
 
-def learner_peak(shape: ModelShape, lora: bool, minibatch: int, k: Coefficients) -> int:
+def learner_peak(shape: ModelShape, lora: bool, minibatch: int, k: Coefficients, shared_base: bool = False) -> int:
+    """With a shared base, autocast makes no bf16 copies of it: it is bf16 already."""
     unit = minibatch * shape.tokens * shape.layers * shape.hidden * 2
     key = ("learner", lora)
-    return int(_learner_fixed(shape.params, shape.trainable, lora) + k.k[key] * unit + k.c[key])
+    params = shape.params - (shape.base if shared_base else 0)
+    return int(_learner_fixed(params, shape.trainable, lora) + k.k[key] * unit + k.c[key])
 
 
 def actor_peak(shape: ModelShape, lora: bool, batch: int, k: Coefficients) -> int:
@@ -179,9 +191,12 @@ def estimate(spec: JobSpec, k: Coefficients | None = None) -> MemoryAsk | None:
         return None
     k = k or calibration()
     lora = spec.policy.args.get("lora") is not None
+    shared = spec.resources.share_base and lora
     samples = spec.env.num_envs * spec.pipeline.segment_steps
     minibatch = -(-samples // spec.algo.minibatches)
-    activation = (learner_peak(shape, lora, minibatch, k) + samples * shape.observation_bytes
+    activation = (learner_peak(shape, lora, minibatch, k, shared) + samples * shape.observation_bytes
                   + actor_peak(shape, lora, spec.env.num_envs, k))
     processes = 1 if spec.pipeline.learner == "thread" else 2
-    return MemoryAsk(weight_bytes(shape, spec.resources.precision), activation, processes * PROCESS_OVERHEAD)
+    precision = spec.resources.precision
+    return MemoryAsk(weight_bytes(shape, precision, shared), activation, processes * PROCESS_OVERHEAD,
+                     base=base_bytes(shape, precision) if shared else 0)

@@ -52,6 +52,7 @@ from dvlad.policies.base import ObsBatch
 from dvlad.policies.checkpoint import load_weights, optimizer_state, save_training_checkpoint
 from dvlad.proctitle import name_this_process
 from dvlad.rl import ALGORITHMS, Minibatch, Rollout, explained_variance
+from dvlad.sharing import base as shared
 from dvlad.spaces import EnvSpec
 
 
@@ -128,6 +129,8 @@ class Learner:
         self.version = 0
         self.trained_env_steps = 0
         self.checkpoint_path = Path(cfg.output_dir) / CHECKPOINT_NAME
+        self.base = shared.from_environment() if cfg.spec.resources.share_base else None
+        """The shared base the policy's trunk maps (``resources.share_base`` under dvlad), else None."""
         with self.pools.weights():  # what lives to the end: weights and optimizer state (dvlad/gpu/pools.py)
             self.policy, self.flat = build_policy(cfg.spec, cfg.env_spec, self.device, self.placement.learner_dtype)
             # Adam without weight decay (CleanRL's eps); on a GPU the fused kernel: one launch per step
@@ -282,11 +285,14 @@ class Learner:
         """This learner's part of the weight pool: its weights and optimizer state."""
         state = [t for st in self.optimizer.state.values() for t in st.values() if torch.is_tensor(t) and t.is_cuda]
         params = list(self.policy.parameters())  # frozen ones (LoRA's trunk) too; views of flat count once
-        return tensor_bytes([*params, *self.policy.buffers(), *state])
+        return tensor_bytes([*shared.private([*params, *self.policy.buffers()]), *state])  # not a shared base
 
     # -- checkpoints ----------------------------------------------------------------------
     def save(self, path: Path | None = None) -> Path:
-        """Weights, optimizer state and counters in one safetensors file, written atomically."""
+        """Weights, optimizer state and counters in one safetensors file, written atomically; first,
+        a shared base's hash is checked (:class:`~dvlad.sharing.base.BaseChanged` if it was written)."""
+        if self.base is not None:
+            self.base.verify()
         path = path or self.checkpoint_path
         save_training_checkpoint(path, self.flat, self.optimizer.state_dict(), version=self.version,
                                  trained_env_steps=self.trained_env_steps, spec=self.cfg.spec)

@@ -52,10 +52,11 @@ from dvlad.lanes.replica import ReplicaSetup, check_segments, knobs, make_actor,
 from dvlad.lanes.reporter import Progress, Reporter
 from dvlad.lanes.timeline import LaneTimeline
 from dvlad.lanes.trajectory import SegmentShape, TrajectoryQueue
-from dvlad.lanes.vram import GROWTH_UPDATES, activation_growth, tensor_bytes
+from dvlad.lanes.vram import GROWTH_UPDATES, activation_growth, running_peaks, tensor_bytes
 from dvlad.lanes.weights import Route, WeightPlane
 from dvlad.policies import build_policy
 from dvlad.ports import free_port
+from dvlad.sharing import base as shared
 
 Lane = threading.Thread | mp.process.BaseProcess
 
@@ -124,9 +125,7 @@ class Pipeline:
         (:func:`~dvlad.lanes.vram.activation_growth`) and fail a job whose activations passed their cap
         (the job's whole activation pool, actor and learner together, as the row reports it); then
         the row goes on to ``on_progress``."""
-        for key in (m.GPU_WEIGHT_BYTES, m.GPU_ACTIVATION_BYTES):
-            if key in p.values:
-                self.pool_peaks[key] = max(self.pool_peaks.get(key, 0.0), p.values[key])
+        p.values.update(running_peaks(self.pool_peaks, p.values))
         if m.GPU_ACTIVATION_BYTES in p.values:
             self.activation_history.append(p.values[m.GPU_ACTIVATION_BYTES])
             p.values.update(activation_growth(self.activation_history))
@@ -159,6 +158,9 @@ class Pipeline:
             pools = self.pools = DualPool.for_job(spec, placement.device)
             with pools.weights():  # the replica and the staging buffers live to the end
                 policy, flat = build_policy(spec, pool.spec, placement.device, placement.actor_dtype)
+            if spec.resources.share_base and (base := shared.from_environment()) is not None:
+                self.on_log(f"shared base: mapped {base.manifest['bytes'] / 2**20:.1f} MiB on "
+                            f"{base.manifest['device']} from its holder (SHA-256 {base.sha256[:16]}…)")
             shape = SegmentShape(spec.pipeline.segment_steps, pool.envs_per_group, spec.policy.action_chunk,
                                  policy.max_instruction_tokens)
             _, max_staleness = knobs(spec)
@@ -169,7 +171,7 @@ class Pipeline:
             with pools.weights():
                 plane = WeightPlane.create(ctx, flat.numel(), [s.placement.device for s in setups],
                                            dtype=placement.actor_dtype)
-            pools.seal(tensor_bytes([*policy.parameters(), *policy.buffers()]))
+            pools.seal(tensor_bytes(shared.private([*policy.parameters(), *policy.buffers()])))
             parts += [*queues, plane]
             messages = ctx.Queue()
             part = self.part or NodePart.alone(ranks, f"tcp://127.0.0.1:{free_port()}" if ranks > 1 else "")

@@ -33,6 +33,7 @@ from dvlad.lanes.messages import (
 from dvlad.lanes.timeline import GPU_LANES, LaneTimeline, covered_seconds
 from dvlad.lanes.trajectory import TrajectoryQueue
 from dvlad.lanes.vram import job_pools, peak_allocated, tensor_bytes
+from dvlad.sharing import base as shared
 
 
 @dataclass
@@ -140,7 +141,7 @@ class Reporter(threading.Thread):
         learner's from its update."""
         actor = self.actor
         staging = actor.plane.staging[actor.cfg.replica]
-        weights = tensor_bytes([*actor.policy.parameters(), *actor.policy.buffers(), staging])
+        weights = tensor_bytes(shared.private([*actor.policy.parameters(), *actor.policy.buffers(), staging]))
         return job_pools(weights, peak_allocated(actor.placement.device), learner_weights, learner_peak)
 
     def _row(self, stats: UpdateStats) -> None:

@@ -10,7 +10,7 @@ the sizes of the tensors themselves, and the caching allocator's own peak.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
@@ -64,3 +64,15 @@ def job_pools(actor_weights: int, actor_peak: int, learner_weights: int, learner
         activation = actor_peak - actor_weights - learner_weights
     return {m.GPU_WEIGHT_BYTES: float(actor_weights + learner_weights),
             m.GPU_ACTIVATION_BYTES: float(max(activation, 0))}
+
+
+def running_peaks(peaks: dict[str, float], values: Mapping[str, float]) -> dict[str, float]:
+    """Raise ``peaks`` (each pool's largest size so far, by its row key) to this row's ``values`` and
+    return the row's peak keys. Why in the row: ``/v1/gpus``, ``/metrics`` and ``dvla top`` compare a
+    running job's peak with its estimate and cap from its newest row alone."""
+    out = {}
+    for size, peak in m.GPU_POOLS.values():
+        if size in values:
+            peaks[size] = max(peaks.get(size, 0.0), values[size])
+            out[peak] = peaks[size]
+    return out

@@ -15,6 +15,7 @@ import torch
 
 from dvla.spec import JobSpec
 from dvlad.policies.base import ActOutput, EvalOutput, ObsBatch, Policy, flatten_parameters
+from dvlad.sharing import base as shared
 from dvlad.spaces import EnvSpec
 
 __all__ = [
@@ -78,10 +79,13 @@ def build_policy(spec: JobSpec, env_spec: EnvSpec, device: torch.device | str = 
 
     Initialised on ``device`` itself from the job's seed (a 1B model initialises in seconds
     on a GPU, in tens of seconds on one CPU thread), so every process of the job (learner,
-    actors) starts from the same weights; then cast to ``dtype``."""
+    actors) starts from the same weights; then cast to ``dtype``. A job given a shared base
+    (``resources.share_base`` under dvlad) maps its trunk's weights instead of making them, and
+    leaves them in the holder's dtype (:mod:`dvlad.sharing.base`)."""
     torch.manual_seed(spec.job.seed)
-    with torch.device(device):
+    base = shared.from_environment() if spec.resources.share_base else None
+    with torch.device(device), shared.using(base):
         policy = make_policy(spec.policy.name, env_spec, action_chunk=spec.policy.action_chunk,
                              **spec.policy.args)
-    policy.to(device=device, dtype=dtype)
+        shared.cast(policy, device=device, dtype=dtype)
     return policy, flatten_parameters(policy)

@@ -37,6 +37,7 @@ from dvlad.policies.action_tokens import ActionTokenizer, sample_tokens
 from dvlad.policies.base import ActOutput, EvalOutput, ObsBatch, Policy, check_observation
 from dvlad.policies.text import WordTokenizer
 from dvlad.policies.trunk import DTYPES, apply_lora, build_trunk, load_trunk, trunk_config
+from dvlad.sharing import base as shared
 from dvlad.spaces import ACTION_DIM, EnvSpec
 
 
@@ -127,7 +128,7 @@ class TransformerVLA(Policy):
         with torch.no_grad():  # a near-uniform first policy: every bin is explored
             self.action_head.weight.mul_(0.01)
             self.action_head.bias.zero_()
-        self.to(torch_dtype)
+        shared.cast(self, dtype=torch_dtype)  # a shared base trunk stays as its holder made it
 
     def published_parameters(self) -> list[nn.Parameter]:
         """The trainable parameters: with LoRA the frozen trunk stays out of the weight plane

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dvlad.sharing import base as shared
+
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
              "intermediate_size": 384},
@@ -52,10 +54,17 @@ def trunk_config(preset: str | None, overrides: dict[str, Any], vocab_size: int)
 
 
 def build_trunk(config: Any, dtype: torch.dtype) -> nn.Module:
-    """A randomly initialised decoder (seeded by the caller, so every process builds the same)."""
+    """A randomly initialised decoder (seeded by the caller, so every process builds the same); inside
+    :func:`dvlad.sharing.base.using`, the decoder whose weights are the shared base's (nothing made)."""
     from transformers import AutoModel
 
-    return AutoModel.from_config(config, attn_implementation="sdpa", dtype=dtype)
+    base = shared.active()
+    if base is None:
+        return AutoModel.from_config(config, attn_implementation="sdpa", dtype=dtype)
+    with torch.device("meta"):
+        trunk = AutoModel.from_config(config, attn_implementation="sdpa", dtype=dtype)
+    shared.install(trunk, base)
+    return trunk
 
 
 def load_trunk(directory: str, dtype: torch.dtype) -> nn.Module:

@@ -26,8 +26,9 @@ from dvlad.gpu.layout import TOPOLOGY_ENV
 from dvlad.segments import PREFIX_ENV, daemon_tag, job_prefix
 from dvlad.store import Job
 
-PASSED_ENV = ("LANG", "LC_ALL", "TZ", "MUJOCO_GL", "PYOPENGL_PLATFORM", "LIBERO_CONFIG_PATH")
-"""Daemon environment variables a job inherits (rendering and locale); everything else is set here."""
+PASSED_ENV = ("LANG", "LC_ALL", "TZ", "MUJOCO_GL", "PYOPENGL_PLATFORM", "LIBERO_CONFIG_PATH", "PYTHONPATH")
+"""Daemon environment variables a job inherits (rendering, locale, and where the daemon's own Python
+finds dvlad, for a checkout run without installing it); everything else is set here."""
 JOB_UMASK = 0o077
 """What a job creates is its user's alone (0600 files, 0700 directories)."""
 PASS_THROUGH = 0o711
@@ -97,7 +98,8 @@ def spawn(job: Job, gpu_ids: list[int], state_dir: Path, topology: dict[str, Any
     checkpoints are the user's alone, not their primary group's (labs share one). The daemon reads
     what is in there only through :func:`dvlad.runtime.jobfiles.open_job_file`. A job on several GPUs
     also gets the node's ``topology.json`` (0644: the record ``dvla topo`` shows anyone) to plan its
-    layout over. ``extra_env``: a node part's place in its multi-node job (``DVLA_NODES``, ...)."""
+    layout over. ``extra_env``: more of the job's environment (a node part's place in its multi-node
+    job, ``DVLA_NODES``, ...; the manifest of a shared base)."""
     home = job_dir(state_dir, job.id)
     run = run_dir(state_dir, job.id)
     if home.exists():  # left by an earlier database of this state dir: kept, out of the way

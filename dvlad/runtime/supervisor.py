@@ -32,6 +32,8 @@ from dvlad.runtime.jobfiles import open_job_file, read_job_file
 from dvlad.runtime.launch import log_path, process_start, recorded_pid, run_dir, segment_prefix, spawn
 from dvlad.runtime.oom import cgroup_of, oom_killed, oom_kills
 from dvlad.segments import Segments, daemon_tag, jobs_with_segments, reclaim
+from dvlad.sharing.base import MANIFEST_ENV
+from dvlad.sharing.holders import BaseHolders
 from dvlad.store import IllegalTransition, Job, State, Store
 
 log = logging.getLogger("dvlad")
@@ -110,34 +112,41 @@ def outcome(job: Job, exit_code: int | None, summary: dict, log_tail: str = "",
 
 class Supervisor:
     def __init__(self, store: Store, state_dir: Path, grace_s: float, on_change: Callable[[], None],
-                 topology: dict[str, Any] | None = None):
+                 topology: dict[str, Any] | None = None, share_base_group: str = ""):
         self.store, self.state_dir, self.grace_s, self.on_change = store, state_dir, grace_s, on_change
         self.topology = topology
         """The node's GPU topology record: a job on several GPUs is planned over it."""
         self.tracked: dict[int, Tracked] = {}
         self.shm_owner = daemon_tag(state_dir)
         """The tag in the names of this daemon's jobs' ``/dev/shm`` segments."""
+        self.bases = BaseHolders(state_dir, self.shm_owner, share_base_group)
+        """The holders of the base models that LoRA jobs share (``resources.share_base``)."""
         self.reclaimed = Segments()
         """The ``/dev/shm`` segments (and bytes) of ended jobs removed since dvlad started."""
 
     def start(self, job: Job, gpu_ids: list[int], extra_env: dict[str, str] | None = None,
               note: str = "") -> Job:
         """Start a job that is ``placing``; it becomes running, or failed with the reason.
-        ``extra_env``: what a node part of a multi-node job is told (:mod:`dvlad.fed`); ``note`` ends
-        the reason of its running state (which node part it is).
+        ``extra_env``: what a node part of a multi-node job is told (:mod:`dvlad.fed`); the manifest of
+        a shared base is added to it here. ``note`` ends the reason of its running state (which node
+        part it is).
 
         A job on several GPUs is laid out by the planner the job itself will follow
         (:func:`dvlad.gpu.layout.plan_layout`, over the same topology record, handed to the job): the
         plan is logged here, and a layout that cannot run fails the job before it starts."""
+        extra_env = dict(extra_env or {})
         try:
+            spec = spec_from_dict(job.spec)
+            if spec.resources.share_base:
+                extra_env[MANIFEST_ENV] = str(self.bases.acquire(job, spec, gpu_ids))
             if len(gpu_ids) > 1:
-                spec = spec_from_dict(job.spec)
                 plan = plan_layout(gpu_ids, self.topology, layout=spec.placement.layout,
                                    learners=spec.placement.learner_gpus, workers=spec.env.workers,
                                    groups=spec.env.groups, fanout=spec.placement.replication_fanout)
                 log.info("job layout", extra={"job": job.id, **plan.as_dict()})
             started = spawn(job, gpu_ids, self.state_dir, self.topology, extra_env)
         except (OSError, subprocess.SubprocessError, ValueError) as exc:
+            self.bases.release(job.id)
             return self.store.transition(job.id, State.FAILED, f"could not start: {exc}")
         self.tracked[job.id] = Tracked.started(job.id, started.pid, started.create_time, started.popen)
         return self.store.transition(job.id, State.RUNNING, f"started as pid {started.pid} on "
@@ -236,6 +245,7 @@ class Supervisor:
         if ended:
             _signal_group(t.pid, signal.SIGKILL)  # leftover env workers of its group
             del self.tracked[t.job_id]
+            self.bases.release(t.job_id)
             self._reclaim(t.job_id)
             self._settle(t.job_id, code, t)
             return True

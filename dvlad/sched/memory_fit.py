@@ -30,14 +30,21 @@ class MemoryAsk:
     weight: int
     activation: int
     other: int
+    base: int = 0
+    """Bytes of a shared read-only base model (``resources.share_base``): held once per GPU by its
+    holder, whichever jobs use it, so counted only for the first of them on a GPU."""
+    base_key: str | None = None
+    """Which base (its content key): jobs with the same key on a GPU share one copy."""
 
     @property
     def total(self) -> int:
-        return self.weight + self.activation + self.other
+        """Bytes on a GPU where its base is not held yet."""
+        return self.weight + self.activation + self.other + self.base
 
     def describe(self) -> str:
+        base = f", shared base {_gib(self.base)} once per GPU" if self.base else ""
         return (f"{_gib(self.total)} a GPU (weight pool {_gib(self.weight)}, activation pool "
-                f"{_gib(self.activation)}, outside the pools {_gib(self.other)})")
+                f"{_gib(self.activation)}, outside the pools {_gib(self.other)}{base})")
 
 
 @dataclass
@@ -47,22 +54,32 @@ class SharedGpus:
     memory: dict[int, int | None] = field(default_factory=dict)
     """GPU index -> its memory in bytes (None: unknown, as for a published topology without it)."""
     taken: dict[int, int] = field(default_factory=dict)
-    """GPU index -> bytes the sharing jobs running on it asked for (GPUs with at least one)."""
+    """GPU index -> bytes the sharing jobs running on it asked for (GPUs with at least one), each
+    shared base counted once."""
+    bases: dict[int, set[str]] = field(default_factory=dict)
+    """GPU index -> the keys of the shared bases held on it (counted in ``taken`` already)."""
 
     def room(self, gpu: int) -> int:
         return (self.memory.get(gpu) or 0) - self.taken.get(gpu, 0)
 
-    def pick(self, free: Iterable[int], count: int, ask: int) -> tuple[int, ...] | None:
-        """``count`` GPUs with ``ask`` bytes of room each, best fit first (see the module docstring):
+    def need(self, gpu: int, ask: MemoryAsk) -> int:
+        """Bytes ``ask`` takes on ``gpu``: without its base where that base is held there already."""
+        held = ask.base_key is not None and ask.base_key in self.bases.get(gpu, ())
+        return ask.total - (ask.base if held else 0)
+
+    def pick(self, free: Iterable[int], count: int, ask: MemoryAsk) -> tuple[int, ...] | None:
+        """``count`` GPUs with room for ``ask`` each, best fit first (see the module docstring):
         shared GPUs with room, then idle (``free``) ones; None when fewer have room."""
-        shared = [g for g in self.taken if self.room(g) >= ask]
-        idle = [g for g in free if g not in self.taken and (self.memory.get(g) or 0) >= ask]
+        shared = [g for g in self.taken if self.room(g) >= self.need(g, ask)]
+        idle = [g for g in free if g not in self.taken and (self.memory.get(g) or 0) >= ask.total]
         ranked = sorted(shared, key=lambda g: (self.room(g), g)) + sorted(idle, key=lambda g: (self.room(g), g))
         return tuple(sorted(ranked[:count])) if len(ranked) >= count else None
 
-    def take(self, gpus: Iterable[int], ask: int) -> None:
+    def take(self, gpus: Iterable[int], ask: MemoryAsk) -> None:
         for g in gpus:
-            self.taken[g] = self.taken.get(g, 0) + ask
+            self.taken[g] = self.taken.get(g, 0) + self.need(g, ask)
+            if ask.base_key is not None:
+                self.bases.setdefault(g, set()).add(ask.base_key)
 
     def wants(self, free: Iterable[int], count: int, ask: MemoryAsk) -> str:
         """What a sharing job that does not fit now waits for (its pending reason says so), with the

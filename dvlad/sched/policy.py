@@ -172,7 +172,8 @@ class _Pass:
         self.free_gpus, self.free_cpus = set(cluster.free_gpus), cluster.free_cpus
         self.users = {k: Usage(v.gpus, v.running_jobs) for k, v in cluster.user_usage.items()}
         self.groups = {k: Usage(v.gpus, v.running_jobs) for k, v in cluster.group_usage.items()}
-        self.shared = SharedGpus(dict(cluster.shared.memory), dict(cluster.shared.taken))
+        self.shared = SharedGpus(dict(cluster.shared.memory), dict(cluster.shared.taken),
+                                 {g: set(keys) for g, keys in cluster.shared.bases.items()})
 
     def turn(self, user: str, next_job: QueuedJob) -> tuple[int, int, int, str]:
         """The heap key of ``user``'s turn: who holds least goes first (see the module docstring)."""
@@ -203,7 +204,7 @@ class _Pass:
         """What ``job`` waits for, of what is free now: the pending reason of a job that does not fit."""
         wants = []
         if job.memory is not None:
-            if self.shared.pick(self.free_gpus, job.gpus, job.memory.total) is None:
+            if self.shared.pick(self.free_gpus, job.gpus, job.memory) is None:
                 wants.append(self.shared.wants(self.free_gpus, job.gpus, job.memory))
         elif job.gpus > len(self.free_gpus):
             wants.append(f"{_count(job.gpus, 'GPU')} ({len(self.free_gpus)} free)")
@@ -225,7 +226,7 @@ class _Pass:
         if job.cpus > self.free_cpus:
             return None
         if job.memory is not None:
-            return self.shared.pick(self.free_gpus, job.gpus, job.memory.total)
+            return self.shared.pick(self.free_gpus, job.gpus, job.memory)
         return pick_gpus(self.free_gpus, job.gpus, self.cluster.link_score)
 
     def has_room(self, gpus: int, cpus: int) -> bool:
@@ -244,7 +245,7 @@ class _Pass:
         self.free_gpus -= set(gpu_ids)
         self.free_cpus -= job.cpus
         if job.memory is not None:
-            self.shared.take(gpu_ids, job.memory.total)
+            self.shared.take(gpu_ids, job.memory)
         for usage in [self.users[job.user], *(self.groups.setdefault(g, Usage()) for g in job.groups)]:
             usage.gpus += job.gpus
             usage.running_jobs += 1

@@ -27,6 +27,7 @@ from dvlad.server.codec import read_body, respond, timed_chunks
 from dvlad.server.connections import GUARD, ConnectionGuard
 from dvlad.server.core import NeverFits
 from dvlad.server.errors import HTTP_CODES, ApiError
+from dvlad.server.gpu_jobs import jobs_on_gpus
 from dvlad.server.host import HostLoad
 from dvlad.server.lifetime import CONFIG, DAEMON, HOST, STATE_DIR
 from dvlad.server.limits import IDEMPOTENCY_KEY, JOB_ID_DIGITS, PRIORITY_RANGE, QUERY_RANGES
@@ -261,10 +262,11 @@ def _holder(request: web.Request, job: Job) -> dict[str, Any]:
 
 
 async def gpus(request: web.Request) -> web.Response:
-    """Live per-GPU stats for ``dvla top``. A node without NVML gives its devices with live fields None."""
+    """Live per-GPU stats for ``dvla top`` and ``dvla gpus``, with the jobs on each GPU and their pools
+    (:mod:`dvlad.server.gpu_jobs`). A node without NVML gives its devices with live fields None."""
     daemon = request.app[DAEMON]
     inventory = daemon.inventory
-    holders = {index: _holder(request, job) for job in daemon.cluster()[1] for index in job.gpu_ids}
+    on_gpus = jobs_on_gpus(daemon)
     live = {s["index"]: s for s in inventory.sample()}
     blank = dict.fromkeys(LIVE_FIELDS)
     out = []
@@ -272,7 +274,9 @@ async def gpus(request: web.Request) -> web.Response:
         index = device["index"]
         stats = live.get(index, {**blank, "memory_total": device.get("memory_total")})
         out.append({"index": index, "name": device.get("name", ""), "uuid": device.get("uuid", ""),
-                    **{k: v for k, v in stats.items() if k != "index"}, "job": holders.get(index)})
+                    **{k: v for k, v in stats.items() if k != "index"},
+                    "job": _holder(request, on_gpus[index][0][0]) if index in on_gpus else None,
+                    "jobs": [{**_holder(request, job), **memory} for job, memory in on_gpus.get(index, [])]})
     return respond(request, {"source": inventory.source.split(":")[0],
                              "host": inventory.topology.get("host", ""), "gpus": out})
 

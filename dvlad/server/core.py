@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -18,13 +19,14 @@ from dvla.paths import relative_paths
 from dvla.spec import JobSpec, SpecError, spec_from_dict, spec_to_dict
 from dvlad.config import Config, job_cpu_slots
 from dvlad.fed.leases import Leases
-from dvlad.gpu.budgets import BudgetUnknown, memory_ask
+from dvlad.gpu.budgets import Budgets, BudgetUnknown, memory_ask
 from dvlad.gpu.inventory import Inventory
 from dvlad.gpu.links import link_score
 from dvlad.runtime.supervisor import Supervisor
 from dvlad.sched import Capacity, Cluster, Limits, Plan, QueuedJob, Usage, plan
 from dvlad.sched.memory_fit import MemoryAsk, SharedGpus
 from dvlad.server.auth import Identity
+from dvlad.server.gpu_jobs import MemoryPlan
 from dvlad.server.looplag import LoopLag
 from dvlad.store import ACTIVE, IllegalTransition, Job, Queued, State, Store, Submission
 
@@ -57,7 +59,8 @@ class Daemon:
     def __init__(self, config: Config, store: Store, inventory: Inventory, state_dir: Path):
         self.config, self.store, self.inventory = config, store, inventory
         self._link_score = link_score(inventory.topology)  # the topology is read once, at start
-        self.supervisor = Supervisor(store, state_dir, config.daemon.cancel_grace_s, self.kick, inventory.topology)
+        self.supervisor = Supervisor(store, state_dir, config.daemon.cancel_grace_s, self.kick, inventory.topology,
+                                     config.node.share_base_group)
         self._wake = asyncio.Event()
         self._pending: list[tuple[Submission, asyncio.Future[tuple[Job, bool]]]] = []
         self.waiting: dict[int, str] = {}
@@ -73,6 +76,7 @@ class Daemon:
         """GPUs and CPU slots of this node that peers' multi-node jobs hold (:mod:`dvlad.fed.leases`)."""
         self.federation: Any = None
         """The :class:`dvlad.fed.service.Federation` when ``[federation]`` is on: it starts multi-node jobs."""
+        self._plans: dict[int, MemoryPlan] = {}
 
     def kick(self) -> None:
         """Ask for a scheduling pass soon (after a submit, a cancel or an exit)."""
@@ -154,10 +158,23 @@ class Daemon:
         if job_id not in self._asks:
             job = job or self.store.get(job_id)
             try:
-                self._asks[job_id] = memory_ask(spec_from_dict(job.spec)) if job else None
-            except (BudgetUnknown, SpecError):  # refused at submit; a record from before: whole GPUs
+                spec = spec_from_dict(job.spec) if job else None
+                ask = memory_ask(spec) if spec else None
+                if ask and spec.resources.share_base:  # its base counts once per GPU among those sharing it
+                    ask = dataclasses.replace(ask, base_key=self.supervisor.bases.admission_key(job, spec))
+                self._asks[job_id] = ask
+            except (BudgetUnknown, SpecError, OSError):  # refused at submit; a record from before: whole GPUs
                 self._asks[job_id] = None
         return self._asks[job_id]
+
+    def memory_plan(self, job: Job) -> MemoryPlan:
+        """The budgets and estimate of a job's pools (``/v1/gpus``, ``/metrics``), once from its spec."""
+        if job.id not in self._plans:
+            try:
+                self._plans[job.id] = MemoryPlan.of(spec_from_dict(job.spec))
+            except (BudgetUnknown, SpecError, ValueError):  # a record from before: nothing promised
+                self._plans[job.id] = MemoryPlan(Budgets(), None)
+        return self._plans[job.id]
 
     def _commit_pending(self) -> None:
         batch, self._pending = self._pending, []
@@ -188,12 +205,11 @@ class Daemon:
         users: dict[str, Usage] = defaultdict(Usage)
         groups: dict[str, Usage] = defaultdict(Usage)
         busy: set[int] = set()
-        taken: dict[int, int] = defaultdict(int)
+        shared = SharedGpus(self._gpu_memory)
         cpus = 0
         for job in active:
             if ask := self._ask(job.id, job):
-                for g in job.gpu_ids:
-                    taken[g] += ask.total
+                shared.take(job.gpu_ids, ask)
             busy.update(job.gpu_ids)
             cpus += job.cpus
             for usage in [users[job.user], *(groups[g] for g in job.groups)]:
@@ -204,7 +220,7 @@ class Daemon:
         cpus += leased_cpus
         free = frozenset(set(self.inventory.gpu_indices) - busy)
         return Cluster(free, self.config.cpu_slots - cpus, dict(users), dict(groups), link_score=self._link_score,
-                       capacity=self.capacity(), shared=SharedGpus(self._gpu_memory, dict(taken))), active
+                       capacity=self.capacity(), shared=shared), active
 
     def node(self, host_reading: dict[str, Any]) -> dict[str, Any]:
         """This node as ``GET /v1/nodes`` lists it: GPUs (free or not), CPU slots, running jobs, and
@@ -245,6 +261,7 @@ class Daemon:
         cluster, active = self.cluster()
         live = {*asks, *(job.id for job in active)}
         self._asks = {job_id: ask for job_id, ask in self._asks.items() if job_id in live}  # ended jobs: forgotten
+        self._plans = {job_id: plan for job_id, plan in self._plans.items() if job_id in live}
         began = time.perf_counter()
         decided = await asyncio.to_thread(_decide, queue, asks, cluster, self.config.limits)
         self.last_pass = (len(queue), time.perf_counter() - began)

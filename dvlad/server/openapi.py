@@ -131,13 +131,17 @@ def document(daemon: DaemonSection) -> dict[str, Any]:
             "/v1/topology": {"get": {"summary": "GPU topology (NVML, or a replayed recording)",
                                      "responses": _ok({"type": "object", "required": ["source", "devices", "pairs"]})}},
             "/v1/gpus": {"get": {
-                "summary": "Live per-GPU stats (NVML, sampled at most every 0.5 s) and the job holding each GPU; "
-                           "live fields are null where the node has no NVML (source fixture or none), and null "
-                           "with `error` (NVML's error) for a GPU NVML cannot reach",
+                "summary": "Live per-GPU stats (NVML, sampled at most every 0.5 s) and the jobs on each GPU: "
+                           "`jobs` (oldest first; several where jobs share it) with each job's `weight_pool` and "
+                           "`activation_pool` (`used` and `peak` from its newest metric row, its `budget` and "
+                           "dvlad's `estimate`, in bytes, null where unknown) and `activation_growing`; `job` is "
+                           "the first of them (for older clients); live fields are null where the node has no "
+                           "NVML (source fixture or none), and null with `error` (NVML's error) for a GPU NVML "
+                           "cannot reach",
                 "responses": _ok(_obj(source={"type": "string"}, host={"type": "string"}, gpus={
                     "type": "array", "items": {"type": "object", "required": [
                         "index", "name", "uuid", "utilization", "memory_used", "memory_total", "temperature",
-                        "power_draw", "power_limit", "job"]}}))}},
+                        "power_draw", "power_limit", "job", "jobs"]}}))}},
             "/v1/openapi.json": {"get": {"summary": "This document",
                                          "responses": _ok({"type": "object", "required": ["openapi", "paths"]})}},
             "/metrics": {"get": {"summary": "Prometheus text exposition",

@@ -19,6 +19,7 @@ from dvlad.runtime.jobfiles import metrics_rows
 from dvlad.runtime.launch import run_dir
 from dvlad.segments import count, owner_prefix
 from dvlad.server.core import Daemon
+from dvlad.server.gpu_jobs import jobs_on_gpus
 from dvlad.store import State
 
 REGISTRY = web.AppKey("prometheus_registry", CollectorRegistry)
@@ -78,6 +79,43 @@ class DaemonCollector(Collector):
                 if isinstance(row.get(field), int | float):
                     busy.add_metric([*key, lane], row[field])
         yield from (steps, busy, stale, stale_max, depth)
+        yield from self.pools()
+        yield from self.bases()
+
+    def bases(self) -> Iterator[GaugeMetricFamily]:
+        """Each shared base's holder: the jobs mapping it and its bytes (once built)."""
+        labels = ["device", "base"]
+        jobs = GaugeMetricFamily("dvlad_shared_base_jobs", "Jobs mapping a shared base model", labels=labels)
+        size = GaugeMetricFamily("dvlad_shared_base_bytes", "Bytes of a shared base model, held once on its "
+                                 "device by its holder process", labels=labels)
+        for holder in list(self.daemon.supervisor.bases.holders.values()):
+            _, device, base = holder.key.split("|")
+            jobs.add_metric([device, base], len(holder.jobs))
+            if manifest := holder.manifest():
+                size.add_metric([device, base], manifest["bytes"])
+        yield from (jobs, size)
+
+    def pools(self) -> Iterator[GaugeMetricFamily]:
+        """Each job's two pools on each of its GPUs: size, peak, budget and estimate (bytes; a figure
+        the job or dvlad does not know is left out), and whether the activation pool keeps growing."""
+        labels = ["job", "user", "name", "gpu", "pool"]
+        families = {key: GaugeMetricFamily(f"dvlad_job_gpu_pool_{key}_bytes", meaning, labels=labels)
+                    for key, meaning in (
+            ("used", "A job's GPU memory pool as its newest metric row reports it"),
+            ("peak", "The largest size a job's GPU memory pool reached so far"),
+            ("budget", "A job's budget (cap) for a GPU memory pool, from resources.weight_pool/activation_pool"),
+            ("estimate", "dvlad's estimate of a job's GPU memory pool peak, from its spec"))}
+        growing = GaugeMetricFamily("dvlad_job_gpu_activation_growing", "1 while a job's activation pool has "
+                                    "grown at each of its last updates", labels=["job", "user", "name", "gpu"])
+        for gpu, jobs in sorted(jobs_on_gpus(self.daemon).items()):
+            for job, memory in jobs:
+                key = [str(job.id), job.user, job.name, str(gpu)]
+                for pool in m.GPU_POOLS:
+                    for figure, family in families.items():
+                        if memory[pool][figure] is not None:
+                            family.add_metric([*key, pool.removesuffix("_pool")], memory[pool][figure])
+                growing.add_metric(key, float(memory["activation_growing"]))
+        yield from (*families.values(), growing)
 
 
 def registry_for(daemon: Daemon, state_dir: Path) -> CollectorRegistry:

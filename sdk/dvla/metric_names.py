@@ -156,9 +156,18 @@ GPU_WEIGHT_BYTES = _declare("gpu_weight_bytes", "bytes", Group.PIPELINE,
                             "weight pool: weights, optimizer state and staging buffers", when=When.ON_GPU)
 GPU_ACTIVATION_BYTES = _declare("gpu_activation_bytes", "bytes", Group.PIPELINE,
                                 "activation pool: the allocators' peak beyond the weight pool", when=When.ON_GPU)
+GPU_WEIGHT_PEAK_BYTES = _declare("gpu_weight_peak_bytes", "bytes", Group.PIPELINE,
+                                 "largest weight pool any row of the job reported so far", when=When.ON_GPU)
+GPU_ACTIVATION_PEAK_BYTES = _declare("gpu_activation_peak_bytes", "bytes", Group.PIPELINE,
+                                     "largest activation pool any row of the job reported so far (what its "
+                                     "estimate and cap are compared with)", when=When.ON_GPU)
 GPU_ACTIVATION_GROWING = _declare("gpu_activation_growing", "flag", Group.PIPELINE,
                                   "1 while the activation pool has grown at each of the last updates (memory "
                                   "creeping towards its cap), else 0", when=When.ON_GPU)
+GPU_POOLS = {"weight_pool": (GPU_WEIGHT_BYTES, GPU_WEIGHT_PEAK_BYTES),
+             "activation_pool": (GPU_ACTIVATION_BYTES, GPU_ACTIVATION_PEAK_BYTES)}
+"""Each pool's name (as ``summary.json``'s ``gpu_memory`` and ``/v1/gpus`` name it) -> its row's keys:
+the latest size and the largest so far."""
 
 CSV_COLUMNS = tuple(m.name for m in METRICS.values() if m.csv)
 """The columns of ``metrics.csv``, in order."""

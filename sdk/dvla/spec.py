@@ -82,6 +82,11 @@ class ResourcesSection:
     share_gpus: bool = False
     """Let dvlad put other jobs on this job's GPUs (and this job on theirs) while every job's two
     budgets fit each GPU's memory; false: the job's GPUs are its own."""
+    share_base: bool = False
+    """A LoRA job (transformer-vla with policy.args.lora) maps one read-only copy of its base trunk,
+    held by dvlad for every job of its user (or of the group dvlad's node.share_base_group names) on
+    the same device and base, instead of building its own; verified by hash at each checkpoint.
+    Run without dvlad, the job builds its own copy."""
 
 
 @dataclass
@@ -661,6 +666,13 @@ def _check_budgets(spec: JobSpec, check: _Checker) -> None:
     if check.ok("resources.share_gpus", "resources.gpus") and spec.resources.share_gpus and spec.resources.gpus < 1:
         check.add(check.blame("resources.share_gpus", "resources.gpus"),
                   "share_gpus shares the job's GPUs with other jobs, but it asks for none (resources.gpus = 0)")
+    if check.ok("resources.share_base", "policy.name") and spec.resources.share_base:
+        if spec.policy.name != "transformer-vla" or not isinstance(spec.policy.args.get("lora"), dict):
+            check.add("resources.share_base", "share_base shares a LoRA job's frozen base trunk: it needs "
+                      'policy.name = "transformer-vla" with policy.args.lora (full fine-tuning writes the base)')
+        elif spec.resources.gpus > 1:
+            check.add(check.blame("resources.share_base", "resources.gpus"),
+                      f"share_base maps the base on one device; the job asks for {spec.resources.gpus} GPUs")
 
 
 def _check_placement(spec: JobSpec, check: _Checker) -> None:

@@ -14,6 +14,7 @@ from rich.console import Console
 from dvla import topology as topo_
 from dvla.cli import output
 from dvla.cli.main import State, connection_options, json_option, pass_state
+from dvla.top.snapshot import gpu_jobs
 
 
 @click.command(epilog="""\b
@@ -124,16 +125,20 @@ def topo(state: State, as_json: bool) -> None:
 @click.command(epilog="""\b
 Examples:
   dvla gpus
-  dvla gpus --json | jq '.gpus[] | {index, utilization, job}'
+  dvla gpus --json | jq '.gpus[] | {index, utilization, jobs}'
 
-On a node without NVML (a replayed topology, or no driver) the live fields are "-".""")
+On a node without NVML (a replayed topology, or no driver) the live fields are "-".
+Pool figures in GiB: USED is the job's newest metric row, PEAK the largest so far, BUDGET
+its resources.weight_pool / activation_pool ("-": no cap), ESTIMATE what dvlad estimated
+from the spec ("-": none for its model).""")
 @json_option
 @connection_options
 @pass_state
 def gpus(state: State, as_json: bool) -> None:
-    """Live GPU stats and the jobs holding them.
+    """Live GPU stats and the jobs on each GPU with their memory pools.
 
-    Per GPU: utilisation, memory used/total, temperature, power draw/limit, the job holding it."""
+    Per GPU: utilisation, memory used/total, temperature, power draw/limit, its jobs. Then per job
+    on a GPU: its weight and activation pools against their budgets and dvlad's estimates."""
     stats = state.client().gpus()
     if as_json:
         output.print_json(stats)
@@ -141,15 +146,24 @@ def gpus(state: State, as_json: bool) -> None:
     con = output.console()
     if not _heading(con, stats.get("host", ""), f"source {stats['source']}", stats["gpus"]):
         return
-    grid = output.table("GPU", "NAME", "UTIL", "MEMORY GiB", "TEMP", "POWER W", "JOB")
+    grid = output.table("GPU", "NAME", "UTIL", "MEMORY GiB", "TEMP", "POWER W", "JOBS")
+    pools = output.table("GPU", "JOB", "WEIGHT USED/BUDGET", "ACT USED/BUDGET", "ACT PEAK", "ACT ESTIMATE",
+                         "WEIGHT ESTIMATE", title="jobs on the GPUs")
     for g in stats["gpus"]:
         memory = f"{output.gib(g['memory_used'])}/{output.gib(g['memory_total'])}"
         power = f"{output.value(g['power_draw'])}/{output.value(g['power_limit'])}"
-        job = g.get("job")
-        holder = output.NONE if not job else f"{job['id']} {job['user']}" + (f" {job['name']}" if "name" in job else "")
+        jobs = gpu_jobs(g)
         grid.add_row(str(g["index"]), g["name"], output.value(g["utilization"], "%"), memory,
-                     output.value(g["temperature"], "°C"), power, holder)
+                     output.value(g["temperature"], "°C"), power, ", ".join(j.label for j in jobs) or output.NONE)
+        for job in jobs:
+            w, a = job.weight, job.activation
+            pools.add_row(str(g["index"]), job.label, f"{output.gib(w.used)}/{output.gib(w.budget)}",
+                          f"{output.gib(a.used)}/{output.gib(a.budget)}" + (" ↑" if job.growing else ""),
+                          output.gib(a.peak), output.gib(a.estimate), output.gib(w.estimate))
     con.print(grid)
+    if pools.row_count:
+        con.print()
+        con.print(pools)
 
 
 COMMANDS = (nodes, topo, gpus)

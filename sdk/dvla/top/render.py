@@ -24,9 +24,11 @@ from rich.text import Text
 
 from dvla import metric_names as m
 from dvla.top.snapshot import (
+    GpuJob,
     GpuView,
     JobDetail,
     NodeView,
+    PoolUse,
     Snapshot,
     fmt_bytes,
     fmt_num,
@@ -136,6 +138,26 @@ def pools_cell(gpu: GpuView, form: str = "full") -> str:
     return f"█{p.weight / gib:.1f} ▓{p.activation / gib:.1f}{growing} ▒{p.other / gib:.1f} GiB"
 
 
+def _of(use: PoolUse, unit: float) -> str:
+    """``used/budget`` of a pool in ``unit`` (``–`` for what is unknown or has no budget)."""
+    used = "–" if use.used is None else f"{use.used / unit:.1f}"
+    return used if use.budget is None else f"{used}/{use.budget / unit:.1f}"
+
+
+def job_pools_cell(job: GpuJob, form: str = "full") -> str:
+    """One job's pools on its GPU: each pool's size over its budget, and in full the activation
+    pool's peak against dvlad's estimate (what admission counted)."""
+    gib = 1 << 30
+    growing = " ↑" if job.growing else ""
+    if form != "full":
+        return f"█{_of(job.weight, gib)} ▓{_of(job.activation, gib)}{growing} GiB"
+    act = job.activation
+    peak = "" if act.peak is None and act.estimate is None else (
+        f" · peak {fmt_num(None if act.peak is None else act.peak / gib, '.1f')}"
+        f" est {fmt_num(None if act.estimate is None else act.estimate / gib, '.1f')}")
+    return f"weight {_of(job.weight, gib)} · act {_of(act, gib)}{growing}{peak} GiB"
+
+
 def short_name(name: str) -> str:
     """``NVIDIA H100 80GB HBM3`` → ``H100 80GB HBM3``."""
     return name.removeprefix("NVIDIA ").removeprefix("Tesla ")
@@ -160,6 +182,10 @@ def gpu_table_for(snap: Snapshot, layout: GpuLayout, expand: bool = True) -> Tab
         if layout.power:
             cells.append(f"{fmt_num(g.power_draw, '.0f')}/{fmt_num(g.power_limit, '.0f')} W")
         table.add_row(*cells, g.holder or "–")
+        if layout.pools and (len(g.jobs) > 1 or any(j.known for j in g.jobs)):
+            for job in g.jobs:  # one line per job: its pools against its budgets
+                blanks = ["", "", "", ""] + [""] * (layout.temp + layout.power)
+                table.add_row(*blanks[:4], job_pools_cell(job, layout.pools), *blanks[4:], f"└ {job.label}")
     return table
 
 

@@ -36,6 +36,37 @@ class Pools:
 
 
 @dataclass(frozen=True)
+class PoolUse:
+    """One pool of one job on a GPU, in bytes (``/v1/gpus``); None where unknown."""
+
+    used: int | None = None
+    """As the job's newest metric row reports it."""
+    peak: int | None = None
+    """The largest the job's rows reported so far."""
+    budget: int | None = None
+    """Its cap (``resources.weight_pool`` / ``activation_pool``); None: none."""
+    estimate: int | None = None
+    """dvlad's estimate of its peak from the spec; None where dvlad has none for the model."""
+
+
+@dataclass(frozen=True)
+class GpuJob:
+    """One job on a GPU with its two pools (several jobs share a GPU by their budgets)."""
+
+    label: str
+    """``#ID user/name`` (the name only for who may read the job)."""
+    weight: PoolUse
+    activation: PoolUse
+    growing: bool = False
+    """The activation pool has grown update after update (``gpu_activation_growing``)."""
+
+    @property
+    def known(self) -> bool:
+        """Whether there is any figure to show beyond the label."""
+        return any(v is not None for pool in (self.weight, self.activation) for v in vars(pool).values())
+
+
+@dataclass(frozen=True)
 class GpuView:
     """One GPU as shown. Live fields are None where the node has no NVML (a recorded topology)."""
 
@@ -48,9 +79,11 @@ class GpuView:
     power_draw: float | None
     power_limit: float | None
     holder: str
-    """``#ID user/name`` of the job holding the GPU, or ``""`` when it is free."""
+    """``#ID user/name`` of the job on the GPU, ``N jobs`` when several share it, ``""`` when it is free."""
     pools: Pools | None
-    """The split of ``memory_used``, only where the holding job reports its pools (else "pools n/a")."""
+    """The split of ``memory_used``, only where every job on it reports its pools (else "pools n/a")."""
+    jobs: tuple[GpuJob, ...] = ()
+    """The jobs on the GPU, oldest first, with their pools and budgets."""
 
 
 @dataclass(frozen=True)
@@ -181,17 +214,31 @@ def job_row(job: Mapping[str, Any], now: float) -> JobRow:
                   reason=reason(job))
 
 
-def pools_of(rows: Sequence[Mapping[str, Any]], memory_used: int | None) -> Pools | None:
-    """The pool split from the newest row that reports both pools; None if none does or NVML is absent
-    (the split needs the GPU's used memory for "other")."""
-    for row in reversed(rows):
-        if m.GPU_WEIGHT_BYTES in row and m.GPU_ACTIVATION_BYTES in row:
-            if memory_used is None:
-                return None
-            weight, activation = int(row[m.GPU_WEIGHT_BYTES]), int(row[m.GPU_ACTIVATION_BYTES])
-            return Pools(weight, activation, max(0, memory_used - weight - activation),
-                         bool(row.get(m.GPU_ACTIVATION_GROWING)))
-    return None
+def pool_use(figures: Mapping[str, Any] | None) -> PoolUse:
+    figures = figures or {}
+    keys = ("used", "peak", "budget", "estimate")
+    return PoolUse(*(None if figures.get(k) is None else int(figures[k]) for k in keys))
+
+
+def gpu_jobs(gpu: Mapping[str, Any]) -> tuple[GpuJob, ...]:
+    """The jobs of one GPU of a ``/v1/gpus`` reply; from a daemon older than ``jobs``, its one ``job``
+    without pools."""
+    listed = gpu.get("jobs")
+    if listed is None:
+        listed = [gpu["job"]] if gpu.get("job") else []
+    return tuple(GpuJob(holder_label(j), pool_use(j.get("weight_pool")), pool_use(j.get("activation_pool")),
+                        bool(j.get("activation_growing"))) for j in listed)
+
+
+def pools_of(jobs: Sequence[GpuJob], memory_used: int | None) -> Pools | None:
+    """The GPU's used memory split into its jobs' weight pools, activation pools and the rest; None
+    without a job, where a job has not reported its pools, or where NVML is absent (the split needs
+    the GPU's used memory for "other")."""
+    if not jobs or memory_used is None or any(j.weight.used is None or j.activation.used is None for j in jobs):
+        return None
+    weight = sum(j.weight.used or 0 for j in jobs)
+    activation = sum(j.activation.used or 0 for j in jobs)
+    return Pools(weight, activation, max(0, memory_used - weight - activation), any(j.growing for j in jobs))
 
 
 def holder_label(job: Mapping[str, Any] | None) -> str:
@@ -201,19 +248,17 @@ def holder_label(job: Mapping[str, Any] | None) -> str:
     return f"{who}/{job['name']}" if job.get("name") else who
 
 
-def gpu_views(reply: Mapping[str, Any], selected: int | None,
-              rows: Sequence[Mapping[str, Any]]) -> tuple[GpuView, ...]:
-    """The GPUs of a ``/v1/gpus`` reply. Pools are known only for GPUs of the selected job (its metric
-    rows are the only ones fetched: one metrics call per poll, never one per job)."""
+def gpu_views(reply: Mapping[str, Any]) -> tuple[GpuView, ...]:
+    """The GPUs of a ``/v1/gpus`` reply, each with its jobs and their pools."""
     views = []
     for g in reply.get("gpus", []):
-        holder = g.get("job")
-        mine = holder is not None and holder.get("id") == selected
+        jobs = gpu_jobs(g)
         views.append(GpuView(
             index=g["index"], name=g.get("name", ""), utilization=g.get("utilization"),
             memory_used=g.get("memory_used"), memory_total=g.get("memory_total"),
             temperature=g.get("temperature"), power_draw=g.get("power_draw"), power_limit=g.get("power_limit"),
-            holder=holder_label(holder), pools=pools_of(rows, g.get("memory_used")) if mine else None))
+            holder=jobs[0].label if len(jobs) == 1 else f"{len(jobs)} jobs" if jobs else "",
+            pools=pools_of(jobs, g.get("memory_used")), jobs=jobs))
     return tuple(views)
 
 
@@ -293,7 +338,7 @@ def build(jobs: Sequence[Mapping[str, Any]], gpus: Mapping[str, Any], selected: 
     time ``now``."""
     chosen = next((j for j in jobs if j["id"] == selected), None)
     return Snapshot(host=gpus.get("host", ""), gpu_source=gpus.get("source", ""), node=node_view(nodes, gpus),
-                    gpus=gpu_views(gpus, selected, rows), jobs=tuple(job_row(j, now) for j in jobs),
+                    gpus=gpu_views(gpus), jobs=tuple(job_row(j, now) for j in jobs),
                     detail=job_detail(chosen, rows) if chosen is not None else None, notes=gpu_notes(gpus))
 
 

@@ -1,0 +1,165 @@
+"""dvlad's side of base sharing: one holder process per (sharing domain, device, base), started for
+the first job that shares it and ended after the last.
+
+Who shares with whom (the security rule): a job's *sharing domain* is its user, or the group that
+dvlad's ``node.share_base_group`` names when the job's user is a member. Jobs share a holder only
+within one domain: another user's job on the same base and device gets a holder, and a copy, of its
+own. Why: a job maps the base's memory and could write it (a GPU cannot map CUDA memory read-only
+for one process and not another); the hash checks at each checkpoint catch a write, after the fact.
+So by default only a user's own jobs trust each other's, and a lab that wants more says so.
+
+The base's *key* is its content: for a pretrained trunk the SHA-256 of its directory's files, for
+a trunk built from a preset what determines its bytes (the trunk's config, the seed and the dtypes,
+which :func:`dvlad.sharing.holder.build_base` builds from). The holder then measures the bytes it
+built (the manifest's ``sha256``), which every job checks.
+"""
+
+from __future__ import annotations
+
+import grp
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dvla.spec import JobSpec, dump_toml
+from dvlad.runtime.launch import PASSED_ENV
+from dvlad.segments import owner_prefix, reclaim
+from dvlad.sharing.base import MANIFEST
+from dvlad.store import Job
+
+STOP_WAIT_S = 10.0
+
+
+def base_key(spec: JobSpec) -> str:
+    """The content key of a share_base job's base (see the module docstring)."""
+    args = spec.policy.args
+    what: dict[str, object] = {"precision": spec.resources.precision, "dtype": args.get("dtype", "float32")}
+    if args.get("pretrained"):
+        digest = hashlib.sha256()
+        directory = Path(args["pretrained"]).expanduser()
+        for path in sorted(p for p in directory.iterdir() if p.suffix in (".json", ".safetensors")):
+            digest.update(path.name.encode())
+            with path.open("rb") as f:
+                for chunk in iter(lambda f=f: f.read(1 << 24), b""):
+                    digest.update(chunk)
+        what["pretrained"] = digest.hexdigest()
+    else:
+        what.update(preset=args.get("preset") or "tiny", trunk=args.get("trunk") or {},
+                    vocab_size=int(args.get("vocab_size", 1024)), seed=spec.job.seed)
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def sharing_domain(user: str, groups: list[str], share_group: str) -> str:
+    """Whose jobs may share a base with this one: its user's, or ``share_group``'s if it is a member."""
+    return f"group:{share_group}" if share_group and share_group in groups else f"user:{user}"
+
+
+def device_of(gpu_ids: list[int]) -> str:
+    return f"cuda:{gpu_ids[0]}" if gpu_ids else "cpu"
+
+
+@dataclass
+class Holder:
+    """One live holder: its process, its directory, and the jobs mapping its base."""
+
+    key: str
+    directory: Path
+    prefix: str
+    popen: subprocess.Popen
+    jobs: set[int] = field(default_factory=set)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / MANIFEST
+
+    def manifest(self) -> dict | None:
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except (OSError, ValueError):
+            return None
+
+
+class BaseHolders:
+    """The holders of one dvlad (its state directory names their folders and segments)."""
+
+    def __init__(self, state_dir: Path, owner: str, share_group: str = ""):
+        self.root, self.owner, self.share_group = state_dir / "bases", owner, share_group
+        self.holders: dict[str, Holder] = {}
+        self.of_job: dict[int, str] = {}
+
+    def key(self, job: Job, spec: JobSpec, gpu_ids: list[int]) -> str:
+        """The holder a job shares: its domain, its device, its base."""
+        return f"{sharing_domain(job.user, job.groups, self.share_group)}|{device_of(gpu_ids)}|{base_key(spec)}"
+
+    def admission_key(self, job: Job, spec: JobSpec) -> str:
+        """What memory-fit admission counts once per GPU: the holder's key without its device."""
+        return f"{sharing_domain(job.user, job.groups, self.share_group)}|{base_key(spec)}"
+
+    def acquire(self, job: Job, spec: JobSpec, gpu_ids: list[int]) -> Path:
+        """The manifest path of the holder job ``job`` shares (started now if it is the first job);
+        the job waits for the manifest itself, so dvlad never waits for a base to build."""
+        key = self.key(job, spec, gpu_ids)
+        holder = self.holders.get(key)
+        if holder is None or holder.popen.poll() is not None:
+            holder = self.holders[key] = self._start(key, job, spec, gpu_ids)
+        holder.jobs.add(job.id)
+        self.of_job[job.id] = key
+        return holder.manifest_path
+
+    def release(self, job_id: int) -> None:
+        """Job ``job_id`` ended: end its holder if it was the last job using it."""
+        key = self.of_job.pop(job_id, None)
+        holder = self.holders.get(key) if key else None
+        if holder is None:
+            return
+        holder.jobs.discard(job_id)
+        if not holder.jobs:
+            del self.holders[key]
+            self._stop(holder)
+
+    def stop_all(self) -> None:
+        for holder in list(self.holders.values()):
+            self._stop(holder)
+        self.holders.clear()
+        self.of_job.clear()
+
+    def _start(self, key: str, job: Job, spec: JobSpec, gpu_ids: list[int]) -> Holder:
+        name = hashlib.sha256(key.encode()).hexdigest()[:12]
+        directory = self.root / name
+        self.root.mkdir(mode=0o711, exist_ok=True)
+        directory.mkdir(mode=0o755, exist_ok=True)
+        for stale in directory.iterdir():  # a holder of this key before: its files say nothing now
+            stale.unlink()
+        spec_file = directory / "spec.toml"
+        spec_file.write_text(dump_toml(spec))
+        in_group = key.startswith("group:")
+        identity: dict = {}
+        if os.geteuid() == 0 and job.uid != 0:  # the holder runs as the first job's user (its group's)
+            gid = grp.getgrnam(self.share_group).gr_gid if in_group else job.gid
+            identity = {"user": job.uid, "group": gid, "extra_groups": os.getgrouplist(job.user, job.gid)}
+            os.chown(directory, job.uid, gid)
+        prefix = f"{owner_prefix(self.owner)}base{name}-"
+        env = {**{k: os.environ[k] for k in PASSED_ENV if k in os.environ},
+               "PATH": os.defpath + ":" + str(Path(sys.executable).parent), "PYTHONUNBUFFERED": "1",
+               "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpu_ids[:1]))}
+        with (directory / "holder.log").open("ab") as log:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "dvlad.sharing.holder", str(spec_file), "--device",
+                 "cuda" if gpu_ids else "cpu", "--dir", str(directory), "--prefix", prefix],
+                env=env, cwd=directory, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                close_fds=True, umask=0o007 if in_group else 0o077, **identity)
+        return Holder(key, directory, prefix, popen)
+
+    def _stop(self, holder: Holder) -> None:
+        """SIGTERM, then SIGKILL; its segments go either way (jobs that still map them keep them)."""
+        holder.popen.terminate()
+        try:
+            holder.popen.wait(STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            holder.popen.kill()
+            holder.popen.wait()
+        reclaim(holder.prefix)

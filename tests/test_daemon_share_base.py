@@ -1,0 +1,64 @@
+"""Two LoRA jobs on one base through a real dvlad, on the CPU: dvlad starts one holder, both jobs map
+its one /dev/shm copy of the base, both train, and the holder and its segment go after the last."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dvlad.segments import count, daemon_tag, owner_prefix
+from dvlad.testing import LONG
+
+pytestmark = pytest.mark.slow
+
+LORA = {"name": "transformer-vla", "args": {"preset": "tiny", "patch_size": 8, "trunk": {"num_hidden_layers": 2},
+                                            "lora": {"r": 4}}}
+
+
+def lora_job(name: str, learning_rate: float) -> dict:
+    """Same base (policy and seed), another job: its own learning rate, so its own adapters."""
+    return {**LONG, "job": {"name": name, "seed": 5}, "policy": LORA,
+            "algo": {**LONG["algo"], "learning_rate": learning_rate},
+            "train": {"total_env_steps": 4 * 8 * 6, "resume": False, "log_every": 1},
+            "resources": {"share_base": True}}
+
+
+def gauge(text: str, name: str) -> list[float]:
+    return [float(v) for v in re.findall(rf"^{name}{{[^}}]*}} (\S+)$", text, re.M)]
+
+
+def test_two_lora_jobs_map_one_copy_of_their_base_held_by_dvlad_and_both_train(dvlads):
+    dvlad = dvlads("[node]\ncpu_slots = 4\n")
+    bases = owner_prefix(daemon_tag(dvlad.state_dir)) + "base"
+    ids = [dvlad.call("POST", "/v1/jobs", {"spec": lora_job(f"lora{i}", 1e-3 * i)})[1]["job"]["id"] for i in (1, 2)]
+    deadline, seen = time.monotonic() + 120, None
+    while time.monotonic() < deadline and seen is None:  # both mapping it, while both run
+        text = dvlad.call("GET", "/metrics")[1]
+        if gauge(text, "dvlad_shared_base_jobs") == [2.0] and gauge(text, "dvlad_shared_base_bytes"):
+            seen = text, count(bases)
+        time.sleep(0.1)
+    assert seen is not None, "the two jobs were never seen on one shared base"
+    text, segments = seen
+    assert segments.count == 1  # one copy of the base for both jobs, in dvlad's /dev/shm namespace
+    assert segments.bytes == gauge(text, "dvlad_shared_base_bytes")[0]
+    jobs = [dvlad.wait_state(i, {"succeeded", "failed"}, timeout=300) for i in ids]
+    assert [j["state"] for j in jobs] == ["succeeded", "succeeded"], jobs
+    finals, mapped = [], set()
+    for i in ids:  # each mapped the one base, and trained its own adapters (not the other job's)
+        run = dvlad.state_dir / "jobs" / str(i) / "run"
+        log = (dvlad.state_dir / "jobs" / str(i) / "job.log").read_text()
+        mapped.update(re.findall(r"shared base: mapped .* from its holder \(SHA-256 (\w+)…\)", log))
+        assert json.loads((run / "summary.json").read_text())["version"] >= 5, log
+        finals.append(load_file(str(run / "checkpoint.safetensors")))
+    assert len(mapped) == 1, mapped  # both logs name the same base
+    assert any(not torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
+    deadline = time.monotonic() + 30
+    while count(bases).count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert count(bases).count == 0  # the holder ended after the last job, and its segment with it
+    assert gauge(dvlad.call("GET", "/metrics")[1], "dvlad_shared_base_jobs") == []
