@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-PYTHON = ROOT / ".venv" / "bin" / "python" if (ROOT / ".venv" / "bin" / "python").exists() else Path(sys.executable)
+PYTHON = ROOT / ".venv" / "bin" / "python"
+if not os.path.exists(PYTHON):  # not Path.exists: run as another user (as_user), the venv may be closed to it
+    PYTHON = Path(sys.executable)
 """The checkout's venv, or (on the GPU machine, which has none) the Python running this."""
 FIXTURE = next((p for p in (ROOT / "shared", ROOT.parent / "shared") if p.is_dir()),
                Path("/work/shared")) / "fixtures/gpu/h100-x1/topology.json"

@@ -42,7 +42,6 @@ GIB = 1 << 30
 def job_spec(name: str, args: argparse.Namespace, share_base: bool, activation: str | None = None,
              preset: str | None = None) -> dict[str, Any]:
     """A LoRA job (same base for all: same policy and seed); ``activation``: its activation cap."""
-    tiny = args.tiny or preset == "tiny"
     policy_args: dict[str, Any] = {"preset": preset or ("tiny" if args.tiny else args.preset), "patch_size": 16,
                                    "lora": {"r": 16}}
     if args.tiny:
