@@ -15,6 +15,8 @@ Layout (one file; LIBERO holds one task per file)::
                                   robosuite renders them, upside down; flipped on reading as the env flips)
     data/demo_N/obs/proprio       float32 T×P; LIBERO files have ee_states (6) and gripper_states (2)
                                   instead, whose concatenation is the LIBERO env's proprio
+    data/demo_N/obs/aux           float32 T×A, optional (ours): the env's auxiliary labels
+                                  (``EnvSpec.aux_dim``), so a cloning learner can add ``algo.aux_coef``'s loss
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class Demonstrations:
     """N instructions."""
     actions: np.ndarray
     """float32 N×K×7: the K actions from each step on (the last repeated past the demonstration's end)."""
+    aux: np.ndarray | None = None
+    """float32 N×A: the env's auxiliary labels where every demonstration holds them (``obs/aux``), else None."""
 
     def __len__(self) -> int:
         return len(self.instructions)
@@ -71,8 +75,10 @@ class DemoWriter:
         self._data.attrs["problem_info"] = json.dumps({"language_instruction": instruction})
         self.count = 0
 
-    def add(self, images: dict[str, np.ndarray], proprio: np.ndarray, actions: np.ndarray, instruction: str) -> None:
-        """One demonstration: per camera T×H×W×3 frames (upright), T×P proprio, T×7 actions."""
+    def add(self, images: dict[str, np.ndarray], proprio: np.ndarray, actions: np.ndarray, instruction: str,
+            aux: np.ndarray | None = None) -> None:
+        """One demonstration: per camera T×H×W×3 frames (upright), T×P proprio, T×7 actions, and optionally
+        T×A auxiliary labels."""
         demo = self._data.create_group(f"demo_{self.count}")
         demo.attrs["num_samples"] = len(actions)
         demo.attrs["language_instruction"] = instruction
@@ -82,6 +88,8 @@ class DemoWriter:
             frames = np.asarray(frames, dtype=np.uint8)
             obs.create_dataset(camera_key(camera), data=frames[:, ::-1, ::-1] if camera in LIBERO_CAMERAS else frames)
         obs.create_dataset("proprio", data=np.asarray(proprio, dtype=np.float32))
+        if aux is not None:
+            obs.create_dataset("aux", data=np.asarray(aux, dtype=np.float32))
         self.count += 1
 
     def close(self) -> None:
@@ -110,6 +118,7 @@ def read_demonstrations(path: str | Path, env_spec: EnvSpec, action_chunk: int =
     images: dict[str, list[np.ndarray]] = {c: [] for c in env_spec.cameras}
     proprio: list[np.ndarray] = []
     actions: list[np.ndarray] = []
+    aux: list[np.ndarray | None] = []
     instructions: list[str] = []
     for file in demo_files(path):
         with h5py.File(file, "r") as f:
@@ -139,9 +148,12 @@ def read_demonstrations(path: str | Path, env_spec: EnvSpec, action_chunk: int =
                 proprio.append(state.astype(np.float32))
                 later = np.minimum(np.arange(len(acts))[:, None] + np.arange(action_chunk), len(acts) - 1)
                 actions.append(acts[later])
+                labels = np.asarray(demo["obs"]["aux"], dtype=np.float32) if "aux" in demo["obs"] else None
+                aux.append(labels if labels is not None and labels.shape == (len(acts), env_spec.aux_dim) else None)
                 text = demo.attrs.get("language_instruction", info.get("language_instruction", ""))
                 instructions.extend([str(text)] * len(acts))
     if not instructions:
         raise ValueError(f"demonstrations {str(path)!r} hold no demonstration")
     return Demonstrations(images={c: np.concatenate(v) for c, v in images.items()}, proprio=np.concatenate(proprio),
-                          instructions=instructions, actions=np.concatenate(actions))
+                          instructions=instructions, actions=np.concatenate(actions),
+                          aux=None if not env_spec.aux_dim or any(a is None for a in aux) else np.concatenate(aux))

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from dvla.metric_names import LOSS
+from dvla.metric_names import AUX_LOSS, LOSS
 from dvla.spec import JobSpec, SpecError, parse_spec
 from dvlad.demos import read_demonstrations
-from dvlad.envs.reach_expert import record
+from dvlad.envs.reach import ReachEnv
+from dvlad.envs.reach_expert import expert_action, record
 from dvlad.lanes.learner import Learner, LearnerConfig
 from dvlad.policies.checkpoint import load_checkpoint
 from dvlad.policies.random_vlm import write_checkpoint
@@ -23,6 +24,7 @@ from dvlad.spaces import EnvSpec
 from tests.test_learner import _segments
 
 REACH = EnvSpec(cameras={"image": (16, 16)}, proprio_dim=4, max_episode_steps=10)
+REACH_AUX = EnvSpec(cameras={"image": (16, 16)}, proprio_dim=4, max_episode_steps=10, aux_dim=2)
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +46,27 @@ def test_the_expert_writes_libero_s_layout(reach_demos: Path) -> None:
     demos = read_demonstrations(reach_demos, REACH, action_chunk=2)
     assert demos.actions.shape == (len(demos), 2, 7) and np.abs(demos.actions).max() <= 1.0
     assert len(set(demos.instructions)) > 1  # the named colour varies between episodes
+
+
+def test_noisy_demonstrations_record_the_expert_s_clean_actions_off_its_path(reach_demos: Path, tmp_path: Path) -> None:
+    """DART: the env executes the expert's action plus noise, the file holds the expert's own action for
+    each state visited, so the demonstrations cover states off the straight path, each labelled with
+    the way back; and the env's auxiliary labels travel with them."""
+    noisy = tmp_path / "noisy.hdf5"
+    assert record(noisy, episodes=12, seed=1, noise=1.0, image_size=16) > 0.5
+    clean, shaken = read_demonstrations(reach_demos, REACH_AUX), read_demonstrations(noisy, REACH_AUX)
+    assert len(shaken) > 1.3 * len(clean)  # the noise takes the gripper off the ~3-step straight path
+    env = ReachEnv(seed=1, image_size=16)
+    try:  # the first written demonstration starts as one of the seeded starts: its label is the clean expert's
+        firsts = [(env.reset(seed=1 * 1_000_003 + episode), expert_action(env)) for episode in range(12)]
+    finally:
+        env.close()
+    label = next(action for obs, action in firsts if np.array_equal(obs.images["image"], shaken.images["image"][0]))
+    assert np.array_equal(shaken.actions[0, 0], label)
+    assert shaken.aux is not None and shaken.aux.shape == (len(shaken), 2)
+    assert read_demonstrations(noisy, REACH).aux is None  # an env without labels reads none
+    with pytest.raises(ValueError, match="noise is a standard deviation"):
+        record(tmp_path / "bad.hdf5", episodes=1, noise=-0.1, image_size=16)
 
 
 def test_a_libero_file_reads_upright_with_the_env_s_proprio(tmp_path: Path) -> None:
@@ -83,12 +106,14 @@ def test_bc_learns_the_expert_s_actions(reach_demos: Path, tmp_path: Path) -> No
     spec.algo.name, spec.algo.demonstrations, spec.algo.learning_rate = "bc", str(reach_demos), 3e-3
     spec.algo.update_epochs, spec.algo.minibatches = 1, 1
     spec.train.resume = False
-    learner = Learner(LearnerConfig(spec, REACH, str(tmp_path)))
-    first = learner.update(_segments(envs=8)).losses[LOSS]  # the rollout's rows say how many to draw
+    spec.algo.aux_coef = 1.0
+    learner = Learner(LearnerConfig(spec, REACH_AUX, str(tmp_path)))
+    first = learner.update(_segments(envs=8)).losses  # the rollout's rows say how many to draw
     for _ in range(30):
-        last = learner.update(_segments(envs=8)).losses[LOSS]
-    assert first > 0.9 * np.log(256)  # a broad first policy …
-    assert last < 0.6 * first  # … that the demonstrations narrow down
+        last = learner.update(_segments(envs=8)).losses
+    assert first[LOSS] > 0.9 * np.log(256)  # a broad first policy …
+    assert last[LOSS] < 0.6 * first[LOSS]  # … that the demonstrations narrow down
+    assert last[AUX_LOSS] < first[AUX_LOSS]  # and the demonstrations' labels say where the named cube is
 
 
 @pytest.mark.slow

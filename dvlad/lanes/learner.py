@@ -19,6 +19,7 @@ import signal
 import time
 import traceback
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -51,7 +52,7 @@ from dvlad.policies import build_policy
 from dvlad.policies.base import ObsBatch
 from dvlad.policies.checkpoint import load_weights, optimizer_state, save_training_checkpoint
 from dvlad.proctitle import name_this_process
-from dvlad.rl import ALGORITHMS, Minibatch, Rollout, explained_variance
+from dvlad.rl import ALGORITHMS, Minibatch, Rollout, TrainingRows, explained_variance
 from dvlad.sharing import base as shared
 from dvlad.spaces import EnvSpec
 
@@ -144,8 +145,9 @@ class Learner:
                 self.restore(self.checkpoint_path)
         part = cfg.part
         self.rank = part.global_rank(cfg.rank) if part else 0
-        self.demos = (DemoBatches(self.args.demonstrations, cfg.env_spec, self.policy, cfg.spec.job.seed + self.rank)
-                      if self.args.name == "bc" else None)
+        self.rows: Callable[[Batch], TrainingRows] = self._rollout_rows if self.algorithm.advantages else DemoBatches(
+            self.args.demonstrations, cfg.env_spec, self.policy, self.device, cfg.spec.job.seed + self.rank).rows
+        """Where an update's rows come from: the scored rollout (PPO, GRPO) or demonstrations (bc)."""
         self.pools.seal(self.weight_bytes())
         self.ranks: LearnerRanks | None = None
         if part is not None and part.world > 1:
@@ -173,44 +175,29 @@ class Learner:
                                  "them; the last checkpoint is kept")
         staleness = (self.version - b["version"])[b["valid"]]
         b = {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
-        rollout = Rollout(rewards=b["reward"], values=b["value"], dones=b["done"], successes=b["success"],
-                          valid=b["valid"])
-        advantages = self.algorithm.advantages(rollout, args, lambda: self._next_value(b))
-
-        # flatten the batch: one row per (segment, step, env); the update trains on the valid rows
-        b_inds = torch.nonzero(_flat(rollout.valid), as_tuple=True)[0]
-        b_obs = _observations(b, slice(None, -1))
-        b_aux = _flat(b["aux"][:, :-1]) if "aux" in b else None
-        b_actions, b_logprobs = _flat(b["tokens"]), _flat(b["logprob"])
-        b_advantages, b_values = _flat(advantages), _flat(rollout.values)
-        b_returns = b_advantages + b_values
-        if self.demos is not None:  # bc: the rollout measured the policy; the update learns from demonstrations
-            b_obs, b_actions = self.demos.sample(len(b_inds), self.device)
-            b_inds, b_aux = torch.arange(len(b_actions), device=self.device), None
-            b_logprobs = torch.zeros(len(b_actions), b_actions[0].numel(), device=self.device)
-            b_advantages = b_values = b_returns = torch.zeros(len(b_actions), device=self.device)
+        rows = self.rows(b)  # the scored rollout, or demonstrations
 
         # optimise the policy (and value) network: update_epochs passes of shuffled minibatches, exactly
         # args.minibatches of them a pass (data-parallel ranks must take the same number of steps)
-        minibatch_size = max(1, len(b_inds) // args.minibatches)
-        b_proximal = (self._proximal_logprob(b_inds, b_obs, b_actions, b_logprobs, minibatch_size)
+        minibatch_size = max(1, len(rows.inds) // args.minibatches)
+        b_proximal = (self._proximal_logprob(rows.inds, rows.obs, rows.actions, rows.logprobs, minibatch_size)
                       if args.proximal_clip else None)
         totals: dict[str, float] = {}
         minibatches = 0
         for _epoch in range(args.update_epochs):
-            b_perm = b_inds[torch.randperm(len(b_inds), device=b_inds.device)]
+            b_perm = rows.inds[torch.randperm(len(rows.inds), device=rows.inds.device)]
             for mb_inds in torch.tensor_split(b_perm, args.minibatches):
                 stats: dict[str, float] = {}
                 if len(mb_inds):
                     with self.placement.autocast():
-                        new = self.policy.evaluate(_obs_batch(b_obs, mb_inds), b_actions[mb_inds])
+                        new = self.policy.evaluate(_obs_batch(rows.obs, mb_inds), rows.actions[mb_inds])
                     loss, stats = self.algorithm.loss(Minibatch(
-                        newlogprob=new.logprob, logprobs=b_logprobs[mb_inds], entropy=new.entropy,
-                        newvalue=new.value, values=b_values[mb_inds], advantages=b_advantages[mb_inds],
-                        returns=b_returns[mb_inds],
+                        newlogprob=new.logprob, logprobs=rows.logprobs[mb_inds], entropy=new.entropy,
+                        newvalue=new.value, values=rows.values[mb_inds], advantages=rows.advantages[mb_inds],
+                        returns=rows.returns[mb_inds],
                         proximal_logprob=None if b_proximal is None else b_proximal[mb_inds]), args)
-                    if args.aux_coef and new.aux is not None and b_aux is not None:
-                        aux_loss = self.policy.aux_loss(new.aux, b_aux[mb_inds])
+                    if args.aux_coef and new.aux is not None and rows.aux is not None:
+                        aux_loss = self.policy.aux_loss(new.aux, rows.aux[mb_inds])
                         loss = loss + args.aux_coef * aux_loss
                         stats[m.AUX_LOSS] = float(aux_loss.detach())
                     self.optimizer.zero_grad(set_to_none=self.ranks is None)  # ranks: grads are views
@@ -234,8 +221,9 @@ class Learner:
                         totals[k] = totals.get(k, 0.0) + v
                     minibatches += 1
 
-        explained_var = explained_variance(b_values[b_inds], b_returns[b_inds]) if self.algorithm.critic else None
-        samples, env_steps = len(b_inds), int(b["env_steps"][rollout.valid].sum())
+        explained_var = (explained_variance(rows.values[rows.inds], rows.returns[rows.inds]) if self.algorithm.critic
+                         else None)
+        samples, env_steps = len(rows.inds), int(b["env_steps"][b["valid"]].sum())
         width = self.cfg.spec.pipeline.max_staleness + 2 if self.ranks else 1  # ranks: one length for all
         hist = np.bincount(staleness.numpy().clip(0, width - 1 if self.ranks else None), minlength=width)
         if self.ranks is not None:  # the job's figures: every rank's samples
@@ -255,6 +243,18 @@ class Learner:
             staleness_hist=tuple(int(n) for n in hist),
             losses={k: v / minibatches for k, v in totals.items()} if minibatches else {},
             explained_variance=explained_var)
+
+    def _rollout_rows(self, b: Batch) -> TrainingRows:
+        """The rollout scored by the job's algorithm and flattened: one row per (segment, step, env);
+        the update trains on the valid rows."""
+        rollout = Rollout(rewards=b["reward"], values=b["value"], dones=b["done"], successes=b["success"],
+                          valid=b["valid"])
+        assert self.algorithm.advantages is not None  # only algorithms that score rollouts read them
+        advantages = self.algorithm.advantages(rollout, self.args, lambda: self._next_value(b))
+        return TrainingRows(obs=_observations(b, slice(None, -1)), actions=_flat(b["tokens"]),
+                            logprobs=_flat(b["logprob"]), advantages=_flat(advantages), values=_flat(rollout.values),
+                            aux=_flat(b["aux"][:, :-1]) if "aux" in b else None,
+                            inds=torch.nonzero(_flat(rollout.valid), as_tuple=True)[0])
 
     def _next_value(self, b: Batch) -> torch.Tensor:
         """V of the state after each segment's last step, [S, E] (GAE's bootstrap)."""

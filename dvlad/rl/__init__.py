@@ -9,7 +9,7 @@ which may be several weight versions old.
 """
 
 from dvlad.rl.advantages import gae, group_relative_advantages
-from dvlad.rl.algorithms import ALGORITHMS, Algorithm, Minibatch, Rollout, explained_variance
+from dvlad.rl.algorithms import ALGORITHMS, Algorithm, Minibatch, Rollout, TrainingRows, explained_variance
 from dvlad.rl.losses import clipped_surrogate, grpo_loss, normalize_advantages, ppo_loss
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "Algorithm",
     "Minibatch",
     "Rollout",
+    "TrainingRows",
     "clipped_surrogate",
     "explained_variance",
     "gae",

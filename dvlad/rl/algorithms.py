@@ -65,6 +65,31 @@ class Minibatch:
         return x.repeat_interleave(self.newlogprob.shape[1])
 
 
+@dataclass(frozen=True)
+class TrainingRows:
+    """What one update trains on, one row per sample: a rollout's steps as the actor recorded them and
+    scored, or demonstrated steps (behaviour cloning). The learner's loop reads both alike."""
+
+    obs: dict[str, Tensor]
+    """The observation arrays, [N, ...] each: ``image/CAMERA``, ``proprio``, ``instruction``."""
+    actions: Tensor
+    """The action tokens, [N, K]."""
+    logprobs: Tensor
+    """Their behaviour log-probs, [N, K] (zeros for demonstrations, whose loss does not read them)."""
+    advantages: Tensor
+    values: Tensor
+    """[N] each (zeros for demonstrations)."""
+    aux: Tensor | None
+    """The env's auxiliary labels, [N, A], where the rows carry them."""
+    inds: Tensor
+    """The rows to train on (a rollout's valid ones)."""
+
+    @property
+    def returns(self) -> Tensor:
+        """The critic's regression target, GAE's returns."""
+        return self.advantages + self.values
+
+
 NextValue = Callable[[], Tensor]
 """V(s_T) of the state after each segment's last step, [S, E]; computed only when called."""
 
@@ -74,8 +99,9 @@ class Algorithm:
     """One algorithm's choices. Both functions take the job's ``[algo]`` section (CleanRL's ``args``)."""
 
     name: str
-    advantages: Callable[[Rollout, AlgoSection, NextValue], Tensor]
-    """A rollout's per-step advantages, [S, T, E]."""
+    advantages: Callable[[Rollout, AlgoSection, NextValue], Tensor] | None
+    """A rollout's per-step advantages, [S, T, E]; None: the algorithm trains on demonstrations, not on the
+    rollout (which then only measures the policy)."""
     loss: Callable[[Minibatch, AlgoSection], tuple[Tensor, dict[str, float]]]
     """A minibatch's loss and its statistics (keyed by metric name)."""
     critic: bool
@@ -135,11 +161,6 @@ def _flat(x: Tensor | None) -> Tensor | None:
     return None if x is None else x.flatten()
 
 
-def _no_advantages(rollout: Rollout, args: AlgoSection, next_value: NextValue) -> Tensor:
-    """Behaviour cloning scores no rollout: its rollouts only measure the policy."""
-    return torch.zeros_like(rollout.rewards)
-
-
 def _bc_loss(mb: Minibatch, args: AlgoSection) -> tuple[Tensor, dict[str, float]]:
     """The demonstrated tokens' cross-entropy (the minibatch holds demonstrations, not a rollout)."""
     return bc_loss(mb.newlogprob, mb.entropy, ent_coef=args.ent_coef)
@@ -148,7 +169,7 @@ def _bc_loss(mb: Minibatch, args: AlgoSection) -> tuple[Tensor, dict[str, float]
 PPO = Algorithm("ppo", advantages=_gae_advantages, loss=_ppo_loss, critic=True, episodic=False)
 GRPO = Algorithm("grpo", advantages=_group_relative_advantages, loss=_grpo_loss, critic=False, episodic=True)
 
-BC = Algorithm("bc", advantages=_no_advantages, loss=_bc_loss, critic=False, episodic=False)
+BC = Algorithm("bc", advantages=None, loss=_bc_loss, critic=False, episodic=False)
 
 ALGORITHMS = {a.name: a for a in (PPO, GRPO, BC)}
 """Every algorithm by its ``algo.name``."""
