@@ -198,9 +198,7 @@ class BaseHolders:
                  "cuda" if gpu_ids else "cpu", "--dir", str(directory), "--prefix", prefix],
                 env=env, cwd=directory, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 close_fds=True, umask=0o007 if in_group else 0o077, start_new_session=True, **identity)
-        holder = Holder(key, directory, prefix, popen.pid, process_start(popen.pid) or 0.0, popen)
-        self.records.save(name, holder.record())
-        return holder
+        return Holder(key, directory, prefix, popen.pid, process_start(popen.pid) or 0.0, popen)
 
     def _stop(self, holder: Holder) -> None:
         """SIGTERM, then SIGKILL; its segments and its record go either way (jobs that still map the
