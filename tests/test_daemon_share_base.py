@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dvlad.segments import SHM_DIR, count, daemon_tag, owner_prefix
+from dvlad.segments import SHM_DIR, count, daemon_tag, owner_prefix, reclaim
 from dvlad.testing import LONG
 
 pytestmark = pytest.mark.slow
@@ -115,3 +115,4 @@ def test_a_restarted_dvlad_re_adopts_the_holder_gives_it_the_next_job_and_ends_i
     finally:  # a holder this test made must not outlive it, whatever failed
         for pid in holder_pids(dvlad.state_dir):
             os.kill(pid, signal.SIGKILL)
+        reclaim(bases)  # a killed holder cannot remove its segment
