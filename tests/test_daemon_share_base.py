@@ -4,14 +4,18 @@ its one /dev/shm copy of the base, both train, and the holder and its segment go
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import time
+from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from dvlad.segments import count, daemon_tag, owner_prefix
+from dvlad.segments import SHM_DIR, count, daemon_tag, owner_prefix, reclaim
 from dvlad.testing import LONG
 
 pytestmark = pytest.mark.slow
@@ -30,6 +34,21 @@ def lora_job(name: str, learning_rate: float) -> dict:
 
 def gauge(text: str, name: str) -> list[float]:
     return [float(v) for v in re.findall(rf"^{name}{{[^}}]*}} (\S+)$", text, re.M)]
+
+
+def holder_pids(state_dir: Path) -> list[int]:
+    """The base holders running for this dvlad's state directory (its bases/ folder names them)."""
+    return sorted(p.pid for p in psutil.process_iter(["cmdline"])
+                  if "dvlad.sharing.holder" in (p.info["cmdline"] or []) and
+                  any(arg.startswith(f"{state_dir}/bases/") for arg in p.info["cmdline"]))
+
+
+def wait_until(what: str, check, timeout: float = 120.0):
+    deadline = time.monotonic() + timeout
+    while not (got := check()):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
+        time.sleep(0.1)
+    return got
 
 
 def test_two_lora_jobs_map_one_copy_of_their_base_held_by_dvlad_and_both_train(dvlads):
@@ -62,3 +81,38 @@ def test_two_lora_jobs_map_one_copy_of_their_base_held_by_dvlad_and_both_train(d
         time.sleep(0.1)
     assert count(bases).count == 0  # the holder ended after the last job, and its segment with it
     assert gauge(dvlad.call("GET", "/metrics")[1], "dvlad_shared_base_jobs") == []
+
+
+def test_a_restarted_dvlad_re_adopts_the_holder_gives_it_the_next_job_and_ends_it_after_the_last(dvlads):
+    dvlad = dvlads("[node]\ncpu_slots = 4\n")
+    bases = owner_prefix(daemon_tag(dvlad.state_dir)) + "base"
+    forever = {"total_env_steps": 10**9, "resume": False, "log_every": 1}  # both run until cancelled
+    first = dvlad.call("POST", "/v1/jobs", {"spec": {**lora_job("before", 1e-3), "train": forever}})[1]["job"]["id"]
+
+    def mapped(job_id: int) -> bool:
+        log = dvlad.state_dir / "jobs" / str(job_id) / "job.log"
+        return log.exists() and "shared base: mapped" in log.read_text()
+
+    try:
+        wait_until("the first job maps its base", lambda: mapped(first))
+        [holder] = holder_pids(dvlad.state_dir)
+        [segment] = [p for p in SHM_DIR.iterdir() if p.name.startswith(bases)]
+        inode = segment.stat().st_ino
+        dvlad.kill9()  # no goodbye: all it knows of the holder must already be on disk
+        dvlad.start()
+        assert dvlad.job(first)["state"] == "running"
+        second = dvlad.call("POST", "/v1/jobs", {"spec": {**lora_job("after", 2e-3), "train": forever}})[1]["job"]["id"]
+        wait_until("the second job maps a base", lambda: mapped(second))
+        assert holder_pids(dvlad.state_dir) == [holder]  # the same holder, not a second one
+        assert segment.stat().st_ino == inode and count(bases).count == 1  # the same copy of the base
+        assert gauge(dvlad.call("GET", "/metrics")[1], "dvlad_shared_base_jobs") == [2.0]  # dvlad counts both
+        for job_id in (first, second):  # the first is adopted, not dvlad's child: it still cancels
+            dvlad.call("POST", f"/v1/jobs/{job_id}/cancel")
+        assert [dvlad.wait_state(i, {"cancelled", "failed"})["state"] for i in (first, second)] == ["cancelled"] * 2
+        wait_until("the holder ends after the last job, and its segment with it",
+                   lambda: not holder_pids(dvlad.state_dir) and not count(bases).count, timeout=30)
+        assert gauge(dvlad.call("GET", "/metrics")[1], "dvlad_shared_base_jobs") == []
+    finally:  # a holder this test made must not outlive it, whatever failed
+        for pid in holder_pids(dvlad.state_dir):
+            os.kill(pid, signal.SIGKILL)
+        reclaim(bases)  # a killed holder cannot remove its segment

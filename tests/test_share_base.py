@@ -161,6 +161,44 @@ def test_another_users_job_gets_a_copy_of_its_own_unless_their_group_may_share(t
     assert count(f"dvla-{owner}-base").count == 0
 
 
+
+@pytest.mark.slow
+def test_a_restarted_dvlads_holders_adopt_the_live_ones_its_jobs_map_end_the_rest_and_forget_the_dead(tmp_path):
+    from types import SimpleNamespace
+
+    from dvlad.runtime.launch import process_start
+    from dvlad.segments import SHM_DIR
+    from dvlad.sharing.holders import BaseHolders
+
+    owner = f"t{os.getpid()}r"
+    before = BaseHolders(tmp_path, owner)
+    spec = spec_from_dict(LORA_JOB)
+    ann, bob = (SimpleNamespace(id=i, user=u, groups=[], uid=0, gid=0) for i, u in ((1, "ann"), (2, "bob")))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = before.records.root / "0123456789ab.json"
+    after = BaseHolders(tmp_path, owner)  # the next dvlad on the same state directory
+    try:
+        for job in (ann, bob):  # apart (two users): a holder each
+            shared.wait_for_manifest(before.acquire(job, spec, []), timeout=120)
+        pids = {h.key: h.pid for h in before.holders.values()}
+        kept = before.of_job[2]
+        before.records.save(dead.stem, {"key": "user:cy|cpu|0", "pid": gone.pid, "start": 1.0, "jobs": [2],
+                                        "prefix": f"dvla-{owner}-base0123456789ab-"})
+        (SHM_DIR / f"dvla-{owner}-base0123456789ab-float32").write_bytes(b"x")
+        after.recover(active={2})  # ann's job ended while dvlad was down, bob's runs on
+        assert {k: h.pid for k, h in after.holders.items()} == {kept: pids[kept]}  # bob's, the very process
+        assert after.of_job == {2: kept}
+        assert not any(process_start(pid) for key, pid in pids.items() if key != kept)  # ann's ended
+        assert count(f"dvla-{owner}-base").count == 1 and not dead.exists()  # and the dead one's segment went
+        after.release(2)  # the adopted holder is not after's child: it still ends after its last job
+        assert process_start(pids[kept]) is None and count(f"dvla-{owner}-base").count == 0
+        assert list(after.records.root.iterdir()) == []
+    finally:
+        before.stop_all()
+        after.stop_all()
+
+
 @pytest.mark.gpu
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the base over CUDA IPC")

@@ -154,7 +154,8 @@ class Supervisor:
                                      pid=started.pid, pid_start=started.create_time)
 
     def recover(self) -> None:
-        """After a restart: adopt live jobs (pid and start time match), settle the ones that ended."""
+        """After a restart: adopt live jobs (pid and start time match), settle the ones that ended;
+        then the holders of shared bases that the adopted jobs map (the others are ended)."""
         for job in self.store.list(states=frozenset({State.PLACING, State.RUNNING, State.CANCELLING}),
                                    limit=1 << 30):
             pid, start = job.pid, job.pid_start
@@ -175,6 +176,7 @@ class Supervisor:
                 self._finish(job, None)
         for job_id in sorted(jobs_with_segments(self.shm_owner) - set(self.tracked)):
             self._reclaim(job_id)
+        self.bases.recover(set(self.tracked))
 
     def _reclaim(self, job_id: int) -> None:
         """Remove what an ended job left in ``/dev/shm``."""

@@ -12,23 +12,31 @@ The base's *key* is its content: for a pretrained trunk the SHA-256 of its direc
 a trunk built from a preset what determines its bytes (the trunk's config, the seed and the dtypes,
 which :func:`dvlad.sharing.holder.build_base` builds from). The holder then measures the bytes it
 built (the manifest's ``sha256``), which every job checks.
+
+A holder outlives a dvlad restart (its jobs keep mapping it): each is recorded in the state directory
+(:mod:`dvlad.sharing.records`), and the next dvlad re-adopts the live ones that active jobs still
+map (:meth:`BaseHolders.recover`), ends those that none does, and forgets the dead ones.
 """
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dvla.spec import JobSpec, dump_toml
-from dvlad.runtime.launch import PASSED_ENV
+from dvlad.runtime.launch import PASSED_ENV, process_start
 from dvlad.segments import owner_prefix, reclaim
 from dvlad.sharing.base import MANIFEST
+from dvlad.sharing.records import Records
 from dvlad.store import Job
 
 STOP_WAIT_S = 10.0
@@ -69,8 +77,25 @@ class Holder:
     key: str
     directory: Path
     prefix: str
-    popen: subprocess.Popen
+    pid: int
+    start: float
+    """The process's start time: with the pid, what makes it this holder and no recycled pid."""
+    popen: subprocess.Popen | None
+    """None for a holder adopted after a restart: not our child, so watched by pid + start time."""
     jobs: set[int] = field(default_factory=set)
+
+    @property
+    def name(self) -> str:
+        return self.directory.name
+
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        return process_start(self.pid) == self.start
+
+    def record(self) -> dict:
+        return {"key": self.key, "pid": self.pid, "start": self.start, "prefix": self.prefix,
+                "jobs": sorted(self.jobs)}
 
     @property
     def manifest_path(self) -> Path:
@@ -88,8 +113,23 @@ class BaseHolders:
 
     def __init__(self, state_dir: Path, owner: str, share_group: str = ""):
         self.root, self.owner, self.share_group = state_dir / "bases", owner, share_group
+        self.records = Records(state_dir)
         self.holders: dict[str, Holder] = {}
         self.of_job: dict[int, str] = {}
+
+    def recover(self, active: set[int]) -> None:
+        """After a restart: re-adopt each recorded holder that is alive (pid and start time match)
+        with those of its jobs still ``active``; end the live ones that no active job maps, and
+        forget the dead ones; either way their segments go."""
+        for name, record in self.records:
+            holder = Holder(record["key"], self.root / name, record["prefix"], record["pid"], record["start"],
+                            None, set(record["jobs"]) & active)
+            if holder.alive() and holder.jobs:
+                self.holders[holder.key] = holder
+                self.of_job.update(dict.fromkeys(holder.jobs, holder.key))
+                self.records.save(name, holder.record())
+            else:
+                self._stop(holder)
 
     def key(self, job: Job, spec: JobSpec, gpu_ids: list[int]) -> str:
         """The holder a job shares: its domain, its device, its base."""
@@ -104,10 +144,11 @@ class BaseHolders:
         the job waits for the manifest itself, so dvlad never waits for a base to build."""
         key = self.key(job, spec, gpu_ids)
         holder = self.holders.get(key)
-        if holder is None or holder.popen.poll() is not None:
+        if holder is None or not holder.alive():
             holder = self.holders[key] = self._start(key, job, spec, gpu_ids)
         holder.jobs.add(job.id)
         self.of_job[job.id] = key
+        self.records.save(holder.name, holder.record())
         return holder.manifest_path
 
     def release(self, job_id: int) -> None:
@@ -120,8 +161,11 @@ class BaseHolders:
         if not holder.jobs:
             del self.holders[key]
             self._stop(holder)
+        else:
+            self.records.save(holder.name, holder.record())
 
     def stop_all(self) -> None:
+        """End every holder (dvlad itself never does: its holders outlive it, as its jobs do)."""
         for holder in list(self.holders.values()):
             self._stop(holder)
         self.holders.clear()
@@ -146,20 +190,25 @@ class BaseHolders:
         env = {**{k: os.environ[k] for k in PASSED_ENV if k in os.environ},
                "PATH": os.defpath + ":" + str(Path(sys.executable).parent), "PYTHONUNBUFFERED": "1",
                "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpu_ids[:1]))}
+        # its own session, as a job's: a signal to dvlad's process group (Ctrl-C) must not end the
+        # base that jobs, which outlive dvlad, still map
         with (directory / "holder.log").open("ab") as log:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "dvlad.sharing.holder", str(spec_file), "--device",
                  "cuda" if gpu_ids else "cpu", "--dir", str(directory), "--prefix", prefix],
                 env=env, cwd=directory, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                close_fds=True, umask=0o007 if in_group else 0o077, **identity)
-        return Holder(key, directory, prefix, popen)
+                close_fds=True, umask=0o007 if in_group else 0o077, start_new_session=True, **identity)
+        return Holder(key, directory, prefix, popen.pid, process_start(popen.pid) or 0.0, popen)
 
     def _stop(self, holder: Holder) -> None:
-        """SIGTERM, then SIGKILL; its segments go either way (jobs that still map them keep them)."""
-        holder.popen.terminate()
-        try:
-            holder.popen.wait(STOP_WAIT_S)
-        except subprocess.TimeoutExpired:
-            holder.popen.kill()
-            holder.popen.wait()
+        """SIGTERM, then SIGKILL; its segments and its record go either way (jobs that still map the
+        segments keep them)."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if holder.alive():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(holder.pid, sig)
+            deadline = time.monotonic() + STOP_WAIT_S
+            while holder.alive() and time.monotonic() < deadline:
+                time.sleep(0.02)
         reclaim(holder.prefix)
+        self.records.remove(holder.name)
