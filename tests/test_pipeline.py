@@ -269,9 +269,18 @@ def _stop_a_running_job(small_spec, tmp_path: Path, learner: str, send) -> tuple
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("learner", ["process", "thread"])
-def test_sigterm_checkpoints_and_stops_cleanly(small_spec, tmp_path, learner):
-    _, stdout, summary = _stop_a_running_job(small_spec, tmp_path, learner, lambda p: p.send_signal(signal.SIGTERM))
+@pytest.mark.parametrize(("learner", "to"), [("process", "job"), ("thread", "job"), ("process", "group")])
+def test_sigterm_checkpoints_and_stops_cleanly(small_spec, tmp_path, learner, to):
+    """``group``: SIGTERM to the job's whole process group, as dvlad's cancel and ``timeout`` send it.
+    Before: it killed the env workers and the learner too, and the job failed "worker killed by
+    signal SIGTERM ... giving up" with no final checkpoint."""
+    def send(p: subprocess.Popen) -> None:
+        if to == "group":
+            os.killpg(p.pid, signal.SIGTERM)
+        else:
+            p.send_signal(signal.SIGTERM)
+
+    _, stdout, summary = _stop_a_running_job(small_spec, tmp_path, learner, send)
     assert summary["status"] == "stopped" and summary["stop_reason"] == "stopped (SIGTERM)"
     assert summary["env_steps"] < summary["total_env_steps"] == 10_000_000
     assert (tmp_path / "out" / "checkpoint.safetensors").exists()

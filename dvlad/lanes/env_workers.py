@@ -22,7 +22,6 @@ import contextlib
 import faulthandler
 import multiprocessing as mp
 import os
-import signal
 import time
 import traceback
 from collections import deque
@@ -33,9 +32,9 @@ import numpy as np
 
 from dvlad.envs.base import Observation
 from dvlad.exits import how_it_ended
+from dvlad.lanes.child import become_lane
 from dvlad.lanes.messages import GroupStepped, Shutdown, StepGroup, WorkerBuilt, WorkerFailed, WorkerReady
 from dvlad.lanes.stderr_tail import StderrTail, redirect_stderr
-from dvlad.proctitle import name_this_process
 from dvlad.shm import ArraySpec, SharedArrays
 from dvlad.spaces import ACTION_DIM, MAX_INSTRUCTION_BYTES, EnvSpec, camera_images, image_key
 
@@ -193,8 +192,7 @@ class _EnvSlots:
 def worker_main(cfg: WorkerConfig, conn: Connection, handle_conn: Connection, stderr: Connection) -> None:
     """Entry point of a worker process: build envs, report the spec, then serve steps."""
     redirect_stderr(stderr)  # through the parent, which keeps its tail for the reason if this dies
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
-    name_this_process(f"dvla-env-{cfg.worker_id}")
+    become_lane(f"dvla-env-{cfg.worker_id}")
     faulthandler.enable()  # a simulator that crashes leaves the Python stack it crashed in, in the log
     if cfg.cpus:
         os.sched_setaffinity(0, cfg.cpus)

@@ -15,7 +15,6 @@ import dataclasses
 import math
 import os
 import queue
-import signal
 import time
 import traceback
 from collections import defaultdict
@@ -31,6 +30,7 @@ from dvla import metric_names as m
 from dvla.checkpoint import CHECKPOINT_NAME
 from dvla.spec import JobSpec
 from dvlad.gpu.pools import DualPool, adam_state_now
+from dvlad.lanes.child import become_lane
 from dvlad.lanes.demo_batches import DemoBatches
 from dvlad.lanes.device import CPU, LEARNER_PRIORITY, Placement
 from dvlad.lanes.distribute import Distributor
@@ -51,7 +51,6 @@ from dvlad.lanes.weights import Published, Route, WeightPlane, WeightPlaneHandle
 from dvlad.policies import build_policy
 from dvlad.policies.base import ObsBatch
 from dvlad.policies.checkpoint import load_weights, optimizer_state, save_training_checkpoint
-from dvlad.proctitle import name_this_process
 from dvlad.rl import ALGORITHMS, Minibatch, Rollout, TrainingRows, explained_variance
 from dvlad.sharing import base as shared
 from dvlad.spaces import EnvSpec
@@ -312,8 +311,7 @@ def learner_main(cfg: LearnerConfig, queue_handle: TrajectoryQueueHandle, plane_
     (``Placement.learner_thread``). Talks to the job by the messages of ``messages.py`` only, and
     reads what its node's main process tells the ranks in ``node`` (needed with several ranks)."""
     if not cfg.placement.learner_thread:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the job's process decides how to stop
-        name_this_process(f"dvla-learner-{cfg.rank}")
+        become_lane(f"dvla-learner-{cfg.rank}")
         torch.set_num_threads(cfg.spec.resources.torch_threads)
     with cfg.placement.lane_stream(LEARNER_PRIORITY):
         _learn(cfg, queue_handle, plane_handle, messages, stop, node)

@@ -9,7 +9,6 @@ its env steps, the episodes that ended, its lane intervals.
 
 from __future__ import annotations
 
-import signal
 import threading
 import traceback
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import torch
 
 from dvla.spec import JobSpec
 from dvlad.lanes.actor import Actor, ActorConfig
+from dvlad.lanes.child import become_lane
 from dvlad.lanes.device import ACTOR_PRIORITY, Placement
 from dvlad.lanes.env_workers import EnvWorkerPool, ReplacementBudget
 from dvlad.lanes.episodes import EpisodeStats
@@ -117,7 +117,7 @@ class _Outbox:
 def replica_main(spec: JobSpec, setup: ReplicaSetup, queue_handles: list[TrajectoryQueueHandle],
                  plane_handle: WeightPlaneHandle, start_rollout: int, messages, stop) -> None:
     """Entry point of a replica's process: act until ``stop`` is set, reporting as it goes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the job's main process decides how to stop
+    become_lane(f"dvla-replica-{setup.replica}")
     torch.set_num_threads(spec.resources.torch_threads)
     if setup.placement.on_gpu:
         torch.cuda.set_device(setup.placement.device)
