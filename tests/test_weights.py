@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import threading
+import time
 
 import torch
 
@@ -81,5 +83,36 @@ def test_a_version_follows_its_routes_through_the_replicas_that_got_it_first():
             for r in range(4):
                 got = torch.empty(1000)
                 assert plane.swap_into(got, v - 1, replica=r) == v and (got == v).all()
+    finally:
+        plane.close()
+
+
+def _wait_for_a_version_that_never_comes(handle, attached) -> None:
+    plane = WeightPlane.attach(handle)
+    attached.set()
+    plane.wait_for(10**9, timeout=600)
+
+
+def test_an_actor_killed_while_it_waits_for_weights_never_blocks_the_publisher():
+    """A node's process killed with its actor asleep on the plane (seen in a 2-node job): the learner
+    must publish on, and reach the ranks' agreement that says the node failed."""
+    ctx = mp.get_context("spawn")
+    plane = WeightPlane.create(ctx, 1000)
+    attached = ctx.Event()
+    sleeper = ctx.Process(target=_wait_for_a_version_that_never_comes, args=(plane.handle, attached))
+    try:
+        sleeper.start()
+        assert attached.wait(timeout=60)
+        plane.publish(torch.ones(1000), 1)  # a ring it wakes to, and sleeps again
+        time.sleep(0.5)
+        sleeper.kill()
+        sleeper.join(timeout=30)
+        published = []
+        publisher = threading.Thread(target=lambda: published.append(plane.publish(torch.full((1000,), 2.0), 2)),
+                                     daemon=True)
+        publisher.start()
+        publisher.join(timeout=30)
+        assert published, "the publication hung on an actor that died waiting"
+        assert plane.wait_for(2, timeout=0) and not plane.wait_for(3, timeout=0.05)
     finally:
         plane.close()

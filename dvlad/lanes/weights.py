@@ -6,6 +6,11 @@ version. The actor swaps at a batch boundary by copying the newest buffer into i
 flat parameter buffer, under the same lock. So an actor acts with exactly one version at a
 time, never a half-updated mix.
 
+An actor waiting for a version sleeps on its replica's doorbell, a semaphore the publisher
+releases once per version. Not a ``multiprocessing.Condition``: its ``notify_all`` waits for
+every sleeper to wake, so an actor killed in its sleep (a node's process killed, SIGKILL from
+the OOM killer) would hang the learner's next publication for ever, and with it the learner.
+
 Where the staging buffers live follows the actors: host shared memory for CPU actors, each
 replica's own GPU for GPU actors (shared with the learner's process through CUDA IPC, so a version
 travels device to device and never through the host). Versions and locks are always small host
@@ -59,14 +64,16 @@ class WeightPlaneHandle:
     """Per replica, its 2×numel staging on its GPU (pickled as CUDA IPC handles); empty: the staging
     is host memory in ``arrays``."""
     locks: tuple
-    changed: object  # mp.Condition
+    doorbells: tuple
+    """Per replica, an ``mp.Semaphore`` released once per version published to it."""
 
 
 class WeightPlane:
     """Staging buffers of one actor replica per device, for a model of ``numel`` weights."""
 
-    def __init__(self, arrays: SharedArrays, gpu_staging: tuple[torch.Tensor, ...], locks: tuple, changed) -> None:
-        self.arrays, self.locks, self.changed = arrays, locks, changed
+    def __init__(self, arrays: SharedArrays, gpu_staging: tuple[torch.Tensor, ...], locks: tuple,
+                 doorbells: tuple) -> None:
+        self.arrays, self.locks, self.doorbells = arrays, locks, doorbells
         self._gpu_staging = gpu_staging
         self.staging: list[torch.Tensor] = (list(gpu_staging) if gpu_staging
                                             else list(torch.from_numpy(arrays["staging"])))
@@ -97,15 +104,15 @@ class WeightPlane:
         arrays["slot_version"].fill(-1)
         arrays["latest"].fill(-1)
         locks = tuple(tuple(ctx.Lock() for _ in range(2)) for _ in range(replicas))
-        return cls(arrays, gpu_staging, locks, ctx.Condition())
+        return cls(arrays, gpu_staging, locks, tuple(ctx.Semaphore(0) for _ in range(replicas)))
 
     @classmethod
     def attach(cls, handle: WeightPlaneHandle) -> WeightPlane:
-        return cls(SharedArrays.attach(handle.arrays), handle.gpu_staging, handle.locks, handle.changed)
+        return cls(SharedArrays.attach(handle.arrays), handle.gpu_staging, handle.locks, handle.doorbells)
 
     @property
     def handle(self) -> WeightPlaneHandle:
-        return WeightPlaneHandle(self.arrays.handle, self._gpu_staging, self.locks, self.changed)
+        return WeightPlaneHandle(self.arrays.handle, self._gpu_staging, self.locks, self.doorbells)
 
     @property
     def on_gpu(self) -> bool:
@@ -144,8 +151,8 @@ class WeightPlane:
             for lock in locks:
                 lock.release()
         seconds = time.perf_counter() - t0  # the version is visible from here on
-        with self.changed:
-            self.changed.notify_all()
+        for dst in slots:
+            self.doorbells[dst].release()  # never blocks, whoever sleeps on it or died there
         return Published(seconds, {dst: end - t0 for dst, end in done.items()})
 
     def _free_slot(self, replica: int) -> int:
@@ -205,8 +212,12 @@ class WeightPlane:
 
     def wait_for(self, version: int, timeout: float, replica: int = 0) -> bool:
         """Block until a version ≥ ``version`` is published (or the timeout passes)."""
-        with self.changed:
-            return self.changed.wait_for(lambda: self.published_version(replica) >= version, timeout)
+        deadline = time.monotonic() + timeout
+        while self.published_version(replica) < version:  # rings of older versions pass through here
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.doorbells[replica].acquire(timeout=left):
+                return self.published_version(replica) >= version
+        return True
 
     def close(self) -> None:
         self.staging, self._gpu_staging, self._streams = [], (), {}  # drop views and IPC refs first
