@@ -84,6 +84,19 @@ def sample_seconds_per_step(pool: EnvWorkerPool, seconds: float) -> float:
     return (time.monotonic() - t0) / steps
 
 
+def sample_and_render(pool: EnvWorkerPool, placement: Placement, seconds: float) -> tuple[float, float]:
+    """The sample lane's wall seconds per env step, and on a GPU the GPU seconds of it (NVML's
+    utilisation while it runs × its seconds per step: the workers' EGL rendering; 0 on the CPU)."""
+    sample_seconds_per_step(pool, min(1.0, seconds / 4))  # warm-up
+    nvml = NvmlSampler(placement.device.index or 0) if placement.on_gpu else None
+    if nvml is not None:
+        nvml.start()
+    since = time.monotonic()
+    sample = sample_seconds_per_step(pool, seconds)
+    render_util = nvml.mean(since, time.monotonic()) if nvml is not None else None
+    return sample, sample * (render_util or 0.0)
+
+
 def sample_scaling(spec: JobSpec, counts: list[int], seconds: float) -> dict[int, dict[str, float]]:
     """Env steps/s of the sample lane alone with 1, 2, 4 … workers, each worker keeping the
     job's envs per worker; efficiency = throughput / (n × one worker's throughput)."""
@@ -117,13 +130,7 @@ def lane_costs(spec: JobSpec, placement: Placement, seconds: float) -> dict[str,
     torch.set_num_threads(spec.resources.torch_threads)
     ctx = mp.get_context("spawn")
     with open_pool(spec) as pool:
-        sample_seconds_per_step(pool, min(1.0, seconds / 4))  # warm-up
-        nvml = NvmlSampler(placement.device.index or 0) if placement.on_gpu else None
-        if nvml is not None:
-            nvml.start()
-        since = time.monotonic()
-        sample = sample_seconds_per_step(pool, seconds)
-        render_util = nvml.mean(since, time.monotonic()) if nvml is not None else None
+        sample, render = sample_and_render(pool, placement, seconds)
         with TemporaryDirectory() as tmp:
             learner = Learner(LearnerConfig(spec, pool.spec, tmp, placement, pool.groups))
         policy, flat = build_policy(spec, pool.spec, placement.device, placement.actor_dtype)
@@ -163,7 +170,7 @@ def lane_costs(spec: JobSpec, placement: Placement, seconds: float) -> dict[str,
         finally:
             traj.close()
             plane.close()
-    return {"sample": sample, "render": sample * (render_util or 0.0), "infer": infer, "learn": learn,
+    return {"sample": sample, "render": render, "infer": infer, "learn": learn,
             "publish": publish_s / rollout_steps,
             "publish_ms": publish_s * 1e3, "raw_copy_ms": raw_copy_s * 1e3, "model_params": float(model_params),
             "published_params": float(flat.numel())}

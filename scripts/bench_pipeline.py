@@ -38,7 +38,7 @@ from tempfile import TemporaryDirectory
 
 import numpy as np
 import torch
-from _lane_probe import NvmlSampler, lane_costs, open_pool, sample_scaling, sample_seconds_per_step
+from _lane_probe import NvmlSampler, lane_costs, open_pool, sample_and_render, sample_scaling, sample_seconds_per_step
 from _pinning import pinned
 
 from dvla import metric_names as m
@@ -358,6 +358,20 @@ def _summary(r: dict, async_ideal: float, sync_steps_per_s: float) -> dict:
             "slowdown_vs_alone": r["slowdown_vs_alone"]}
 
 
+def sample_costs(spec: JobSpec, placement: Placement, variants: list[str], seconds: float) -> dict[str, dict]:
+    """The sample lane alone, and the GPU time of its rendering, for the job's env settings and each
+    variant's (ms per env step), each printed as soon as measured."""
+    rows = {}
+    for variant in ["job", *variants]:
+        settings = contextlib.nullcontext() if variant == "job" else variant_settings(spec, variant)
+        with settings, open_pool(spec) as pool:  # the pool opened with the variant's settings
+            sample, render = sample_and_render(pool, placement, seconds)
+        rows[variant] = {"sample_ms": 1e3 * sample, "render_ms": 1e3 * render, "steps_per_s": 1 / sample}
+        print(f"sample lane with {variant}: {1e3 * sample:.3f} ms per env step ({1 / sample:.1f} steps/s), "
+              f"rendering {1e3 * render:.3f} ms of GPU per env step", flush=True)
+    return rows
+
+
 def worker_scaling(spec: JobSpec, counts: list[int], seconds: float) -> dict[str, dict]:
     """The sample lane alone with 1, 2, 4 … workers, printed, as the report's keys."""
     table = sample_scaling(spec, counts, seconds)
@@ -393,6 +407,10 @@ def main() -> None:
                              "max_staleness=2, learner=thread, compile_actor=true,learner=thread, env.groups=4; "
                              "actor_cores=K pins the actor and learner to K cores, the env workers to the rest; "
                              "env.args.NAME=JSON sets an env argument, e.g. env.args.fast_render=true")
+    parser.add_argument("--sample-only", action="store_true",
+                        help="measure only the sample lane (and on a GPU its rendering) of the job and of each "
+                             "--async-variant's env settings, print them side by side and stop: what a render "
+                             "setting costs, in a minute or two, without the model")
     parser.add_argument("--plots", type=Path, help="with --gpu: write the three PNGs per workload here")
     parser.add_argument("--report-dir", type=Path, help="with --gpu: write pipeline_gpu[_libero].json here "
                                                         "(--workload job: pipeline_gpu_ENV_real.json)")
@@ -424,6 +442,11 @@ def main() -> None:
           f"{spec.env.workers} workers, policy {spec.policy.name}, {len(os.sched_getaffinity(0))} cores, "
           f"{torch.cuda.get_device_name(placement.device) if placement.on_gpu else 'cpu'}, "
           f"{steps} env steps per mode", flush=True)
+    if args.sample_only:
+        rows = sample_costs(spec, placement, args.async_variant, probe_s)
+        if args.json:
+            print(json.dumps(rows))
+        return
     if "libero" in workloads:
         spec.env.args["step_ms"] = LIBERO_STEP_MS
     measured = lane_costs(spec, placement, probe_s)  # the GPU lanes' costs hold for every workload

@@ -58,3 +58,18 @@ def test_split_cores_gives_the_lanes_the_first_cores_and_refuses_all_or_none():
     for bad in (0, len(cores)):
         with pytest.raises(ValueError, match="actor_cores must be in"):
             split_cores(bad)
+
+
+def test_sample_only_measures_the_job_and_each_variant_with_its_own_env_settings():
+    """``--sample-only``: one pool per setting, each opened with its variant's settings, the spec
+    left as it was after."""
+    from bench_pipeline import sample_costs
+
+    spec = load_spec(EXAMPLES / "reach_ppo.toml")
+    spec.env.num_envs, spec.env.workers, spec.env.groups = 8, 2, 2
+    rows = sample_costs(spec, Placement(torch.device("cpu"), torch.float32), ["env.workers=1"], 0.3)
+    assert list(rows) == ["job", "env.workers=1"]
+    for row in rows.values():
+        assert row["sample_ms"] > 0 and row["render_ms"] == 0.0  # nothing draws on a GPU here
+        assert row["steps_per_s"] == pytest.approx(1e3 / row["sample_ms"])
+    assert spec.env.workers == 2
