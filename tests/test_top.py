@@ -22,7 +22,7 @@ from rich.console import Console
 
 from dvla import sdk
 from dvla.metric_names import SUCCESS_MIN_EPISODES
-from dvla.top.app import capture
+from dvla.top.app import TopApp, capture
 from dvla.top.poller import Poller, RateMeter
 from dvla.top.render import NodeLine, Sparkline, gpu_table, job_pools_cell, lanes_table, sparklines
 from dvla.top.snapshot import Pools, build, job_row, pick_selected
@@ -377,6 +377,19 @@ def test_f_hides_finished_jobs_and_queued_jobs_say_why_they_wait():
     assert "2 finished hidden" in hidden
     again = "\n".join(panel(screen(160, 45, "f", "f"), "queue"))
     assert "old-run" in again and "broken-run" in again
+
+
+def test_a_poll_that_lands_while_the_monitor_shuts_down_is_dropped():
+    """The poll thread's last snapshot can reach the app after its screens went (``q`` during a poll,
+    seen on a loaded machine): it used to fail the app with NoMatches('#status')."""
+
+    async def run() -> None:
+        app = TopApp(FakeDaemon(H200, [NODE], QUEUE, slow_learner()), 0.1)  # type: ignore[arg-type]
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause(0.3)
+        app.show(app.snapshot)  # what call_from_thread delivers late
+
+    asyncio.run(run())
 
 
 def test_success_shows_only_once_enough_episodes_have_ended_with_their_count():

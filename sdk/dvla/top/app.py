@@ -97,7 +97,10 @@ class TopApp(App[None]):
 
     def show(self, snap: Snapshot) -> None:
         """Draw one poll. The lanes are drawn only for the job still under the cursor, so a poll that
-        left before the cursor moved does not flash the previous job's figures."""
+        left before the cursor moved does not flash the previous job's figures. A poll that lands while
+        the app shuts down (``q`` pressed during a poll) is dropped: its widgets are already going."""
+        if not self.is_running:
+            return
         self.snapshot = snap
         self.query_one("#status", Static).update(status_line(snap, self.client.endpoint.where, self.refresh_s))
         self.query_one(NodePanel).show(snap)
