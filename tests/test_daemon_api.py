@@ -16,6 +16,7 @@ import msgpack
 import pytest
 
 from dvlad import testing
+from dvlad.fed.routes import FED_ROUTES
 from dvlad.server.app import ROUTES
 from dvlad.testing import FIXTURE, Dvlad, request
 
@@ -177,14 +178,19 @@ def test_metrics_are_prometheus_text(dvlad):
     assert float(lines["dvlad_queue_length"]) >= 1 and float(lines['dvlad_jobs{state="queued"}']) >= 1
     responsiveness = ("dvlad_schedule_pass_seconds", "dvlad_schedule_pass_queued", "dvlad_event_loop_lag_max_seconds")
     assert all(float(lines[name]) >= 0 for name in responsiveness)
+    assert not [name for name in lines if name.startswith("dvlad_fed_")]  # federation's only where it is on
 
 
 def test_openapi_matches_the_routes_and_the_replies(dvlad):
     status, doc = dvlad.call("GET", "/v1/openapi.json")
     assert status == 200
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    assert documented == {(r.method, r.path) for r in [*ROUTES, *FED_ROUTES]}
+    for path, ops in doc["paths"].items():  # peers' routes: signed requests only, never a user's credentials
+        for op in ops.values():
+            assert (op.get("security") == [{"peerSignature": []}]) == path.startswith("/v1/fed/"), path
+    assert "never open" in doc["components"]["securitySchemes"]["peerSignature"]["description"]
     served = {(r.method, r.path) for r in ROUTES}
-    assert documented == served
     job_id = submit(dvlad)[1]["job"]["id"]
     for method, path in sorted(served):
         if method != "GET":

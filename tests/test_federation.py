@@ -12,9 +12,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from jsonschema import Draft202012Validator
 
 from dvlad.fed.signing import sign
 from dvlad.testing import LONG, Dvlad, federation
@@ -67,15 +69,39 @@ def all_up(daemon: Dvlad, count: int = 3) -> bool:
     return len(rows) == count and all(r["state"] == "up" for r in rows.values())
 
 
-@pytest.fixture(scope="module")
-def cluster(module_dvlads) -> tuple[list[Dvlad], list[str]]:
-    daemons = [module_dvlads(start=False) for _ in range(3)]
-    addrs = federation(daemons, [SECRET] * 3, **FAST)
+def metrics(daemon: Dvlad) -> dict[str, float]:
+    """``/metrics`` as {name with its labels: value}."""
+    status, text = daemon.call("GET", "/metrics")
+    assert status == 200, text
+    return {name: float(value) for name, value in (line.rsplit(" ", 1) for line in text.splitlines()
+                                                   if line and not line.startswith("#"))}
+
+
+def documented(daemon: Dvlad, method: str, path: str, status: int, body: Any) -> None:
+    """Assert that ``body``, a reply of ``status`` to ``method path`` (the route's pattern), is what
+    ``/v1/openapi.json`` says it is."""
+    doc = daemon.call("GET", "/v1/openapi.json")[1]
+    reply = doc["paths"][path][method.lower()]["responses"][str(status)]["content"]["application/json"]["schema"]
+    Draft202012Validator(reply).validate(body)
+
+
+def start_cluster(make: Callable[..., Dvlad], count: int = 3, secrets: list[str] | None = None, wait: bool = True,
+                  **settings: float | str) -> tuple[list[Dvlad], list[str]]:
+    """``count`` real dvlads federated on 127.0.0.1 (``node0``, ``node1``, ...), with :data:`FAST` periods
+    unless ``settings`` say otherwise and the same secret unless ``secrets`` are given, started; with
+    ``wait``, returned once each of them lists every node up. Their daemons and addresses."""
+    daemons = [make(start=False) for _ in range(count)]
+    addrs = federation(daemons, secrets or [SECRET] * count, **{**FAST, **settings})
     for daemon in daemons:
         daemon.start()
-    for daemon in daemons:
-        wait_for(lambda d=daemon: all_up(d), what="every node up")
+    for daemon in daemons if wait else ():
+        wait_for(lambda d=daemon: all_up(d, count), what=f"all {count} nodes up")
     return daemons, addrs
+
+
+@pytest.fixture(scope="module")
+def cluster(module_dvlads) -> tuple[list[Dvlad], list[str]]:
+    return start_cluster(module_dvlads)
 
 
 @pytest.mark.slow
@@ -142,15 +168,57 @@ def test_a_lease_takes_its_room_until_it_expires(cluster):
     before = nodes(daemons[1])["node1"]["free_cpu_slots"]
     status, lease, _ = signed(addrs[1], "POST", "/v1/fed/leases", {"job_id": 5, "gpus": 0, "cpus": 1}, node="node0")
     assert status == 201, lease
+    documented(daemons[1], "POST", "/v1/fed/leases", 201, lease)
     row = nodes(daemons[1])["node1"]
     assert row["free_cpu_slots"] == before - 1 and [x["id"] for x in row["leases"]] == [lease["id"]]
+    granted = metrics(daemons[1])
+    assert granted['dvlad_fed_leases_granted{node="node0"}'] == 1
+    assert granted['dvlad_fed_leases_granted{node="node2"}'] == 0
+    assert granted['dvlad_fed_leases_granted_cpu_slots{node="node0"}'] == 1
+    assert granted['dvlad_fed_leases_granted_gpus{node="node0"}'] == 0
     renewed = signed(addrs[1], "POST", f"/v1/fed/leases/{lease['id']}/renew", node="node0")
     assert renewed[0] == 200 and renewed[1]["part"] is None
+    documented(daemons[1], "POST", "/v1/fed/leases/{lease_id}/renew", 200, renewed[1])
     assert signed(addrs[1], "POST", f"/v1/fed/leases/{lease['id']}/renew", node="node2")[0] == 404  # not node2's
     wait_for(lambda: not nodes(daemons[1])["node1"]["leases"], timeout=FAST["lease_ttl_s"] + 3, what="lease expired")
     assert nodes(daemons[1])["node1"]["free_cpu_slots"] == before
     too_big = signed(addrs[1], "POST", "/v1/fed/leases", {"job_id": 5, "gpus": 0, "cpus": 10**6}, node="node0")
     assert too_big[0] == 409 and "CPU slots are free" in too_big[1]["reason"]
+    documented(daemons[1], "POST", "/v1/fed/leases", 409, too_big[1])
+    assert metrics(daemons[1])['dvlad_fed_leases_granted{node="node0"}'] == 0
+
+
+@pytest.mark.slow
+def test_the_peer_routes_take_the_bodies_the_openapi_document_states(cluster):
+    daemons, addrs = cluster
+    doc = daemons[0].call("GET", "/v1/openapi.json")[1]
+    required = doc["paths"]["/v1/fed/leases"]["post"]["requestBody"]["content"]["application/json"]["schema"][
+        "required"]
+    for key in required:  # each required key missing, or of the wrong type: 400 naming it
+        missing, wrong = {k: 0 for k in required if k != key}, {**dict.fromkeys(required, 0), key: "1"}
+        for body in (missing, wrong):
+            status, reply, _ = signed(addrs[0], "POST", "/v1/fed/leases", body)
+            assert (status, reply["field"]) == (400, key), reply
+            documented(daemons[0], "POST", "/v1/fed/leases", 400, reply)
+    beat = signed(addrs[0], "POST", "/v1/fed/heartbeat", nodes(daemons[1])["node1"], node="node1")
+    assert beat[0] == 200, beat[1]
+    documented(daemons[0], "POST", "/v1/fed/heartbeat", 200, beat[1])
+    heartbeat = doc["paths"]["/v1/fed/heartbeat"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    Draft202012Validator(heartbeat).validate(nodes(daemons[1])["node1"])  # what a peer sends, as documented
+    stranger = signed(addrs[0], "POST", "/v1/fed/heartbeat", {"name": "x", "addr": "10.9.9.9:1"}, node="x")
+    assert stranger[0] == 403 and stranger[1]["field"] == "addr"
+    part = doc["paths"]["/v1/fed/parts"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    status, lease, _ = signed(addrs[0], "POST", "/v1/fed/leases", {"job_id": 7, "gpus": 0, "cpus": 1})
+    assert status == 201, lease
+    env = dict.fromkeys(part["properties"]["env"]["required"], "1")
+    for bad, field in (({"env": {**env, "LD_PRELOAD": "/x.so"}}, "env"), ({"env": {}}, "env"), ({"user": ""}, "user")):
+        body = {"lease_id": lease["id"], "user": pwd.getpwuid(os.geteuid()).pw_name, "spec": LONG, "env": env, **bad}
+        status, reply, _ = signed(addrs[0], "POST", "/v1/fed/parts", body)
+        assert (status, reply["field"]) == (400, field), reply
+    assert signed(addrs[0], "GET", "/v1/fed/parts/999999")[0] == 404
+    released = signed(addrs[0], "DELETE", f"/v1/fed/leases/{lease['id']}")
+    assert released[0] == 200
+    documented(daemons[0], "DELETE", "/v1/fed/leases/{lease_id}", 200, released[1])
 
 
 @pytest.mark.slow
@@ -167,10 +235,7 @@ def test_a_part_for_a_user_missing_on_the_peer_is_refused(cluster):
 
 @pytest.mark.slow
 def test_a_peer_with_another_secret_cannot_join(dvlads):
-    daemons = [dvlads(start=False) for _ in range(2)]
-    federation(daemons, [SECRET, "another-" + SECRET], **FAST)
-    for daemon in daemons:
-        daemon.start()
+    daemons, _ = start_cluster(dvlads, 2, [SECRET, "another-" + SECRET], wait=False)
     time.sleep(FAST["down_after_s"])
     for i, daemon in enumerate(daemons):
         (peer,) = (row for name, row in nodes(daemon).items() if name != f"node{i}")
@@ -186,12 +251,7 @@ def multi_node_job(daemon: Dvlad, spec: dict[str, Any]) -> int:
 
 @pytest.mark.slow
 def test_killing_a_peer_mid_job_fails_the_job_and_frees_every_lease(dvlads):
-    daemons = [dvlads(start=False) for _ in range(3)]
-    federation(daemons, [SECRET] * 3, **FAST)
-    for daemon in daemons:
-        daemon.start()
-    for daemon in daemons:
-        wait_for(lambda d=daemon: all_up(d), what="every node up")
+    daemons, _ = start_cluster(dvlads)
     job_id = multi_node_job(daemons[0], {**LONG, "job": {"name": "two-nodes"}, "placement": {"nodes": 2}})
     job = daemons[0].wait_state(job_id, {"running", "failed"}, timeout=60)
     assert job["state"] == "running", job["reason"]
@@ -202,6 +262,18 @@ def test_killing_a_peer_mid_job_fails_the_job_and_frees_every_lease(dvlads):
     assert [lease["job_id"] for lease in nodes(peer)[part["node"]]["leases"]] == [job_id]
     peer_job = peer.job(part["part_id"])
     assert peer_job["state"] == "running" and f"of job {job_id} on node0" in peer_job["reason"]
+    coordinating, hosting = metrics(daemons[0]), metrics(peer)
+    assert coordinating["dvlad_fed_jobs_coordinated"] == 1 and hosting["dvlad_fed_jobs_coordinated"] == 0
+    for name, held in ((part["node"], 1), (f"node{3 - int(part['node'][-1])}", 0)):
+        assert coordinating[f'dvlad_fed_leases_held{{node="{name}"}}'] == held
+        assert coordinating[f'dvlad_fed_leases_held_cpu_slots{{node="{name}"}}'] == held * job["cpus"]
+        assert coordinating[f'dvlad_fed_leases_held_gpus{{node="{name}"}}'] == held * job["gpus"]
+    assert hosting['dvlad_fed_leases_granted{node="node0"}'] == 1
+    assert hosting['dvlad_fed_leases_held{node="node0"}'] == 0
+    assert hosting['dvlad_fed_leases_granted_cpu_slots{node="node0"}'] == job["cpus"]
+    for name in ("node1", "node2"):
+        assert coordinating[f'dvlad_fed_node_up{{node="{name}"}}'] == 1
+        assert 0 <= coordinating[f'dvlad_fed_heartbeat_age_seconds{{node="{name}"}}'] < FAST["down_after_s"]
     killed_at = time.monotonic()
     peer.kill9()
     failed = daemons[0].wait_state(job_id, {"failed", "succeeded", "cancelled"}, timeout=30)
@@ -211,6 +283,10 @@ def test_killing_a_peer_mid_job_fails_the_job_and_frees_every_lease(dvlads):
     for survivor in (daemons[0], other):
         rows = nodes(survivor)
         assert all(not row["leases"] for row in rows.values() if row["state"] == "up")
+    after = metrics(daemons[0])
+    assert after[f'dvlad_fed_node_up{{node="{part["node"]}"}}'] == 0
+    assert after[f'dvlad_fed_heartbeat_age_seconds{{node="{part["node"]}"}}'] >= FAST["down_after_s"]
+    wait_for(lambda: metrics(daemons[0])["dvlad_fed_jobs_coordinated"] == 0, what="the failed job wound down")
     wait_for(lambda: nodes(daemons[0])["node0"]["running_jobs"] == 0, what="the coordinator's part stopped")
 
 
@@ -277,12 +353,7 @@ def test_a_job_asking_more_nodes_than_the_cluster_has_is_refused_at_submit(clust
 
 @pytest.mark.slow
 def test_a_restarted_coordinator_finds_its_multi_node_job_again(dvlads):
-    daemons = [dvlads(start=False) for _ in range(2)]
-    federation(daemons, [SECRET] * 2, **{**FAST, "lease_ttl_s": 30.0})
-    for daemon in daemons:
-        daemon.start()
-    for daemon in daemons:
-        wait_for(lambda d=daemon: all_up(d, 2), what="both nodes up")
+    daemons, _ = start_cluster(dvlads, 2, lease_ttl_s=30.0)
     job_id = multi_node_job(daemons[0], {**LONG, "placement": {"nodes": 2}})
     job = daemons[0].wait_state(job_id, {"running", "failed"}, timeout=60)
     assert job["state"] == "running", job["reason"]
@@ -301,12 +372,7 @@ def test_a_restarted_coordinator_finds_its_multi_node_job_again(dvlads):
 
 @pytest.mark.slow
 def test_a_killed_coordinator_leaves_its_parts_stopped_when_their_leases_expire(dvlads):
-    daemons = [dvlads(start=False) for _ in range(2)]
-    federation(daemons, [SECRET] * 2, **FAST)
-    for daemon in daemons:
-        daemon.start()
-    for daemon in daemons:
-        wait_for(lambda d=daemon: all_up(d, 2), what="both nodes up")
+    daemons, _ = start_cluster(dvlads, 2)
     job_id = multi_node_job(daemons[0], {**LONG, "placement": {"nodes": 2}})
     job = daemons[0].wait_state(job_id, {"running", "failed"}, timeout=60)
     assert job["state"] == "running", job["reason"]
@@ -342,12 +408,7 @@ def test_peers_talk_over_tls_when_certificates_are_configured(dvlads, tmp_path):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
                     "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
                    check=True, capture_output=True)
-    daemons = [dvlads(start=False) for _ in range(2)]
-    addrs = federation(daemons, [SECRET] * 2, **FAST, tls_cert=str(cert), tls_key=str(key), tls_ca=str(cert))
-    for daemon in daemons:
-        daemon.start()
-    for daemon in daemons:
-        wait_for(lambda d=daemon: all_up(d, 2), what="both nodes up over TLS")
+    _, addrs = start_cluster(dvlads, 2, tls_cert=str(cert), tls_key=str(key), tls_ca=str(cert))
     with pytest.raises((http.client.HTTPException, ConnectionError)):  # plain HTTP to the TLS listener gets nowhere
         signed(addrs[0], "POST", "/v1/fed/leases", {"job_id": 1, "gpus": 0, "cpus": 1})
 
@@ -373,12 +434,7 @@ def test_a_part_that_dies_on_its_peer_fails_the_job_naming_the_node(cluster):
 
 @pytest.mark.slow
 def test_a_job_that_asks_restarts_from_its_checkpoint_when_a_node_goes_down(dvlads):
-    daemons = [dvlads(start=False) for _ in range(3)]
-    federation(daemons, [SECRET] * 3, **FAST)
-    for daemon in daemons:
-        daemon.start()
-    for daemon in daemons:
-        wait_for(lambda d=daemon: all_up(d), what="every node up")
+    daemons, _ = start_cluster(dvlads)
     spec = {**LONG, "placement": {"nodes": 2},
             "train": {**LONG["train"], "checkpoint_every": 1, "restart_on_node_failure": True}}
     job_id = multi_node_job(daemons[0], spec)

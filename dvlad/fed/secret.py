@@ -6,26 +6,19 @@ node of the cluster (that is what a signed ``POST /v1/fed/parts`` does).
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 
 from dvlad.config import ConfigError
+from dvlad.private_file import read_private_file
 
 MIN_SECRET_CHARS = 32
 
 
 def load_secret(path: Path) -> bytes:
     """The secret in ``path`` (surrounding whitespace dropped); a :class:`ConfigError` of one line for a
-    file group or others can read, one not owned by root (or dvlad's user), or a secret too short."""
-    try:
-        st = path.stat()
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError("federation.secret_file", f"{path}: cannot read: {exc.strerror or exc}") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO) or st.st_uid not in (0, os.geteuid()):
-        raise ConfigError("federation.secret_file",
-                          f"{path}: must be owned by root and mode 0600 (is {oct(st.st_mode & 0o777)})")
+    file group or others can read, one not owned by root (or dvlad's user)
+    (:func:`~dvlad.private_file.read_private_file`), or a secret too short."""
+    text = read_private_file(path, "cluster secret file", "federation.secret_file")
     secret = text.strip()
     if len(secret) < MIN_SECRET_CHARS:
         raise ConfigError("federation.secret_file", f"{path}: the secret must be at least {MIN_SECRET_CHARS} "

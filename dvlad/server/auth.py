@@ -15,7 +15,6 @@ import hmac
 import os
 import pwd
 import socket
-import stat
 import struct
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 from aiohttp import web
 
 from dvlad.config import ConfigError, DaemonSection
+from dvlad.private_file import read_private_file
 from dvlad.server.errors import ApiError
 from dvlad.store import Job
 
@@ -88,17 +88,12 @@ def _lookup(uid: int, gid: int | None, daemon: DaemonSection) -> Identity:
 
 
 def load_tokens(path: Path) -> dict[str, str]:
-    """``TOKEN USER`` lines; refuses a file that group or others can read, or that root does not own.
+    """``TOKEN USER`` lines; refuses a file that group or others can read, or that root does not own
+    (:func:`~dvlad.private_file.read_private_file`).
 
     Every problem is a :class:`ConfigError` of one line naming the file (and the line): dvlad prints
     it and exits, as ``--check-config`` does, instead of dying in a traceback."""
-    try:
-        st = path.stat()
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError("", f"{path}: cannot read the tokens file: {exc.strerror or exc}") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO) or st.st_uid not in (0, os.geteuid()):
-        raise ConfigError("", f"{path}: must be owned by root and mode 0600 (is {oct(st.st_mode & 0o777)})")
+    text = read_private_file(path, "tokens file")
     tokens = {}
     for number, line in enumerate(text.splitlines(), 1):
         fields = line.split()

@@ -2,7 +2,9 @@
 
 Response schemas list their ``required`` keys: that is the contract clients rely on. Requests state the
 limits the daemon enforces (:mod:`dvlad.server.limits`, and the config's body sizes and depth as
-``x-max-body-bytes`` and ``x-max-depth``), so schema-driven clients and fuzzers know them.
+``x-max-body-bytes`` and ``x-max-depth``), so schema-driven clients and fuzzers know them. The peers'
+routes (``/v1/fed/*``) are here too, under their own security scheme (``peerSignature``): no user
+credential opens them, and a schema-driven client sees that.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from typing import Any
 
 from dvla.api import JOBS_PAGE
 from dvlad.config import DaemonSection
+from dvlad.fed import signing
+from dvlad.fed.parts import ENV_KEYS
 from dvlad.server.limits import IDEMPOTENCY_KEY, INT_MAX, INT_MIN, JOB_ID_DIGITS, PRIORITY_RANGE, QUERY_RANGES
 
 JOB_KEYS = ["id", "user", "uid", "name", "priority", "gpus", "cpus", "state", "reason", "submitted_at",
@@ -38,6 +42,87 @@ def _ok(schema: dict[str, Any], media: str = "application/json", status: str = "
 
 def _obj(**props: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "required": list(props), "properties": props}
+
+
+NODE_ROW_KEYS = ["name", "gpu_source", "gpus", "cpu_slots", "free_cpu_slots", "running_jobs", "cpu_percent",
+                 "cpu_count", "ram_used", "ram_total"]
+FED_NODE_ROW = {
+    "addr": {"type": "string", "description": "host:port peers reach it at"},
+    "state": {"type": "string", "enum": ["up", "down"]},
+    "last_heartbeat_age_s": {"type": ["number", "null"], "description": "0 for this node; null: never heard"},
+    "free_gpus": {"type": "array", "items": {"type": "integer"}},
+    "topology": {"type": "object"}, "pools": {"type": "array"},
+    "leases": {"type": "array", "items": {"type": "object"}, "description": "its room held for coordinators"},
+    "last_error": {"type": "string", "description": "why this node's last heartbeat to the peer failed"}}
+"""What a row of ``GET /v1/nodes`` adds with federation on (:meth:`dvlad.fed.service.Federation.rows`)."""
+
+COUNT = {"type": "integer", "minimum": 0, "maximum": (1 << 31) - 1}
+LEASE = _obj(id={"type": "string"}, coordinator={"type": "string"}, job_id={"type": "integer"},
+             gpu_ids={"type": "array", "items": {"type": "integer"}}, cpus={"type": "integer"},
+             ttl_s={"type": "number"}, expires_in_s={"type": "number"}, part_id={"type": ["integer", "null"]})
+PART = _obj(part_id={"type": "integer"}, state={"type": "string"}, reason={"type": "string"},
+            active={"type": "boolean"})
+PEER_SIGNED = [{"peerSignature": []}]
+SIGNATURE_HEADERS = ", ".join(signing.HEADERS[:-1])
+PEER_SIGNATURE = {
+    "type": "apiKey", "in": "header", "name": signing.SIGNATURE,
+    "description": f"/v1/fed/* only, between daemons of one cluster: HMAC-SHA256 with the cluster secret over the "
+                   f"method, the path with its query, the SHA-256 of the body and the headers {SIGNATURE_HEADERS} "
+                   "(a timestamp within federation.replay_window_s, a nonce used once, the sender's node name), "
+                   "which go with it. A user's bearer token or Unix-socket credentials never open these routes "
+                   "(401), and a signature never opens a user route. 404 where federation is off. docs/federation.md"}
+
+
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _fed(summary: str, reply: dict[str, Any], status: str = "200", body: dict[str, Any] | None = None,
+         parameters: list[dict[str, Any]] | None = None, errors: dict[str, str] | None = None) -> dict[str, Any]:
+    """A peer route: signed requests only (``peerSignature``), JSON in and out; ``errors``: its error
+    statuses beyond 400, 401, 403 and 404, with what they mean."""
+    return {"summary": summary, "security": PEER_SIGNED, **({"requestBody": _json_body(body)} if body else {}),
+            **({"parameters": parameters} if parameters else {}),
+            "responses": {**_ok(reply, status=status), **{code: {"description": why, "content": {
+                "application/json": {"schema": ERROR}}} for code, why in (errors or {}).items()}}}
+
+
+def _path_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+LEASE_ID = _path_param("lease_id", {"type": "string", "minLength": 1})
+PART_ID = _path_param("part_id", {"type": "integer", "minimum": 0, "maximum": 10**18 - 1})
+
+
+def _fed_paths() -> dict[str, Any]:
+    """The peer routes of :mod:`dvlad.fed.routes`, their bodies as the handlers check them."""
+    report = {"type": "object", "required": ["addr"], "description": "the sender's own GET /v1/nodes row (403 "
+              "for an addr not in this node's federation.peers)", "properties": {"name": {"type": "string"},
+                                                                               **FED_NODE_ROW}}
+    lease = {"type": "object", "required": ["job_id", "gpus", "cpus"],
+             "properties": {"job_id": {**COUNT, "description": "the coordinator's job"}, "gpus": COUNT, "cpus": COUNT}}
+    part = {"type": "object", "required": ["lease_id", "user", "env"], "properties": {
+        "lease_id": {"type": "string", "description": "a lease this coordinator holds here (else 404)"},
+        "user": {"type": "string", "minLength": 1, "description": "looked up by name on this node (403 no_such_user)"},
+        "spec": {"type": "object", "description": "the job's spec; its resources must be what the lease holds"},
+        "env": {"type": "object", "required": list(ENV_KEYS), "additionalProperties": False,
+                "properties": {k: {"type": "string"} for k in ENV_KEYS}}}}
+    return {
+        "/v1/fed/heartbeat": {"post": _fed("A peer is alive: its free room, CPU, RAM and topology", _obj(
+            name={"type": "string"}), body=report)},
+        "/v1/fed/leases": {"post": _fed("Hold free GPUs (best linked) and CPU slots for a coordinator's job, "
+                                        "for lease_ttl_s unless renewed", LEASE, "201", body=lease,
+                                        errors={"409": "no_room: not that much free here"})},
+        "/v1/fed/leases/{lease_id}/renew": {"post": _fed(
+            "Renew a lease; the reply carries its part's state (null before the part starts)",
+            _obj(lease=LEASE, part={"anyOf": [PART, {"type": "null"}]}), parameters=[LEASE_ID])},
+        "/v1/fed/leases/{lease_id}": {"delete": _fed("Release a lease, stopping its part if it still runs",
+                                                     _obj(released={"type": "string"}), parameters=[LEASE_ID])},
+        "/v1/fed/parts": {"post": _fed("Start a node part under a lease, as the job's user", PART, "201", body=part)},
+        "/v1/fed/parts/{part_id}": {"get": _fed("A node part's state", PART, parameters=[PART_ID])},
+        "/v1/fed/parts/{part_id}/stop": {"post": _fed("Stop a node part (cancelled)", PART, parameters=[PART_ID])},
+    }
 
 
 def _submit(daemon: DaemonSection) -> dict[str, Any]:
@@ -86,7 +171,8 @@ def document(daemon: DaemonSection) -> dict[str, Any]:
                                 "Bodies JSON or msgpack (Content-Type / Accept). A wrong method gets 405 with "
                                 "an Allow header."},
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                                      "description": "TCP only; the Unix socket needs none"}}},
+                                                      "description": "TCP only; the Unix socket needs none"},
+                                           "peerSignature": PEER_SIGNATURE}},
         "security": [{}, {"bearer": []}],
         "paths": {
             "/v1/jobs": {
@@ -125,9 +211,10 @@ def document(daemon: DaemonSection) -> dict[str, Any]:
             "/v1/nodes": {"get": {
                 "summary": "This node's GPUs and CPU slots, and its CPU (percent of all cores, sampled at most every "
                            "0.5 s; null before the first sample) and RAM (bytes; used = total - available)",
-                "responses": _ok(_obj(nodes={"type": "array", "items": {"type": "object", "required": [
-                    "name", "gpu_source", "gpus", "cpu_slots", "free_cpu_slots", "running_jobs", "cpu_percent",
-                    "cpu_count", "ram_used", "ram_total"]}}))}},
+                "description": "With federation, every node (this one first, then each peer as its last heartbeat "
+                               "said) with the federation keys too",
+                "responses": _ok(_obj(nodes={"type": "array", "items": {
+                    "type": "object", "required": NODE_ROW_KEYS, "properties": FED_NODE_ROW}}))}},
             "/v1/topology": {"get": {"summary": "GPU topology (NVML, or a replayed recording)",
                                      "responses": _ok({"type": "object", "required": ["source", "devices", "pairs"]})}},
             "/v1/gpus": {"get": {
@@ -146,5 +233,6 @@ def document(daemon: DaemonSection) -> dict[str, Any]:
                                          "responses": _ok({"type": "object", "required": ["openapi", "paths"]})}},
             "/metrics": {"get": {"summary": "Prometheus text exposition",
                                  "responses": _ok({"type": "string"}, "text/plain")}},
+            **_fed_paths(),
         },
     }

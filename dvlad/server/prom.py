@@ -81,6 +81,8 @@ class DaemonCollector(Collector):
         yield from (steps, busy, stale, stale_max, depth)
         yield from self.pools()
         yield from self.bases()
+        if self.daemon.federation is not None:
+            yield from self.federation()
 
     def bases(self) -> Iterator[GaugeMetricFamily]:
         """Each shared base's holder: the jobs mapping it and its bytes (once built)."""
@@ -116,6 +118,50 @@ class DaemonCollector(Collector):
                             family.add_metric([*key, pool.removesuffix("_pool")], memory[pool][figure])
                 growing.add_metric(key, float(memory["activation_growing"]))
         yield from (*families.values(), growing)
+
+
+    def federation(self) -> Iterator[GaugeMetricFamily]:
+        """Each peer node: up, its heartbeat's age; the leases this node holds for coordinators and those
+        its own multi-node jobs hold on peers (by the other node, 0 for a peer with none); its jobs coordinated."""
+        federation = self.daemon.federation
+        peers = federation.peers
+        up = GaugeMetricFamily("dvlad_fed_node_up", "1 while a peer node's heartbeats arrive (younger than "
+                               "federation.down_after_s), else 0", labels=["node"])
+        age = GaugeMetricFamily("dvlad_fed_heartbeat_age_seconds", "Seconds since a peer node's last heartbeat "
+                                "(left out before the first)", labels=["node"])
+        nodes = [peer.name or peer.addr for peer in peers.peers.values()]
+        for node, peer in zip(nodes, peers.peers.values(), strict=True):
+            up.add_metric([node], float(peers.up(peer)))
+            if (seconds := peer.age()) is not None:
+                age.add_metric([node], seconds)
+        yield from (up, age)
+        granted = dict.fromkeys(nodes, (0, 0, 0))
+        for lease in self.daemon.leases.held.values():
+            _add_lease(granted, lease.coordinator, len(lease.gpu_ids), lease.cpus)
+        held = dict.fromkeys(nodes, (0, 0, 0))
+        for job_id, parts in list(federation.coordinator.jobs.items()):
+            job = self.daemon.store.get(job_id)
+            for part in parts:
+                if part.state != "released":
+                    _add_lease(held, part.node, job.gpus if job else 0, job.cpus if job else 0)
+        for direction, table, whose in (("granted", granted, "this node holds for a coordinator's multi-node job "
+                                         "(node: the coordinator)"),
+                                        ("held", held, "this node's multi-node jobs hold on a peer (node: the peer)")):
+            for suffix, meaning, i in (("", "Leases", 0), ("_gpus", "GPUs of the leases", 1),
+                                       ("_cpu_slots", "CPU slots of the leases", 2)):
+                family = GaugeMetricFamily(f"dvlad_fed_leases_{direction}{suffix}", f"{meaning} {whose}",
+                                           labels=["node"])
+                for node, counts in sorted(table.items()):
+                    family.add_metric([node], counts[i])
+                yield family
+        yield GaugeMetricFamily("dvlad_fed_jobs_coordinated", "Multi-node jobs this node coordinates that still "
+                                "have parts or leases on peers", value=len(federation.coordinator.jobs))
+
+
+def _add_lease(table: dict[str, tuple[int, int, int]], node: str, gpus: int, cpus: int) -> None:
+    """Count one lease of ``gpus`` GPUs and ``cpus`` CPU slots for ``node`` (leases, GPUs, CPU slots)."""
+    leases, total_gpus, total_cpus = table.get(node, (0, 0, 0))
+    table[node] = (leases + 1, total_gpus + gpus, total_cpus + cpus)
 
 
 def registry_for(daemon: Daemon, state_dir: Path) -> CollectorRegistry:
