@@ -55,6 +55,11 @@ from dvlad.rl import ALGORITHMS, Minibatch, Rollout, TrainingRows, explained_var
 from dvlad.sharing import base as shared
 from dvlad.spaces import EnvSpec
 
+STOP_POLL_S = 0.05
+"""How often a learner rank done with its updates looks whether the job has stopped. Polled, not
+waited on: a process killed asleep in an ``mp.Event``'s wait would hang the job's ``stop.set()``
+(its ``notify_all`` waits for every sleeper to wake)."""
+
 
 @dataclass(frozen=True)
 class LearnerConfig:
@@ -398,6 +403,7 @@ class _Agreement:
         assert cfg.part is not None and node is not None, "several ranks need their part and their node's state"
         self.part, self.ranks, self.node, self.messages = cfg.part, ranks, node, messages
         self.speaks = cfg.rank == 0  # the node's env steps and stop reason come from its local rank 0
+        self.parent = os.getppid()
         self.last: Verdict | None = None
 
     def before_update(self, ready: bool) -> bool:
@@ -420,7 +426,10 @@ class _Agreement:
         verdict = self.last
         if self.part.nodes == 1 or verdict is None or verdict.failed:
             return
-        stop.wait()  # its actors stop on the OtherNodes message, or already have
+        while not stop.is_set():  # its actors stop on the OtherNodes message, or already have
+            if os.getppid() != self.parent:
+                return  # the job's process is gone: nobody will set it
+            time.sleep(STOP_POLL_S)
         final = self.ranks.agree(False, self.part.node, self.part.nodes, stop_reason=self.node.stop_reason if
                                  self.speaks else None, env_steps=self.node.env_steps if self.speaks else 0)
         if self.speaks:
