@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
+from dvlad.fed import signing
 from dvlad.testing import Dvlad
 
 STREAMING = "follow"
@@ -57,10 +58,16 @@ CONFIG = "[node]\ncpu_slots = 8\n[limits.default]\nrunning_jobs = 0\n"
 TOKEN = "api-fuzz-token"
 
 
+CLUSTER_SECRET = "api-fuzz-cluster-secret-of-32-characters-or-more"
+PEER_ROUTES = "/v1/fed/"
+
+
 def serve(daemon: Dvlad) -> str:
     """Start ``daemon`` (made with :data:`CONFIG`, not yet started) on TCP too, with :data:`TOKEN` for the
-    user running this; returns its base URL."""
+    user running this, and federated (a cluster of one, :data:`CLUSTER_SECRET`): the peer routes are
+    live and get every generated body, signed (:func:`_signed`), not a 404 before any. Returns its base URL."""
     port = daemon.serve_tcp(f"{TOKEN} {pwd.getpwuid(os.geteuid()).pw_name}\n")
+    daemon.federate("fuzzed", [], CLUSTER_SECRET)
     daemon.start()
     return f"http://127.0.0.1:{port}"
 
@@ -120,7 +127,10 @@ def _call(case, base_url: str, session: requests.Session, headers: dict[str, str
     tally.cases += 1
     label = f"{case.method} {case.path}"
     try:
-        response = case.call(base_url=base_url, session=session, headers=headers, timeout=timeout_s)
+        if case.path.startswith(PEER_ROUTES):
+            response = _signed(case, base_url, session, timeout_s)
+        else:
+            response = case.call(base_url=base_url, session=session, headers=headers, timeout=timeout_s)
     except requests.RequestException as exc:
         tally.statuses[599] += 1  # no answer: counted as the daemon's failure
         tally.failures.append(f"{label}: no answer ({type(exc).__name__}: {exc}) {_curl(case, headers)}")
@@ -128,6 +138,20 @@ def _call(case, base_url: str, session: requests.Session, headers: dict[str, str
     _count(tally, label, response.status_code, response.text, _curl(case, headers))
     if case.method == "POST" and case.path == "/v1/jobs" and response.status_code in (200, 201):
         _read_back(response.json()["job"]["id"], base_url, session, headers, timeout_s, tally)
+
+
+def _signed(case, base_url: str, session: requests.Session, timeout_s: float) -> requests.Response:
+    """A peer route's case signed with the cluster secret over the bytes that go (its generated
+    signature headers replaced), so the fuzzed bodies and queries get past the signature to the
+    handlers that parse them. Unsigned, every such case is a 401; the user-route cases keep showing
+    that a bearer token never opens a peer route."""
+    kwargs = case.as_transport_kwargs(base_url=base_url)
+    kwargs.pop("timeout", None)
+    prepared = session.prepare_request(requests.Request(**kwargs))
+    body = prepared.body or b""
+    prepared.headers.update(signing.sign(CLUSTER_SECRET.encode(), prepared.method or "GET", prepared.path_url,
+                                         body.encode() if isinstance(body, str) else body, "fuzzer"))
+    return session.send(prepared, timeout=timeout_s)
 
 
 def _count(tally: Tally, label: str, status: int, text: str, how: str) -> None:

@@ -1,7 +1,8 @@
 """Fuzz dvlad's HTTP API from its own OpenAPI document with schemathesis, at the size of a campaign.
 
 Starts a real ``dvlad`` (from this venv) in a temporary directory and fuzzes it over TCP
-(127.0.0.1, a bearer token), with ``limits.default.running_jobs = 0`` so accepted jobs stay queued;
+(127.0.0.1, a bearer token; the peer routes signed with the cluster secret of a cluster of one), with
+``limits.default.running_jobs = 0`` so accepted jobs stay queued;
 generates about ``--cases`` requests, valid and invalid, over every operation the document declares
 (each accepted submit is also read back as JSON and as msgpack); prints the cases, the statuses, the
 5xx count, the error-level log lines of the daemon and the time. Exits 1 on any 5xx, unanswered
