@@ -467,6 +467,25 @@ def test_the_status_line_drops_whole_phrases_keeping_the_host_and_the_notes(widt
     assert all(whole.fullmatch(p) for p in phrases), phrases
 
 
+def test_the_reason_cells_follow_a_resize_without_waiting_for_a_poll():
+    async def rows() -> list[str]:
+        app = TopApp(FakeDaemon(H200, [NODE], QUEUE, slow_learner()), refresh_s=60.0)  # one poll only
+        async with app.run_test(size=(160, 45)) as pilot:
+            while not app.snapshot.jobs:
+                await pilot.pause(0.05)
+            shown = []
+            for size in ((160, 45), (80, 24), (120, 30)):
+                await pilot.resize_terminal(*size)
+                await pilot.pause(0.1)
+                shown.append(next(line for line in app.screen_text().splitlines() if "carol" in line).rstrip())
+            return shown
+
+    wide, narrow, again = asyncio.run(rows())
+    assert "resources: waits for 2 GPUs (1 free)" in wide and len(wide) == 160, wide
+    assert narrow.endswith("resources…            │") and len(narrow) == 80, narrow
+    assert "resources: waits for 2 GPUs (1 free)" in again and len(again) == 120, again
+
+
 # -- the monitor in a terminal -------------------------------------------------------------------------
 
 needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
