@@ -486,6 +486,12 @@ def test_the_reason_cells_follow_a_resize_without_waiting_for_a_poll():
     assert "resources: waits for 2 GPUs (1 free)" in again and len(again) == 120, again
 
 
+def test_an_empty_queue_shows_its_columns_and_no_job():
+    text = asyncio.run(capture(FakeDaemon(H200, [NODE], [], []), 80, 24, ready=lambda app: bool(app.snapshot.host),  # type: ignore[arg-type]
+                               refresh_s=0.1))[0]
+    assert "REASON" in "\n".join(panel(text, "queue")) and "no job selected" in text, text
+
+
 # -- the monitor in a terminal -------------------------------------------------------------------------
 
 needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")

@@ -81,7 +81,7 @@ class JobsTable(DataTable[str]):
         """The cells left to the REASON column by the others at their natural width (their longest
         cell or title, each with its padding), at least :data:`REASON_MIN`."""
         table = [cells(row)[:-1] for row in rows]
-        taken = sum(max(cell_len(name), *(cell_len(r[i]) for r in table)) + 2 * self.cell_padding
+        taken = sum(max([cell_len(name), *(cell_len(r[i]) for r in table)]) + 2 * self.cell_padding
                     for i, name in enumerate(COLUMNS[:-1]))
         return max(REASON_MIN, self.scrollable_content_region.width - taken - 2 * self.cell_padding)
 
