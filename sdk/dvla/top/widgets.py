@@ -38,8 +38,8 @@ class NodePanel(Static):
 
 
 REASON_MIN = 12
-"""Cells the REASON column keeps however narrow the terminal (the table scrolls sideways then): room
-for a short reason code (``resources…``, ``user limit…``)."""
+"""Cells the REASON column is given however narrow the terminal (the table scrolls sideways then): a
+reason's category (``resources…``) or its first words (``cancelled by…``)."""
 
 
 def cells(row: JobRow) -> tuple[str, ...]:
