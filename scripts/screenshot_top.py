@@ -1,10 +1,11 @@
 """The captures of ``dvla top`` in docs/top.md: a real dvlad replaying the recorded H100, real jobs, the
-monitor drawn headless at 160x45 and at 80x24.
+monitor drawn headless at 160x45 and at 80x24, and at 80x24 with the waiting job selected.
 
 Why a script: the captures show what a person meets, so they are made the way a person gets them (a
 daemon, a finished job, two running, one waiting for CPU slots), and remade after every change to the
-screen. It writes ``docs/top-WxH.txt`` and ``docs/top-WxH.svg`` for each size and puts each text capture
-into docs/top.md between its ``<!-- top-WxH -->`` and ``<!-- /top-WxH -->`` markers.
+screen. It writes ``docs/NAME.txt`` and ``docs/NAME.svg`` for each capture (``top-160x45``, ``top-80x24``,
+``top-80x24-queued``) and puts each text capture into docs/top.md between its ``<!-- NAME -->`` and
+``<!-- /NAME -->`` markers.
 
     .venv/bin/python scripts/screenshot_top.py [--rows 40]
 """
@@ -24,7 +25,9 @@ from dvla.metric_names import SUCCESS_MIN_EPISODES
 from dvla.top.app import TopApp, capture
 from dvlad.testing import FIXTURE, LONG, ROOT, Dvlad
 
-SIZES = ((160, 45), (80, 24))
+CAPTURES = (("top-160x45", 160, 45, ()), ("top-80x24", 80, 24, ()), ("top-80x24-queued", 80, 24, ("j",)))
+"""Name, width, height and the keys pressed first: ``j`` moves the cursor from the newest running job to
+the waiting one, whose panel then says why it waits."""
 QUICK = {**LONG, "job": {"name": "warm-up"}, "train": {**LONG["train"], "total_env_steps": 512}}
 """A job that succeeds within seconds: the queue shows a finished job."""
 RUNNING = {**LONG, "env": {**LONG["env"], "workers": 2}}
@@ -49,9 +52,12 @@ def put_in_doc(doc: Path, name: str, text: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=40, help="metric rows the selected job writes first")
-    parser.add_argument("--docs", type=Path, default=ROOT / "docs")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " ").replace("``", ""),
+                                     epilog="The jobs run until the selected one has written --rows rows.")
+    parser.add_argument("--rows", type=int, default=40,
+                        help="metric rows the selected job writes before the captures (default 40)")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs",
+                        help="where the captures and top.md are (default: the checkout's docs/)")
     args = parser.parse_args()
     if not FIXTURE.exists():
         raise SystemExit(f"the recorded topology {FIXTURE} is not here")
@@ -76,9 +82,8 @@ def main() -> None:
                 return app.snapshot.detail is not None and app.snapshot.detail.updates_per_min is not None \
                     and any(r.reason.startswith("resources") for r in app.snapshot.jobs)
 
-            for width, height in SIZES:
-                text, svg = asyncio.run(capture(client, width, height, ready=drawn, timeout=60, settle_s=6))
-                name = f"top-{width}x{height}"
+            for name, width, height, keys in CAPTURES:
+                text, svg = asyncio.run(capture(client, width, height, keys=keys, ready=drawn, timeout=60, settle_s=6))
                 (args.docs / f"{name}.txt").write_text(text.rstrip("\n") + "\n")
                 (args.docs / f"{name}.svg").write_text(svg)
                 put_in_doc(args.docs / "top.md", name, text)

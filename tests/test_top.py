@@ -19,12 +19,23 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+from rich.text import Text
 
 from dvla import sdk
 from dvla.metric_names import SUCCESS_MIN_EPISODES
 from dvla.top.app import TopApp, capture
 from dvla.top.poller import Poller, RateMeter
-from dvla.top.render import NodeLine, Sparkline, gpu_table, job_pools_cell, lanes_table, sparklines
+from dvla.top.render import (
+    Flow,
+    NodeLine,
+    Sparkline,
+    StatusLine,
+    fit_reason,
+    gpu_table,
+    job_pools_cell,
+    lanes_table,
+    sparklines,
+)
 from dvla.top.snapshot import Pools, build, job_row, pick_selected
 from dvlad.runtime.jobfiles import metrics_rows
 from dvlad.testing import FIXTURE, LONG, PYTHON, ROOT
@@ -403,6 +414,84 @@ def test_success_shows_only_once_enough_episodes_have_ended_with_their_count():
     assert f"success 0.60 ({SUCCESS_MIN_EPISODES} episodes)" in text_of(sparklines(later))
 
 
+REASONS = ("resources: waits for 2 CPU slots (0 free)", "resources: waits for 1 GPU (0 free) and 2 CPU slots (0 free)",
+           "priority: behind job 12 of alice (priority 5), which waits for 1 GPU (0 free)",
+           "user limit: alice runs 2 jobs of at most 2 (limits.default.running_jobs)",
+           "group limit: group students holds 4 GPUs and the job asks for 1 more, at most 4 "
+           "(limits.groups.students.gpus)",
+           "bigger than the node: asks for 2 GPUs and 8 CPU slots, the node has 1 GPU and 4 CPU slots; it waits in "
+           "case the node grows back", "job failed: boom (out of memory)", "cancelled by alice")
+"""The pending reasons of docs/cli.md's table, a failure and a cancel."""
+
+
+@pytest.mark.parametrize("reason", REASONS)
+def test_a_reason_that_does_not_fit_shortens_to_a_clause_or_its_category_never_mid_phrase(reason):
+    assert fit_reason(reason, len(reason)) == reason  # room for it: whole
+    category = reason.split(": ")[0] if ": " in reason else None
+    for width in range(12, len(reason)):
+        shown = fit_reason(reason, width)
+        assert len(shown) <= max(width, len(f"{category}…")) and shown.endswith("…"), (width, shown)
+        if category:  # a clause of the reason, or its category: squeue's short code
+            assert shown.startswith(category) and shown[len(category)] in ":…", (width, shown)
+            kept = shown.removesuffix("…")
+            assert kept == category or reason.startswith(kept) or kept in re.sub(r" \([^)]*\)", "", reason), shown
+    assert fit_reason(REASONS[0], 25) == "resources…"
+    assert fit_reason(REASONS[2], 50) == "priority: behind job 12 of alice (priority 5)…"
+    assert fit_reason(REASONS[3], 50) == "user limit: alice runs 2 jobs of at most 2…"
+
+
+def test_a_flow_breaks_lines_only_between_phrases():
+    phrases = ["job 3 · synthetic-b · running", "179.6 updates/min", "queue depth 0", "staleness mean 0.56 max 1",
+               "version 79", "env steps 2,538"]
+    for width in range(30, 140, 7):
+        console = Console(width=width, record=True, file=io.StringIO())
+        console.print(Flow([Text(p) for p in phrases]))
+        lines = console.export_text().splitlines()
+        assert [p for line in lines for p in line.rstrip().split(" · ")] == " · ".join(phrases).split(" · "), lines
+        assert all(len(line.rstrip()) <= width for line in lines), lines
+    assert len(lines) == 1  # room for all: one line
+
+
+@pytest.mark.parametrize("width", range(40, 161, 8))
+def test_the_status_line_drops_whole_phrases_keeping_the_host_and_the_notes(width):
+    snap = build(QUEUE, FIXTURE_GPUS, 12, [], time.time())
+    console = Console(width=width, record=True, file=io.StringIO())
+    console.print(StatusLine(snap, "unix:///x.sock", 0.5))
+    lines = console.export_text().splitlines()
+    assert len(lines) == 1, lines
+    phrases = lines[0].rstrip().split(" · ")
+    assert phrases[1:2] == ["lab1"] or phrases[0] == "lab1", phrases
+    assert "no NVML: recorded topology" in phrases, phrases
+    whole = re.compile(r"dvla top|lab1|GPUs from fixture|4 jobs|every 0\.5 s \(0\.0 Hz\)|\d\d:\d\d:\d\d|"
+                       r"no NVML: recorded topology")
+    assert all(whole.fullmatch(p) for p in phrases), phrases
+
+
+def test_the_reason_cells_follow_a_resize_without_waiting_for_a_poll():
+    async def rows() -> list[str]:
+        app = TopApp(FakeDaemon(H200, [NODE], QUEUE, slow_learner()), refresh_s=60.0)  # one poll only
+        async with app.run_test(size=(160, 45)) as pilot:
+            while not app.snapshot.jobs:
+                await pilot.pause(0.05)
+            shown = []
+            for size in ((160, 45), (80, 24), (120, 30)):
+                await pilot.resize_terminal(*size)
+                await pilot.pause(0.1)
+                shown.append(next(line for line in app.screen_text().splitlines() if "carol" in line).rstrip())
+            return shown
+
+    wide, narrow, again = asyncio.run(rows())
+    assert "resources: waits for 2 GPUs (1 free)" in wide and len(wide) == 160, wide
+    assert narrow.endswith("resources…            │") and len(narrow) == 80, narrow
+    assert "resources: waits for 2 GPUs (1 free)" in again and len(again) == 120, again
+
+
+def test_an_empty_queue_shows_its_columns_and_no_job():
+    text = asyncio.run(capture(FakeDaemon(H200, [NODE], [], []), 80, 24, ready=lambda app: bool(app.snapshot.host),  # type: ignore[arg-type]
+                               refresh_s=0.1))[0]
+    assert "REASON" in "\n".join(panel(text, "queue")) and "no job selected" in text, text
+
+
 # -- the monitor in a terminal -------------------------------------------------------------------------
 
 needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
@@ -544,3 +633,55 @@ def test_top_over_tcp_on_a_node_without_gpus_survives_its_daemon_going_away(tmp_
         top.wait("the unreachable daemon", lambda s: f"daemon unreachable: http://127.0.0.1:{port}" in s)
         lone.start()
         top.wait("the daemon back", lambda s: "unreachable" not in s and "no GPUs on cpu-node" in s)
+
+
+STATUS_PHRASE = re.compile(r"dvla top|lent-h100-vm|GPUs from fixture|\d+ jobs|every [\d.]+ s \([\d.]+ Hz\)|"
+                           r"\d\d:\d\d:\d\d|no NVML: recorded topology")
+TITLE_PHRASE = re.compile(r"job \d+|top-\w+|running|queued|[\d.]+ updates/min|queue depth \d+|"
+                          r"staleness mean [\d.]+ max \d+|version \d+|env steps [\d,]+")
+
+
+def inside(lines: list[str]) -> list[str]:
+    """A panel's lines without its borders."""
+    return [line.strip()[1:-1].rstrip() for line in lines[1:-1]]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FIXTURE.exists(), reason=f"the recorded topology {FIXTURE} is not in this checkout")
+def test_at_80x24_a_queued_jobs_reason_reads_whole_and_no_header_line_is_cut_mid_word(dvlads):
+    """A real dvlad whose users may run one job each: the second job waits with a reason longer than
+    the queue's room for it; the monitor at 80x24 shows it short in the queue and whole (wrapped) in
+    the selected job's panel, and breaks its status line and the job's title only between phrases."""
+    daemon = dvlads("[node]\ncpu_slots = 4\n[limits.default]\nrunning_jobs = 1\n", recorded_gpu=True)
+    with sdk.Client(daemon.socket) as client:
+        running = client.submit({**LONG, "job": {"name": "top-runs"}})
+        waiting = client.submit({**LONG, "job": {"name": "top-waits"}})
+        daemon.wait_state(running.id, {"running"})
+        deadline = time.monotonic() + 30
+        while not (reason := client.job(waiting.id)["pending_reason"] or ""):
+            assert time.monotonic() < deadline, client.job(waiting.id)
+            time.sleep(0.2)
+        assert len(reason) > 60 and reason.startswith("user limit: "), reason  # longer than the queue's room
+
+        def drawn(app) -> bool:  # the running job's figures and the waiting job's reason on screen
+            return app.snapshot.detail is not None and app.snapshot.detail.updates_per_min is not None \
+                and any(r.reason for r in app.snapshot.jobs)
+
+        try:
+            first = asyncio.run(capture(client, 80, 24, ready=drawn, timeout=60))[0]
+            selected = asyncio.run(capture(client, 80, 24, keys=("j",), ready=drawn, timeout=60))[0]
+        finally:
+            for job in (running, waiting):
+                with contextlib.suppress(sdk.Conflict):
+                    client.cancel(job.id)
+    status = first.splitlines()[0].rstrip().split(" · ")
+    assert all(STATUS_PHRASE.fullmatch(p) for p in status) and "no NVML: recorded topology" in status, status
+    title = [line for line in inside(panel(first, "selected job")) if not line.startswith(("lane", "sample"))][:2]
+    assert len(title) == 2 and all(TITLE_PHRASE.fullmatch(p) for line in title for p in line.split(" · ")), title
+    assert re.search(r"staleness mean [\d.]+ max \d+", " ".join(title)), title
+    queue = panel(first, "queue")
+    row = next(line for line in queue if "top-waits" in line)
+    assert re.search(r"top-waits +queued +0 +CPU +- +user limit(: [^…]+)?…", row), "\n".join(queue)
+    assert all(len(line) <= 80 for line in queue) and not any("▏" in line for line in queue), "\n".join(queue)
+    shown = " ".join(inside(panel(selected, "selected job")))
+    assert f"job {waiting.id} · top-waits · queued" in shown and f"why it waits: {reason}" in shown, selected

@@ -24,7 +24,7 @@ from textual.worker import get_current_worker
 from dvla.client import Client
 from dvla.errors import DvlaError
 from dvla.top.poller import Poller
-from dvla.top.render import status_line
+from dvla.top.render import StatusLine
 from dvla.top.screens import ConfirmScreen, HelpScreen, LogScreen
 from dvla.top.snapshot import Snapshot, pick_selected
 from dvla.top.widgets import DetailPanel, JobsTable, NodePanel
@@ -102,7 +102,7 @@ class TopApp(App[None]):
         if not self.is_running:
             return
         self.snapshot = snap
-        self.query_one("#status", Static).update(status_line(snap, self.client.endpoint.where, self.refresh_s))
+        self.query_one("#status", Static).update(StatusLine(snap, self.client.endpoint.where, self.refresh_s))
         self.query_one(NodePanel).show(snap)
         self.show_queue()
         if self.selected is None or snap.detail is None or snap.detail.id == self.selected:

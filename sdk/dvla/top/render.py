@@ -13,10 +13,12 @@ figure; the sparklines draw one cell per row, as many of the newest rows as fit.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, Group, RenderableType
 from rich.measure import Measurement
 from rich.table import Table
@@ -73,6 +75,63 @@ def widest_fitting(console: Console, options: ConsoleOptions, layouts: Sequence[
         if natural_width(console, options, built) <= options.max_width:
             return built
     return build(layouts[-1])
+
+
+class Flow:
+    """Phrases joined by `` · `` on as many lines as the width needs, each line broken only between
+    two phrases, so a figure never parts from its label (``staleness mean 0.56 max 1`` stays whole);
+    a phrase wider than the whole width wraps on its own."""
+
+    SEP = " · "
+
+    def __init__(self, parts: Sequence[Text]):
+        self.parts = parts
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[RenderableType]:
+        line = Text()
+        for part in self.parts:
+            if line and line.cell_len + len(self.SEP) + part.cell_len > options.max_width:
+                yield line
+                line = Text()
+            line.append_text(Text(self.SEP) if line else Text()).append_text(part)
+        if line:
+            yield line
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        widths = [part.cell_len for part in self.parts] or [0]
+        return Measurement(max(widths), sum(widths) + len(self.SEP) * (len(widths) - 1))
+
+
+ELLIPSIS = "…"
+PARENTHESES = re.compile(r" \([^)]*\)")
+
+
+def reason_forms(reason: str) -> list[str]:
+    """``reason`` and its shorter forms, longest first: its first clause (to the first ``;``, then
+    the first ``,``), each without its parenthesised asides (a config key, a free count), and its
+    category, the part before the first ``: `` (``resources``, ``priority``, ``user limit``: what
+    squeue's short reason codes say). Every form but the whole ends in ``…``: there is more to read
+    in the selected job's panel."""
+    first = reason.split(";")[0]
+    clauses = {reason, first, first.split(",")[0], reason.split(",")[0]}
+    forms = {form for clause in clauses for form in (clause, PARENTHESES.sub("", clause))}
+    if ": " in reason:
+        forms.add(reason.split(": ")[0])
+    return sorted({reason} | {form.rstrip() + ELLIPSIS for form in forms if form != reason}, key=cell_len, reverse=True)
+
+
+def fit_reason(reason: str, width: int) -> str:
+    """The longest of :func:`reason_forms` that fits ``width`` cells; where none does, the category
+    (wider than ``width``: the table scrolls sideways rather than cut a code), or for a reason without
+    one, the reason cut after the last word that fits (``…`` after it)."""
+    forms = reason_forms(reason)
+    for form in forms:
+        if cell_len(form) <= width:
+            return form
+    if ": " in reason:
+        return forms[-1]
+    cut = reason[:max(width - 1, 1)]
+    return (cut.rsplit(" ", 1)[0] if " " in cut else cut) + ELLIPSIS
 
 
 # -- the GPUs ------------------------------------------------------------------------------------------
@@ -277,11 +336,27 @@ def success_text(detail: JobDetail) -> str:
     return f"success – ({detail.episodes:,} of {m.SUCCESS_MIN_EPISODES} episodes)"
 
 
-def pipeline_line(detail: JobDetail) -> str:
-    """Updates per minute, queue depth, staleness and progress of the selected job, in one line."""
-    return (f"{fmt_num(detail.updates_per_min, '.1f')} updates/min · queue depth {fmt_num(detail.queue_depth, '.0f')}"
-            f" · staleness mean {fmt_num(detail.staleness_mean, '.2f')} max {fmt_num(detail.staleness_max, '.0f')}"
-            f" · version {fmt_num(detail.version, '.0f')} · env steps {fmt_num(detail.env_steps, ',.0f')}")
+def pipeline_parts(detail: JobDetail) -> list[str]:
+    """Updates per minute, queue depth, staleness and progress of the selected job, one phrase each
+    (:class:`Flow` breaks a line only between them); none before the job's first metric row."""
+    if not detail.has_rows:
+        return []
+    return [f"{fmt_num(detail.updates_per_min, '.1f')} updates/min",
+            f"queue depth {fmt_num(detail.queue_depth, '.0f')}",
+            f"staleness mean {fmt_num(detail.staleness_mean, '.2f')} max {fmt_num(detail.staleness_max, '.0f')}",
+            f"version {fmt_num(detail.version, '.0f')}", f"env steps {fmt_num(detail.env_steps, ',.0f')}"]
+
+
+def detail_title(detail: JobDetail) -> Group:
+    """The selected job's head line (id, name, state, pipeline figures), then the whole of its reason
+    (why it waits, why it failed, who cancelled it), wrapped: the queue's REASON cell may show only its
+    short form (:func:`fit_reason`)."""
+    head = Text(f"job {detail.id} · {detail.name or '-'} · {detail.state}", style="bold")
+    parts: list[RenderableType] = [Flow([head, *map(Text, pipeline_parts(detail))])]
+    if detail.reason:
+        label = "why it waits: " if detail.state == "queued" else "reason: "
+        parts.append(Text.assemble((label, "bold"), detail.reason))
+    return Group(*parts)
 
 
 LEVELS = " ▁▂▃▄▅▆▇█"
@@ -343,13 +418,30 @@ def sparklines(detail: JobDetail, height: int = 2) -> Group:
                   rate_scale(detail.env_steps_per_s), ",.0f", height))
 
 
-def status_line(snap: Snapshot, where: str, refresh_s: float) -> Text:
-    """The top line: an error first (so a narrow terminal still shows it), then where and how fresh."""
-    text = Text()
-    if snap.error:
-        text.append(f"{snap.error} (retrying) · ", style="bold red")
-    text.append(f"dvla top · {snap.host or where} · GPUs from {snap.gpu_source or '?'} · {len(snap.jobs)} jobs"
-                f" · every {refresh_s:g} s ({snap.polls_per_s:.1f} Hz) · {time.strftime('%H:%M:%S')}")
-    for note in snap.notes:
-        text.append(f" · {note}", style="yellow")
-    return text
+class StatusLine:
+    """The top line: an error first (so a narrow terminal still shows it), then where and how fresh.
+    Where the line does not fit, whole phrases go, the least telling first (where the GPU figures come
+    from, which the notes repeat when it matters; the refresh rate; the job count, which the queue
+    shows; the title; the time), never the host, the error or a note; only a line still too long
+    after that is cut."""
+
+    def __init__(self, snap: Snapshot, where: str, refresh_s: float):
+        self.snap, self.where, self.refresh_s = snap, where, refresh_s
+
+    def parts(self) -> list[tuple[Text, int]]:
+        """Each phrase with the order in which it goes where the line is too long (0: never)."""
+        snap = self.snap
+        parts = [(Text(f"{snap.error} (retrying)", style="bold red"), 0)] if snap.error else []
+        parts += [(Text("dvla top"), 4), (Text(snap.host or self.where), 0),
+                  (Text(f"GPUs from {snap.gpu_source or '?'}"), 1), (Text(f"{len(snap.jobs)} jobs"), 3),
+                  (Text(f"every {self.refresh_s:g} s ({snap.polls_per_s:.1f} Hz)"), 2),
+                  (Text(time.strftime("%H:%M:%S")), 5)]
+        return parts + [(Text(note, style="yellow"), 0) for note in snap.notes]
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[RenderableType]:
+        parts = self.parts()
+        ranks = sorted({rank for _, rank in parts if rank})
+        layouts = [[text for text, rank in parts if not rank or rank > gone] for gone in [0, *ranks]]
+        yield widest_fitting(console, options, layouts, lambda kept: Text(" · ", no_wrap=True, overflow="ellipsis")
+                             .join(kept))  # type: ignore[arg-type]
+

@@ -107,6 +107,7 @@ HELP = f"""[b]dvla top[/b]: the daemon's node (CPU, RAM, CPU slots, GPUs), its q
 GPU memory bars: █ weight pool, ▓ activation pool, ▒ other, ░ free (pools shown where the selected
 job reports them; otherwise used/total and "pools n/a"). A narrow terminal drops bars and columns
 rather than cut a figure. "–" marks what the node cannot measure or a job has not reported yet.
+A REASON ending in "…" is shortened to fit: select the job to read it whole below the queue.
 Lanes: items/s and busy over the newest rows spanning {LANE_WINDOW_S:g} s and {LANE_WINDOW_UPDATES} updates;
 "per update" is the time one learner update (learn) or one version's publish (distribute) takes. Success is "–" until
 {SUCCESS_MIN_EPISODES} episodes have ended. Sparklines: one cell per update, newest last; the figures at the

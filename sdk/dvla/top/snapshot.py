@@ -146,6 +146,13 @@ class JobDetail:
     success_rate: tuple[float | None, ...]
     """Per row, oldest first: the sparklines' data; None where a row has no figure to show."""
     env_steps_per_s: tuple[float | None, ...]
+    reason: str = ""
+    """The job's :func:`reason` in full (the queue's cell may show a short form of it)."""
+
+    @property
+    def has_rows(self) -> bool:
+        """Whether the job has written a metric row yet (a queued job has not: no figures to show)."""
+        return bool(self.env_steps_per_s)
 
 
 @dataclass(frozen=True)
@@ -306,7 +313,7 @@ def job_detail(job: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> Job
                      success=m.success_rate_of(rows[-1]) if rows else None,
                      episodes=None if episodes is None else int(episodes),
                      success_rate=tuple(m.success_rate_of(r) for r in rows),
-                     env_steps_per_s=_series(rows, m.ENV_STEPS_PER_S))
+                     env_steps_per_s=_series(rows, m.ENV_STEPS_PER_S), reason=reason(job))
 
 
 def node_view(reply: Sequence[Mapping[str, Any]], gpus: Mapping[str, Any]) -> NodeView | None:

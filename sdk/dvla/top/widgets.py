@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from rich.cells import cell_len
 from rich.console import Group
 from rich.text import Text
 from textual.app import ComposeResult
@@ -16,7 +17,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Static
 
-from dvla.top.render import MEMORY_LEGEND, NodeLine, gpu_table, lanes_table, pipeline_line, sparklines
+from dvla.top.render import MEMORY_LEGEND, NodeLine, detail_title, fit_reason, gpu_table, lanes_table, sparklines
 from dvla.top.snapshot import JobDetail, JobRow, Snapshot, fmt_duration
 
 TALL = 30
@@ -36,16 +37,32 @@ class NodePanel(Static):
         self.update(Group(*parts))
 
 
+REASON_MIN = 12
+"""Cells the REASON column is given however narrow the terminal (the table scrolls sideways then): a
+reason's category (``resources…``) or its first words (``cancelled by…``)."""
+
+
 def cells(row: JobRow) -> tuple[str, ...]:
+    """The row's cells, its reason in full (:meth:`JobsTable.show` fits it to the room left)."""
     return (str(row.id), row.user, row.name, row.state, str(row.priority), row.gpus, fmt_duration(row.runtime_s),
             row.reason)
 
 
 class JobsTable(DataTable[str]):
-    """The queue, newest last; the cursor row is the selected job (arrows or j/k move it)."""
+    """The queue, newest last; the cursor row is the selected job (arrows or j/k move it).
+
+    Why the REASON cells are fitted to the table's width: the other columns are short and whole, and
+    a reason cut by the edge of the table (``resources: waits for 2``) loses what it says, so each
+    reason shows the longest of its forms that fits the room they leave (:func:`fit_reason`: in
+    full, a first clause, the category as squeue's short codes), and the selected job's panel shows it
+    whole."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("j", "cursor_down", "down", show=False),
                                                Binding("k", "cursor_up", "up", show=False)]
+    rows_shown: tuple[JobRow, ...] = ()
+    """The rows of the last :meth:`show`, drawn again on a resize."""
+    reason_room = 0
+    """The REASON column's cells at the last fill: a different room (a resize, a longer TIME) refills."""
 
     def on_mount(self) -> None:
         self.cursor_type = "row"
@@ -60,25 +77,44 @@ class JobsTable(DataTable[str]):
             return None
         return int(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value or 0)
 
+    def room_for_reason(self, rows: tuple[JobRow, ...]) -> int:
+        """The cells left to the REASON column by the others at their natural width (their longest
+        cell or title, each with its padding), at least :data:`REASON_MIN`."""
+        table = [cells(row)[:-1] for row in rows]
+        taken = sum(max([cell_len(name), *(cell_len(r[i]) for r in table)]) + 2 * self.cell_padding
+                    for i, name in enumerate(COLUMNS[:-1]))
+        return max(REASON_MIN, self.scrollable_content_region.width - taken - 2 * self.cell_padding)
+
+    def on_resize(self) -> None:
+        if self.rows_shown:
+            self.show(self.rows_shown, self.selected)
+
     def show(self, rows: tuple[JobRow, ...], prefer: int | None) -> None:
         """Put ``rows`` on screen keeping the cursor on its job; ``prefer`` places it on a first fill
         and when the job under the cursor is no longer listed.
 
-        Cells change in place while the set of jobs stays the same (every cycle: runtimes tick), so
-        the cursor is never reset; a new or vanished job rebuilds the rows and puts the cursor back."""
+        Cells change in place while the set of jobs and the room for reasons stay the same (every
+        cycle: runtimes tick), so the cursor is never reset; a new or vanished job, or a new width,
+        rebuilds the rows (the columns' widths with them) and puts the cursor back."""
+        room = self.room_for_reason(rows)
+        fitted = {row.id: (*cells(row)[:-1], fit_reason(row.reason, room)) for row in rows}
         keys = [str(r.id) for r in rows]
-        if keys == [k.value for k in self.rows]:
+        self.rows_shown = rows
+        if keys == [k.value for k in self.rows] and room == self.reason_room:
             for row in rows:
-                for column, value in zip(COLUMNS, cells(row), strict=True):
+                for column, value in zip(COLUMNS, fitted[row.id], strict=True):
                     if self.get_cell(str(row.id), column) != value:
                         self.update_cell(str(row.id), column, value, update_width=True)
             return
         keep = self.selected if self.row_count else None
         if keep is None or str(keep) not in keys:
             keep = prefer
-        self.clear()
+        self.reason_room = room
+        self.clear(columns=True)
+        for name in COLUMNS:
+            self.add_column(name, key=name)
         for row in rows:
-            self.add_row(*cells(row), key=str(row.id))
+            self.add_row(*fitted[row.id], key=str(row.id))
         if keep is not None and str(keep) in keys:
             self.move_cursor(row=keys.index(str(keep)))
 
@@ -101,7 +137,6 @@ class DetailPanel(Vertical):
             lanes.update("")
             sparks.update("")
             return
-        title.update(Text.assemble((f"job {detail.id} · {detail.name or '-'} · {detail.state}", "bold"),
-                                   f"   {pipeline_line(detail)}"))
+        title.update(detail_title(detail))
         lanes.update(lanes_table(detail))
         sparks.update(sparklines(detail, height=SPARK_ROWS if self.app.size.height >= TALL else 1))
