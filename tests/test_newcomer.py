@@ -51,8 +51,8 @@ def test_a_personal_daemon_with_no_config_runs_every_example_the_curl_line_and_t
     env = user_env(daemon)
     examples = sorted(EXAMPLES.glob("*.toml"))
     cpu_only = [path for path in examples if load_spec(path).resources.gpus == 0]
-    gpu_only = {"gpu_bench.toml", "gpu_bench_libero.toml", "gpu_bench_libero_lora.toml", "gpu_libero_hf_vla_500m.toml",
-                "gpu_libero_tvla_500m.toml"}
+    gpu_only = {"gpu_bench.toml", "gpu_bench_libero.toml", "gpu_bench_libero_balanced.toml",
+                "gpu_bench_libero_lora.toml", "gpu_libero_hf_vla_500m.toml", "gpu_libero_tvla_500m.toml"}
     assert {p.name for p in examples} - {p.name for p in cpu_only} == gpu_only
     for path in cpu_only:
         submitted = subprocess.run([sys.executable, "-m", "dvla.cli", "submit", str(path)], env=env,
