@@ -330,7 +330,8 @@ def _learn(cfg: LearnerConfig, queue_handle: TrajectoryQueueHandle, plane_handle
         traj, plane = TrajectoryQueue.attach(queue_handle), WeightPlane.attach(plane_handle)
         reports = cfg.rank == 0  # local rank 0 reports this node's updates
         saves = learner.rank == 0  # global rank 0 writes the job's checkpoints
-        agreement = _Agreement(cfg, learner.ranks, node, messages) if learner.ranks is not None else None
+        parent = os.getppid()  # the job's main process: another parent means it is gone
+        agreement = _Agreement(cfg, learner.ranks, node, messages, parent) if learner.ranks is not None else None
 
         def published(version: int, t0: float, published: Published) -> None:
             messages.put(LaneBusy("distribute", t0, t0 + published.seconds, 1))
@@ -341,7 +342,7 @@ def _learn(cfg: LearnerConfig, queue_handle: TrajectoryQueueHandle, plane_handle
             distributor = Distributor(plane, cfg.placement.device, cfg.routes, on_published=published)
             distributor.publish(learner.flat, learner.version)
         messages.put(LearnerReady(learner.version, learner.trained_env_steps, os.getpid(), cfg.rank))
-        rollouts = _Rollouts(traj, cfg.rollout_segments, os.getppid())
+        rollouts = _Rollouts(traj, cfg.rollout_segments, parent)
         every = cfg.spec.train.checkpoint_every
         while True:
             slots = rollouts.take(learner.version, stop)
@@ -399,11 +400,11 @@ class _Agreement:
     all train the update or all stop, and in a job of several nodes a node stops when another does
     (for its reason), fails when another fails, and counts the env steps of all (the job's budget)."""
 
-    def __init__(self, cfg: LearnerConfig, ranks: LearnerRanks, node: NodeState | None, messages) -> None:
+    def __init__(self, cfg: LearnerConfig, ranks: LearnerRanks, node: NodeState | None, messages,
+                 parent: int) -> None:
         assert cfg.part is not None and node is not None, "several ranks need their part and their node's state"
-        self.part, self.ranks, self.node, self.messages = cfg.part, ranks, node, messages
+        self.part, self.ranks, self.node, self.messages, self.parent = cfg.part, ranks, node, messages, parent
         self.speaks = cfg.rank == 0  # the node's env steps and stop reason come from its local rank 0
-        self.parent = os.getppid()
         self.last: Verdict | None = None
 
     def before_update(self, ready: bool) -> bool:

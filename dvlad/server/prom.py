@@ -119,7 +119,6 @@ class DaemonCollector(Collector):
                 growing.add_metric(key, float(memory["activation_growing"]))
         yield from (*families.values(), growing)
 
-
     def federation(self) -> Iterator[GaugeMetricFamily]:
         """Each peer node: up, its heartbeat's age; the leases this node holds for coordinators and those
         its own multi-node jobs hold on peers (by the other node, 0 for a peer with none); its jobs coordinated."""

@@ -444,4 +444,3 @@ class StatusLine:
         layouts = [[text for text, rank in parts if not rank or rank > gone] for gone in [0, *ranks]]
         yield widest_fitting(console, options, layouts, lambda kept: Text(" · ", no_wrap=True, overflow="ellipsis")
                              .join(kept))  # type: ignore[arg-type]
-

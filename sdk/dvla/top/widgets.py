@@ -67,6 +67,10 @@ class JobsTable(DataTable[str]):
     def on_mount(self) -> None:
         self.cursor_type = "row"
         self.zebra_stripes = True
+        self.add_columns_keyed()
+
+    def add_columns_keyed(self) -> None:
+        """The queue's columns, each keyed by its title (cells are updated by column key)."""
         for name in COLUMNS:
             self.add_column(name, key=name)
 
@@ -111,8 +115,7 @@ class JobsTable(DataTable[str]):
             keep = prefer
         self.reason_room = room
         self.clear(columns=True)
-        for name in COLUMNS:
-            self.add_column(name, key=name)
+        self.add_columns_keyed()
         for row in rows:
             self.add_row(*fitted[row.id], key=str(row.id))
         if keep is not None and str(keep) in keys:
