@@ -65,7 +65,7 @@ class NvmlSampler(threading.Thread):
 def open_pool(spec: JobSpec, workers: int | None = None, num_envs: int | None = None) -> Iterator[EnvWorkerPool]:
     pool = EnvWorkerPool(spec.env.name, dict(spec.env.args), num_envs=num_envs or spec.env.num_envs,
                          groups=spec.env.groups, workers=workers or spec.env.workers,
-                         action_chunk=spec.policy.action_chunk, seed=spec.job.seed)
+                         action_chunk=spec.policy.action_chunk, seed=spec.job.seed, nice=spec.env.nice)
     try:
         yield pool
     finally:

@@ -77,6 +77,15 @@ def release_gpu() -> None:
         torch.cuda.empty_cache()
 
 
+def _sampling_rows(rows: list[dict], sampling_ended_s: float | None) -> list[dict]:
+    """The rows of the steady window: without the first (its update includes warm-up) and without
+    those made after the actors stopped (the learner trains the rollouts still queued then; counting
+    that tail would charge it to the sampling rate)."""
+    if sampling_ended_s is not None:
+        rows = [r for r in rows if r[m.TIME_S] <= sampling_ended_s] or rows[:1]
+    return rows[1:] if len(rows) > 2 else rows
+
+
 def run_mode(spec: JobSpec, mode: str, steps: int, placement: Placement, actor_cores: int = 0) -> dict:
     """One mode of the job; ``actor_cores`` > 0 pins the actor and learner to that many cores and
     the env workers to the rest (:mod:`_pinning`)."""
@@ -99,7 +108,7 @@ def run_mode(spec: JobSpec, mode: str, steps: int, placement: Placement, actor_c
             else contextlib.nullcontext()
         with pins:
             pipeline.run()
-    steady = rows[1:] if len(rows) > 2 else rows  # the first update includes warm-up
+    steady = _sampling_rows(rows, pipeline.sampling_ended_s)
     t0 = pipeline.timeline_origin
     since, until = t0 + steady[0][m.TIME_S], t0 + steady[-1][m.TIME_S]
     span = until - since
@@ -434,7 +443,7 @@ def main() -> None:
     steps = args.steps or (8_000 if args.gpu else 30_000)
     probe_s = 6.0
     if args.quick:
-        steps, probe_s = 3_000, 2.0
+        steps, probe_s = 6_000, 2.0  # ~11 updates: fewer leave a window of 3 or 4, all noise
         spec.pipeline.segment_steps = min(spec.pipeline.segment_steps, 16)
         spec.algo.update_epochs = 1
     workloads = ([] if not args.gpu else ["balanced", "libero"] if args.workload == "both" else [args.workload])

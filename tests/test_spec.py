@@ -227,6 +227,8 @@ def test_multiline_strings_and_arrays_do_not_confuse_the_locator():
         ("[algo]\nlearning_rate = 0\n", "algo.learning_rate", 2),
         ("[pipeline]\nmax_staleness = -1\n", "pipeline.max_staleness", 2),
         ("[env]\nworkers = 0\n", "env.workers", 2),
+        ("[env]\nnice = 20\n", "env.nice", 2),
+        ("[env]\nnice = -1\n", "env.nice", 2),
         ("[train]\ntotal_env_steps = 0\n", "train.total_env_steps", 2),
         ("[train]\nstop_at_success = 1.5\n", "train.stop_at_success", 2),
         ("[train]\nstop_at_success = -0.1\n", "train.stop_at_success", 2),

@@ -103,6 +103,30 @@ def test_hung_worker_is_replaced_after_the_step_timeout():
         pool.close()
 
 
+@pytest.mark.parametrize("nice", [0, 7])
+def test_workers_yield_the_cores_by_nice_and_every_thread_keeps_it(nice):
+    """``env.nice``: the workers become batch work at a lower priority, yielding the cores to the
+    actor and the learner (0: as they were). Linux keeps both per thread, so each thread of a worker
+    (a simulator's own included) must have them; a thread may lower itself further (Mesa's disk
+    cache thread runs at 19)."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    pool = EnvWorkerPool("reach", {}, num_envs=2, groups=1, workers=2, action_chunk=1, nice=nice)
+    try:
+        for pid in pool.pids():
+            threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+            assert len(threads) > 1  # the simulator's renderer starts threads of its own
+            assert os.getpriority(os.PRIO_PROCESS, pid) == min(base + nice, 19)
+            assert min(os.getpriority(os.PRIO_PROCESS, t) for t in threads) == min(base + nice, 19)
+            if nice:
+                assert {os.sched_getscheduler(t) for t in threads} == {os.SCHED_BATCH}
+            else:
+                assert os.sched_getscheduler(pid) == os.SCHED_OTHER
+        assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the pool's own process is untouched
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    finally:
+        pool.close()
+
+
 def test_reach_env_workers_render_real_images():
     pool = EnvWorkerPool("reach", {}, num_envs=2, groups=1, workers=1, action_chunk=1, seed=0)
     try:

@@ -103,6 +103,9 @@ class WorkerConfig:
     and env indices follow the job-wide number, so no two replicas replay the same episodes."""
     cpus: tuple[int, ...] = ()
     """CPU cores the worker runs on (the ones near its replica's GPU); empty: wherever the OS says."""
+    nice: int = 0
+    """How much the worker lowers its CPU priority (``env.nice``; 0: not at all): workers yield the
+    cores to the actor and the learner, and take every cycle those leave (:func:`_yield_cores`)."""
 
 
 class _EnvSlots:
@@ -189,6 +192,21 @@ class _EnvSlots:
         return steps
 
 
+def _yield_cores(nice: int) -> None:
+    """Make this worker batch work that yields the cores to the actor and the learner (``env.nice``).
+
+    SCHED_BATCH: the scheduler takes the worker for CPU-bound work and never lets it preempt a
+    running thread when it wakes (a worker handed a step no longer knocks the learner off its core);
+    niceness ``nice`` weighs it against them (at 19 about 1.5 % of a contended core). Unlike
+    SCHED_IDLE it is never starved outright, whatever else runs. Linux keeps both per thread: the
+    threads already there (numpy's BLAS pool) are set one by one, and those started later (a
+    simulator's own) inherit them from the main thread."""
+    for tid in (int(t) for t in os.listdir("/proc/self/task")):
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
+            os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))
+
+
 def worker_main(cfg: WorkerConfig, conn: Connection, handle_conn: Connection, stderr: Connection) -> None:
     """Entry point of a worker process: build envs, report the spec, then serve steps."""
     redirect_stderr(stderr)  # through the parent, which keeps its tail for the reason if this dies
@@ -196,6 +214,8 @@ def worker_main(cfg: WorkerConfig, conn: Connection, handle_conn: Connection, st
     faulthandler.enable()  # a simulator that crashes leaves the Python stack it crashed in, in the log
     if cfg.cpus:
         os.sched_setaffinity(0, cfg.cpus)
+    if cfg.nice:
+        _yield_cores(cfg.nice)
     from dvlad.envs import make_env
 
     arrays = None
@@ -350,7 +370,7 @@ class EnvWorkerPool:
     def __init__(self, env_name: str, env_args: dict, *, num_envs: int, groups: int, workers: int,
                  action_chunk: int, auto_reset: bool = True, seed: int = 0,
                  step_timeout_s: float = 30.0, build_timeout_s: float = 300.0, envs_per_index: int = 1,
-                 first_env: int = 0, cpus: tuple[int, ...] = (),
+                 first_env: int = 0, cpus: tuple[int, ...] = (), nice: int = 0,
                  replacement_budget: ReplacementBudget = ReplacementBudget()) -> None:
         if num_envs % (groups * workers):
             raise ValueError(f"num_envs={num_envs} must divide into groups×workers={groups * workers}")
@@ -366,7 +386,7 @@ class EnvWorkerPool:
             WorkerConfig(w, env_name, dict(env_args), tuple(
                 tuple(range(g * self.envs_per_group + w * per_worker,
                             g * self.envs_per_group + (w + 1) * per_worker)) for g in range(groups)),
-                auto_reset, seed, envs_per_index, first_env, cpus)
+                auto_reset, seed, envs_per_index, first_env, cpus, nice)
             for w in range(workers)
         ]
         self.workers = [_Worker(self._ctx, c) for c in self._configs]

@@ -86,6 +86,9 @@ class Pipeline:
         """The learner ranks and the replicas in processes of their own, by the name failures use."""
         self.timeline_origin = 0.0
         """``time.monotonic()`` at which the rows' ``time_s`` starts (to align them with the timeline)."""
+        self.sampling_ended_s: float | None = None
+        """The rows' ``time_s`` at which this node's actors stopped sampling: later rows are the
+        learner's last updates, on rollouts still queued (what a throughput window must leave out)."""
         self.pools: DualPool | None = None
         """This process's weight and activation pools, with the job's budgets (dvlad/gpu/pools.py)."""
         self.pool_peaks: dict[str, float] = {}
@@ -265,6 +268,7 @@ class Pipeline:
             with actor.placement.lane_stream(ACTOR_PRIORITY):
                 actor.run(should_stop)
         finally:
+            self.sampling_ended_s = time.monotonic() - t_start
             lane_ended = ended()  # before any was asked to stop
             # the ranks learn why this node stops (or that it fails) before it asks them to
             node.tell(reporter.node_env_steps, budget.reason,

@@ -66,7 +66,7 @@ def open_pool(spec: JobSpec, setup: ReplicaSetup) -> EnvWorkerPool:
                          workers=setup.workers, action_chunk=spec.policy.action_chunk, auto_reset=not episodic,
                          seed=spec.job.seed, step_timeout_s=spec.env.step_timeout_s,
                          envs_per_index=spec.algo.group_size if episodic else 1, first_env=setup.first_env,
-                         cpus=setup.cpus, replacement_budget=ReplacementBudget(
+                         cpus=setup.cpus, nice=spec.env.nice, replacement_budget=ReplacementBudget(
                              spec.env.max_worker_replacements, 60 * spec.env.replacement_window_min))
 
 

@@ -196,7 +196,7 @@ def evaluate(path: Path, spec: JobSpec, plan: Plan, workers: int, envs: int, pla
     t0 = time.monotonic()
     pool = EnvWorkerPool(plan.env, plan.env_args, num_envs=envs, groups=1, workers=workers,
                          action_chunk=spec.policy.action_chunk, auto_reset=False, seed=spec.job.seed,
-                         step_timeout_s=spec.env.step_timeout_s)
+                         step_timeout_s=spec.env.step_timeout_s, nice=spec.env.nice)
     try:
         per_task = max(s.index for s in plan.starts) + 1
         if plan.suite is not None and per_task > pool.spec.num_init_states:

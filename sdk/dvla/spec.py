@@ -148,6 +148,13 @@ class EnvSection:
     with the reason (an env that crashes, exits or hangs on every step must not run for ever)."""
     replacement_window_min: float = 10.0
     """The window, in minutes, that ``max_worker_replacements`` counts over."""
+    nice: int = 19
+    """How much the env workers lower their CPU priority (Linux niceness, 0–19), as batch work
+    (SCHED_BATCH: a waking worker never preempts). The actor and the learner are one thread each on
+    the job's critical path; the workers are many and interchangeable. At 19 they yield a core
+    whenever the actor or the learner wants it and take every cycle those leave: a learner-bound job
+    stops time-slicing its learner with the simulators and a simulator-bound one loses nothing
+    (docs/benchmarks.md). 0: all share the cores equally."""
     args: dict[str, Any] = field(default_factory=dict)
     """Free-form keyword arguments for the env constructor."""
 
@@ -602,6 +609,7 @@ def _check_values(spec: JobSpec, check: _Checker) -> None:
     above("env.step_timeout_s", 0)
     at_least("env.max_worker_replacements", 0)
     above("env.replacement_window_min", 0)
+    within("env.nice", 0, 19)
     env = spec.env
     envs_split = False
     if check.ok("env.num_envs", "env.groups", "env.workers"):
