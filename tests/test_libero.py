@@ -153,6 +153,65 @@ def test_a_start_replays_exactly(envs):
     assert not np.array_equal(env.libero.get_sim_state(), state)
 
 
+def _renders(env) -> list[int]:
+    """Frames each camera of ``env`` has rendered so far."""
+    return [gate.renders for gate in env._gates.values()]
+
+
+@pytest.mark.slow
+def test_a_chunk_renders_its_last_frame_only_and_it_is_the_frame_every_step_rendered(envs):
+    """Inside an action chunk the worker steps with ``render=False`` but at the chunk's end: the
+    physics is the same, the cameras render once, and the final frames equal those of rendering
+    every step bit for bit (robosuite samples a camera at a control step's first substep)."""
+    env = envs["libero_spatial"]
+    chunk = np.random.default_rng(1).uniform(-1, 1, (4, 7))
+    env.reset(init_state=5)
+    before = _renders(env)
+    every = [env.step(a) for a in chunk][-1]
+    assert [n - b for n, b in zip(_renders(env), before, strict=True)] == [4, 4]
+    env.reset(init_state=5)
+    before = _renders(env)
+    last = [env.step(a, render=k == 3) for k, a in enumerate(chunk)][-1]
+    assert [n - b for n, b in zip(_renders(env), before, strict=True)] == [1, 1]
+    for name in CAMERAS:
+        np.testing.assert_array_equal(last.obs.images[name], every.obs.images[name])
+    np.testing.assert_array_equal(last.obs.proprio, every.obs.proprio)
+
+
+@pytest.mark.slow
+def test_a_worker_steps_a_chunk_with_one_frame_per_camera_and_writes_the_same_slot(envs):
+    """The worker's side (``_EnvSlots.step``, in this process): a chunk of 4 renders each camera
+    once, and the slot holds what rendering every step gave."""
+    from dvlad.lanes.env_workers import CMD_STEP, WorkerConfig, _EnvSlots, slot_layout
+    from dvlad.shm import SharedArrays
+
+    env = envs["libero_spatial"]
+    chunk = np.random.default_rng(2).uniform(-1, 1, (4, 7))
+    env.reset(init_state=6)
+    expected = [env.step(a) for a in chunk][-1].obs
+    arrays = SharedArrays(slot_layout(env.spec, 1, 4))
+    try:
+        slots = _EnvSlots(WorkerConfig(0, "libero", {}, ((0,),), auto_reset=True, base_seed=0), arrays, {0: env})
+        env.reset(init_state=6)
+        arrays["command"][0], arrays["action"][0] = CMD_STEP, chunk
+        before = _renders(env)
+        assert slots.step(0) == 4
+        assert [n - b for n, b in zip(_renders(env), before, strict=True)] == [1, 1]
+        for name in CAMERAS:
+            np.testing.assert_array_equal(arrays[f"image/{name}"][0], expected.images[name])
+    finally:
+        arrays.unlink()
+
+
+@pytest.mark.slow
+def test_the_step_that_ends_an_episode_by_its_limit_renders_inside_a_chunk(envs):
+    env = envs["libero_object"]  # limit 6
+    env.reset(init_state=0)
+    before = _renders(env)
+    results = [env.step(NOOP, render=False) for _ in range(6)]
+    assert results[-1].truncated and [n - b for n, b in zip(_renders(env), before, strict=True)] == [1, 1]
+
+
 @pytest.mark.slow
 def test_noop_episode_ends_unsuccessful_at_the_limit(envs):
     env = envs["libero_object"]  # limit 6 configured, for speed; the suite's own is 280

@@ -55,7 +55,11 @@ class Env(Protocol):
 
     def step(self, action: np.ndarray) -> StepResult:
         """Apply one 7-float action in [-1, 1]. After ``terminated`` or ``truncated`` the
-        caller resets; stepping further is undefined."""
+        caller resets; stepping further is undefined.
+
+        An env whose class sets ``renders_on_demand = True`` also takes ``render=False``: the
+        caller will read no image of this step's observation (a step inside an action chunk)
+        unless the episode ends on it, so rendering may be skipped."""
         ...
 
     def close(self) -> None: ...

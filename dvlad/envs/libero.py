@@ -20,13 +20,20 @@ Why these choices:
   Every image is rotated by 180° (both axes flipped, ``img[::-1, ::-1]``), the orientation the
   published LIBERO VLA checkpoints were trained on: the robot stands at the top of the
   agentview image. Nothing downstream flips again.
+- **Only the frames a policy sees.** Inside an action chunk the worker steps every action but
+  the last with ``render=False``: the physics runs as before and the cameras are not rendered
+  (:class:`_FrameGate`). robosuite samples a camera at the first physics substep of a control
+  step, so the chunk's last frame is exactly the one rendering every step gave. A step that ends
+  the episode by its time limit is known in advance and rendered the same way; one that succeeds
+  inside a chunk is rendered after the step, at the state it ended in (a terminal frame, which no
+  learner reads).
 - **Cheap frames on a CPU renderer.** With OSMesa, shadows, reflections and 4× multisampling
   make a step 2–3× dearer for no information a policy needs, so ``fast_render`` (default: on
   with OSMesa, off with EGL, where frames must look like LIBERO's demonstrations) turns them off.
 
 Observation: cameras ``agentview`` (third person) and ``wrist`` (robosuite's
-``robot0_eye_in_hand``), uint8 H×W×3 of ``image_size`` (default 128; any size up to robosuite's
-640×480 buffer, e.g. 224, 256), or none with ``cameras=False`` (physics only, for benchmarks).
+``robot0_eye_in_hand``), uint8 H×W×3 of ``image_size`` (default 128, or e.g. 224, 256: the
+GL buffers are made of the image size), or none with ``cameras=False`` (physics only, for benchmarks).
 Proprio (8 float32): end-effector position (3, metres, robot base frame as robosuite reports it),
 end-effector orientation as **axis-angle** (3, radians; from robosuite's xyzw quaternion, the
 state layout of the published LIBERO VLA fine-tunes), gripper finger joint positions (2).
@@ -41,7 +48,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -66,6 +73,26 @@ NOOP.setflags(write=False)
 """No motion, gripper open: the action of the settle steps."""
 INIT_STATE_TAG = 0x11BE20
 PROPRIO_DIM = 8
+
+
+class _FrameGate:
+    """A camera observable's sensor that renders only while a frame is wanted, and otherwise hands
+    back the last one (which the step's caller does not read). Installed once per camera, so the
+    observable's sampling timers run exactly as robosuite's own."""
+
+    def __init__(self, sensor: Callable[[dict], np.ndarray]) -> None:
+        self.sensor = sensor
+        self.__modality__ = sensor.__modality__  # robosuite checks a sensor's modality
+        self.wanted = True
+        self.last: np.ndarray | None = None
+        self.renders = 0
+        """Frames rendered since the env was built (tests count them)."""
+
+    def __call__(self, obs_cache: dict) -> np.ndarray:
+        if self.wanted or self.last is None:
+            self.last = self.sensor(obs_cache)
+            self.renders += 1
+        return self.last
 
 
 @dataclass(frozen=True)
@@ -135,6 +162,9 @@ class LiberoEnv:
     limit. ``libero_root``: a LIBERO data root of your own (see :mod:`dvlad.envs.libero_config`).
     """
 
+    renders_on_demand = True
+    """:meth:`step` takes ``render=False`` (the frames inside an action chunk, which no policy sees)."""
+
     def __init__(
         self,
         suite: str = DEFAULT_LIBERO_SUITE,
@@ -169,6 +199,8 @@ class LiberoEnv:
         )
         self._rng = np.random.default_rng(seed)
         self._env: Any = None
+        self._gates: dict[str, _FrameGate] = {}
+        """robosuite camera observable name -> its gate (:class:`_FrameGate`)."""
         self.task: Task | None = None
         self.init_state: int | None = None
         """The fixed start the current episode began from."""
@@ -201,20 +233,37 @@ class LiberoEnv:
             ignore_done=True,  # episode limits are D-VLA's (robosuite's horizon would end episodes itself)
         )
         self.task = resolved
+        self._gates = {}
+        for c in self.cameras:
+            name = f"{CAMERAS[c]}_image"
+            # robosuite 1.4.0 (pinned) has no getter for an observable's sensor; the pixel-identity
+            # tests (tests/test_libero.py) catch a robosuite whose sensors work otherwise
+            gate = self._gates[name] = _FrameGate(self._env.env._observables[name]._sensor)
+            self._env.env.modify_observable(name, "sensor", gate)
         self._init = _init_states(self.suite, resolved.index)
         self.spec = EnvSpec(self.spec.cameras, PROPRIO_DIM, self.spec.max_episode_steps, len(self._init))
-        if self.cameras and self.fast_render:
-            self._simplify_rendering()
+        if self.cameras:
+            self._fit_gl_buffers()
 
-    def _simplify_rendering(self) -> None:
-        """Shadows, reflections and multisampling off (a CPU renderer's three most expensive passes)."""
+    def _fit_gl_buffers(self) -> None:
+        """GL buffers for the frames this env renders, nothing more, then remade (MuJoCo sizes them
+        when its context is made). Same pixels: the offscreen buffer of the image size instead of
+        robosuite's 640×480 (frames are drawn in a viewport of the image size at its corner either
+        way), and no shadow map where no light casts shadows (LIBERO's scenes: ``castshadow="false"``,
+        and MuJoCo's headlight never does). With ``fast_render``, also shadows, reflections and
+        multisampling off (a CPU renderer's three most expensive passes; other pixels)."""
         import mujoco
 
         sim = self._env.sim
         context = sim._render_context_offscreen
-        context.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-        context.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
-        sim.model.vis.quality.offsamples = 0  # read when the GL buffers are made: remake them
+        vis = sim.model.vis
+        vis.global_.offwidth = vis.global_.offheight = self.image_size
+        if not sim.model.light_castshadow.any():
+            vis.quality.shadowsize = 0
+        if self.fast_render:
+            context.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+            context.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+            vis.quality.offsamples = 0
         context.gl_ctx.make_current()
         context.con.free()
         context._set_mujoco_context_and_buffers()
@@ -235,6 +284,8 @@ class LiberoEnv:
         rng = start_rng(seed, init_state, num_init_states=count, tag=INIT_STATE_TAG, fallback=self._rng)
         index = init_state if init_state is not None else int(rng.integers(count))
         self._make_current()
+        for gate in self._gates.values():
+            gate.wanted = True
         self._set_cameras(False)  # no frames for the reset and settle steps: only the last one is seen
         # Fixtures (cabinets, stoves) are placed by sampling from np.random at every reset and their
         # placement is model data, not part of the saved init state: seeding it by the start index
@@ -252,12 +303,19 @@ class LiberoEnv:
         self.episode_steps = 0
         return self._observe(raw)
 
-    def step(self, action: np.ndarray) -> StepResult:
+    def step(self, action: np.ndarray, render: bool = True) -> StepResult:
+        """One control step. ``render=False``: the caller reads no image of this step's observation
+        unless the episode ends on it (see the module docstring), so the cameras are not rendered."""
         a = np.clip(np.nan_to_num(np.asarray(action, dtype=np.float64).reshape(ACTION_DIM)), -1.0, 1.0)
         self._make_current()
+        wanted = render or self.episode_steps + 1 >= self.spec.max_episode_steps  # its last step: a frame
+        for gate in self._gates.values():
+            gate.wanted = wanted
         raw, _, done, _ = self._env.step(a)
         self.episode_steps += 1
         success = bool(done)
+        if success and not wanted:  # ended inside a chunk: its final frame, of the state it ended in
+            raw = {**raw, **{name: gate.sensor({}) for name, gate in self._gates.items()}}
         return StepResult(
             obs=self._observe(raw),
             reward=float(success),

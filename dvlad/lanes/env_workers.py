@@ -167,9 +167,12 @@ class _EnvSlots:
             self._switch_task(i, int(a["task"][i]))
             self.reset(i, None, init_state=int(a["seed"][i]))
         elif cmd == CMD_STEP:
-            reward, result = 0.0, None
-            for action in a["action"][i]:  # an action chunk runs in order, stopping at the end
-                result = self.envs[i].step(action)
+            reward, result, env = 0.0, None, self.envs[i]
+            chunk = a["action"][i]
+            lazy = getattr(env, "renders_on_demand", False)
+            for k, action in enumerate(chunk):  # an action chunk runs in order, stopping at the end
+                # only the chunk's last observation reaches the policy: an env that can skips the others' frames
+                result = env.step(action, render=k == len(chunk) - 1) if lazy else env.step(action)
                 reward += result.reward
                 steps += 1
                 if result.terminated or result.truncated:
