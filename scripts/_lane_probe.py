@@ -34,6 +34,18 @@ from dvlad.policies import build_policy
 from dvlad.spaces import ACTION_DIM, image_key
 
 
+def gpu_memory_used(index: int) -> int | None:
+    """Bytes of GPU ``index``'s memory in use by every process (NVML), or None without NVML: the
+    sample lane's share is the difference with its pool open and closed (EGL contexts' buffers)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index)).used)
+    except Exception:  # no driver, no library
+        return None
+
+
 class NvmlSampler(threading.Thread):
     """NVML's GPU utilisation every 100 ms while a mode runs (None where NVML is absent)."""
 

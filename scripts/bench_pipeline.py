@@ -38,7 +38,15 @@ from tempfile import TemporaryDirectory
 
 import numpy as np
 import torch
-from _lane_probe import NvmlSampler, lane_costs, open_pool, sample_and_render, sample_scaling, sample_seconds_per_step
+from _lane_probe import (
+    NvmlSampler,
+    gpu_memory_used,
+    lane_costs,
+    open_pool,
+    sample_and_render,
+    sample_scaling,
+    sample_seconds_per_step,
+)
 from _pinning import pinned
 
 from dvla import metric_names as m
@@ -371,13 +379,20 @@ def sample_costs(spec: JobSpec, placement: Placement, variants: list[str], secon
     """The sample lane alone, and the GPU time of its rendering, for the job's env settings and each
     variant's (ms per env step), each printed as soon as measured."""
     rows = {}
+    gpu = placement.device.index or 0
     for variant in ["job", *variants]:
         settings = contextlib.nullcontext() if variant == "job" else variant_settings(spec, variant)
+        before = gpu_memory_used(gpu) if placement.on_gpu else None
         with settings, open_pool(spec) as pool:  # the pool opened with the variant's settings
             sample, render = sample_and_render(pool, placement, seconds)
-        rows[variant] = {"sample_ms": 1e3 * sample, "render_ms": 1e3 * render, "steps_per_s": 1 / sample}
+            during = gpu_memory_used(gpu) if before is not None else None
+            chunk = spec.policy.action_chunk
+        mib_per_env = None if during is None else (during - before) / 2**20 / spec.env.num_envs
+        rows[variant] = {"sample_ms": 1e3 * sample, "render_ms": 1e3 * render, "steps_per_s": 1 / sample,
+                         "mib_per_env": mib_per_env, "action_chunk": chunk}
         print(f"sample lane with {variant}: {1e3 * sample:.3f} ms per env step ({1 / sample:.1f} steps/s), "
-              f"rendering {1e3 * render:.3f} ms of GPU per env step", flush=True)
+              f"rendering {1e3 * render:.3f} ms of GPU per env step"
+              + ("" if mib_per_env is None else f", {mib_per_env:.1f} MiB of GPU memory per env"), flush=True)
     return rows
 
 
