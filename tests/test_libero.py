@@ -204,6 +204,39 @@ def test_a_worker_steps_a_chunk_with_one_frame_per_camera_and_writes_the_same_sl
 
 
 @pytest.mark.slow
+def test_a_process_renders_every_env_in_one_gl_context_with_robosuites_own_pixels(envs):
+    """All LIBERO envs of a process (a worker's) draw in one GL context, each into buffers of its
+    image size; their frames are robosuite's own, drawn by a simulator in a context of its own with
+    robosuite's 640×480 buffers, bit for bit (LIBERO's own frames: shadows, reflection, 4× MSAA)."""
+    from libero.libero.envs.env_wrapper import ControlEnv
+
+    from dvlad.envs.gl import SharedGLContext
+
+    env = make_env("libero", suite="libero_spatial", task=0, fast_render=False)
+    reference = ControlEnv(bddl_file_name=env.task.bddl_file, camera_names=list(CAMERAS.values()),
+                           camera_heights=128, camera_widths=128, hard_reset=False, ignore_done=True)
+    try:
+        cameras = [e for e in [*envs.values(), env] if e.cameras]
+        contexts = {id(e.libero.sim._render_context_offscreen.gl_ctx.context) for e in cameras}
+        assert len(contexts) == 1 and SharedGLContext._refs == len(cameras)
+        own = reference.env.sim._render_context_offscreen.gl_ctx
+        assert not isinstance(own, SharedGLContext) and id(own) not in contexts
+        for start in (0, 9):
+            obs = env.reset(init_state=start)
+            reference.seed(start)  # fixtures are placed at reset from the seed, as LiberoEnv.reset does
+            reference.reset()
+            reference.set_init_state(env.libero.get_sim_state())
+            reference.env.sim.forward()
+            own.make_current()
+            for name, camera in CAMERAS.items():
+                frame = reference.env.sim.render(camera_name=camera, width=128, height=128)
+                np.testing.assert_array_equal(obs.images[name], frame[::-1, ::-1])
+    finally:
+        env.close()
+        reference.close()
+
+
+@pytest.mark.slow
 def test_the_step_that_ends_an_episode_by_its_limit_renders_inside_a_chunk(envs):
     env = envs["libero_object"]  # limit 6
     env.reset(init_state=0)

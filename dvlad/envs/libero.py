@@ -57,6 +57,7 @@ import numpy as np
 
 from dvla.catalog import DEFAULT_LIBERO_SUITE, LIBERO_SUITES
 from dvlad.envs.base import Observation, StepResult, start_rng
+from dvlad.envs.gl import SharedGLContext
 from dvlad.envs.libero_config import prepare_libero
 from dvlad.spaces import ACTION_DIM, EnvSpec
 
@@ -246,8 +247,9 @@ class LiberoEnv:
             self._fit_gl_buffers()
 
     def _fit_gl_buffers(self) -> None:
-        """GL buffers for the frames this env renders, nothing more, then remade (MuJoCo sizes them
-        when its context is made). Same pixels: the offscreen buffer of the image size instead of
+        """GL buffers for the frames this env renders, nothing more, remade in this process's one
+        GL context (:class:`~dvlad.envs.gl.SharedGLContext`; MuJoCo sizes them when its context is
+        made). Same pixels: the offscreen buffer of the image size instead of
         robosuite's 640×480 (frames are drawn in a viewport of the image size at its corner either
         way), and no shadow map where no light casts shadows (LIBERO's scenes: ``castshadow="false"``,
         and MuJoCo's headlight never does). With ``fast_render``, also shadows, reflections and
@@ -265,7 +267,9 @@ class LiberoEnv:
             context.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
             vis.quality.offsamples = 0
         context.gl_ctx.make_current()
-        context.con.free()
+        context.con.free()  # MuJoCo's objects, freed in the context they were made in
+        context.gl_ctx = SharedGLContext.adopt(context)  # one GL context for all of the worker's envs
+        context.gl_ctx.make_current()
         context._set_mujoco_context_and_buffers()
 
     def _make_current(self) -> None:
