@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dvla.spec import JobSpec, dump_toml
+from dvlad.runtime.jobfiles import read_job_file
 from dvlad.runtime.launch import PASSED_ENV, process_start
 from dvlad.segments import owner_prefix, reclaim
 from dvlad.sharing.base import MANIFEST
@@ -40,6 +41,8 @@ from dvlad.sharing.records import Records
 from dvlad.store import Job
 
 STOP_WAIT_S = 10.0
+MANIFEST_MAX = 16 << 20
+"""Bytes of a holder's manifest read at most (it lists a base's tensors, ~150 bytes each)."""
 
 
 def base_key(spec: JobSpec) -> str:
@@ -102,8 +105,12 @@ class Holder:
         return self.directory / MANIFEST
 
     def manifest(self) -> dict | None:
+        """The holder's manifest once it is written, else None. Read as :mod:`dvlad.runtime.jobfiles`
+        reads a job's files, and at most :data:`MANIFEST_MAX` bytes: the directory is the holder's
+        user's, who could put a FIFO (an open that never returns), a device or a link to a root-only
+        file in its place, and ``/metrics`` reads it on dvlad's event loop."""
         try:
-            return json.loads(self.manifest_path.read_text())
+            return json.loads(read_job_file(self.manifest_path, limit=MANIFEST_MAX))
         except (OSError, ValueError):
             return None
 
