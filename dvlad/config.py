@@ -6,7 +6,6 @@ Why strict: a misspelt limit silently ignored is a lab where one user takes ever
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
 import typing
@@ -121,6 +120,9 @@ class Config:
     node: NodeSection = field(default_factory=NodeSection)
     limits: Limits = field(default_factory=Limits)
     federation: FederationSection = field(default_factory=FederationSection)
+    personal: bool = False
+    """Set by ``dvlad --user``, never by a file: the daemon is its owner's alone, on every path (its
+    socket, who may call it), whoever started it, root included (:func:`dvlad.server.auth.sole_user`)."""
 
     @property
     def cpu_slots(self) -> int:
@@ -199,10 +201,14 @@ def _limits(table: Any) -> Limits:
     return Limits(_limit(table.get("default", {}), "limits.default"), named["users"], named["groups"])
 
 
+SECTIONS = ("daemon", "node", "limits", "federation")
+"""The tables a config file may have (``Config.personal`` is the command line's, not a file's)."""
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
-    unknown = set(data) - {f.name for f in dataclasses.fields(Config)}
+    unknown = set(data) - set(SECTIONS)
     if unknown:
-        raise ConfigError(sorted(unknown)[0], "unknown section (known: daemon, node, limits, federation)")
+        raise ConfigError(sorted(unknown)[0], f"unknown section (known: {', '.join(SECTIONS)})")
     config = Config(_section(DaemonSection, data.get("daemon", {}), "daemon"),
                     _section(NodeSection, data.get("node", {}), "node"),
                     _limits(data.get("limits", {})),

@@ -93,7 +93,7 @@ class Dvlad:
         self.env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "osmesa"), **(env or {})}
         if user_mode:  # `dvlad --user`: where things go follows $XDG_RUNTIME_DIR and $HOME
             self.env.update(HOME=str(self.home), XDG_RUNTIME_DIR=str(self.home / "run"))
-            (self.home / "run").mkdir()
+            (self.home / "run").mkdir(mode=0o700)  # as a login's runtime dir is: dvlad refuses a laxer one
             self.socket = str(self.home / "run" / "dvlad.sock")
             self.state_dir = self.home / ".local" / "state" / "dvlad"
             self.args = ["--user"]

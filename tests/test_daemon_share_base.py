@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from dvlad.segments import SHM_DIR, count, daemon_tag, owner_prefix, reclaim
-from dvlad.testing import LONG
+from dvlad.testing import LONG, request
+from tests.test_daemon_api import as_user
 
 pytestmark = pytest.mark.slow
 
@@ -116,3 +117,36 @@ def test_a_restarted_dvlad_re_adopts_the_holder_gives_it_the_next_job_and_ends_i
         for pid in holder_pids(dvlad.state_dir):
             os.kill(pid, signal.SIGKILL)
         reclaim(bases)  # a killed holder cannot remove its segment
+
+
+def test_a_base_another_user_names_is_read_as_that_user_off_the_event_loop_and_refused_with_why(dvlads):
+    """A ``pretrained`` directory with a link to /dev/zero (it never ends) and one to a root-only file:
+    dvlad reads it only as the job's user, in a child process, so it keeps answering, never reads the
+    root-only file, and fails the job naming both."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (CI runs as root): a job of another user")
+    dvlad = dvlads("[node]\ncpu_slots = 4\n")
+    base = dvlad.home / "base"  # a directory nobody may read (dvlad's home is 0755)
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    (base / "model.safetensors").symlink_to("/dev/zero")
+    secret = dvlad.home / "root-only.json"
+    secret.write_text('{"secret": 1}')
+    secret.chmod(0o600)
+    (base / "secret.json").symlink_to(secret)
+    args = {"pretrained": str(base), "patch_size": 8, "lora": {"r": 4}}
+    status, body = as_user("nobody", dvlad.socket, "POST", "/v1/jobs", {
+        "spec": {**lora_job("theirs", 1e-3), "policy": {"name": "transformer-vla", "args": args}}})
+    assert status == 201, body
+
+    def ended() -> dict | None:  # every status request answers within 5 s, while the base is read too
+        job = request(dvlad.socket, "GET", f"/v1/jobs/{body['job']['id']}", timeout=5)[1]
+        return job if job["state"] in ("running", "failed", "succeeded") else None
+
+    job = wait_until("the job leaves placing", ended, timeout=30)
+    assert job["state"] == "failed", job
+    assert job["reason"] == (f"could not start: its base model (policy.args.pretrained = {base}), read as nobody, "
+                             "could not be read: model.safetensors (a link to /dev/zero) is a character device, not "
+                             "a regular file; secret.json: Permission denied")
+    assert not holder_pids(dvlad.state_dir)
+    assert request(dvlad.socket, "GET", "/v1/nodes", timeout=5)[0] == 200

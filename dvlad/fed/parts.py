@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import pwd
 from typing import Any
 
@@ -19,7 +18,7 @@ from dvlad.config import job_cpu_slots
 from dvlad.fed.leases import Lease
 from dvlad.fed.records import Records
 from dvlad.gpu.layout import best_linked
-from dvlad.server.auth import identity_of
+from dvlad.server.auth import identity_of, sole_user
 from dvlad.server.core import Daemon
 from dvlad.server.errors import ApiError
 from dvlad.store import ACTIVE, TERMINAL, IllegalTransition, Job, State, Submission
@@ -63,9 +62,9 @@ class PartHost:
         except KeyError:
             raise ApiError(403, "no_such_user", f"user {user!r} does not exist on this node; a multi-node job's "
                                                 "user must exist on every node (same name)", field="user") from None
-        if os.geteuid() != 0 and entry.pw_uid != os.geteuid():
-            raise ApiError(403, "forbidden", f"this dvlad runs as uid {os.geteuid()} and runs jobs only as that "
-                                             f"user, not as {user}", field="user")
+        if (sole := sole_user(self.daemon.config.personal)) is not None and entry.pw_uid != sole:
+            raise ApiError(403, "forbidden", f"this dvlad is uid {sole}'s own and runs jobs only as that user, "
+                                             f"not as {user}", field="user")
         env = body.get("env")
         if not isinstance(env, dict) or set(env) != set(ENV_KEYS) or not all(isinstance(v, str) for v in env.values()):
             raise ApiError(400, "bad_field", f"expected exactly {', '.join(ENV_KEYS)} as strings", field="env")

@@ -133,25 +133,40 @@ class Supervisor:
 
         A job on several GPUs is laid out by the planner the job itself will follow
         (:func:`dvlad.gpu.layout.plan_layout`, over the same topology record, handed to the job): the
-        plan is logged here, and a layout that cannot run fails the job before it starts."""
-        extra_env = dict(extra_env or {})
+        plan is logged here, and a layout that cannot run fails the job before it starts.
+
+        A job that shares a ``pretrained`` base whose directory is still being read (as its user, in the
+        background: :meth:`BaseHolders.read`) stays placing, and starts here again once it has been."""
+        env = dict(extra_env or {})
         try:
             spec = spec_from_dict(job.spec)
             if spec.resources.share_base:
-                extra_env[MANIFEST_ENV] = str(self.bases.acquire(job, spec, gpu_ids))
+                read = self.bases.read(job, spec)
+                if read is not None and not read.done():
+                    read.add_done_callback(lambda done: done.cancelled() or self._resume(job.id, gpu_ids, extra_env,
+                                                                                         note))
+                    return job
+                env[MANIFEST_ENV] = str(self.bases.acquire(job, spec, gpu_ids))
             if len(gpu_ids) > 1:
                 plan = plan_layout(gpu_ids, self.topology, layout=spec.placement.layout,
                                    learners=spec.placement.learner_gpus, workers=spec.env.workers,
                                    groups=spec.env.groups, fanout=spec.placement.replication_fanout)
                 log.info("job layout", extra={"job": job.id, **plan.as_dict()})
-            started = spawn(job, gpu_ids, self.state_dir, self.topology, extra_env)
-        except (OSError, subprocess.SubprocessError, ValueError) as exc:
+            started = spawn(job, gpu_ids, self.state_dir, self.topology, env)
+        except (OSError, subprocess.SubprocessError, ValueError) as exc:  # BaseUnreadable is a ValueError
             self.bases.release(job.id)
             return self.store.transition(job.id, State.FAILED, f"could not start: {exc}")
         self.tracked[job.id] = Tracked.started(job.id, started.pid, started.create_time, started.popen)
         return self.store.transition(job.id, State.RUNNING, f"started as pid {started.pid} on "
                                      f"{'GPUs ' + ','.join(map(str, gpu_ids)) if gpu_ids else 'CPU'}{note}",
                                      pid=started.pid, pid_start=started.create_time)
+
+    def _resume(self, job_id: int, gpu_ids: list[int], extra_env: dict[str, str] | None, note: str) -> None:
+        """Start a placing job whose base has been read, unless it was cancelled meanwhile."""
+        job = self.store.get(job_id)
+        if job is not None and job.state is State.PLACING:
+            self.start(job, gpu_ids, extra_env, note)
+            self.on_change()
 
     def recover(self) -> None:
         """After a restart: adopt live jobs (pid and start time match), settle the ones that ended;

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from dvlad.gpu.inventory import LIVE_FIELDS
 from dvlad.runtime.jobfiles import metrics_rows, read_job_file
 from dvlad.runtime.launch import log_path, run_dir
 from dvlad.server import lifetime, prom, transfer
-from dvlad.server.auth import Identity, authenticate, may_cancel, may_read
+from dvlad.server.auth import Identity, authenticate, may_cancel, may_read, peer_credentials, refuse_stranger, sole_user
 from dvlad.server.codec import read_body, respond, timed_chunks
 from dvlad.server.connections import GUARD, ConnectionGuard
 from dvlad.server.core import NeverFits
@@ -46,17 +45,21 @@ TAR = "application/x-tar"
 
 @web.middleware
 async def errors_and_identity(request: web.Request, handler):
-    """Authenticate every request; turn every failure into ``{code, field, reason}``."""
+    """Authenticate every request; turn every failure into ``{code, field, reason}``.
+
+    A dvlad that serves one user (:func:`~dvlad.server.auth.sole_user`) refuses every other uid on
+    its socket first, before it looks at the request's path, headers or body."""
     try:
+        sole = sole_user(request.app[CONFIG].personal)
+        if (peer := peer_credentials(request)) is not None:
+            refuse_stranger(peer[0], sole)
         if request.path.startswith(FED_PREFIX):  # peers' endpoints: signed requests only, never a user's
             await verify_peer(request)
             request.app[GUARD].authenticated(request.transport)
             return await handler(request)
         who = authenticate(request, request.app[TOKENS], request.app[CONFIG].daemon)
         request.app[GUARD].authenticated(request.transport)
-        if os.geteuid() != 0 and who.uid != os.geteuid():
-            # a daemon that is not root runs every job as its own user: nobody else may submit
-            raise ApiError(403, "forbidden", f"this dvlad runs as uid {os.geteuid()} and serves only that user")
+        refuse_stranger(who.uid, sole)  # a token's user, on TCP
         request[IDENTITY] = who
         return await handler(request)
     except ApiError as err:

@@ -105,11 +105,34 @@ def load_tokens(path: Path) -> dict[str, str]:
     return tokens
 
 
-def authenticate(request: web.Request, tokens: dict[str, str], daemon: DaemonSection) -> Identity:
+def sole_user(personal: bool) -> int | None:
+    """The only uid this dvlad serves, or None for every user (a system daemon run by root).
+
+    Its own uid where it is personal (``dvlad --user``, root's too: it is still one user's daemon) or
+    not root (it cannot start a job as anyone else). Why root's personal daemon too: a job it accepted
+    from another user would run with root's rights or not at all, and its socket is root's alone."""
+    euid = os.geteuid()
+    return euid if personal or euid != 0 else None
+
+
+def peer_credentials(request: web.Request) -> tuple[int, int] | None:
+    """The uid and gid of a Unix-socket caller (``SO_PEERCRED``: the kernel's word); None on TCP."""
     sock = request.transport.get_extra_info("socket") if request.transport else None
-    if sock is not None and sock.family == socket.AF_UNIX:
-        _pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-        return identity_of(uid, gid, daemon)
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    _pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    return uid, gid
+
+
+def refuse_stranger(uid: int, sole: int | None) -> None:
+    """Raise 403 unless this dvlad serves ``uid`` (:func:`sole_user`)."""
+    if sole is not None and uid != sole:
+        raise ApiError(403, "forbidden", f"this dvlad is uid {sole}'s own and serves only that user, not uid {uid}")
+
+
+def authenticate(request: web.Request, tokens: dict[str, str], daemon: DaemonSection) -> Identity:
+    if (peer := peer_credentials(request)) is not None:
+        return identity_of(*peer, daemon)
     header = request.headers.get("Authorization", "")
     if not header.startswith("Bearer "):
         raise ApiError(401, "unauthorized", "TCP callers need an Authorization: Bearer token", field="Authorization")

@@ -154,17 +154,22 @@ class Daemon:
             raise NeverFits("spec.placement.nodes", f"the job asks for {nodes} nodes; {where}; see docs/federation.md")
 
     def _ask(self, job_id: int, job: Job | None = None) -> MemoryAsk | None:
-        """What job ``job_id`` asks of each GPU (None: whole GPUs), computed once from its spec."""
+        """What job ``job_id`` asks of each GPU (None: whole GPUs), computed once from its spec; a
+        shared base whose key is not known yet (its directory is being read) counts whole, and is
+        asked again at the next pass."""
         if job_id not in self._asks:
             job = job or self.store.get(job_id)
             try:
                 spec = spec_from_dict(job.spec) if job else None
                 ask = memory_ask(spec) if spec else None
-                if ask and spec.resources.share_base:  # its base counts once per GPU among those sharing it
-                    ask = dataclasses.replace(ask, base_key=self.supervisor.bases.admission_key(job, spec))
-                self._asks[job_id] = ask
-            except (BudgetUnknown, SpecError, OSError):  # refused at submit; a record from before: whole GPUs
-                self._asks[job_id] = None
+            except (BudgetUnknown, SpecError):  # refused at submit; a record from before: whole GPUs
+                ask = spec = None
+            if ask and spec.resources.share_base:  # its base counts once per GPU among those sharing it
+                base = self.supervisor.bases.admission_key(job, spec)
+                if base is None:
+                    return ask
+                ask = dataclasses.replace(ask, base_key=base)
+            self._asks[job_id] = ask
         return self._asks[job_id]
 
     def memory_plan(self, job: Job) -> MemoryPlan:
@@ -262,6 +267,7 @@ class Daemon:
         live = {*asks, *(job.id for job in active)}
         self._asks = {job_id: ask for job_id, ask in self._asks.items() if job_id in live}  # ended jobs: forgotten
         self._plans = {job_id: plan for job_id, plan in self._plans.items() if job_id in live}
+        self.supervisor.bases.forget_reads(live)
         began = time.perf_counter()
         decided = await asyncio.to_thread(_decide, queue, asks, cluster, self.config.limits)
         self.last_pass = (len(queue), time.perf_counter() - began)

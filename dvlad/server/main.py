@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import grp
 import logging
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 from aiohttp import web
 
 from dvlad.config import DEFAULT_CONFIG, PERSONAL_OVERSUBSCRIBE, Config, ConfigError, DaemonSection, load_config
+from dvlad.server.auth import sole_user
 from dvlad.server.connections import GUARD, GuardedTCPSite, raise_file_limit
 
 log = logging.getLogger("dvlad")
@@ -71,6 +73,7 @@ def resolve(args: argparse.Namespace, system: Path = DEFAULT_CONFIG) -> Config:
         d.socket = str(Path(runtime) / "dvlad.sock")
         d.state_dir = str(Path.home() / ".local/state/dvlad")
         d.socket_group = ""
+        config.personal = True
         config.node.cpu_oversubscribe = config.node.cpu_oversubscribe or PERSONAL_OVERSUBSCRIBE
     if args.state_dir:
         d.state_dir = str(args.state_dir)
@@ -108,20 +111,50 @@ def _unlink_stale_socket(path: Path) -> None:
         path.unlink()
 
 
-async def _listen(runner: web.AppRunner, d: DaemonSection, tls: ssl.SSLContext | None = None) -> Path:
+def private_directory(path: Path) -> None:
+    """Make ``path`` (mode 0700), or check that the one there is a directory of this uid's that nobody
+    else may enter; raise SystemExit saying what is wrong otherwise.
+
+    Why: a personal daemon's socket sits in it (``/tmp/dvlad-UID`` where ``$XDG_RUNTIME_DIR`` is unset),
+    and whoever owns or may write that directory could put their own socket in its place, or reach
+    the daemon's; another user may have made ``/tmp/dvlad-0`` before root's daemon started."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    st = path.lstat()  # never through a symlink: its target is anybody's
+    if not stat.S_ISDIR(st.st_mode):
+        raise SystemExit(f"dvlad: {path} is not a directory; a personal daemon's socket goes in a directory "
+                         "of its own user's, mode 0700: remove it, or set XDG_RUNTIME_DIR or --socket")
+    if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SystemExit(f"dvlad: {path} is owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}; a "
+                         f"personal daemon's socket goes only in a directory of its own user's (uid "
+                         f"{os.geteuid()}) that nobody else may enter (mode 0700): remove it, or set "
+                         "XDG_RUNTIME_DIR or --socket")
+
+
+def socket_mode(d: DaemonSection, sole: int | None) -> int:
+    """The Unix socket's mode: the owner's alone where dvlad serves one user (:func:`sole_user`);
+    else identity comes from peer credentials and jobs run as their callers, so the socket group
+    gates access (no group: any local user)."""
+    return 0o600 if sole is not None else 0o660 if d.socket_group else 0o666
+
+
+async def _listen(runner: web.AppRunner, config: Config, tls: ssl.SSLContext | None = None) -> Path:
     """Listen on TCP (if configured; over TLS with ``tls``), then on the Unix socket, which gets its mode
-    and group; returns its path."""
+    and group (a personal daemon's in a directory of its own: :func:`private_directory`); returns its path."""
+    d = config.daemon
     if d.tcp:  # before the Unix socket: once that answers, every listener is up
         host, _, port = d.tcp.rpartition(":")
         await GuardedTCPSite(runner, host, int(port), runner.app[GUARD], backlog=LISTEN_BACKLOG,
                              ssl_context=tls).start()
     sock_path = Path(d.socket)
-    sock_path.parent.mkdir(parents=True, exist_ok=True)
+    if config.personal:
+        private_directory(sock_path.parent)
+    else:
+        sock_path.parent.mkdir(parents=True, exist_ok=True)
     _unlink_stale_socket(sock_path)
     await web.UnixSite(runner, str(sock_path), backlog=LISTEN_BACKLOG).start()
-    # root: identity from peer credentials, jobs run as their callers, so the socket group gates access
-    # (no group: any local user). A personal daemon runs every job as its owner: the owner's alone.
-    os.chmod(sock_path, 0o600 if os.geteuid() != 0 else 0o660 if d.socket_group else 0o666)
+    os.chmod(sock_path, socket_mode(d, sole_user(config.personal)))
     if d.socket_group:
         try:
             os.chown(sock_path, -1, grp.getgrnam(d.socket_group).gr_gid)
@@ -149,7 +182,7 @@ async def serve(config: Config, tokens: dict[str, str]) -> int:
                            keepalive_timeout=config.daemon.header_timeout_s, lingering_time=LINGER_S)
     try:
         await runner.setup()
-        sock_path = await _listen(runner, config.daemon, tls_context(config))
+        sock_path = await _listen(runner, config, tls_context(config))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -11,7 +11,9 @@ So by default only a user's own jobs trust each other's, and a lab that wants mo
 The base's *key* is its content: for a pretrained trunk the SHA-256 of its directory's files, for
 a trunk built from a preset what determines its bytes (the trunk's config, the seed and the dtypes,
 which :func:`dvlad.sharing.holder.build_base` builds from). The holder then measures the bytes it
-built (the manifest's ``sha256``), which every job checks.
+built (the manifest's ``sha256``), which every job checks. A pretrained directory is the user's: it is
+read once per job, in the background, by a child process as the job's user, within bounds
+(:mod:`dvlad.sharing.base_digest`); until then the job's base has no key.
 
 A holder outlives a dvlad restart (its jobs keep mapping it): each is recorded in the state directory
 (:mod:`dvlad.sharing.records`), and the next dvlad re-adopts the live ones that active jobs still
@@ -20,6 +22,7 @@ map (:meth:`BaseHolders.recover`), ends those that none does, and forgets the de
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import grp
 import hashlib
@@ -33,28 +36,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dvla.spec import JobSpec, dump_toml
+from dvlad.runtime.jobfiles import read_job_file
 from dvlad.runtime.launch import PASSED_ENV, process_start
 from dvlad.segments import owner_prefix, reclaim
 from dvlad.sharing.base import MANIFEST
+from dvlad.sharing.base_digest import read_digest
 from dvlad.sharing.records import Records
 from dvlad.store import Job
 
 STOP_WAIT_S = 10.0
+MANIFEST_MAX = 16 << 20
+"""Bytes of a holder's manifest read at most (it lists a base's tensors, ~150 bytes each)."""
 
 
-def base_key(spec: JobSpec) -> str:
-    """The content key of a share_base job's base (see the module docstring)."""
+def base_key(spec: JobSpec, pretrained: str | None = None) -> str:
+    """The content key of a share_base job's base (see the module docstring); ``pretrained``: the
+    digest of its ``pretrained`` directory where it names one (:func:`~dvlad.sharing.base_digest.digest`)."""
     args = spec.policy.args
     what: dict[str, object] = {"precision": spec.resources.precision, "dtype": args.get("dtype", "float32")}
     if args.get("pretrained"):
-        digest = hashlib.sha256()
-        directory = Path(args["pretrained"]).expanduser()
-        for path in sorted(p for p in directory.iterdir() if p.suffix in (".json", ".safetensors")):
-            digest.update(path.name.encode())
-            with path.open("rb") as f:
-                for chunk in iter(lambda f=f: f.read(1 << 24), b""):
-                    digest.update(chunk)
-        what["pretrained"] = digest.hexdigest()
+        what["pretrained"] = pretrained
     else:
         what.update(preset=args.get("preset") or "tiny", trunk=args.get("trunk") or {},
                     vocab_size=int(args.get("vocab_size", 1024)), seed=spec.job.seed)
@@ -102,8 +103,12 @@ class Holder:
         return self.directory / MANIFEST
 
     def manifest(self) -> dict | None:
+        """The holder's manifest once it is written, else None. Read as :mod:`dvlad.runtime.jobfiles`
+        reads a job's files, and at most :data:`MANIFEST_MAX` bytes: the directory is the holder's
+        user's, who could put a FIFO (an open that never returns), a device or a link to a root-only
+        file in its place, and ``/metrics`` reads it on dvlad's event loop."""
         try:
-            return json.loads(self.manifest_path.read_text())
+            return json.loads(read_job_file(self.manifest_path, limit=MANIFEST_MAX))
         except (OSError, ValueError):
             return None
 
@@ -116,6 +121,8 @@ class BaseHolders:
         self.records = Records(state_dir)
         self.holders: dict[str, Holder] = {}
         self.of_job: dict[int, str] = {}
+        self.reads: dict[int, asyncio.Task[str]] = {}
+        """Job id -> the read of its pretrained directory (:meth:`read`), kept while the job is live."""
 
     def recover(self, active: set[int]) -> None:
         """After a restart: re-adopt each recorded holder that is alive (pid and start time match)
@@ -131,18 +138,44 @@ class BaseHolders:
             else:
                 self._stop(holder)
 
-    def key(self, job: Job, spec: JobSpec, gpu_ids: list[int]) -> str:
-        """The holder a job shares: its domain, its device, its base."""
-        return f"{sharing_domain(job.user, job.groups, self.share_group)}|{device_of(gpu_ids)}|{base_key(spec)}"
+    def read(self, job: Job, spec: JobSpec) -> asyncio.Task[str] | None:
+        """The read of the job's ``pretrained`` directory (its digest, or raising
+        :class:`~dvlad.sharing.base_digest.BaseUnreadable`), started the first time it is asked for;
+        None for a base built from a preset (nothing to read)."""
+        directory = spec.policy.args.get("pretrained")
+        if not directory:
+            return None
+        if job.id not in self.reads:
+            read = self.reads[job.id] = asyncio.get_running_loop().create_task(read_digest(directory, job))
+            # a job gone before its start never asks for the error: taken here, asyncio does not log it
+            read.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return self.reads[job.id]
 
-    def admission_key(self, job: Job, spec: JobSpec) -> str:
-        """What memory-fit admission counts once per GPU: the holder's key without its device."""
-        return f"{sharing_domain(job.user, job.groups, self.share_group)}|{base_key(spec)}"
+    def forget_reads(self, live: set[int]) -> None:
+        """Drop the reads of jobs no longer queued or active (stopping those still reading)."""
+        for job_id in set(self.reads) - live:
+            self.reads.pop(job_id).cancel()
+
+    def admission_key(self, job: Job, spec: JobSpec) -> str | None:
+        """What memory-fit admission counts once per GPU: the holder's key without its device; None
+        while the base's directory is read, or where it could not be (its start will say why)."""
+        read = self.read(job, spec)
+        if read is not None and not (read.done() and not read.cancelled() and read.exception() is None):
+            return None
+        return f"{sharing_domain(job.user, job.groups, self.share_group)}|{self._base(job, spec)}"
+
+    def _base(self, job: Job, spec: JobSpec) -> str:
+        """The job's :func:`base_key`, once its directory has been read (raises
+        :class:`~dvlad.sharing.base_digest.BaseUnreadable`)."""
+        read = self.read(job, spec)
+        return base_key(spec, read.result() if read is not None else None)
 
     def acquire(self, job: Job, spec: JobSpec, gpu_ids: list[int]) -> Path:
         """The manifest path of the holder job ``job`` shares (started now if it is the first job);
-        the job waits for the manifest itself, so dvlad never waits for a base to build."""
-        key = self.key(job, spec, gpu_ids)
+        the job waits for the manifest itself, so dvlad never waits for a base to build. A pretrained
+        base must have been read (:meth:`read` done); one that could not be raises
+        :class:`~dvlad.sharing.base_digest.BaseUnreadable`."""
+        key = f"{sharing_domain(job.user, job.groups, self.share_group)}|{device_of(gpu_ids)}|{self._base(job, spec)}"
         holder = self.holders.get(key)
         if holder is None or not holder.alive():
             holder = self.holders[key] = self._start(key, job, spec, gpu_ids)
