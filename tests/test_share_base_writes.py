@@ -17,12 +17,15 @@ from types import SimpleNamespace
 import pytest
 
 from dvla.spec import spec_from_dict
+from dvlad.sharing import base as shared
 from dvlad.sharing.holders import BaseHolders
 from tests.test_share_base import LORA_JOB
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root): files of other uids")
 
 NOBODY = pwd.getpwnam("nobody")
+STRANGER = 64999
+"""A uid (and gid) of no account and no group: anyone else on the machine."""
 PLANT = """import os, sys
 target, names = sys.argv[1], sys.argv[2:]
 while True:  # as fast as it can: a link put back the moment dvlad removed it
@@ -41,6 +44,12 @@ def state_dir() -> Iterator[Path]:
     path.chmod(0o711)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+def reads(path: Path, uid: int, gid: int, groups: list[int]) -> bool:
+    """Whether a process of ``uid``, ``gid`` and ``groups`` can read ``path``."""
+    return subprocess.run(["cat", str(path)], user=uid, group=gid, extra_groups=groups, cwd="/",
+                          capture_output=True).returncode == 0
 
 
 def mode(path: Path) -> tuple[int, int, int]:
@@ -84,3 +93,19 @@ def test_root_never_writes_through_a_link_the_holders_user_plants(state_dir, mon
         "spec.toml": (NOBODY.pw_uid, group, 0o600), "holder.log": (NOBODY.pw_uid, group, 0o600),
         "out": (NOBODY.pw_uid, group, 0o750 if share_group else 0o700)}
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("share_group", ["", "lab"])
+def test_a_holders_manifest_is_readable_by_the_jobs_that_share_its_base_and_nobody_else(state_dir, share_group):
+    """A real holder (of root's job: the venv is root's alone here) writes the manifest that jobs map
+    the base from; another uid may not read it, and with a sharing group only its members may."""
+    holders = BaseHolders(state_dir, f"t{os.getpid()}m", share_group)
+    job = SimpleNamespace(id=1, user="root", groups=["lab"], uid=0, gid=0)
+    try:
+        manifest = holders.acquire(job, spec_from_dict(LORA_JOB), [])
+        shared.wait_for_manifest(manifest, timeout=120)
+        assert (mode(manifest.parent)[2], mode(manifest)[2]) == ((0o750, 0o640) if share_group else (0o700, 0o600))
+        assert not reads(manifest, STRANGER, STRANGER, [])
+        assert reads(manifest, STRANGER, STRANGER, [0]) == bool(share_group)  # a member of the holder's group
+    finally:
+        holders.stop_all()
