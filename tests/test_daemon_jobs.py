@@ -80,6 +80,29 @@ def test_the_job_directory_is_the_daemons_and_what_the_user_swaps_in_is_not_read
     assert d.call("GET", f"/v1/jobs/{job_id}/metrics") == (200, {"job_id": job_id, "rows": []})
 
 
+def test_a_metrics_file_of_200_mb_without_a_newline_does_not_stall_the_daemon(dvlads):
+    """``/metrics`` reads each running job's last metrics row on dvlad's event loop: a job's user who
+    writes 200 MB with no newline there gets no row read, and no client waits for it."""
+    d = dvlads(ONE_SLOT)
+    job_id = submit(d, LONG)["id"]
+    d.wait_state(job_id, {"running"}, timeout=20)
+    deadline = time.monotonic() + 60
+    while not d.call("GET", f"/v1/jobs/{job_id}/metrics?last=1")[1]["rows"]:  # the job has its file open
+        assert time.monotonic() < deadline, d.call("GET", f"/v1/jobs/{job_id}/logs")[1]
+        time.sleep(0.2)
+    run = d.state_dir / "jobs" / str(job_id) / "run"
+    with (run / "huge").open("wb") as huge:  # the job goes on appending to the file it opened, not this one
+        huge.truncate(200 << 20)
+    (run / "huge").replace(run / "metrics.jsonl")
+    started = time.monotonic()
+    status, text = d.call("GET", "/metrics", timeout=10)
+    assert status == 200 and f'job="{job_id}"' not in text and time.monotonic() - started < 2.0
+    assert d.job(job_id)["state"] == "running"
+    lag = [float(line.split()[-1]) for line in d.call("GET", "/metrics")[1].splitlines()
+           if line.startswith("dvlad_event_loop_lag_max_seconds")]
+    assert lag and lag[0] < 2.0, lag
+
+
 def test_cancel_stops_the_job_and_frees_its_slots_for_the_next(dvlads):
     d = dvlads(ONE_SLOT)
     first = submit(d, LONG)

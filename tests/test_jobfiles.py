@@ -10,7 +10,7 @@ import pytest
 
 from dvlad.runtime.jobfiles import metrics_rows, open_job_file, read_job_file
 from dvlad.runtime.supervisor import last_log_line
-from dvlad.server.transfer import checkpoint_files
+from dvlad.server.transfer import LIST_MAX, Unlisted, checkpoint_files
 
 
 @pytest.fixture
@@ -43,3 +43,17 @@ def test_regular_files_read_from_an_offset_up_to_a_limit(run):
     (run / "checkpoint.safetensors").write_bytes(b"w")
     assert read_job_file(run / "job.log", 3, 4) == b"3456" and read_job_file(run / "job.log", 8) == b"89"
     assert checkpoint_files(run) == [("checkpoint.safetensors", run / "checkpoint.safetensors")]
+
+
+def test_a_run_directory_is_looked_through_within_bounds_and_never_through_a_link(run):
+    run, _ = run
+    (run / "checkpoint.safetensors").write_bytes(b"w")
+    linked = run.with_name("linked")
+    linked.symlink_to(run, target_is_directory=True)  # a run/ swapped for a link to a directory with a checkpoint
+    assert checkpoint_files(linked) == []
+    with pytest.raises(Unlisted, match=f"{run} was not looked through within the bounds of .* and 0 s"):
+        checkpoint_files(run, timeout_s=0.0)  # a slow file system: dvlad stops looking, and says so
+    for i in range(LIST_MAX):  # a user who fills run/ with names
+        (run / f"{i}.txt").touch()
+    with pytest.raises(Unlisted, match=f"{run} was not looked through within the bounds of {LIST_MAX} entries"):
+        checkpoint_files(run)

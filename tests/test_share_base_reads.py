@@ -46,6 +46,7 @@ def test_a_pretrained_base_is_hashed_by_a_child_within_bounds_of_size_and_time(b
 
 def test_a_holders_manifest_is_read_only_as_a_regular_file_of_its_own(tmp_path):
     holder = Holder("user:ann|cpu|k", tmp_path, "prefix-", pid=0, start=0.0, popen=None)
+    holder.manifest_path.parent.mkdir()  # out/: the holder's user's
     elsewhere = tmp_path / "elsewhere.json"
     elsewhere.write_text(json.dumps({"bytes": 1}))
     holder.manifest_path.symlink_to(elsewhere)

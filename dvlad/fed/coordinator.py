@@ -26,7 +26,7 @@ from dvlad.gpu.layout import plan_layout
 from dvlad.ports import free_port
 from dvlad.runtime.launch import run_dir
 from dvlad.server.core import Daemon
-from dvlad.server.transfer import checkpoint_files
+from dvlad.server.transfer import Unlisted, checkpoint_files
 from dvlad.store import TERMINAL, IllegalTransition, Job, State, Submission
 
 log = logging.getLogger("dvlad")
@@ -84,7 +84,10 @@ class Coordinator:
         checkpoint if it wrote one (whether it did); one copy per job, however often this is asked."""
         spec = job.spec
         run = run_dir(self.daemon.supervisor.state_dir, job.id)
-        warm = bool(checkpoint_files(run))
+        try:
+            warm = bool(checkpoint_files(run))
+        except Unlisted:  # a run directory too large to look through: from the start
+            warm = False
         if warm:
             spec["policy"]["checkpoint"] = str(run)
         (again, _), = self.daemon.store.submit(Submission(

@@ -19,6 +19,9 @@ from typing import Any, BinaryIO
 
 BLOCK = 64 * 1024
 """Bytes read per step when reading a file's tail backwards."""
+ROW_MAX = 64 * 1024
+"""The longest metrics row looked for (a job's rows are about 1 KiB): a tail read reads at most this
+much per row it is asked for."""
 
 
 def open_job_file(path: Path) -> BinaryIO:
@@ -49,17 +52,23 @@ def read_job_file(path: Path, offset: int = 0, limit: int = -1) -> bytes:
 
 
 def _tail_lines(f: BinaryIO, count: int) -> list[bytes]:
-    """The last ``count`` complete lines (and a torn final one), reading backwards a block at a time.
+    """The last ``count`` complete lines (and a torn final one), reading backwards a block at a time,
+    never more than :data:`ROW_MAX` bytes a line asked for.
 
     Why not a fixed generous tail: ``dvla top`` asks for the last 60 rows twice a second per monitor;
-    reading only what those rows take keeps that cheap however long the job's metrics file grows."""
+    reading only what those rows take keeps that cheap however long the job's metrics file grows. Why
+    the bound: ``/metrics`` and ``/v1/gpus`` read the last row on dvlad's event loop, and a job's user
+    may write gigabytes without a newline there (without it every client waited while it was read)."""
     end = f.seek(0, 2)
-    start, data = end, b""
-    while start > 0 and data.count(b"\n") <= count:
-        start = max(0, start - BLOCK)
+    floor = max(0, end - count * ROW_MAX)
+    start, blocks, newlines = end, [], 0
+    while start > floor and newlines <= count:
+        size = min(BLOCK, start - floor)
+        start -= size
         f.seek(start)
-        data = f.read(end - start)
-    lines = data.splitlines()
+        blocks.append(f.read(size))
+        newlines += blocks[-1].count(b"\n")
+    lines = b"".join(reversed(blocks)).splitlines()
     return lines if start == 0 else lines[1:]  # the first line of a mid-file read may be cut
 
 

@@ -287,7 +287,11 @@ async def gpus(request: web.Request) -> web.Response:
 async def job_checkpoint(request: web.Request) -> web.StreamResponse:
     """The job's latest checkpoint files as one tar, streamed from disk."""
     job = _job(request, reading=True)
-    files = transfer.checkpoint_files(run_dir(request.app[STATE_DIR], job.id))
+    try:
+        files = await asyncio.to_thread(transfer.checkpoint_files, run_dir(request.app[STATE_DIR], job.id))
+    except transfer.Unlisted as exc:
+        raise ApiError(404, "not_found", f"job {job.id}'s checkpoint was not looked for: {exc}",
+                       field="job_id") from None
     if not files:
         raise ApiError(404, "not_found", f"job {job.id} has written no checkpoint yet", field="job_id")
     response = web.StreamResponse(headers={

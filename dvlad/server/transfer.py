@@ -13,9 +13,9 @@ import asyncio
 import hashlib
 import os
 import shutil
-import stat
 import tarfile
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,24 +25,43 @@ from dvlad.runtime.jobfiles import open_job_file
 from dvlad.runtime.launch import PASS_THROUGH
 
 CHUNK = 1 << 20
+LIST_MAX = 10_000
+"""Entries of a run directory looked through for its checkpoint, at most: a job writes a few dozen
+files there (checkpoints, metrics, TensorBoard logs)."""
+LIST_S = 2.0
+"""Seconds that looking may take, at most (a slow network file system)."""
 
 
 class TooLarge(ValueError):
     pass
 
 
-def checkpoint_files(run: Path) -> list[tuple[str, Path]]:
+class Unlisted(OSError):
+    """A run directory too large to look through for a checkpoint (the reason says which bound)."""
+
+
+def checkpoint_files(run: Path, max_entries: int = LIST_MAX, timeout_s: float = LIST_S) -> list[tuple[str, Path]]:
     """The checkpoint files of a run directory (``*.safetensors``; temporaries end in ``.tmp``):
-    regular files only, not symlinks (the job's user owns ``run/``; see :mod:`dvlad.runtime.jobfiles`)."""
-    return sorted((p.name, p) for p in run.glob("*.safetensors") if _is_regular(p))
-
-
-def _is_regular(path: Path) -> bool:
-    """A regular file itself, not a link to one (and not gone since it was listed)."""
+    regular files only, not symlinks, and ``run`` itself no link (the job's user owns ``run/``; see
+    :mod:`dvlad.runtime.jobfiles`). Raises :class:`Unlisted` past ``max_entries`` entries or
+    ``timeout_s`` seconds: the user may fill ``run/`` with millions of names, and the coordinator
+    looks on dvlad's event loop."""
     try:
-        return stat.S_ISREG(path.lstat().st_mode)
-    except FileNotFoundError:
-        return False
+        fd = os.open(run, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:  # none yet, or a link or a file in its place: no checkpoint there
+        return []
+    found, deadline = [], time.monotonic() + timeout_s
+    try:
+        with os.scandir(fd) as entries:
+            for seen, entry in enumerate(entries, 1):
+                if seen > max_entries or time.monotonic() >= deadline:
+                    raise Unlisted(f"{run} was not looked through within the bounds of {max_entries} entries "
+                                   f"and {timeout_s:g} s")
+                if entry.name.endswith(".safetensors") and entry.is_file(follow_symlinks=False):
+                    found.append((entry.name, run / entry.name))
+    finally:
+        os.close(fd)
+    return sorted(found)
 
 
 async def tar_stream(files: list[tuple[str, Path]]) -> AsyncIterator[bytes]:

@@ -54,6 +54,19 @@ def build_base(spec: JobSpec, device: torch.device) -> torch.nn.Module:
     return trunk.to(device=device, dtype=base_dtype(spec, device))
 
 
+def publish(path: Path, text: str) -> None:
+    """Write ``path`` whole (a temporary renamed over it, so a job never reads half of it), mode 0640
+    less the umask dvlad starts the holder with: 0600 for a user's holder, 0640 for a group's. Why no
+    more: the manifest carries the base's CUDA IPC handle (whoever reads it can map, and write, the
+    base) and jobs unpickle it, so only the jobs allowed to share the base may read it, and only the
+    holder may write it."""
+    tmp = path.with_name(f"{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    tmp.replace(path)
+
+
 def hold(spec: JobSpec, device: torch.device, directory: Path, prefix: str, stop: threading.Event) -> None:
     """Build, export and publish the base, then keep it until ``stop`` is set."""
     trunk = build_base(spec, device)
@@ -61,10 +74,7 @@ def hold(spec: JobSpec, device: torch.device, directory: Path, prefix: str, stop
     del trunk  # the flat buffers are the base now
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    tmp = directory / f"{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest))
-    os.chmod(tmp, 0o644)
-    tmp.replace(directory / MANIFEST)
+    publish(directory / MANIFEST, json.dumps(manifest))
     while not stop.wait(0.5):  # a signal handler runs between waits
         pass
     del flats
@@ -84,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         hold(load_spec(args.spec), torch.device(args.device), args.dir, args.prefix, stop)
     except Exception as exc:  # the jobs waiting on the manifest read why
         with contextlib.suppress(OSError):
-            (args.dir / FAILED).write_text(f"{type(exc).__name__}: {exc}\n")
+            publish(args.dir / FAILED, f"{type(exc).__name__}: {exc}\n")
         print(f"base holder failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     finally:

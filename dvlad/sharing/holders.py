@@ -28,16 +28,20 @@ import grp
 import hashlib
 import json
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from dvla.spec import JobSpec, dump_toml
 from dvlad.runtime.jobfiles import read_job_file
-from dvlad.runtime.launch import PASSED_ENV, process_start
+from dvlad.runtime.launch import PASS_THROUGH, PASSED_ENV, process_start
 from dvlad.segments import owner_prefix, reclaim
 from dvlad.sharing.base import MANIFEST
 from dvlad.sharing.base_digest import read_digest
@@ -45,6 +49,10 @@ from dvlad.sharing.records import Records
 from dvlad.store import Job
 
 STOP_WAIT_S = 10.0
+OUT = "out"
+"""The one folder of a holder's directory that its user owns: where the holder writes its manifest."""
+GONE = ".gone-"
+"""The name prefix of a holder's directory of before while it is removed."""
 MANIFEST_MAX = 16 << 20
 """Bytes of a holder's manifest read at most (it lists a base's tensors, ~150 bytes each)."""
 
@@ -100,7 +108,7 @@ class Holder:
 
     @property
     def manifest_path(self) -> Path:
-        return self.directory / MANIFEST
+        return self.directory / OUT / MANIFEST
 
     def manifest(self) -> dict | None:
         """The holder's manifest once it is written, else None. Read as :mod:`dvlad.runtime.jobfiles`
@@ -128,6 +136,8 @@ class BaseHolders:
         """After a restart: re-adopt each recorded holder that is alive (pid and start time match)
         with those of its jobs still ``active``; end the live ones that no active job maps, and
         forget the dead ones; either way their segments go."""
+        for left in self.root.glob(f"{GONE}*"):  # a removal a stopped dvlad did not finish
+            _remove_later(left)
         for name, record in self.records:
             holder = Holder(record["key"], self.root / name, record["prefix"], record["pid"], record["start"],
                             None, set(record["jobs"]) & active)
@@ -205,31 +215,43 @@ class BaseHolders:
         self.of_job.clear()
 
     def _start(self, key: str, job: Job, spec: JobSpec, gpu_ids: list[int]) -> Holder:
+        """Start a holder in a fresh directory laid out as a job's (:func:`dvlad.runtime.launch.spawn`):
+        ``bases/NAME/`` is dvlad's (0711), so what root writes there (``spec.toml``, ``holder.log``, both
+        the holder's user's, 0600) is created new and never through a link; the holder writes its
+        manifest into ``out/``, the user's: 0700, or 0750 with the sharing group for a group's holder,
+        so only the jobs allowed to map the base can read it (it carries the CUDA IPC handle)."""
         name = hashlib.sha256(key.encode()).hexdigest()[:12]
         directory = self.root / name
-        self.root.mkdir(mode=0o711, exist_ok=True)
-        directory.mkdir(mode=0o755, exist_ok=True)
-        for stale in directory.iterdir():  # a holder of this key before: its files say nothing now
-            stale.unlink()
-        spec_file = directory / "spec.toml"
-        spec_file.write_text(dump_toml(spec))
+        self.root.mkdir(mode=PASS_THROUGH, exist_ok=True)
+        _discard(directory)  # a holder of this key before: its files say nothing now, and out/ was a user's
+        directory.mkdir(mode=PASS_THROUGH)
+        os.chmod(directory, PASS_THROUGH)  # whatever dvlad's umask
         in_group = key.startswith("group:")
         identity: dict = {}
+        owner = None
         if os.geteuid() == 0 and job.uid != 0:  # the holder runs as the first job's user (its group's)
             gid = grp.getgrnam(self.share_group).gr_gid if in_group else job.gid
             identity = {"user": job.uid, "group": gid, "extra_groups": os.getgrouplist(job.user, job.gid)}
-            os.chown(directory, job.uid, gid)
+            owner = (job.uid, gid)
+        out = directory / OUT
+        out.mkdir(mode=0o700)
+        if owner is not None:
+            os.chown(out, *owner)
+        os.chmod(out, 0o750 if in_group else 0o700)
+        spec_file = directory / "spec.toml"
+        with _new_file(spec_file, owner) as f:
+            f.write(dump_toml(spec).encode())
         prefix = f"{owner_prefix(self.owner)}base{name}-"
         env = {**{k: os.environ[k] for k in PASSED_ENV if k in os.environ},
                "PATH": os.defpath + ":" + str(Path(sys.executable).parent), "PYTHONUNBUFFERED": "1",
                "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpu_ids[:1]))}
         # its own session, as a job's: a signal to dvlad's process group (Ctrl-C) must not end the
         # base that jobs, which outlive dvlad, still map
-        with (directory / "holder.log").open("ab") as log:
+        with _new_file(directory / "holder.log", owner) as log:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "dvlad.sharing.holder", str(spec_file), "--device",
-                 "cuda" if gpu_ids else "cpu", "--dir", str(directory), "--prefix", prefix],
-                env=env, cwd=directory, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                 "cuda" if gpu_ids else "cpu", "--dir", str(out), "--prefix", prefix],
+                env=env, cwd=out, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 close_fds=True, umask=0o007 if in_group else 0o077, start_new_session=True, **identity)
         return Holder(key, directory, prefix, popen.pid, process_start(popen.pid) or 0.0, popen)
 
@@ -245,3 +267,35 @@ class BaseHolders:
                 time.sleep(0.02)
         reclaim(holder.prefix)
         self.records.remove(holder.name)
+
+
+def _new_file(path: Path, owner: tuple[int, int] | None) -> BinaryIO:
+    """A file dvlad creates for a holder in its own folder, given to ``owner`` (uid, gid) where the holder
+    runs as another user, 0600. Created, never opened: ``O_EXCL`` with ``O_NOFOLLOW`` fails on anything
+    already there, a link included, rather than write root's bytes through it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        if owner is not None:
+            os.fchown(fd, *owner)
+        return os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _discard(directory: Path) -> None:
+    """Take a holder's directory of before out of the way at once (a rename inside dvlad's own folder)
+    and remove it in a thread: its ``out/`` was a user's, who may have filled it with any number of
+    files. ``shutil.rmtree`` removes links, never what they point to. A directory left half removed by
+    a dvlad that stopped meanwhile goes at the next start (:meth:`BaseHolders.recover`)."""
+    gone = directory.with_name(f"{GONE}{directory.name}-{secrets.token_hex(4)}")
+    try:
+        directory.rename(gone)
+    except FileNotFoundError:
+        return
+    _remove_later(gone)
+
+
+def _remove_later(directory: Path) -> None:
+    threading.Thread(target=shutil.rmtree, args=(directory,), kwargs={"ignore_errors": True},
+                     name="dvlad-holder-dir-removal", daemon=True).start()
