@@ -12,14 +12,13 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import tomli_w
 
 from dvla.api import RECONNECT_S
-from dvlad.testing import FIXTURE, LONG, TINY_POLICY, free_port
+from dvlad.testing import FIXTURE, LONG, TINY_POLICY, free_port, wait_for
 
 QUICK = {"job": {"name": "cli-quick"}, "policy": {"args": TINY_POLICY},
          "env": {"name": "synthetic", "num_envs": 4, "groups": 2, "workers": 1,
@@ -209,14 +208,6 @@ def test_numbers_have_named_values_bounds_and_plain_errors(tmp_path):
     assert over.returncode == 2 and "1001 is not in the range -1000<=x<=1000" in over.stderr, over.stderr
 
 
-def _until(predicate, timeout: float = 60.0, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-    return value
-
-
 @pytest.mark.slow
 def test_a_queued_job_says_why_it_waits_in_its_record_status_jobs_and_submit_follow(dvlads, tmp_path):
     """As squeue's REASON: first the resources it waits for; then, once a higher-priority job of the
@@ -227,8 +218,8 @@ def test_a_queued_job_says_why_it_waits_in_its_record_status_jobs_and_submit_fol
     hog_id = int(dvla("submit", job_file(tmp_path, hog, "hog.toml"), host=sock).stdout)
     d.wait_state(hog_id, {"running"}, timeout=30)
     follower = dvla_popen("submit", job_file(tmp_path, QUICK), "--follow", host=sock)  # 1 slot, 0 free
-    queued = _until(lambda: [j for j in d.call("GET", "/v1/jobs")[1]["jobs"]
-                             if j["name"] == "cli-quick" and j["pending_reason"]], what="no reason for cli-quick")
+    queued = wait_for(lambda: [j for j in d.call("GET", "/v1/jobs")[1]["jobs"]
+                               if j["name"] == "cli-quick" and j["pending_reason"]], 60, "cli-quick's pending reason")
     job_id, user = queued[0]["id"], queued[0]["user"]
     resources = "resources: waits for 1 CPU slot (0 free)"
     assert d.job(job_id)["pending_reason"] == resources
@@ -242,7 +233,7 @@ def test_a_queued_job_says_why_it_waits_in_its_record_status_jobs_and_submit_fol
     urgent = {**QUICK, "job": {"name": "urgent"}, "env": {**QUICK["env"], "workers": 2}}
     urgent_id = int(dvla("submit", job_file(tmp_path, urgent, "urgent.toml"), "--priority", "5", host=sock).stdout)
     behind = (f"priority: behind job {urgent_id} of {user} (priority 5), which waits for 2 CPU slots (0 free)")
-    _until(lambda: d.job(job_id)["pending_reason"] == behind, what=d.job(job_id)["pending_reason"])
+    wait_for(lambda: d.job(job_id)["pending_reason"] == behind, 60, f"pending reason {behind!r}")
     assert d.job(hog_id)["pending_reason"] is None  # running: nothing to wait for
     dvla("cancel", str(hog_id), host=sock)  # urgent runs, then cli-quick
     out, err = follower.communicate(timeout=240)
