@@ -286,6 +286,24 @@ def test_status_shows_the_run_directory_and_metrics_and_checkpoint_fetch_what_it
     assert empty.returncode == 1 and "no metric rows" in empty.stderr and empty.stdout == ""
 
 
+REFUSED = [{"env": {"num_envs": 4611686018427387904}}, {"train": {"total_env_steps": 1 << 60}},
+           {"policy": {"name": "hf-vla"}}, {"algo": {"name": "bc", "demonstrations": "no/demos.hdf5"}}]
+"""Specs that dvlad took (and whose job then failed), or that dvla validate passed and dvlad refused."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", REFUSED, ids=["num-envs", "env-steps", "hf-vla-pretrained", "demonstrations"])
+def test_dvlad_refuses_at_submit_what_validate_refuses_naming_the_same_keys(daemon, tmp_path, spec):
+    """One function checks both (dvla.admission): a relative path is refused by each for its own reason
+    (not there; left relative, which dvlad would look up in the job's run directory)."""
+    checked = dvla("validate", job_file(tmp_path, spec), "--json")
+    assert checked.returncode == 2, checked.stdout
+    (report,) = json.loads(checked.stdout)
+    status, body = daemon.call("POST", "/v1/jobs", {"spec": spec})
+    assert (status, body.get("code")) == (400, "invalid_spec"), body
+    assert [issue["field"] for issue in body["issues"]] == [f"spec.{issue['key']}" for issue in report["issues"]]
+
+
 @pytest.mark.slow
 def test_a_relative_checkpoint_in_a_job_file_is_the_files_referenced_locally_and_uploaded_remotely(dvlads, tmp_path):
     """Before, "runs/mine" reached dvlad as it was and the job, in its run directory, failed after queueing."""

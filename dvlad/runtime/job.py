@@ -27,9 +27,10 @@ import numpy as np
 import psutil
 
 from dvla import metric_names as m
-from dvla import paths, stops
+from dvla import stops
+from dvla.admission import admit_file
 from dvla.checkpoint import CHECKPOINT_NAME
-from dvla.spec import JobSpec, SpecError, load_spec, spec_from_dict, spec_to_dict
+from dvla.spec import JobSpec, SpecError
 from dvlad.gpu.budgets import pool_report
 from dvlad.lanes.budget import ResumePoint, resume_point
 from dvlad.lanes.env_workers import EnvWorkerError
@@ -227,15 +228,11 @@ def record_failure(out: Path, err: Exception) -> None:
 
 
 def load_job_file(path: str) -> JobSpec:
-    """The job file's spec, with its relative paths (``policy.checkpoint``, transformer-vla's ``pretrained``,
-    libero's ``libero_root``) taken from the file's folder, as ``dvla submit`` takes them
-    (:mod:`dvla.paths`), and a local checkpoint checked there; SpecError with the key and line if not.
-    ``job.output_dir`` and ``--output-dir`` stay relative to the current directory."""
-    file = Path(path)
-    spec = load_spec(file)
-    data, _ = paths.resolve(spec_to_dict(spec), file.absolute().parent, base_name="the job file's folder",
-                            source=str(file), text=file.read_text(encoding="utf-8-sig"))
-    return spec_from_dict(data, source=str(file))
+    """The job file's spec as ``dvla submit`` and dvlad would take it (:mod:`dvla.admission`): its relative
+    paths (``policy.checkpoint``, ``pretrained``, ...) taken from the file's folder and each checked there;
+    SpecError with the key and line if not. ``job.output_dir`` and ``--output-dir`` stay relative to the
+    current directory."""
+    return admit_file(path)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
