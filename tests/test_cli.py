@@ -30,9 +30,10 @@ BROKEN = {**QUICK, "job": {"name": "cli-broken"}, "policy": {"name": "nosuch.mod
 """A job that fails: its policy factory cannot be imported (the job process's path has no tests/)."""
 
 
-def dvla(*args: str, host: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """``python -m dvla.cli ARGS`` (what the ``dvla`` script runs), wide enough that tables do not wrap."""
-    env = {**os.environ, "COLUMNS": "200", "DVLA_HOST": host or "/nonexistent/dvlad.sock"}
+def dvla(*args: str, host: str | None = None, timeout: float = 120,
+         columns: int = 200) -> subprocess.CompletedProcess[str]:
+    """``python -m dvla.cli ARGS`` (what the ``dvla`` script runs), with stdout a pipe, ``columns`` wide."""
+    env = {**os.environ, "COLUMNS": str(columns), "DVLA_HOST": host or "/nonexistent/dvlad.sock"}
     return subprocess.run([sys.executable, "-m", "dvla.cli", *args], capture_output=True, text=True, env=env,
                           timeout=timeout)
 
@@ -149,6 +150,24 @@ def test_follow_exits_with_the_jobs_outcome_and_report_draws_its_metrics(daemon,
     assert len({tuple(p) for p in pixels[::7, ::7].reshape(-1, pixels.shape[2])}) > 20  # curves, not a blank page
     empty = dvla("report", str(final["id"]), "-o", str(tmp_path / "none.png"), host=daemon.socket)
     assert empty.returncode == 1 and "no metric rows" in empty.stderr and not (tmp_path / "none.png").exists()
+
+
+@pytest.mark.slow
+def test_piped_tables_are_printed_whole_whatever_the_width(daemon, tmp_path):
+    """`dvla nodes | cat` and `dvla jobs > file` were cut to 80 columns: headers read `NO… STA…`, and jobs
+    dropped its REASON column."""
+    failed = dvla("submit", job_file(tmp_path, {**BROKEN, "job": {"name": "cli-piped"}}), "--follow",
+                  host=daemon.socket)
+    job_id = int(failed.stdout.splitlines()[0])
+    reason = json.loads(dvla("status", str(job_id), "--json", host=daemon.socket).stdout)["reason"]
+    jobs = dvla("jobs", host=daemon.socket, columns=80).stdout
+    assert jobs.split()[:9] == ["ID", "USER", "NAME", "STATE", "PRI", "GPUS", "SUBMITTED", "RUNTIME", "REASON"]
+    row, = [line for line in jobs.splitlines() if line.startswith(f"{job_id} ")]
+    assert row.rstrip().endswith(reason) and len(row) > 80, row
+    nodes = dvla("nodes", host=daemon.socket, columns=80).stdout
+    assert nodes.split()[:3] == ["NODE", "STATE", "HEARTBEAT"], nodes
+    assert "GPU SOURCE" in nodes.splitlines()[0] and "…" not in jobs + nodes, nodes
+    assert {row["id"] for row in json.loads(dvla("jobs", "--json", host=daemon.socket).stdout)} >= {job_id}
 
 
 @pytest.mark.slow
