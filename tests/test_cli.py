@@ -324,6 +324,27 @@ def test_dvlad_refuses_at_submit_what_validate_refuses_naming_the_same_keys(daem
 
 
 @pytest.mark.slow
+def test_steps_done_of_the_budget_counts_as_integers_no_empty_checkpoint_dir_and_failed_said_once(daemon, tmp_path):
+    """dvla status showed `env steps 1000000` (the budget) for a job stopped at 56,384; dvla metrics printed
+    version and env_steps as floats; dvla checkpoint -o DIR left DIR empty when there was no checkpoint; a
+    failure read `dvla: job 10 failed: job failed: ...`."""
+    sock = daemon.socket
+    done = dvla("submit", job_file(tmp_path, {**QUICK, "job": {"name": "cli-counts"}}), "--follow", host=sock)
+    job_id = int(done.stdout.splitlines()[0])
+    rows = list(csv.DictReader(io.StringIO(dvla("metrics", str(job_id), host=sock).stdout)))
+    assert all(row[key].isdigit() for row in rows for key in ("version", "env_steps", "episodes")), rows[-1]
+    shown = dvla("status", str(job_id), host=sock).stdout
+    assert re.search(rf"^env steps +{int(rows[-1]['env_steps']):,} of 256 *$", shown, re.M), shown
+
+    failed = dvla("submit", job_file(tmp_path, {**BROKEN, "job": {"name": "cli-once"}}), "--follow", host=sock)
+    broken_id = int(failed.stdout.splitlines()[0])
+    said = f"dvla: job {broken_id} failed: cannot import policy module 'nosuch.module'"
+    assert failed.returncode == 1 and said in failed.stderr, failed.stderr
+    none = dvla("checkpoint", str(broken_id), "-o", str(tmp_path / "none"), host=sock)
+    assert none.returncode == 1 and "no checkpoint" in none.stderr and not (tmp_path / "none").exists()
+
+
+@pytest.mark.slow
 def test_a_relative_checkpoint_in_a_job_file_is_the_files_referenced_locally_and_uploaded_remotely(dvlads, tmp_path):
     """Before, "runs/mine" reached dvlad as it was and the job, in its run directory, failed after queueing."""
     d = dvlads("[node]\ncpu_slots = 2\n", start=False)
