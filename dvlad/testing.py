@@ -9,6 +9,7 @@ another Unix user, because the daemon takes the caller's identity from the socke
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,33 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def started_lanes(pid: int) -> int:
+    """How many lane processes (env workers, learner ranks, actor replicas: the children multiprocessing
+    spawned, not its resource tracker) job process ``pid`` has started so far: a test that must act
+    while one of them is still starting (importing torch) waits for it to appear."""
+    import psutil
+
+    try:
+        children = psutil.Process(pid).children()
+    except psutil.NoSuchProcess:
+        return 0
+    started = 0
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):  # ended meanwhile
+            started += "spawn_main" in " ".join(child.cmdline())
+    return started
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, poll: float = 0.02) -> Any:
+    """``predicate()`` once it is true (polled), else AssertionError saying ``what`` was awaited."""
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(poll)
+    return result
 
 
 class Dvlad:

@@ -145,10 +145,14 @@ def test_a_bc_job_then_grpo_from_its_checkpoint(reach_demos: Path, small_spec, t
 
 
 def test_a_relative_demonstrations_path_is_the_job_file_s(tmp_path: Path) -> None:
-    from dvla.paths import relative_paths, resolve
+    from dvla.admission import admit
 
-    spec = parse_spec('[algo]\nname = "bc"\ndemonstrations = "demos/reach.hdf5"\n')
-    assert [issue.key for issue in relative_paths(spec)] == ["algo.demonstrations"]  # the daemon would refuse it
-    resolved, _ = resolve({"algo": {"name": "bc", "demonstrations": "demos/reach.hdf5"}}, tmp_path,
-                          base_name="the job file's folder")
-    assert resolved["algo"]["demonstrations"] == str(tmp_path / "demos" / "reach.hdf5")
+    data = {"algo": {"name": "bc", "demonstrations": "demos/reach.hdf5"}}
+    with pytest.raises(SpecError) as refused:
+        admit(data)  # as the daemon, which would look it up in the job's run directory
+    assert [issue.key for issue in refused.value.issues] == ["algo.demonstrations"]
+    with pytest.raises(SpecError, match=r"reach.hdf5: no such file or directory \(the relative 'demos/reach.hdf5'"):
+        admit(data, tmp_path)  # the job would fail on it once it ran
+    (tmp_path / "demos").mkdir()
+    (tmp_path / "demos" / "reach.hdf5").write_bytes(b"")
+    assert admit(data, tmp_path)[0].algo.demonstrations == str(tmp_path / "demos" / "reach.hdf5")

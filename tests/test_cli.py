@@ -12,14 +12,13 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import tomli_w
 
 from dvla.api import RECONNECT_S
-from dvlad.testing import FIXTURE, LONG, TINY_POLICY, free_port
+from dvlad.testing import FIXTURE, LONG, TINY_POLICY, free_port, wait_for
 
 QUICK = {"job": {"name": "cli-quick"}, "policy": {"args": TINY_POLICY},
          "env": {"name": "synthetic", "num_envs": 4, "groups": 2, "workers": 1,
@@ -31,9 +30,10 @@ BROKEN = {**QUICK, "job": {"name": "cli-broken"}, "policy": {"name": "nosuch.mod
 """A job that fails: its policy factory cannot be imported (the job process's path has no tests/)."""
 
 
-def dvla(*args: str, host: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """``python -m dvla.cli ARGS`` (what the ``dvla`` script runs), wide enough that tables do not wrap."""
-    env = {**os.environ, "COLUMNS": "200", "DVLA_HOST": host or "/nonexistent/dvlad.sock"}
+def dvla(*args: str, host: str | None = None, timeout: float = 120,
+         columns: int = 200) -> subprocess.CompletedProcess[str]:
+    """``python -m dvla.cli ARGS`` (what the ``dvla`` script runs), with stdout a pipe, ``columns`` wide."""
+    env = {**os.environ, "COLUMNS": str(columns), "DVLA_HOST": host or "/nonexistent/dvlad.sock"}
     return subprocess.run([sys.executable, "-m", "dvla.cli", *args], capture_output=True, text=True, env=env,
                           timeout=timeout)
 
@@ -153,6 +153,24 @@ def test_follow_exits_with_the_jobs_outcome_and_report_draws_its_metrics(daemon,
 
 
 @pytest.mark.slow
+def test_piped_tables_are_printed_whole_whatever_the_width(daemon, tmp_path):
+    """`dvla nodes | cat` and `dvla jobs > file` were cut to 80 columns: headers read `NO… STA…`, and jobs
+    dropped its REASON column."""
+    failed = dvla("submit", job_file(tmp_path, {**BROKEN, "job": {"name": "cli-piped"}}), "--follow",
+                  host=daemon.socket)
+    job_id = int(failed.stdout.splitlines()[0])
+    reason = json.loads(dvla("status", str(job_id), "--json", host=daemon.socket).stdout)["reason"]
+    jobs = dvla("jobs", host=daemon.socket, columns=80).stdout
+    assert jobs.split()[:9] == ["ID", "USER", "NAME", "STATE", "PRI", "GPUS", "SUBMITTED", "RUNTIME", "REASON"]
+    row, = [line for line in jobs.splitlines() if line.startswith(f"{job_id} ")]
+    assert row.rstrip().endswith(reason) and len(row) > 80, row
+    nodes = dvla("nodes", host=daemon.socket, columns=80).stdout
+    assert nodes.split()[:3] == ["NODE", "STATE", "HEARTBEAT"], nodes
+    assert "GPU SOURCE" in nodes.splitlines()[0] and "…" not in jobs + nodes, nodes
+    assert {row["id"] for row in json.loads(dvla("jobs", "--json", host=daemon.socket).stdout)} >= {job_id}
+
+
+@pytest.mark.slow
 def test_machine_commands_print_tables_and_json(daemon):
     sock = daemon.socket
     nodes = json.loads(dvla("nodes", "--json", host=sock).stdout)
@@ -209,14 +227,6 @@ def test_numbers_have_named_values_bounds_and_plain_errors(tmp_path):
     assert over.returncode == 2 and "1001 is not in the range -1000<=x<=1000" in over.stderr, over.stderr
 
 
-def _until(predicate, timeout: float = 60.0, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-    return value
-
-
 @pytest.mark.slow
 def test_a_queued_job_says_why_it_waits_in_its_record_status_jobs_and_submit_follow(dvlads, tmp_path):
     """As squeue's REASON: first the resources it waits for; then, once a higher-priority job of the
@@ -227,8 +237,8 @@ def test_a_queued_job_says_why_it_waits_in_its_record_status_jobs_and_submit_fol
     hog_id = int(dvla("submit", job_file(tmp_path, hog, "hog.toml"), host=sock).stdout)
     d.wait_state(hog_id, {"running"}, timeout=30)
     follower = dvla_popen("submit", job_file(tmp_path, QUICK), "--follow", host=sock)  # 1 slot, 0 free
-    queued = _until(lambda: [j for j in d.call("GET", "/v1/jobs")[1]["jobs"]
-                             if j["name"] == "cli-quick" and j["pending_reason"]], what="no reason for cli-quick")
+    queued = wait_for(lambda: [j for j in d.call("GET", "/v1/jobs")[1]["jobs"]
+                               if j["name"] == "cli-quick" and j["pending_reason"]], 60, "cli-quick's pending reason")
     job_id, user = queued[0]["id"], queued[0]["user"]
     resources = "resources: waits for 1 CPU slot (0 free)"
     assert d.job(job_id)["pending_reason"] == resources
@@ -242,7 +252,7 @@ def test_a_queued_job_says_why_it_waits_in_its_record_status_jobs_and_submit_fol
     urgent = {**QUICK, "job": {"name": "urgent"}, "env": {**QUICK["env"], "workers": 2}}
     urgent_id = int(dvla("submit", job_file(tmp_path, urgent, "urgent.toml"), "--priority", "5", host=sock).stdout)
     behind = (f"priority: behind job {urgent_id} of {user} (priority 5), which waits for 2 CPU slots (0 free)")
-    _until(lambda: d.job(job_id)["pending_reason"] == behind, what=d.job(job_id)["pending_reason"])
+    wait_for(lambda: d.job(job_id)["pending_reason"] == behind, 60, f"pending reason {behind!r}")
     assert d.job(hog_id)["pending_reason"] is None  # running: nothing to wait for
     dvla("cancel", str(hog_id), host=sock)  # urgent runs, then cli-quick
     out, err = follower.communicate(timeout=240)
@@ -293,6 +303,45 @@ def test_status_shows_the_run_directory_and_metrics_and_checkpoint_fetch_what_it
     assert none.returncode == 1 and "no checkpoint" in none.stderr, none.stderr
     empty = dvla("metrics", str(broken_id), host=sock)
     assert empty.returncode == 1 and "no metric rows" in empty.stderr and empty.stdout == ""
+
+
+REFUSED = [{"env": {"num_envs": 4611686018427387904}}, {"train": {"total_env_steps": 1 << 60}},
+           {"policy": {"name": "hf-vla"}}, {"algo": {"name": "bc", "demonstrations": "no/demos.hdf5"}}]
+"""Specs that dvlad took (and whose job then failed), or that dvla validate passed and dvlad refused."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", REFUSED, ids=["num-envs", "env-steps", "hf-vla-pretrained", "demonstrations"])
+def test_dvlad_refuses_at_submit_what_validate_refuses_naming_the_same_keys(daemon, tmp_path, spec):
+    """One function checks both (dvla.admission): a relative path is refused by each for its own reason
+    (not there; left relative, which dvlad would look up in the job's run directory)."""
+    checked = dvla("validate", job_file(tmp_path, spec), "--json")
+    assert checked.returncode == 2, checked.stdout
+    (report,) = json.loads(checked.stdout)
+    status, body = daemon.call("POST", "/v1/jobs", {"spec": spec})
+    assert (status, body.get("code")) == (400, "invalid_spec"), body
+    assert [issue["field"] for issue in body["issues"]] == [f"spec.{issue['key']}" for issue in report["issues"]]
+
+
+@pytest.mark.slow
+def test_steps_done_of_the_budget_counts_as_integers_no_empty_checkpoint_dir_and_failed_said_once(daemon, tmp_path):
+    """dvla status showed `env steps 1000000` (the budget) for a job stopped at 56,384; dvla metrics printed
+    version and env_steps as floats; dvla checkpoint -o DIR left DIR empty when there was no checkpoint; a
+    failure read `dvla: job 10 failed: job failed: ...`."""
+    sock = daemon.socket
+    done = dvla("submit", job_file(tmp_path, {**QUICK, "job": {"name": "cli-counts"}}), "--follow", host=sock)
+    job_id = int(done.stdout.splitlines()[0])
+    rows = list(csv.DictReader(io.StringIO(dvla("metrics", str(job_id), host=sock).stdout)))
+    assert all(row[key].isdigit() for row in rows for key in ("version", "env_steps", "episodes")), rows[-1]
+    shown = dvla("status", str(job_id), host=sock).stdout
+    assert re.search(rf"^env steps +{int(rows[-1]['env_steps']):,} of 256 *$", shown, re.M), shown
+
+    failed = dvla("submit", job_file(tmp_path, {**BROKEN, "job": {"name": "cli-once"}}), "--follow", host=sock)
+    broken_id = int(failed.stdout.splitlines()[0])
+    said = f"dvla: job {broken_id} failed: cannot import policy module 'nosuch.module'"
+    assert failed.returncode == 1 and said in failed.stderr, failed.stderr
+    none = dvla("checkpoint", str(broken_id), "-o", str(tmp_path / "none"), host=sock)
+    assert none.returncode == 1 and "no checkpoint" in none.stderr and not (tmp_path / "none").exists()
 
 
 @pytest.mark.slow

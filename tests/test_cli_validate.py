@@ -49,6 +49,29 @@ def test_each_broken_file_names_the_key_line_and_column(tmp_path, text, key, lin
     assert report["ok"] is False and {"key": key, "line": line, "column": column}.items() <= report["issues"][0].items()
 
 
+@pytest.mark.parametrize(("text", "key", "line", "reason"), [
+    ('[policy]\nname = "transformer-vla"\n[policy.args]\npretrained = "no/such/dir"\n', "policy.args.pretrained", 4,
+     "no/such/dir: no such file or directory (the relative 'no/such/dir' is taken from the job file's folder"),
+    ('[policy]\nname = "hf-vla"\n', "policy.args.pretrained", 1,
+     'policy "hf-vla" needs it: the local Hugging Face checkpoint directory it builds on'),
+    ('[algo]\nname = "bc"\ndemonstrations = "no/demos.hdf5"\n', "algo.demonstrations", 3,
+     "no/demos.hdf5: no such file or directory"),
+    ("[train]\ntotal_env_steps = 99999999999999999999999\n", "train.total_env_steps", 2, "must fit in 64 bits"),
+    ("[train]\ntotal_env_steps = 9007199254740993\n", "train.total_env_steps", 2,
+     "must be at most 9,007,199,254,740,992 (metric rows count env steps as 64-bit floats, exact up to 2^53)"),
+    ("[env]\nnum_envs = 4611686018427387904\n", "env.num_envs", 2, "must be at most 65,536 (each env has its own "
+                                                                   "observation and action slots in shared memory)"),
+    ("[env]\nstep_timeout_s = 1e300\n", "env.step_timeout_s", 2, "must be at most 2,000,000"),
+], ids=["missing-pretrained-dir", "hf-vla-without-pretrained", "missing-demonstrations", "beyond-64-bits",
+        "env-steps-beyond-their-bound", "num-envs-beyond-memory", "wait-beyond-poll"])
+def test_what_dvlad_or_the_job_would_refuse_is_refused_here(tmp_path, text, key, line, reason):
+    """Each validated ok, then dvlad refused it at submit or the job failed once it ran (a bare MemoryError
+    for num_envs; OverflowError for a wait poll() cannot take)."""
+    result = validate(tmp_path, text)
+    assert result.exit_code == 2, result.output
+    assert f"job.toml:{line}:1: {key}: " in result.output and reason in result.output, result.output
+
+
 def test_bad_toml_syntax_gives_tomllibs_line_and_column(tmp_path):
     result = validate(tmp_path, "[env]\nnum_envs = = 3\n")
     assert result.exit_code == 2 and "job.toml:2:12: invalid TOML: " in result.output, result.output

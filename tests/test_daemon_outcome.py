@@ -37,7 +37,7 @@ def test_outcome_reasons(tmp_path):
     assert outcome(job, 0, {"status": "succeeded"}) == (State.SUCCEEDED, "succeeded")  # an older runner's summary
     assert outcome(job, None, {"status": "succeeded"})[0] is State.SUCCEEDED  # adopted, ended while dvlad was down
     assert outcome(job, -9, {}) == (State.FAILED, "killed by signal SIGKILL")
-    assert outcome(job, 1, {"status": "failed", "reason": "boom"}) == (State.FAILED, "job failed: boom")
+    assert outcome(job, 1, {"status": "failed", "reason": "boom"}) == (State.FAILED, "boom")  # its state says failed
     assert outcome(job, 0, {"status": "stopped"})[1] == "stopped by a SIGTERM that did not come from dvlad"
     assert outcome(job, -39, {}) == (State.FAILED, "killed by signal SIGRTMIN+5")  # no name in signal.Signals
     assert outcome(job, -32, {}) == (State.FAILED, "killed by signal signal 32")  # glibc's own, below SIGRTMIN

@@ -4,19 +4,25 @@ the order envs take their starts in, and the progress line."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import resource
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from dvlad.runtime.eval_episodes import Start, StartQueue
 from dvlad.runtime.eval_progress import EvalProgress
 from dvlad.runtime.evaluate import main as evaluate_main
 from dvlad.runtime.evaluate import pool_size
 from dvlad.runtime.job import run_job
+from dvlad.testing import started_lanes, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,8 +60,6 @@ def test_a_reach_or_synthetic_run_is_evaluated_from_fixed_seeds_with_greedy_acti
 
 
 def test_libero_options_are_refused_for_other_envs(small_spec, tmp_path):
-    import torch
-
     from dvla.spec import spec_to_dict
     from dvlad.policies.checkpoint import save_checkpoint
 
@@ -64,6 +68,51 @@ def test_libero_options_are_refused_for_other_envs(small_spec, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "dvlad.runtime.evaluate", str(tmp_path), "--suite", "libero_goal"],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2 and "--suite and --tasks are LIBERO's" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--episodes", "99999999999999999999"), ("--episodes", "0"),
+                                           ("--max-episode-steps", "4294967296")])
+def test_counts_beyond_their_bounds_are_refused_naming_the_flag(small_spec, tmp_path, flag, value):
+    """--episodes 99999999999999999999 built a list of that many starts: it hung, eating memory."""
+    from dvla.spec import spec_to_dict
+    from dvlad.policies.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "checkpoint.safetensors", {"policy.flat": torch.zeros(3)},
+                    {"spec": json.dumps(spec_to_dict(small_spec("async")))})
+    proc = subprocess.run([sys.executable, "-m", "dvlad.runtime.evaluate", str(tmp_path), flag, value],
+                          capture_output=True, text=True, cwd=REPO, timeout=120, preexec_fn=_memory_cap)
+    assert proc.returncode == 2 and f"error: {flag} must be from " in proc.stderr, proc.stderr
+
+
+def _memory_cap() -> None:
+    """A child that would build a list without end fails here, not on the machine (its address space: 8 GiB)."""
+    resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["building its envs", "running episodes"])
+def test_ctrl_c_is_one_line_exit_130_and_leaves_no_shared_memory(small_spec, tmp_path, when):
+    """Ctrl-C printed a 25-line traceback (and, from an env worker still starting, another) and a
+    leaked-shared-memory warning."""
+    run_job(small_spec("async", train__total_env_steps=64), tmp_path / "run", quiet=True)
+    err = tmp_path / "stderr"
+    with err.open("w") as stderr:  # in a session of its own, as a terminal's shell starts it (SIGINT handled)
+        proc = subprocess.Popen([sys.executable, "-m", "dvlad.runtime.evaluate", str(tmp_path / "run"), "--episodes",
+                                 "100000", "--workers", "1"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr,
+                                start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        if when == "building its envs":  # its worker spawned, still importing
+            wait_for(lambda: started_lanes(proc.pid) >= 1, 120, "the env worker")
+        else:  # the first progress line: episodes have ended
+            wait_for(lambda: "evaluating: " in err.read_text(), 120, "a progress line")
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the terminal's whole foreground group
+        assert proc.wait(timeout=60) == 130, err.read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    said = err.read_text()
+    assert said.splitlines()[-1] == "interrupted" and "Traceback" not in said and "leaked" not in said, said
+    assert not list(Path("/dev/shm").glob(f"dvla-p-{proc.pid}-*"))  # its segments are named after it
 
 
 def test_an_env_keeps_its_task_until_none_is_left_then_takes_the_fullest():

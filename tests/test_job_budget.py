@@ -5,7 +5,10 @@ and a job file's relative paths taken from its folder."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +24,7 @@ from dvlad.runtime.job import run_job
 from dvlad.runtime.metrics import read_jsonl
 from dvlad.runtime.supervisor import outcome
 from dvlad.store import State
+from dvlad.testing import started_lanes, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 SUCCEEDS = "always_succeeds_env:make"  # tests/always_succeeds_env.py: success 1.00 from the first episode
@@ -101,6 +105,33 @@ def test_a_job_whose_set_up_outlasts_max_minutes_stops_with_that_reason(small_sp
     assert summary["setup_s"] > 0.06 and (tmp_path / "checkpoint.safetensors").exists()
     assert outcome(RUNNING, 0, summary)[1] == ("reached its wall-clock limit (train.max_minutes) during set-up: "
                                                "0 of 10,000,000 env steps")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lane", ["env worker", "learner"])
+def test_a_stop_during_set_up_stops_the_job_trained_nothing_and_wrote_no_checkpoint(small_spec, tmp_path, lane):
+    """SIGTERM to a job run by hand while a lane was still starting (importing torch) killed the lane, and
+    the job failed: "learner (pid N) killed by signal SIGTERM before it was ready", exit 1."""
+    spec = small_spec("async", train__total_env_steps=10**9)
+    (tmp_path / "job.toml").write_text(tomli_w.dumps(spec_to_dict(spec)))
+    proc = subprocess.Popen([sys.executable, "-m", "dvlad.runtime.job", "job.toml", "--output-dir", "out"],
+                            cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:  # the env workers start first, then the learner: signal the group as the lane has just been spawned
+        lanes = 1 if lane == "env worker" else spec.env.workers + 1
+        wait_for(lambda: started_lanes(proc.pid) >= lanes, 120, f"the job's {lane}")
+        os.killpg(proc.pid, signal.SIGTERM)  # as dvla cancel, Slurm and timeout do
+        out, err = proc.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 3, err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert (summary["status"], summary["stop_reason"], summary["during_setup"], summary["trained"],
+            summary["checkpoint"], summary["env_steps"]) == ("stopped", "stopped (SIGTERM)", True, False, None, 0)
+    assert not (tmp_path / "out" / "checkpoint.safetensors").exists()
+    assert out.splitlines()[-1] == ("stopped: stopped by SIGTERM during set-up: 0 of 1,000,000,000 env steps "
+                                    "(version 0); nothing trained; no checkpoint written; run it again to resume")
 
 
 def test_the_runners_clock_starts_with_its_process():

@@ -7,16 +7,18 @@ nothing pointing at it, on whatever machine the tests run (2 cores in CI).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from dvla import sdk
 from dvla.spec import load_spec
-from dvlad.testing import ROOT, Dvlad
+from dvlad.testing import LONG, ROOT, Dvlad, started_lanes, wait_for
 
 EXAMPLES = ROOT / "examples"
 
@@ -76,6 +78,23 @@ def test_a_personal_daemon_with_no_config_runs_every_example_the_curl_line_and_t
         node, = client.nodes()
         assert node["cpu_slots"] == 4 * (os.cpu_count() or 1)
 
+
+@pytest.mark.slow
+def test_a_job_cancelled_while_it_sets_up_is_cancelled_and_its_summary_says_stopped(dvlads):
+    """`dvla cancel` ~20 s after submit, while the job's learner was starting, killed the learner: the
+    job's summary.json said failed ("learner (pid N) killed by signal SIGTERM before it was ready")."""
+    daemon = dvlads(None, user_mode=True)
+    status, body = daemon.call("POST", "/v1/jobs", {"spec": LONG})
+    assert status == 201, body
+    job_id = body["job"]["id"]
+    pid = daemon.wait_state(job_id, {"running"}, timeout=60)["pid"]
+    wait_for(lambda: started_lanes(pid) > LONG["env"]["workers"], 120, "the job's learner")  # spawned: importing
+    assert daemon.call("POST", f"/v1/jobs/{job_id}/cancel")[0] == 200
+    ended = daemon.wait_state(job_id, {"cancelled", "succeeded", "failed"}, timeout=60)
+    assert (ended["state"], ended["exit_code"]) == ("cancelled", 3), ended["reason"]
+    summary = json.loads((Path(ended["run_dir"]) / "summary.json").read_text())
+    assert (summary["status"], summary["stop_reason"], summary["during_setup"], summary["checkpoint"]) == \
+        ("stopped", "stopped (SIGTERM)", True, None), summary
 
 
 def test_a_cpu_slot_is_a_share_of_a_core_four_per_core_for_a_personal_daemon(tmp_path, monkeypatch):

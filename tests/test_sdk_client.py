@@ -172,12 +172,14 @@ def test_a_policy_name_stays_a_name_beside_a_directory_of_that_name(tmp_path, mo
 
 
 def test_a_job_files_relative_paths_are_its_folders_and_the_daemon_refuses_any_left_relative(tmp_path, monkeypatch):
-    from dvla.paths import relative_paths
-    from dvla.spec import load_spec
+    from dvla.admission import admit
+    from dvla.spec import SpecError, load_spec, spec_to_dict
 
     project = tmp_path / "project"
     (project / "runs" / "mine").mkdir(parents=True)
     (project / "runs" / "mine" / "checkpoint.safetensors").write_bytes(b"weights")
+    (project / "hf" / "m").mkdir(parents=True)
+    (project / "assets").mkdir()
     job = project / "job.toml"
     job.write_text('[policy]\nname = "transformer-vla"\ncheckpoint = "runs/mine"\n[policy.args]\npretrained = "hf/m"\n'
                    '[env]\nname = "libero"\nmax_episode_steps = 220\n[env.args]\nlibero_root = "assets"\n')
@@ -186,8 +188,10 @@ def test_a_job_files_relative_paths_are_its_folders_and_the_daemon_refuses_any_l
     assert local == project / "runs" / "mine" / "checkpoint.safetensors"
     assert (data["policy"]["checkpoint"], data["policy"]["args"]["pretrained"], data["env"]["args"]["libero_root"]) \
         == (str(local), str(project / "hf/m"), str(project / "assets"))
-    assert {i.key for i in relative_paths(load_spec(job))} == {"policy.checkpoint", "policy.args.pretrained",
-                                                                "env.args.libero_root"}
+    with pytest.raises(SpecError) as refused:
+        admit(spec_to_dict(load_spec(job)))  # as dvlad: the paths left relative
+    assert {i.key for i in refused.value.issues} == {"policy.checkpoint", "policy.args.pretrained",
+                                                     "env.args.libero_root"}
     with pytest.raises(sdk.InvalidSpec, match=r"job.toml:3:1: policy.checkpoint: .*runs/nope: no such checkpoint"):
         api.prepared(_rewrite(job, "runs/mine", "runs/nope"))
     monkeypatch.chdir(project)  # a dict's relative paths: the current directory's, as train() has always taken them

@@ -247,6 +247,33 @@ def test_value_checks(text, key, line):
     assert (issue.key, issue.line) == (key, line), str(issue)
 
 
+def test_every_count_has_an_upper_bound_that_names_its_key_and_why():
+    """env.num_envs = 4611686018427387904 passed validation and submit, and failed the job with a bare
+    MemoryError; a key added later gets a bound too, or this fails."""
+    from dvla.spec import _FIELD_TYPES, UPPER_BOUNDS
+
+    counts = {f"{section}.{key}" for section, types in _FIELD_TYPES.items() for key, kind in types.items()
+              if kind is int} - {"job.seed", "env.nice"}  # any 64-bit integer; 0-19, Linux's range
+    assert counts <= set(UPPER_BOUNDS), sorted(counts - set(UPPER_BOUNDS))
+    for key, (high, why) in UPPER_BOUNDS.items():
+        section, name = key.split(".")
+        data = {section: {name: int(high) + 1 if key in counts else high * 2}}
+        with pytest.raises(SpecError) as refused:
+            spec_from_dict(data)
+        assert [str(i) for i in refused.value.issues] == [f"<job>: {key}: must be at most {high:,} ({why}), "
+                                                         f"got {data[section][name]:,}"]
+        try:  # the bound itself is within it (another rule may refuse it: 1024 GPUs for 2 env workers)
+            spec_from_dict({section: {name: high}})
+        except SpecError as err:
+            assert not any("must be at most" in i.reason for i in err.issues), err
+
+
+def test_integers_beyond_64_bits_are_refused_in_args_too():
+    """TOML's integers are 64-bit, but tomllib reads any; dvlad refused the spec at submit (msgpack, SQLite)."""
+    assert only("[policy.args]\nd_model = 99999999999999999999999\n").reason.startswith("must fit in 64 bits")
+    assert only("[job]\nseed = -99999999999999999999999\n").key == "job.seed"
+
+
 def test_sync_mode_accepts_any_max_staleness():
     spec = parse_spec('[job]\nmode = "sync"\n[pipeline]\nmax_staleness = 5\n')
     assert spec.job.mode == "sync" and spec.pipeline.max_staleness == 5

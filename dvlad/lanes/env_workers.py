@@ -32,7 +32,7 @@ import numpy as np
 
 from dvlad.envs.base import Observation
 from dvlad.exits import how_it_ended
-from dvlad.lanes.child import become_lane
+from dvlad.lanes.child import become_lane, start_lane
 from dvlad.lanes.messages import GroupStepped, Shutdown, StepGroup, WorkerBuilt, WorkerFailed, WorkerReady
 from dvlad.lanes.stderr_tail import StderrTail, redirect_stderr
 from dvlad.shm import ArraySpec, SharedArrays
@@ -315,7 +315,7 @@ class _Worker:
         self.stderr = StderrTail(ctx)
         self.process = ctx.Process(target=worker_main, args=(cfg, child, handle_child, self.stderr.writer),
                                    name=f"dvla-env-{cfg.worker_id}", daemon=True)
-        self.process.start()
+        start_lane(self.process)
         self.stderr.started()
         child.close()
         handle_child.close()

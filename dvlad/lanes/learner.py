@@ -338,6 +338,8 @@ def _learn(cfg: LearnerConfig, queue_handle: TrajectoryQueueHandle, plane_handle
             messages.put(VersionPublished(version, published.seconds,
                                           tuple(sorted(published.replica_seconds.items()))))
 
+        if stop.is_set():  # the job stopped during set-up (pipeline.StoppedInSetup): nothing trained, nothing to save
+            return
         if cfg.routes is None or cfg.routes:
             distributor = Distributor(plane, cfg.placement.device, cfg.routes, on_published=published)
             distributor.publish(learner.flat, learner.version)

@@ -43,6 +43,7 @@ from dvlad.gpu.layout import JobLayout, cpus_near, plan_layout
 from dvlad.gpu.pools import DualPool, PoolOverflow
 from dvlad.lanes.actor import Actor
 from dvlad.lanes.budget import Budget, Carried, carried_for
+from dvlad.lanes.child import start_lane
 from dvlad.lanes.device import ACTOR_PRIORITY, JobDevices, job_devices, placement_for
 from dvlad.lanes.env_workers import EnvWorkerPool
 from dvlad.lanes.learner import LearnerConfig, learner_main
@@ -59,10 +60,20 @@ from dvlad.ports import free_port
 from dvlad.sharing import base as shared
 
 Lane = threading.Thread | mp.process.BaseProcess
+SETUP_POLL_S = 0.2
+"""How often waiting for the learner ranks looks for a lane that died or a stop asked for."""
 
 
 class JobFailed(RuntimeError):
     """A lane died; the message says which and why."""
+
+
+class StoppedInSetup(Exception):
+    """A stop was asked for (SIGTERM, Ctrl-C) while the job was still setting up: set-up ends at its
+    next step, before any lane ran, so nothing was trained and nothing is written (the learner, if it
+    got that far, saves no checkpoint). Why not finish set-up first, as a ``train.max_minutes`` spent
+    in set-up does: building LIBERO's envs or a large model can outlast dvlad's grace period, and a
+    cancel then ends in a SIGKILL."""
 
 
 class Pipeline:
@@ -156,11 +167,13 @@ class Pipeline:
         lanes = self.lanes = {}
         stop = ctx.Event()
         try:
+            self._unless_stopped()
             check_segments(spec, pool.spec)
             placement = setups[0].placement
             pools = self.pools = DualPool.for_job(spec, placement.device)
             with pools.weights():  # the replica and the staging buffers live to the end
                 policy, flat = build_policy(spec, pool.spec, placement.device, placement.actor_dtype)
+            self._unless_stopped()
             if spec.resources.share_base and (base := shared.from_environment()) is not None:
                 self.on_log(f"shared base: mapped {base.manifest['bytes'] / 2**20:.1f} MiB on "
                             f"{base.manifest['device']} from its holder (SHA-256 {base.sha256[:16]}…)")
@@ -193,13 +206,13 @@ class Pipeline:
                 lanes[_learner_name(rank, ranks)] = lane(
                     target=learner_main, args=(cfg, queues[rank].handle, plane.handle, messages, stop, node),
                     name=f"dvla-learner-{rank}", daemon=True)
-                lanes[_learner_name(rank, ranks)].start()
+                start_lane(lanes[_learner_name(rank, ranks)])
             ready, early = self._await_ready(messages, lanes, ranks)
             for setup in setups[1:]:
                 lanes[f"actor replica {setup.replica}"] = ctx.Process(  # not a daemon: it starts env workers
                     target=replica_main, name=f"dvla-replica-{setup.replica}",
                     args=(spec, setup, [q.handle for q in queues], plane.handle, ready.version, messages, stop))
-                lanes[f"actor replica {setup.replica}"].start()
+                start_lane(lanes[f"actor replica {setup.replica}"])
             actor = self.actor = make_actor(spec, setups[0], pool, queues, plane, self.timeline, ready.version,
                                             built=(policy, flat))
             actor.env_steps = ready.trained_env_steps
@@ -220,15 +233,20 @@ class Pipeline:
             for part in reversed(parts):
                 part.close()
 
-    @staticmethod
-    def _await_ready(messages, lanes: dict[str, Lane], ranks: int) -> tuple[LearnerReady, list[object]]:
+    def _unless_stopped(self) -> None:
+        """Raise :class:`StoppedInSetup` if a stop was asked for: a step of set-up is done."""
+        if self.budget.asked:
+            raise StoppedInSetup(self.budget.reason)
+
+    def _await_ready(self, messages, lanes: dict[str, Lane], ranks: int) -> tuple[LearnerReady, list[object]]:
         """Rank 0's :class:`LearnerReady` once every rank is ready, and the messages sent before (the
         first publication), which the reporter handles first."""
         early: list[object] = []
         ready: dict[int, LearnerReady] = {}
         while len(ready) < ranks:
+            self._unless_stopped()
             try:
-                msg = messages.get(timeout=1.0)
+                msg = messages.get(timeout=SETUP_POLL_S)
             except queue.Empty:
                 for name, lane in lanes.items():
                     if not lane.is_alive():

@@ -36,7 +36,7 @@ import torch
 from dvla.catalog import DEFAULT_LIBERO_SUITE
 from dvla.checkpoint import checkpoint_file, spec_dict
 from dvla.errors import InvalidSpec
-from dvla.spec import JobSpec, SpecError, spec_from_dict
+from dvla.spec import UPPER_BOUNDS, JobSpec, SpecError, spec_from_dict
 from dvlad.envs.libero import resolve_task, suite_tasks
 from dvlad.lanes.device import Placement, placement_for
 from dvlad.lanes.env_workers import EnvWorkerError, EnvWorkerPool
@@ -226,11 +226,17 @@ def pool_size(total: int, workers: int, envs: int) -> tuple[int, int]:
     return workers, max(envs // workers, 1) * workers
 
 
+MAX_EPISODES = 1_000_000
+EXIT_INTERRUPTED = 130
+"""Ctrl-C: no result (the shell's status for SIGINT)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dvlad.runtime.evaluate",
                                      description=__doc__.partition("\nWhy here")[0].replace("``", "`"),
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="The progress bar goes to stderr, the result to stdout.")
+                                     epilog="The progress bar goes to stderr, the result to stdout. Exit status: 0 "
+                                            "done, 2 it cannot run (why on stderr), 130 interrupted (Ctrl-C).")
     parser.add_argument("checkpoint", help="a run directory or its checkpoint.safetensors")
     parser.add_argument("--suite", help="LIBERO suite (default: the job's)")
     parser.add_argument("--tasks", nargs="+", help="LIBERO task indices or names (default: the job's tasks, else "
@@ -247,13 +253,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or lines on stderr")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
     args = parser.parse_args(argv)
-    if args.episodes < 1:
-        parser.error("--episodes must be at least 1")
+    if not 1 <= args.episodes <= MAX_EPISODES:
+        parser.error(f"--episodes must be from 1 to {MAX_EPISODES:,} (each episode's outcome is kept for the "
+                     f"report), got {args.episodes:,}")
+    most_steps, why = UPPER_BOUNDS["env.max_episode_steps"]
+    if not 0 <= args.max_episode_steps <= most_steps:
+        parser.error(f"--max-episode-steps must be from 0 to {most_steps:,} ({why}), got {args.max_episode_steps:,}")
     if args.workers < 0 or args.envs < 0:
         parser.error("--workers and --envs must be at least 1 (0: the default)")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device cuda: torch {torch.__version__} sees no GPU")
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # Ctrl-C: evaluate() has closed the env workers and their shared memory
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
+
+def _run(args: argparse.Namespace) -> int:
+    """The command, its arguments checked: the result on stdout, exit 0; or why not on stderr, exit 2."""
     try:
         path, spec = checkpoint_spec(args.checkpoint)
     except InvalidSpec as err:

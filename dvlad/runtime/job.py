@@ -27,14 +27,15 @@ import numpy as np
 import psutil
 
 from dvla import metric_names as m
-from dvla import paths, stops
+from dvla import stops
+from dvla.admission import admit_file
 from dvla.checkpoint import CHECKPOINT_NAME
-from dvla.spec import JobSpec, SpecError, load_spec, spec_from_dict, spec_to_dict
+from dvla.spec import JobSpec, SpecError
 from dvlad.gpu.budgets import pool_report
 from dvlad.lanes.budget import ResumePoint, resume_point
 from dvlad.lanes.env_workers import EnvWorkerError
 from dvlad.lanes.node_part import VARIABLES, NodePart
-from dvlad.lanes.pipeline import JobFailed, Pipeline
+from dvlad.lanes.pipeline import JobFailed, Pipeline, StoppedInSetup
 from dvlad.lanes.reporter import Progress
 from dvlad.runtime.metrics import MetricsSink
 from dvlad.segments import PREFIX_ENV, reclaim, standalone_prefix
@@ -95,15 +96,24 @@ def _write_summary(output_dir: Path, summary: dict) -> None:
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
 
 
+def _untrained(spec: JobSpec, output_dir: Path, point: ResumePoint | None, status: str, reason: str,
+               **extra: float | bool) -> dict:
+    """The summary of a run that trained nothing, written from what the checkpoint it resumed carries
+    (without one: nothing done, no checkpoint)."""
+    carried = point.carried if point else None
+    window = episode_numbers(carried.episodes, carried.successes, carried.returns) if carried else {}
+    summary = {"status": status, "stop_reason": reason, m.ENV_STEPS: point.env_steps if point else 0,
+               stops.TOTAL_ENV_STEPS: spec.train.total_env_steps, "trained": False,
+               "checkpoint": str(output_dir / CHECKPOINT_NAME) if point else None,
+               m.VERSION: point.version if point else 0, **window, **extra}
+    _write_summary(output_dir, summary)
+    return summary
+
+
 def _already_done(spec: JobSpec, output_dir: Path, point: ResumePoint, reason: str) -> dict:
     """The summary of a run whose budget its checkpoint has already spent: nothing is trained (rather
-    than one more update); the summary is written anew from what the checkpoint carries."""
-    carried = point.carried
-    window = episode_numbers(carried.episodes, carried.successes, carried.returns) if carried else {}
-    summary = {"status": "succeeded", "stop_reason": reason, m.ENV_STEPS: point.env_steps,
-               stops.TOTAL_ENV_STEPS: spec.train.total_env_steps, "wall_s": 0.0, "trained": False,
-               "checkpoint": str(output_dir / CHECKPOINT_NAME), m.VERSION: point.version, **window}
-    _write_summary(output_dir, summary)
+    than one more update)."""
+    summary = _untrained(spec, output_dir, point, "succeeded", reason, wall_s=0.0)
     print(f"nothing to train: {output_dir} {stops.describe(summary)} (version {point.version}); raise "
           "train.total_env_steps (or the target) to train on, or set train.resume = false to start over", flush=True)
     return summary
@@ -147,6 +157,10 @@ def run_job(spec: JobSpec, output_dir: Path, quiet: bool = False, started_at: fl
                 signal.SIGINT: signal.signal(signal.SIGINT, interrupt)}
     try:
         last = pipeline.run()
+    except StoppedInSetup as stopped:  # its lanes are down: what the run directory holds is final
+        wall_s = time.monotonic() - t0
+        return _untrained(spec, output_dir, point, "stopped", str(stopped), wall_s=wall_s, setup_s=wall_s,
+                          during_setup=True)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -178,10 +192,13 @@ def final_line(summary: dict, out: Path) -> str:
     learned = (f"success {success:.2f} over the last {int(summary['window_episodes'])} of {episodes} episodes"
                if success is not None else
                f"success not shown ({episodes} episodes ended, fewer than {m.SUCCESS_MIN_EPISODES})")
+    results = f"metrics and checkpoint in {out}"
+    if summary.get("trained") is False:  # spent before, or stopped during set-up: the run directory is as it was
+        learned, results = "nothing trained", (f"its checkpoint in {out} as it was" if summary.get("checkpoint")
+                                               else "no checkpoint written")
     head = "stopped" if summary["status"] == "stopped" else "done"
     tail = "; run it again to resume" if summary["status"] == "stopped" else ""
-    return (f"{head}: {stops.describe(summary)} (version {int(summary[m.VERSION])}); {learned}; "
-            f"metrics and checkpoint in {out}{tail}")
+    return f"{head}: {stops.describe(summary)} (version {int(summary[m.VERSION])}); {learned}; {results}{tail}"
 
 
 def failure_reason(err: Exception) -> str:
@@ -211,15 +228,11 @@ def record_failure(out: Path, err: Exception) -> None:
 
 
 def load_job_file(path: str) -> JobSpec:
-    """The job file's spec, with its relative paths (``policy.checkpoint``, transformer-vla's ``pretrained``,
-    libero's ``libero_root``) taken from the file's folder, as ``dvla submit`` takes them
-    (:mod:`dvla.paths`), and a local checkpoint checked there; SpecError with the key and line if not.
-    ``job.output_dir`` and ``--output-dir`` stay relative to the current directory."""
-    file = Path(path)
-    spec = load_spec(file)
-    data, _ = paths.resolve(spec_to_dict(spec), file.absolute().parent, base_name="the job file's folder",
-                            source=str(file), text=file.read_text(encoding="utf-8-sig"))
-    return spec_from_dict(data, source=str(file))
+    """The job file's spec as ``dvla submit`` and dvlad would take it (:mod:`dvla.admission`): its relative
+    paths (``policy.checkpoint``, ``pretrained``, ...) taken from the file's folder and each checked there;
+    SpecError with the key and line if not. ``job.output_dir`` and ``--output-dir`` stay relative to the
+    current directory."""
+    return admit_file(path)[0]
 
 
 def main(argv: list[str] | None = None) -> int:

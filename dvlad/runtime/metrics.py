@@ -34,12 +34,12 @@ class MetricsSink:
         self._tb = SummaryWriter(str(output_dir / "tensorboard"))
 
     def write(self, values: dict[str, float], staleness_hist: list[int] | None = None) -> None:
-        row = dict(values)
+        row = m.as_written(values)
         if staleness_hist is not None:
             row[m.STALENESS_HIST] = staleness_hist
         self._jsonl.write(json.dumps(row) + "\n")
         self._jsonl.flush()
-        self._csv.writerow(values)
+        self._csv.writerow(row)  # the headline columns alone (extrasaction="ignore")
         self._csv_file.flush()
         step = int(values[m.ENV_STEPS])
         for key, value in values.items():

@@ -99,8 +99,8 @@ def outcome(job: Job, exit_code: int | None, summary: dict, log_tail: str = "",
         return State.FAILED, f"{OOM} ({killed})" if oom else f"killed by {killed}"
     if exit_code == 2:
         return State.FAILED, f"the job runner refused the spec (exit 2): {log_tail}"
-    if status == "failed":
-        return State.FAILED, f"job failed: {summary.get('reason', 'no reason given')}" + f" ({OOM})" * oom
+    if status == "failed":  # the job's own reason: its state says failed ("job 10 failed: job failed: ..." before)
+        return State.FAILED, str(summary.get("reason", "no reason given")) + f" ({OOM})" * oom
     if status == "stopped":
         sent = "SIGINT" if summary.get("stop_reason") == stops.INTERRUPTED else "SIGTERM"
         got = stops.progress(summary)

@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from dvla.paths import relative_paths
+from dvla.admission import admit
 from dvla.spec import JobSpec, SpecError, spec_from_dict, spec_to_dict
 from dvlad.config import Config, job_cpu_slots
 from dvlad.fed.leases import Leases
@@ -84,15 +84,13 @@ class Daemon:
 
     async def submit(self, who: Identity, spec: dict[str, Any], idempotency_key: str | None,
                      priority: int) -> tuple[Job, bool]:
-        """Validate with the one job schema (SpecError propagates; also for a path still relative,
-        which the job would look up in its run directory), refuse a job bigger than the node
+        """Check as ``dvla validate`` does (:func:`dvla.admission.admit`: SpecError propagates; also for
+        a path still relative, which the job would look up in its run directory), refuse a job bigger than the node
         (NeverFits), then record durably.
 
         Submits that arrive while a commit is on its way to disk wait for the next one and share
         its fsync (group commit); each reply still comes only after its own job is on disk."""
-        resolved = spec_from_dict(spec)
-        if relative := relative_paths(resolved):  # the client resolves a job file's; here, they would miss
-            raise SpecError(relative)
+        resolved, _ = admit(spec)  # as dvla validate, dvla submit and the SDK checked it
         gpus, cpus = resolved.resources.gpus, job_cpu_slots(resolved.env.workers)
         self._refuse_if_never_fits(gpus, cpus)
         self._refuse_if_memory_never_fits(resolved)

@@ -134,8 +134,7 @@ class AsyncClient:
                     yield json.loads(line)
 
     async def checkpoint(self, job_id: int, dest_dir: str | os.PathLike[str]) -> list[Path]:
-        dest = Path(dest_dir)
-        dest.mkdir(parents=True, exist_ok=True)
+        dest = Path(dest_dir)  # made by safe_extract, once there is a checkpoint to put there
         with tempfile.TemporaryFile() as spool:
             async with self._stream(api.checkpoint(job_id)) as response:
                 async for chunk in response.aiter_bytes():

@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 
-from dvla import paths
 from dvla import spec as specs
+from dvla.admission import admit, admit_file
 from dvla.catalog import POLICIES
 from dvla.checkpoint import checkpoint_file, policy_of
 from dvla.config import Endpoint
@@ -133,18 +133,16 @@ def _checked(build: Any, *args: Any) -> Any:
 
 
 def prepared(spec: SpecLike) -> tuple[dict[str, Any], Path | None]:
-    """The spec as the daemon takes it, checked here first (so a bad file fails before any network),
-    with its relative paths resolved (:mod:`dvla.paths`: a file's against its folder, a dict's against
-    the current directory), and its local checkpoint file if it names one (to upload to a remote daemon)."""
+    """The spec as the daemon takes it, checked here first as the daemon checks it (:mod:`dvla.admission`:
+    a bad file fails before any network), with its relative paths resolved (a file's against its folder,
+    a dict's against the current directory), and its local checkpoint file if it names one (to upload to
+    a remote daemon)."""
     if isinstance(spec, str | os.PathLike):
-        file = Path(spec)
-        data = specs.spec_to_dict(_checked(specs.load_spec, spec))
-        text = file.read_text(encoding="utf-8-sig")  # load_spec has read it: its key positions, for messages
-        return _checked(lambda: paths.resolve(data, file.absolute().parent, base_name="the job file's folder",
-                                              source=str(spec), text=text))
-    raw = specs.spec_to_dict(spec) if isinstance(spec, specs.JobSpec) else dict(spec)
-    data = specs.spec_to_dict(_checked(specs.spec_from_dict, raw))
-    return _checked(lambda: paths.resolve(data, Path.cwd(), base_name="the current directory"))
+        checked, local = _checked(admit_file, spec)
+    else:
+        raw = specs.spec_to_dict(spec) if isinstance(spec, specs.JobSpec) else dict(spec)
+        checked, local = _checked(admit, raw, Path.cwd())
+    return specs.spec_to_dict(checked), local
 
 
 def spec_dict(spec: SpecLike) -> dict[str, Any]:

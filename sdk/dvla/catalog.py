@@ -26,6 +26,11 @@ POLICY_ARGS: dict[str, tuple[str, ...]] = {
 }
 """The ``[policy.args]`` each built-in policy takes: its constructor's keyword arguments but those the
 engine passes itself (``env_spec``; ``action_chunk``, which is ``policy.action_chunk``)."""
+REQUIRED_ARGS: dict[str, dict[str, str]] = {
+    "hf-vla": {"pretrained": "the local Hugging Face checkpoint directory it builds on"},
+}
+"""The ``args`` a built-in policy or env cannot run without, and what each is: without it the job would wait its
+turn in the queue, then fail (hf-vla has nothing to build on)."""
 POLICY_ARG_TYPES: dict[str, dict[str, Any]] = {
     "hf-vla": {"pretrained": str, "head": Literal["parallel", "tokens"], "trust_remote_code": bool,
                "image_prompt": str},

@@ -165,8 +165,7 @@ class Client:
 
     def checkpoint(self, job_id: int, dest_dir: str | os.PathLike[str]) -> list[Path]:
         """Download the job's latest checkpoint into ``dest_dir``; returns the files written."""
-        dest = Path(dest_dir)
-        dest.mkdir(parents=True, exist_ok=True)
+        dest = Path(dest_dir)  # made by safe_extract, once there is a checkpoint to put there
         with tempfile.TemporaryFile() as spool:
             with self._stream(api.checkpoint(job_id)) as response:
                 for chunk in response.iter_bytes():

@@ -54,6 +54,8 @@ class Metric:
     when: When = When.ALWAYS
     scalar: bool = True
     """False for the one list-valued key (the staleness histogram): JSON lines only."""
+    count: bool = False
+    """A whole number (versions, env steps, episodes, bytes): written as an integer (:func:`as_written`)."""
 
     @property
     def tensorboard_tag(self) -> str:
@@ -65,10 +67,10 @@ METRICS: dict[str, Metric] = {}
 
 
 def _declare(name: str, unit: str, group: Group, meaning: str, *, csv: bool = False, when: When = When.ALWAYS,
-             scalar: bool = True) -> str:
+             scalar: bool = True, count: bool = False) -> str:
     if name in METRICS:
         raise ValueError(f"metric {name!r} declared twice")
-    METRICS[name] = Metric(name, unit, group, meaning, csv, when, scalar)
+    METRICS[name] = Metric(name, unit, group, meaning, csv, when, scalar, count)
     return name
 
 
@@ -77,8 +79,9 @@ LANES = ("sample", "infer", "learn", "distribute")
 
 # -- progress -------------------------------------------------------------------------------------------
 VERSION = _declare("version", "versions", Group.PIPELINE, "weight version the learner published with this update",
-                   csv=True)
-ENV_STEPS = _declare("env_steps", "env steps", Group.PIPELINE, "env steps sampled so far (the x axis)", csv=True)
+                   csv=True, count=True)
+ENV_STEPS = _declare("env_steps", "env steps", Group.PIPELINE, "env steps sampled so far (the x axis)", csv=True,
+                     count=True)
 TIME_S = _declare("time_s", "s", Group.PIPELINE, "seconds since the lanes started", csv=True)
 ENV_STEPS_PER_S = _declare("env_steps_per_s", "env steps/s", Group.PIPELINE,
                            "sample-lane throughput since the previous row", csv=True)
@@ -91,7 +94,7 @@ EPISODE_RETURN = _declare("episode_return", "return", Group.EPISODES, "mean retu
                           when=When.AFTER_EPISODES)
 EPISODE_LENGTH = _declare("episode_length", "env steps", Group.EPISODES, "mean length of the same episodes",
                           csv=True, when=When.AFTER_EPISODES)
-EPISODES = _declare("episodes", "episodes", Group.EPISODES, "episodes finished so far", csv=True)
+EPISODES = _declare("episodes", "episodes", Group.EPISODES, "episodes finished so far", csv=True, count=True)
 
 # -- the update's losses: means over its minibatches, CleanRL's names -------------------------------------
 LOSS = _declare("loss", "", Group.LOSSES, "the loss minimised", csv=True)
@@ -113,12 +116,13 @@ EXPLAINED_VARIANCE = _declare("explained_variance", "", Group.LOSSES,
                               "(left out when the returns do not vary)", when=When.WITH_CRITIC)
 
 # -- the update's data ----------------------------------------------------------------------------------
-SAMPLES = _declare("samples", "samples", Group.PIPELINE, "valid env steps the update trained on")
-TRAINED_ENV_STEPS = _declare("trained_env_steps", "env steps", Group.PIPELINE, "env steps trained on so far")
+SAMPLES = _declare("samples", "samples", Group.PIPELINE, "valid env steps the update trained on", count=True)
+TRAINED_ENV_STEPS = _declare("trained_env_steps", "env steps", Group.PIPELINE, "env steps trained on so far",
+                             count=True)
 STALENESS_MEAN = _declare("staleness_mean", "versions", Group.PIPELINE,
                           "mean of (learner version - acting version) over the trained samples", csv=True)
 STALENESS_MAX = _declare("staleness_max", "versions", Group.PIPELINE, "largest staleness of a trained sample",
-                         csv=True)
+                         csv=True, count=True)
 STALENESS_HIST = _declare("staleness_hist", "samples", Group.PIPELINE,
                           "trained samples per staleness 0, 1, ... since the previous row", scalar=False)
 LEARN_S = _declare("learn_s", "s", Group.PIPELINE, "seconds the update took")
@@ -141,29 +145,31 @@ PUBLISH_MS_REPLICAS = _declare("publish_ms_replicas", "ms", Group.PIPELINE,
                                 "per actor replica, the mean time until it had each version, over the same "
                                 "versions (the replication plan's hops)", scalar=False)
 QUEUE_DEPTH = _declare("queue_depth", "segments", Group.PIPELINE, "segments waiting in the trajectory queues",
-                       csv=True)
+                       csv=True, count=True)
 WEIGHT_WAIT_S = _declare("weight_wait_s", "s", Group.PIPELINE,
                          "seconds the actors have waited at the staleness gate, in all (summed over replicas)",
                          csv=True)
 ACTING_VERSION = _declare("acting_version", "versions", Group.PIPELINE,
-                          "weight version the actors act with (the oldest of the replicas')")
+                          "weight version the actors act with (the oldest of the replicas')", count=True)
 DROPPED_EPISODES = _declare("dropped_episodes", "episodes", Group.PIPELINE,
-                            "episodes lost to a replaced env worker, in all", csv=True)
-REPLACED_WORKERS = _declare("replaced_workers", "workers", Group.PIPELINE, "env workers replaced, in all", csv=True)
+                            "episodes lost to a replaced env worker, in all", csv=True, count=True)
+REPLACED_WORKERS = _declare("replaced_workers", "workers", Group.PIPELINE, "env workers replaced, in all", csv=True,
+                            count=True)
 
 # -- the job's two VRAM pools ---------------------------------------------------------------------------
 GPU_WEIGHT_BYTES = _declare("gpu_weight_bytes", "bytes", Group.PIPELINE,
-                            "weight pool: weights, optimizer state and staging buffers", when=When.ON_GPU)
+                            "weight pool: weights, optimizer state and staging buffers", when=When.ON_GPU, count=True)
 GPU_ACTIVATION_BYTES = _declare("gpu_activation_bytes", "bytes", Group.PIPELINE,
-                                "activation pool: the allocators' peak beyond the weight pool", when=When.ON_GPU)
+                                "activation pool: the allocators' peak beyond the weight pool", when=When.ON_GPU,
+                                count=True)
 GPU_WEIGHT_PEAK_BYTES = _declare("gpu_weight_peak_bytes", "bytes", Group.PIPELINE,
-                                 "largest weight pool any row of the job reported so far", when=When.ON_GPU)
+                                 "largest weight pool any row of the job reported so far", when=When.ON_GPU, count=True)
 GPU_ACTIVATION_PEAK_BYTES = _declare("gpu_activation_peak_bytes", "bytes", Group.PIPELINE,
                                      "largest activation pool any row of the job reported so far (what its "
-                                     "estimate and cap are compared with)", when=When.ON_GPU)
+                                     "estimate and cap are compared with)", when=When.ON_GPU, count=True)
 GPU_ACTIVATION_GROWING = _declare("gpu_activation_growing", "flag", Group.PIPELINE,
                                   "1 while the activation pool has grown at each of the last updates (memory "
-                                  "creeping towards its cap), else 0", when=When.ON_GPU)
+                                  "creeping towards its cap), else 0", when=When.ON_GPU, count=True)
 GPU_POOLS = {"weight_pool": (GPU_WEIGHT_BYTES, GPU_WEIGHT_PEAK_BYTES),
              "activation_pool": (GPU_ACTIVATION_BYTES, GPU_ACTIVATION_PEAK_BYTES)}
 """Each pool's name (as ``summary.json``'s ``gpu_memory`` and ``/v1/gpus`` name it) -> its row's keys:
@@ -171,6 +177,13 @@ the latest size and the largest so far."""
 
 CSV_COLUMNS = tuple(m.name for m in METRICS.values() if m.csv)
 """The columns of ``metrics.csv``, in order."""
+
+
+def as_written(row: Mapping[str, Any]) -> dict[str, Any]:
+    """``row`` as the job writes it: its counts as integers. Why: the lanes report every number as a
+    float, and ``dvla metrics`` printed ``version`` 12.0 and ``env_steps`` 56384.0."""
+    return {key: int(value) if key in METRICS and METRICS[key].count and isinstance(value, float)
+            and value.is_integer() else value for key, value in row.items()}
 
 # -- how readers judge a row ----------------------------------------------------------------------------
 SUCCESS_MIN_EPISODES = 20

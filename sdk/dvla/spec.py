@@ -466,7 +466,7 @@ def _convert(kind: Any, value: Any, key: str, check: _Checker) -> tuple[Any, str
         return None, f"expected a boolean (true or false), got {_describe(value)}"
     if kind is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value, None
+            return (value, None) if _fits_64_bits(value) else (None, _OUTSIDE_64_BITS)
         return None, f"expected an integer, got {_describe(value)}"
     if kind is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
@@ -496,7 +496,17 @@ def _plain_data(value: Any, key: str, check: _Checker) -> bool:
     elif not isinstance(value, str | int | float | bool):
         check.add(key, f"dates and times are not allowed in args, got {_describe(value)}")
         fine = False
+    elif isinstance(value, int) and not _fits_64_bits(value):
+        check.add(key, _OUTSIDE_64_BITS)
+        fine = False
     return fine
+
+
+_OUTSIDE_64_BITS = "must fit in 64 bits (TOML's integers, and what the spec's JSON and msgpack carry)"
+
+
+def _fits_64_bits(value: int) -> bool:
+    return -(1 << 63) <= value < 1 << 63
 
 
 def _unknown_top_level(name: str, value: Any) -> str:
@@ -539,7 +549,48 @@ def _describe(value: Any) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+_DEVICES = (1024, "more than one server holds")
+_UPDATES = (10**9, "more updates than a job runs: 31 years at one a second")
+_WAIT_S = (2_000_000.0, "the longest wait poll() takes is 24 days")
+UPPER_BOUNDS: dict[str, tuple[float, str]] = {
+    "resources.gpus": _DEVICES,
+    "resources.torch_threads": (1024, "more threads than one server has cores"),
+    "placement.learner_gpus": _DEVICES,
+    "placement.cpu_devices": _DEVICES,
+    "placement.replication_fanout": _DEVICES,
+    "placement.nodes": (1024, "more servers than a lab's cluster holds"),
+    "placement.collective_timeout_s": _WAIT_S,
+    "policy.action_chunk": (1024, "more actions than a policy emits in one forward pass"),
+    "env.num_envs": (65_536, "each env has its own observation and action slots in shared memory"),
+    "env.groups": (65_536, "each env group holds at least one env, and env.num_envs is at most 65,536"),
+    "env.workers": (4096, "each env worker is a process: more than one server runs"),
+    "env.max_episode_steps": ((1 << 31) - 1, "the env slots count an episode's steps in 32 bits"),
+    "env.step_timeout_s": _WAIT_S,
+    "env.max_worker_replacements": (1_000_000, "each replacement restarts a process; a job needing more is "
+                                               "crashing, not running"),
+    "algo.update_epochs": (1000, "passes over one rollout: PPO's usual are 3-30"),
+    "algo.minibatches": (65_536, "each minibatch needs at least one sample of the rollout"),
+    "algo.group_size": (65_536, "a GRPO group lives in one env group, and env.num_envs is at most 65,536"),
+    "pipeline.segment_steps": (65_536, "each of a segment's steps is a slot of the shared-memory trajectory queue"),
+    "pipeline.max_staleness": (1024, "the trajectory queue holds max_staleness + 1 rollouts of each env group"),
+    "pipeline.queue_segments": (65_536, "each segment is a slot of the shared-memory trajectory queue"),
+    "train.total_env_steps": (1 << 53, "metric rows count env steps as 64-bit floats, exact up to 2^53"),
+    "train.stop_after_updates": _UPDATES,
+    "train.checkpoint_every": _UPDATES,
+    "train.log_every": _UPDATES,
+}
+"""The largest value of every count (and of every wait, which poll() takes), with why: a spec beyond one
+would take the job down (``env.num_envs`` far too large: a bare MemoryError). ``tests/test_spec.py``
+checks that every integer key of the schema has one, but ``job.seed``, whose bound is every integer's
+(64 bits), and ``env.nice`` (Linux's 0-19)."""
+
+
 def _check_values(spec: JobSpec, check: _Checker) -> None:
+    for key, (high, why) in UPPER_BOUNDS.items():
+        value = _get(spec, key)
+        if check.ok(key) and value > high:
+            check.add(key, f"must be at most {high:,} ({why}), got {value:,}")
+
     def at_least(key: str, low: float) -> None:
         value = _get(spec, key)
         if check.ok(key) and value < low:
@@ -777,6 +828,9 @@ def _check_args(check: _Checker, section: str, name: str, args: dict[str, Any],
     known = accepted.get(name)
     if known is None:
         return
+    for key, what in catalog.REQUIRED_ARGS.get(name, {}).items():
+        if not args.get(key):
+            check.add(f"{section}.args.{key}", f"{section} {_describe(name)} needs it: {what}")
     for key in args:
         dotted = f"{section}.args.{key}"
         if key in known or dotted in check.bad:

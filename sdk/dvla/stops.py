@@ -66,7 +66,7 @@ def describe(summary: dict[str, Any]) -> str:
     if reason not in _SAID:
         return "stopped" if summary.get("status") == "stopped" else "succeeded"
     said = _SAID[reason]
-    if reason == MAX_MINUTES and summary.get("during_setup") is True:
+    if summary.get("during_setup") is True:  # a wall-clock limit set-up alone spent, or a stop asked for then
         said += " during set-up"
     got = progress(summary)
     return f"{said}: {got}" if got else said

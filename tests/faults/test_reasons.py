@@ -125,5 +125,5 @@ def test_a_job_the_oom_killer_kills_is_said_to_have_run_out_of_memory(dvlads, vi
     if victim == "leader":
         assert job["reason"] == f"{OOM} (signal SIGKILL)"
     else:
-        assert job["reason"].startswith(f"job failed: learner (pid {pid}) killed by signal SIGKILL")
+        assert job["reason"].startswith(f"learner (pid {pid}) killed by signal SIGKILL")
         assert job["reason"].endswith(f"({OOM})")

@@ -17,6 +17,7 @@ from dvla.cli.main import JOB_ID, Integer, State, connection_options, json_optio
 from dvla.client import Client, Job
 from dvla.errors import JobFailed
 from dvla.jobtext import gpus_column, gpus_sentence
+from dvla.metric_names import ENV_STEPS
 
 
 def _follow(client: Client, job: Job, *, to_stderr: bool) -> dict[str, Any]:
@@ -120,7 +121,8 @@ def status(state: State, job_id: int, as_json: bool) -> None:
 
     The run directory (metrics, checkpoints, summary.json) is on the daemon's machine; from
     elsewhere, `dvla checkpoint ID` and `dvla metrics ID` fetch what it holds."""
-    job = state.client().job(job_id)
+    client = state.client()
+    job = client.job(job_id)
     if as_json:
         output.print_json(job)
         return
@@ -136,7 +138,7 @@ def status(state: State, job_id: int, as_json: bool) -> None:
             ("policy", spec.get("policy", {}).get("name", output.NONE)),
             ("env", spec.get("env", {}).get("name", output.NONE)),
             ("algo", spec.get("algo", {}).get("name", output.NONE)),
-            ("env steps", str(spec.get("train", {}).get("total_env_steps", output.NONE))),
+            ("env steps", _env_steps(client, job_id, spec)),
             ("submitted", output.when(job["submitted_at"])), ("started", output.when(job.get("started_at"))),
             ("ended", output.when(job.get("ended_at"))), ("runtime", output.runtime(job)),
             ("pid", str(job.get("pid") or output.NONE)),
@@ -151,6 +153,15 @@ def status(state: State, job_id: int, as_json: bool) -> None:
     con.print(fields)
     con.print()
     con.print(events)
+
+
+def _env_steps(client: Client, job_id: int, spec: dict[str, Any]) -> str:
+    """How far the job's env-step budget got, "56,384 of 1,000,000": its newest metric row's count ("-"
+    before it has one). It showed the budget alone, which read as the steps of a job stopped long before."""
+    rows = client.metrics(job_id, 1)
+    done = f"{int(rows[-1][ENV_STEPS]):,}" if rows and ENV_STEPS in rows[-1] else output.NONE
+    budget = spec.get("train", {}).get("total_env_steps")
+    return f"{done} of {budget:,}" if isinstance(budget, int) else done
 
 
 @click.command(epilog="""\b

@@ -8,6 +8,7 @@ never disagree on what "runtime" means.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from datetime import datetime
 from typing import Any
@@ -22,10 +23,21 @@ STATE_STYLE = {"queued": "yellow", "placing": "yellow", "running": "cyan", "canc
 NONE = "-"
 
 
+PIPED_WIDTH = 1 << 16
+"""The width tables are laid out in when stdout is not a terminal: wider than any row, so none is cut."""
+
+
+def piped() -> bool:
+    """stdout is a pipe or a file, not a terminal: what reads it is a program (``grep``, ``awk``, a file
+    looked at later), which needs every cell whole, not fitted to a width nobody sees (rich took 80
+    columns there: ``dvla nodes | cat`` read ``NO… STA…``, ``dvla jobs > file`` lost its REASON column)."""
+    return not sys.stdout.isatty()
+
+
 def console() -> Console:
     """stdout, coloured only on a terminal (rich decides; ``NO_COLOR`` is honoured); long text lines are
-    not wrapped (tables fit the width themselves)."""
-    return Console(highlight=False, soft_wrap=True)
+    not wrapped (tables fit the width themselves, or, :func:`piped`, take what they need)."""
+    return Console(highlight=False, soft_wrap=True, width=PIPED_WIDTH if piped() else None)
 
 
 def print_json(data: Any) -> None:
@@ -44,10 +56,12 @@ def note(message: str) -> None:
 
 
 def table(*columns: str, title: str | None = None, wrap_last: bool = False, flex_last: bool = False) -> Table:
-    """A borderless table like ps/nvidia-smi print. Cells do not wrap (a long one is cut with "…"), except
-    the last column's with ``wrap_last`` (a reason to read in full); with ``flex_last`` the last column
-    takes the width the others leave, so it is the one cut on a narrow terminal (a path, a reason)."""
-    grid = Table(title=title, title_justify="left", header_style="bold", box=None, pad_edge=False, expand=flex_last)
+    """A borderless table like ps/nvidia-smi print. On a terminal cells do not wrap (a long one is cut with
+    "…"), except the last column's with ``wrap_last`` (a reason to read in full); with ``flex_last`` the
+    last column takes the width the others leave, so it is the one cut on a narrow terminal (a path, a
+    reason). :func:`piped`, every cell is printed whole."""
+    grid = Table(title=title, title_justify="left", header_style="bold", box=None, pad_edge=False,
+                 expand=flex_last and not piped())
     for n, name in enumerate(columns):
         last = n == len(columns) - 1
         wraps = wrap_last and last

@@ -1,7 +1,8 @@
 """``dvla validate``: check job files offline, with every problem's key, line and column.
 
-Why offline: the schema is :mod:`dvla.spec`, the very module the daemon and the job runner use, so a
-laptop without a daemon (or torch) gives the answer the daemon would, and CI can gate job files.
+Why offline: the checks are :mod:`dvla.admission`'s, the very function the daemon runs at submit and the
+job runner at its start, so a laptop without a daemon (or torch) gives the answer the daemon would, and CI
+can gate job files. Only whether the job fits a node (its GPUs, CPU slots, memory) is the daemon's to say.
 """
 
 from __future__ import annotations
@@ -11,19 +12,17 @@ from typing import Any
 
 import click
 
-from dvla import paths
+from dvla.admission import admit_file
 from dvla.cli import exits, output
 from dvla.cli.main import json_option
-from dvla.spec import SpecError, SpecIssue, load_spec, spec_to_dict
+from dvla.spec import SpecError, SpecIssue
 
 
 def check(path: Path) -> list[SpecIssue]:
-    """The problems of one job file (none: it would run), as ``dvla submit`` would find them: the schema,
-    then its local paths (a relative checkpoint is the file's, :mod:`dvla.paths`)."""
+    """The problems of one job file (none: it would run): the checks ``dvla submit`` and dvlad make
+    (:mod:`dvla.admission`), whether it fits a node aside."""
     try:
-        spec = load_spec(path)
-        paths.resolve(spec_to_dict(spec), path.absolute().parent, base_name="the job file's folder",
-                      source=str(path), text=path.read_text(encoding="utf-8-sig"))
+        admit_file(path)
     except SpecError as err:
         return err.issues
     return []
