@@ -317,6 +317,9 @@ def test_a_jobs_gpus_read_as_where_it_is_placed_in_top_jobs_and_status(monkeypat
         def job(self, job_id: int) -> dict:
             return record
 
+        def metrics(self, job_id: int, last: int | None = None) -> list[dict]:
+            return []  # no row yet: `dvla status` shows "-" of the budget
+
     monkeypatch.setattr(State, "client", lambda self: Fake())
     listed = CliRunner().invoke(cli, ["jobs"], env={"COLUMNS": "200"})
     row = next(line for line in listed.output.splitlines() if line.startswith("12 "))
