@@ -33,14 +33,25 @@ def start_lane(lane: BaseProcess | threading.Thread) -> None:
     inherits the mask too: the main thread, which handles them, then receives them alone).
 
     The resource tracker is started first: starting itself inside ``Process.start``, it would unblock
-    both signals before the child is spawned."""
+    both signals before the child is spawned. A stop signal that comes while ``start`` runs is held
+    and handled once it returns: the mask covers only this thread, and a signal another thread takes
+    (a stderr pump, torch's) still raises in the main thread at its next instruction, which could be
+    between spawning the child and writing it what to run (the child then died reading nothing:
+    ``EOFError: Ran out of input``, on a Ctrl-C while workers were being started)."""
     if isinstance(lane, BaseProcess):
         resource_tracker.ensure_running()
+    held: list[int] = []
+    handlers = ({s: signal.signal(s, lambda signum, _frame: held.append(signum)) for s in STOP_SIGNALS}
+                if threading.current_thread() is threading.main_thread() else {})
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         lane.start()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        for signum in held:
+            signal.raise_signal(signum)  # now, to the handler the process had
 
 
 def become_lane(name: str) -> None:
