@@ -113,6 +113,8 @@ class _EnvSlots:
 
     def __init__(self, cfg: WorkerConfig, arrays: SharedArrays, envs: dict) -> None:
         self.cfg, self.a, self.envs = cfg, arrays, envs
+        self.lazy = {i: getattr(env, "renders_on_demand", False) for i, env in envs.items()}
+        """Slot -> whether its env renders only when asked (``render=False`` inside a chunk)."""
         self.images = camera_images(arrays.arrays)
         self.episodes = dict.fromkeys(envs, 0)
         self.returns = dict.fromkeys(envs, 0.0)
@@ -167,9 +169,8 @@ class _EnvSlots:
             self._switch_task(i, int(a["task"][i]))
             self.reset(i, None, init_state=int(a["seed"][i]))
         elif cmd == CMD_STEP:
-            reward, result, env = 0.0, None, self.envs[i]
+            reward, result, env, lazy = 0.0, None, self.envs[i], self.lazy[i]
             chunk = a["action"][i]
-            lazy = getattr(env, "renders_on_demand", False)
             for k, action in enumerate(chunk):  # an action chunk runs in order, stopping at the end
                 # only the chunk's last observation reaches the policy: an env that can skips the others' frames
                 result = env.step(action, render=k == len(chunk) - 1) if lazy else env.step(action)
